@@ -1,0 +1,211 @@
+"""Plain data types shared by the AI side and the result writers.
+
+These are the contract between :mod:`ai_models` (which produces them) and
+``dicom_node.results`` (which turns them into DICOM SEG / SR / SC objects).
+They hold numpy arrays and strings only; no highdicom or pynetdicom types.
+
+Coordinate conventions
+----------------------
+All patient coordinates are DICOM **LPS** millimetres (PS3.3 C.7.6.2.1.1).
+A :class:`Volume` array is indexed ``[k, i, j]``:
+
+* ``k`` -- slice index, ascending along the slice normal
+  (``row_direction x column_direction``), i.e. sorted by the projection of
+  ImagePositionPatient on the normal;
+* ``i`` -- image row (moves along the *column* direction cosines, the second
+  triplet of ImageOrientationPatient);
+* ``j`` -- image column (moves along the *row* direction cosines, the first
+  triplet of ImageOrientationPatient).
+
+The position of the centre of voxel ``(k, i, j)`` is::
+
+    origin + direction @ (spacing * [k, i, j])
+
+``direction`` has the unit vectors of the three array axes as its columns,
+in the same ``(k, i, j)`` order as ``spacing``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CodedConcept:
+    """A coded concept: (code value, coding scheme designator, code meaning).
+
+    PS3.3 Section 8.8 "Standard Attribute Sets for Code Sequence Attributes".
+    """
+
+    value: str
+    scheme_designator: str
+    meaning: str
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """One source frame that a volume slice came from.
+
+    ``frame_number`` is the 1-based frame of a multi-frame instance, ``None``
+    for a single-frame instance.
+    """
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    frame_number: int | None = None
+
+
+@dataclass
+class Volume:
+    """A 3D image with its geometry in LPS (see the module docstring).
+
+    Attributes
+    ----------
+    array:
+        ``(n_slices, rows, columns)`` float32; modality LUT applied
+        (Hounsfield units for CT).
+    origin:
+        ``(3,)`` LPS mm of the centre of voxel ``(0, 0, 0)``
+        (the ImagePositionPatient of slice 0).
+    spacing:
+        ``(3,)`` mm between voxel centres along ``(k, i, j)``: slice spacing,
+        PixelSpacing[0] (row spacing), PixelSpacing[1] (column spacing).
+    direction:
+        ``(3, 3)`` unit column vectors of the ``k``, ``i`` and ``j`` axes.
+    frames:
+        One :class:`FrameRef` per slice ``k``: where that slice came from.
+    source_datasets:
+        The source instances (pydicom ``Dataset``), in slice order, one per
+        SOP instance (a multi-frame instance appears once).
+    modality, study_instance_uid, series_instance_uid, frame_of_reference_uid:
+        Copied from the source.
+    """
+
+    array: np.ndarray
+    origin: np.ndarray
+    spacing: np.ndarray
+    direction: np.ndarray
+    frames: list[FrameRef]
+    source_datasets: list[Any]
+    modality: str = ""
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    frame_of_reference_uid: str = ""
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(n_slices, rows, columns)``."""
+        return tuple(int(n) for n in self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def affine(self) -> np.ndarray:
+        """4x4 matrix mapping ``(k, i, j, 1)`` to LPS ``(x, y, z, 1)``."""
+        a = np.eye(4)
+        a[:3, :3] = self.direction * np.asarray(self.spacing, dtype=float)[None, :]
+        a[:3, 3] = self.origin
+        return a
+
+    def index_to_lps(self, kij: np.ndarray) -> np.ndarray:
+        """Map ``(..., 3)`` voxel indices ``(k, i, j)`` to LPS mm."""
+        kij = np.asarray(kij, dtype=float)
+        return kij @ (self.direction * np.asarray(self.spacing)[None, :]).T + self.origin
+
+    def lps_to_index(self, xyz: np.ndarray) -> np.ndarray:
+        """Map ``(..., 3)`` LPS mm to (fractional) voxel indices ``(k, i, j)``."""
+        m = self.direction * np.asarray(self.spacing)[None, :]
+        return (np.asarray(xyz, dtype=float) - self.origin) @ np.linalg.inv(m).T
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        """Volume of one voxel in mm^3."""
+        return float(np.prod(self.spacing))
+
+
+@dataclass
+class Segment:
+    """One segment of a segmentation result, on the volume's grid.
+
+    PS3.3 C.8.20.4 "Segment Description Macro".  ``mask`` is a boolean
+    ``(n_slices, rows, columns)`` array aligned with :attr:`Volume.array`.
+    Each finding (e.g. each nodule) is its own segment with its own tracking
+    identifier and UID.
+    """
+
+    number: int
+    label: str
+    category: CodedConcept
+    type: CodedConcept
+    mask: np.ndarray
+    tracking_id: str
+    tracking_uid: str
+    anatomic_region: CodedConcept | None = None
+    anatomic_region_modifier: CodedConcept | None = None
+    color_rgb: tuple[int, int, int] | None = None
+
+
+@dataclass
+class Measurement:
+    """A numeric measurement (TID 300): concept name, value, UCUM unit."""
+
+    name: CodedConcept
+    value: float
+    unit: CodedConcept
+
+
+@dataclass
+class QualitativeEvaluation:
+    """A coded evaluation (TID 1500 row "Qualitative Evaluation")."""
+
+    name: CodedConcept
+    value: CodedConcept
+
+
+@dataclass
+class Finding:
+    """One finding to report in a TID 1500 measurement group (TID 1411/1410).
+
+    ``segment_number`` refers to a :class:`Segment` of the same result (the SR
+    then references that SEG segment); ``None`` for a finding with no
+    segmentation (e.g. a classification).
+    """
+
+    tracking_id: str
+    tracking_uid: str
+    finding_type: CodedConcept
+    finding_site: CodedConcept | None = None
+    segment_number: int | None = None
+    measurements: list[Measurement] = field(default_factory=list)
+    qualitative_evaluations: list[QualitativeEvaluation] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """Who made the result (TID 4019 "Algorithm Identification").
+
+    ``weights_sha256`` identifies the exact weights; the writers derive the
+    Device UID of Contributing Equipment from it, so it changes whenever the
+    weights change.
+    """
+
+    name: str
+    version: str
+    manufacturer: str = "dicom-node"
+    weights_sha256: str = ""
+    parameters: tuple[str, ...] = ()
+
+
+@dataclass
+class PipelineResult:
+    """Everything a pipeline produced for one series."""
+
+    pipeline: str
+    volume: Volume
+    algorithm: AlgorithmInfo
+    segments: list[Segment] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    procedure_reported: CodedConcept | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
