@@ -1,0 +1,338 @@
+"""``config.toml`` -> typed, validated settings.
+
+One pydantic-settings model, :class:`Settings`, with one section per table of
+``config.toml``.  Every setting can also come from an environment variable
+named ``DICOM_NODE_<SECTION>__<KEY>`` (e.g. ``DICOM_NODE_NODE__PORT=11113``);
+the environment wins over the file, the file over the defaults.  Unknown keys
+are errors, never silently ignored.
+
+Build the settings once in the CLI with :func:`load_settings` and pass them
+down; nothing reads the configuration behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from dicom_node.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "DestinationSettings",
+    "DuplicatePolicy",
+    "NodeSettings",
+    "PeerSettings",
+    "RuleSettings",
+    "Settings",
+    "StorageSettings",
+    "WebSettings",
+    "WorkerSettings",
+    "load_settings",
+]
+
+DEFAULT_CONFIG_PATH = Path("config.toml")
+"""Where :func:`load_settings` looks when no path is given."""
+
+_AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+def _check_ae_title(value: str) -> str:
+    """Validate an AE title (PS3.5 6.2, VR AE).
+
+    At most 16 characters of the default repertoire, no backslash, no control
+    characters, not only spaces.  Leading/trailing spaces are not significant
+    and are stripped.
+    """
+    stripped = value.strip()
+    if not stripped or not _AE_TITLE_RE.match(value) or len(value) > 16:
+        raise ValueError(
+            f"invalid AE title {value!r}: 1-16 printable ASCII characters, "
+            "no backslash, not only spaces (PS3.5 6.2)"
+        )
+    return stripped
+
+
+AETitle = Annotated[str, AfterValidator(_check_ae_title)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DuplicatePolicy(str, Enum):
+    """What to do when an instance arrives again with *different* bytes.
+
+    The same bytes again are always recorded once and acknowledged.
+    """
+
+    KEEP_FIRST = "keep-first"
+    """Keep the stored copy, acknowledge, log a warning."""
+    REPLACE = "replace"
+    """Replace the stored copy with the new one."""
+    REJECT = "reject"
+    """Answer a failure status and keep the stored copy."""
+
+
+class NodeSettings(_Section):
+    """``[node]``: the DICOM network edge (PS3.8 upper layer, PS3.7 DIMSE)."""
+
+    ae_title: AETitle = "DICOM_NODE"
+    host: str = "0.0.0.0"
+    port: Port = 11112
+    max_pdu: Annotated[int, Field(ge=0)] = 262144
+    """Maximum PDU length we accept (0 = unlimited); larger is faster."""
+    max_associations: Annotated[int, Field(ge=1)] = 32
+    require_called_ae: bool = True
+    """Reject associations whose Called AE Title is not :attr:`ae_title`."""
+    acse_timeout: timedelta = timedelta(seconds=30)
+    dimse_timeout: timedelta = timedelta(seconds=60)
+    network_timeout: timedelta = timedelta(seconds=60)
+    shutdown_grace: timedelta = timedelta(seconds=30)
+    """How long SIGTERM waits for in-flight associations to finish."""
+    duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
+    receivers: Annotated[int, Field(ge=1, le=64)] = 1
+    """Receiver processes sharing the port (SO_REUSEPORT); 1 = in-process."""
+
+
+class StorageSettings(_Section):
+    """``[storage]``: the spool folder and the database."""
+
+    spool_dir: Path = Path("var/spool")
+    database_url: str = "sqlite:///var/dicom-node.db"
+    min_free_disk_mb: Annotated[int, Field(ge=0)] = 1024
+    """Below this much free space on the spool's disk, C-STORE answers 0xA700."""
+    fsync: bool = True
+    """fsync each received file before acknowledging it (turn off only for tests)."""
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "postgresql:", "postgresql+")):
+            raise ValueError(
+                f"unsupported database_url {value!r}: use sqlite:///PATH or postgresql://..."
+            )
+        return value
+
+
+class PeerSettings(_Section):
+    """``[[peers]]``: a known sender (Calling AE Title, and optionally its host)."""
+
+    ae_title: AETitle
+    host: str | None = None
+    """IP address or host name; ``None`` accepts the AE title from any host."""
+
+
+class DestinationSettings(_Section):
+    """``[[destinations]]``: where results go: a DICOM peer or a folder."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    type: Literal["dicom", "folder"]
+    ae_title: AETitle | None = None
+    host: str | None = None
+    port: Port | None = None
+    path: Path | None = None
+    outputs: list[Literal["seg", "sr", "sc"]] | None = None
+    """Narrow the outputs a rule sends here (``None`` = all the rule makes)."""
+
+    @model_validator(mode="after")
+    def _complete_for_type(self) -> DestinationSettings:
+        if self.type == "dicom":
+            missing = [k for k in ("ae_title", "host", "port") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(
+                    f"destination {self.name!r} of type 'dicom' needs {', '.join(missing)}"
+                )
+        elif self.path is None:
+            raise ValueError(f"destination {self.name!r} of type 'folder' needs path")
+        return self
+
+
+class RuleSettings(_Section):
+    """``[[rules]]``: which pipelines run on which series, and where results go.
+
+    The match language is data (see ``dicom_node.routing``), never code.
+    """
+
+    name: Annotated[str, Field(min_length=1)]
+    match: dict[str, Any] = Field(default_factory=dict)
+    pipelines: list[str] = Field(default_factory=list)
+    destinations: list[str] = Field(default_factory=list)
+    trigger: Literal["series", "study"] = "series"
+    quiet_period_s: Annotated[float, Field(ge=0)] = 30.0
+    outputs: list[Literal["seg", "sr", "sc"]] = Field(default_factory=lambda: ["seg", "sr"])
+    priority: int = 0
+    fallback: bool = False
+
+
+class WorkerSettings(_Section):
+    """``[worker]``: the local worker pool."""
+
+    concurrency: Annotated[int, Field(ge=0)] = 1
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+
+
+class WebSettings(_Section):
+    """``[web]``: dashboard, REST API and /metrics."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 8080
+
+
+class LogSettings(_Section):
+    """``[log]``: logging of the ``serve`` process."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_format: bool = False
+
+
+class Settings(BaseSettings):
+    """The whole configuration of a node (``config.toml``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DICOM_NODE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    peers: list[PeerSettings] = Field(default_factory=list)
+    destinations: list[DestinationSettings] = Field(default_factory=list)
+    rules: list[RuleSettings] = Field(default_factory=list)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    # Set by load_settings: the file the settings came from (not a TOML key).
+    _source_path: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _TOML_PATH.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Settings:
+        names = [d.name for d in self.destinations]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"destination names must be unique; repeated: {', '.join(dupes)}")
+        rule_names = [r.name for r in self.rules]
+        dupes = sorted({n for n in rule_names if rule_names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"rule names must be unique; repeated: {', '.join(dupes)}")
+        for rule in self.rules:
+            for dest in rule.destinations:
+                if dest not in names:
+                    raise ValueError(
+                        f"rule {rule.name!r}: unknown destination {dest!r} "
+                        f"(known: {', '.join(names) or 'none'})"
+                    )
+        return self
+
+    @property
+    def source_path(self) -> Path | None:
+        """The TOML file these settings were read from, if any."""
+        return self._source_path
+
+    def resolve_paths(self, base: Path) -> Settings:
+        """Make relative paths (spool, SQLite file, folder destinations) relative to *base*."""
+        if not self.storage.spool_dir.is_absolute():
+            self.storage.spool_dir = (base / self.storage.spool_dir).resolve()
+        url = self.storage.database_url
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            rel = url[len("sqlite:///") :]
+            if rel and rel != ":memory:":
+                self.storage.database_url = "sqlite:///" + str((base / rel).resolve())
+        for dest in self.destinations:
+            if dest.path is not None and not dest.path.is_absolute():
+                dest.path = (base / dest.path).resolve()
+        return self
+
+
+# The TOML file for the settings source; set only for the duration of load_settings.
+_TOML_PATH: dict[str, Path | None] = {"path": None}
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not a setting; check the spelling)"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read and validate the configuration.
+
+    Parameters
+    ----------
+    path:
+        The TOML file.  ``None`` uses ``config.toml`` in the current directory
+        when it exists, else the embedded defaults.  Relative paths inside the
+        file are taken relative to the file's folder.
+
+    Raises
+    ------
+    ConfigError
+        With one line per problem, each naming the offending key.
+    """
+    toml_path: Path | None
+    if path is None:
+        toml_path = DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+    else:
+        toml_path = Path(path)
+        if not toml_path.is_file():
+            raise ConfigError(f"configuration file not found: {toml_path}")
+    source = str(toml_path) if toml_path else "the embedded defaults / environment"
+    _TOML_PATH["path"] = toml_path
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from exc
+    except ValueError as exc:  # TOML syntax errors
+        raise ConfigError(f"cannot read {source}: {exc}") from exc
+    finally:
+        _TOML_PATH["path"] = None
+    base = toml_path.resolve().parent if toml_path else Path.cwd()
+    settings.resolve_paths(base)
+    settings._source_path = toml_path.resolve() if toml_path else None
+    return settings

@@ -1,0 +1,312 @@
+"""Pieces shared by the result writers (SEG, SR, SC).
+
+* coded concepts of :mod:`ai_models.types` -> highdicom / pydicom codes;
+* the algorithm as TID 4019 "Algorithm Identification" and as an item of the
+  Contributing Equipment Sequence (PS3.3 C.7.5.1, Enhanced General Equipment);
+* a Device UID derived from the weights' sha256, so that it changes whenever
+  the weights change;
+* series descriptions that say what made an object;
+* the UIDs and numbers of a result object, fixed by the caller or generated.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import highdicom as hd
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+import dicom_node
+
+if TYPE_CHECKING:
+    from ai_models.types import AlgorithmInfo, CodedConcept, PipelineResult
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEVICE_UID_PREFIX",
+    "NOT_FOR_DIAGNOSIS",
+    "OutputUIDs",
+    "algorithm_identification",
+    "algorithm_identification_sequence",
+    "contributing_equipment",
+    "device_uid",
+    "series_description",
+    "to_code",
+    "default_procedure_reported",
+    "MANUFACTURER_MODEL_NAME",
+    "SOFTWARE_VERSION",
+]
+
+#: Prefix of the deterministic Device UIDs (pydicom's registered root for
+#: generated UIDs; :func:`pydicom.uid.generate_uid` hashes the sources below it).
+DEVICE_UID_PREFIX = "1.2.826.0.1.3680043.8.498."
+
+#: Text appended to every series description and used in image comments.
+NOT_FOR_DIAGNOSIS = "AI, not for diagnosis"
+
+#: Manufacturer Model Name (0008,1090) of the objects this node writes.
+MANUFACTURER_MODEL_NAME = "dicom-node"
+
+#: Software Versions (0018,1020) of the objects this node writes.
+SOFTWARE_VERSION = dicom_node.__version__
+
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def check_uid(value: str, name: str) -> str:
+    """Return ``value`` when it is a valid UID (PS3.5 9.1), else raise.
+
+    Raises
+    ------
+    TypeError
+        When ``value`` is not a ``str``.
+    ValueError
+        When ``value`` is not a syntactically valid UID of at most 64 chars.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f'Argument "{name}" must be a str, got {type(value).__name__}.')
+    if len(value) > 64 or not _UID_RE.match(value):
+        raise ValueError(f'Argument "{name}" is not a valid UID: {value!r}.')
+    return value
+
+
+def to_code(concept: CodedConcept | hd.sr.CodedConcept) -> hd.sr.CodedConcept:
+    """Convert an :class:`ai_models.types.CodedConcept` to a highdicom one.
+
+    PS3.3 Section 8.8 (Code Sequence Macro).  highdicom concepts are returned
+    unchanged.
+    """
+    if isinstance(concept, hd.sr.CodedConcept):
+        return concept
+    try:
+        value = concept.value
+        scheme = concept.scheme_designator
+        meaning = concept.meaning
+    except AttributeError as exc:
+        raise TypeError(
+            f"Expected a CodedConcept, got {type(concept).__name__}."
+        ) from exc
+    return hd.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
+
+
+def device_uid(algorithm: AlgorithmInfo) -> str:
+    """A Device UID for the algorithm that changes when its weights change.
+
+    Derived deterministically (a hash below :data:`DEVICE_UID_PREFIX`) from
+    the algorithm name, version and ``weights_sha256``.  Used as the Device
+    UID (0018,1002) of Contributing Equipment and as the Device Observer UID
+    of the SR observer context (TID 1004).
+    """
+    sources = [
+        "dicom-node-algorithm",
+        algorithm.manufacturer,
+        algorithm.name,
+        algorithm.version,
+        algorithm.weights_sha256.lower(),
+    ]
+    if not algorithm.weights_sha256:
+        logger.debug("algorithm %s has no weights sha256; Device UID from name/version",
+                     algorithm.name)
+    return generate_uid(prefix=DEVICE_UID_PREFIX, entropy_srcs=sources)
+
+
+def _algorithm_parameters(algorithm: AlgorithmInfo) -> list[str] | None:
+    params = [str(p) for p in algorithm.parameters]
+    if algorithm.weights_sha256:
+        params.append(f"weights_sha256={algorithm.weights_sha256.lower()}")
+    return params or None
+
+
+def algorithm_identification(algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
+    """TID 4019 "Algorithm Identification" content items for an SR.
+
+    Family: (123110, DCM, "Artificial Intelligence") from CID 7162.
+    """
+    return hd.sr.AlgorithmIdentification(
+        name=algorithm.name,
+        version=algorithm.version,
+        parameters=_algorithm_parameters(algorithm),
+        family=codes.cid7162.ArtificialIntelligence,
+        manufacturer=algorithm.manufacturer or None,
+    )
+
+
+def algorithm_identification_sequence(
+    algorithm: AlgorithmInfo,
+) -> hd.AlgorithmIdentificationSequence:
+    """Segment Algorithm Identification (PS3.3 C.8.20.2, Table 10-19 macro)."""
+    return hd.AlgorithmIdentificationSequence(
+        name=algorithm.name,
+        family=codes.cid7162.ArtificialIntelligence,
+        version=algorithm.version,
+        source=algorithm.manufacturer or None,
+        parameters=_parameters_dict(_algorithm_parameters(algorithm) or []) or None,
+    )
+
+
+def _parameters_dict(params: list[str]) -> dict[str, str]:
+    """``["a=1", "b"]`` -> ``{"a": "1", "p2": "b"}`` (Algorithm Parameters)."""
+    out: dict[str, str] = {}
+    for i, param in enumerate(params, 1):
+        key, sep, value = param.partition("=")
+        if sep and key.strip():
+            out[key.strip()] = value.strip()
+        else:
+            out[f"p{i}"] = param
+    return out
+
+
+def contributing_equipment(algorithm: AlgorithmInfo) -> hd.ContributingEquipment:
+    """The algorithm as Contributing Equipment (PS3.3 C.12.1.1.5).
+
+    Purpose of reference (109102, DCM, "Processing Equipment"); Manufacturer,
+    Manufacturer's Model Name (the algorithm), Software Versions (its version)
+    and Device UID from :func:`device_uid`.
+    """
+    item = hd.ContributingEquipment(
+        manufacturer=algorithm.manufacturer or "unknown",
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        contribution_description=_clip(
+            f"{algorithm.name} {algorithm.version} ({NOT_FOR_DIAGNOSIS})", 1024
+        ),
+    )
+    item.DeviceUID = device_uid(algorithm)
+    return item
+
+
+def _clip(text: str, length: int) -> str:
+    return text if len(text) <= length else text[: length - 1].rstrip() + "~"
+
+
+def series_description(pipeline: str, algorithm: AlgorithmInfo, kind: str) -> str:
+    """SeriesDescription (LO, max 64 chars) that says what made the object.
+
+    Example: ``"ct-lungs 0.1 SEG (AI, not for diagnosis)"``.  When the text
+    is too long the pipeline name is shortened first, never the disclaimer.
+    """
+    tail = f" {algorithm.version} {kind} ({NOT_FOR_DIAGNOSIS})"
+    head = pipeline or algorithm.name
+    room = 64 - len(tail)
+    if room < 4:
+        return _clip(f"{head} {kind} ({NOT_FOR_DIAGNOSIS})", 64)
+    return _clip(head, room) + tail
+
+
+def default_procedure_reported(modality: str) -> hd.sr.CodedConcept:
+    """Procedure Reported for TID 1500 when the pipeline gives none (CID 100)."""
+    code = {
+        "CT": codes.LN.CTUnspecifiedBodyRegion,
+        "MR": codes.LN.MRIUnspecifiedBodyRegion,
+        "PT": codes.cid100.PETUnspecifiedBodyRegion,
+        "NM": codes.cid100.NMUnspecifiedBodyRegion,
+        "CR": codes.cid100.XRUnspecifiedBodyRegion,
+        "DX": codes.cid100.XRUnspecifiedBodyRegion,
+    }.get((modality or "").upper(), codes.cid100.ImagingProcedure)
+    return hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning)
+
+
+@dataclass
+class OutputUIDs:
+    """UIDs and numbers of one result object, fixed by the caller or generated.
+
+    The router stores the UIDs of a result in the database before sending so
+    that a retried job produces the same objects; it passes them here.  Any
+    value left ``None`` is generated (UIDs) or defaulted (numbers).
+
+    Parameters
+    ----------
+    series_instance_uid:
+        Series Instance UID (0020,000E) of the new series.
+    sop_instance_uid:
+        SOP Instance UID (0008,0018) of a single-instance object (SEG, SR).
+    series_number:
+        Series Number (0020,0011).
+    instance_number:
+        Instance Number (0020,0013) of the (first) instance.
+    sop_instance_uids:
+        Per-instance SOP Instance UIDs of a multi-instance series (SC overlay),
+        keyed by the source SOP Instance UID (or source frame key
+        ``"<uid>#<frame>"``) the instance was made from.
+    """
+
+    series_instance_uid: str | None = None
+    sop_instance_uid: str | None = None
+    series_number: int | None = None
+    instance_number: int | None = None
+    sop_instance_uids: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("series_instance_uid", "sop_instance_uid"):
+            value = getattr(self, name)
+            if value is not None:
+                check_uid(value, name)
+        for name in ("series_number", "instance_number"):
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise TypeError(f'Argument "{name}" must be an int, got {value!r}.')
+                if not 0 <= value < 2**31:
+                    raise ValueError(f'Argument "{name}" is out of range: {value!r}.')
+        for key, value in dict(self.sop_instance_uids).items():
+            check_uid(value, f"sop_instance_uids[{key!r}]")
+
+    def resolved(self, default_series_number: int) -> OutputUIDs:
+        """A copy with every missing single-instance value filled in."""
+        return OutputUIDs(
+            series_instance_uid=self.series_instance_uid or hd.UID(),
+            sop_instance_uid=self.sop_instance_uid or hd.UID(),
+            series_number=(
+                self.series_number if self.series_number is not None else default_series_number
+            ),
+            instance_number=self.instance_number if self.instance_number is not None else 1,
+            sop_instance_uids=dict(self.sop_instance_uids),
+        )
+
+
+#: Default Series Numbers of the result series, by kind (the router may fix
+#: its own).  High numbers keep results after the acquired series in viewers.
+DEFAULT_SERIES_NUMBERS = {"SEG": 9001, "SR": 9002, "SC": 9003}
+
+
+def check_result(result: PipelineResult) -> None:
+    """Cheap structural checks on a :class:`~ai_models.types.PipelineResult`.
+
+    Raises
+    ------
+    ValueError
+        When the volume has no source datasets, a mask does not match the
+        volume grid, or segment numbers / tracking UIDs repeat.
+    """
+    volume = result.volume
+    if not volume.source_datasets:
+        raise ValueError("result.volume has no source_datasets to reference.")
+    if len(volume.frames) != volume.shape[0]:
+        raise ValueError(
+            f"result.volume has {len(volume.frames)} frame references for "
+            f"{volume.shape[0]} slices."
+        )
+    numbers = [s.number for s in result.segments]
+    if len(set(numbers)) != len(numbers):
+        raise ValueError(f"Segment numbers repeat: {numbers}.")
+    for seg in result.segments:
+        if seg.mask.shape != volume.shape:
+            raise ValueError(
+                f"Mask of segment {seg.number} ({seg.label!r}) has shape "
+                f"{seg.mask.shape}, the volume {volume.shape}."
+            )
+        check_uid(seg.tracking_uid, f"segment {seg.number} tracking_uid")
+    for finding in result.findings:
+        check_uid(finding.tracking_uid, f"finding {finding.tracking_id!r} tracking_uid")
+        if finding.segment_number is not None and finding.segment_number not in numbers:
+            raise ValueError(
+                f"Finding {finding.tracking_id!r} refers to segment "
+                f"{finding.segment_number}, which the result does not have."
+            )

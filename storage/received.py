@@ -1,0 +1,330 @@
+"""Recording received instances: the spool file and its database rows together.
+
+:meth:`ReceivedStore.store` is the one place where a received instance becomes
+durable: the file is moved into the spool (already fsync'd) and the study,
+series and instance rows are committed.  Only when it returns is the instance
+safe to acknowledge.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from storage.db import Database
+from storage.models import Instance, Series, Study, utcnow
+from storage.spool import Spool, SpooledFile
+
+__all__ = ["DuplicateAction", "InstanceRecord", "ReceivedStore", "StoreOutcome", "StoreResult"]
+
+LOGGER = logging.getLogger(__name__)
+
+
+class DuplicateAction(str, enum.Enum):
+    """How to treat an instance whose SOP Instance UID is already stored with other bytes."""
+
+    KEEP_FIRST = "keep-first"
+    REPLACE = "replace"
+    REJECT = "reject"
+
+
+class StoreOutcome(str, enum.Enum):
+    """What :meth:`ReceivedStore.store` did."""
+
+    STORED = "stored"
+    """New instance, file and rows written."""
+    DUPLICATE_SAME = "duplicate-same"
+    """Already stored with identical bytes; counted, nothing rewritten."""
+    DUPLICATE_KEPT = "duplicate-kept"
+    """Already stored with different bytes; the first copy was kept."""
+    REPLACED = "replaced"
+    """Already stored with different bytes; replaced by the new copy."""
+    REJECTED = "rejected"
+    """Already stored with different bytes; refused (policy ``reject``)."""
+
+
+@dataclass
+class InstanceRecord:
+    """What the receiver knows about one instance (no pixel data)."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    instance_number: int | None = None
+    modality: str | None = None
+    body_part_examined: str | None = None
+    series_description: str | None = None
+    series_number: int | None = None
+    manufacturer: str | None = None
+    manufacturer_model_name: str | None = None
+    patient_id: str | None = None
+    patient_name: str | None = None
+    study_date: str | None = None
+    accession_number: str | None = None
+    study_description: str | None = None
+    calling_ae: str | None = None
+    called_ae: str | None = None
+    peer_address: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """The outcome of storing one instance."""
+
+    outcome: StoreOutcome
+    instance_id: int | None
+    path: str
+
+
+class ReceivedStore:
+    """Spool + database for received instances.
+
+    Parameters
+    ----------
+    db:
+        The database (schema already upgraded).
+    spool:
+        The file spool.
+    duplicate_action:
+        Policy for re-sent instances with different content.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        spool: Spool,
+        duplicate_action: DuplicateAction = DuplicateAction.KEEP_FIRST,
+    ) -> None:
+        self.db = db
+        self.spool = spool
+        self.duplicate_action = DuplicateAction(duplicate_action)
+        self._ids_lock = threading.Lock()
+        self._study_ids: dict[str, int] = {}
+        self._series_ids: dict[str, int] = {}
+
+    def store(self, record: InstanceRecord, spooled: SpooledFile) -> StoreResult:
+        """Make *spooled* durable as *record*; returns what was done.
+
+        The temporary file is always consumed (moved into place or removed).
+        Raises on database or file system errors; the caller answers a failure
+        status then, and the sender may retry.
+        """
+        try:
+            for attempt in range(3):
+                try:
+                    return self._store_once(record, spooled)
+                except IntegrityError:
+                    # A concurrent association inserted the same study/series/instance.
+                    if attempt == 2:
+                        raise
+                    with self._ids_lock:
+                        self._study_ids.pop(record.study_instance_uid, None)
+                        self._series_ids.pop(record.series_instance_uid, None)
+            raise AssertionError("unreachable")
+        finally:
+            self.spool.discard(spooled)  # no-op once moved into place
+
+    def _store_once(self, record: InstanceRecord, spooled: SpooledFile) -> StoreResult:
+        now = utcnow()
+        rel = self.spool.relative_path(
+            record.study_instance_uid, record.series_instance_uid, record.sop_instance_uid
+        )
+        with self.db.session() as session:
+            existing = session.execute(
+                select(Instance.id, Instance.sha256, Instance.path).where(
+                    Instance.sop_instance_uid == record.sop_instance_uid
+                )
+            ).first()
+            if existing is not None:
+                return self._duplicate(session, record, spooled, existing, now)
+            study_id = self._study_id(session, record, now)
+            series_id = self._series_id(session, record, study_id, now)
+            self.spool.commit(spooled, rel)
+            inst = Instance(
+                sop_instance_uid=record.sop_instance_uid,
+                series_id=series_id,
+                sop_class_uid=record.sop_class_uid,
+                transfer_syntax_uid=record.transfer_syntax_uid,
+                instance_number=record.instance_number,
+                path=rel,
+                size_bytes=spooled.size_bytes,
+                sha256=spooled.sha256,
+                calling_ae=record.calling_ae,
+                peer_address=record.peer_address,
+                received_at=now,
+                receive_count=1,
+            )
+            session.add(inst)
+            session.flush()
+            return StoreResult(StoreOutcome.STORED, inst.id, rel)
+
+    def _duplicate(
+        self,
+        session: Session,
+        record: InstanceRecord,
+        spooled: SpooledFile,
+        existing: Any,
+        now: datetime,
+    ) -> StoreResult:
+        inst_id, sha, rel = existing
+        values: dict[str, Any] = {"receive_count": Instance.receive_count + 1}
+        if sha == spooled.sha256:
+            outcome = StoreOutcome.DUPLICATE_SAME
+        elif self.duplicate_action is DuplicateAction.REJECT:
+            return StoreResult(StoreOutcome.REJECTED, inst_id, rel)
+        elif self.duplicate_action is DuplicateAction.REPLACE:
+            self.spool.commit(spooled, rel)
+            values.update(
+                sha256=spooled.sha256,
+                size_bytes=spooled.size_bytes,
+                transfer_syntax_uid=record.transfer_syntax_uid,
+                received_at=now,
+            )
+            outcome = StoreOutcome.REPLACED
+        else:
+            outcome = StoreOutcome.DUPLICATE_KEPT
+        session.execute(update(Instance).where(Instance.id == inst_id).values(**values))
+        self._touch(session, record, now)
+        return StoreResult(outcome, inst_id, rel)
+
+    def _touch(self, session: Session, record: InstanceRecord, now: datetime) -> None:
+        session.execute(
+            update(Series)
+            .where(Series.series_instance_uid == record.series_instance_uid)
+            .values(last_received_at=now)
+        )
+        session.execute(
+            update(Study)
+            .where(Study.study_instance_uid == record.study_instance_uid)
+            .values(last_received_at=now)
+        )
+
+    def _study_id(self, session: Session, record: InstanceRecord, now: datetime) -> int:
+        uid = record.study_instance_uid
+        with self._ids_lock:
+            cached = self._study_ids.get(uid)
+        if cached is not None:
+            session.execute(update(Study).where(Study.id == cached).values(last_received_at=now))
+            return cached
+        study_id = session.scalar(select(Study.id).where(Study.study_instance_uid == uid))
+        if study_id is None:
+            study = Study(
+                study_instance_uid=uid,
+                patient_id=record.patient_id,
+                patient_name=record.patient_name,
+                study_date=record.study_date,
+                accession_number=_clip(record.accession_number, 16),
+                study_description=_clip(record.study_description, 64),
+                first_received_at=now,
+                last_received_at=now,
+            )
+            session.add(study)
+            session.flush()
+            study_id = study.id
+        else:
+            session.execute(update(Study).where(Study.id == study_id).values(last_received_at=now))
+        with self._ids_lock:
+            self._study_ids[uid] = study_id
+        return study_id
+
+    def _series_id(
+        self, session: Session, record: InstanceRecord, study_id: int, now: datetime
+    ) -> int:
+        uid = record.series_instance_uid
+        with self._ids_lock:
+            cached = self._series_ids.get(uid)
+        if cached is not None:
+            session.execute(update(Series).where(Series.id == cached).values(last_received_at=now))
+            return cached
+        series_id = session.scalar(select(Series.id).where(Series.series_instance_uid == uid))
+        if series_id is None:
+            series = Series(
+                series_instance_uid=uid,
+                study_id=study_id,
+                modality=_clip(record.modality, 16),
+                body_part_examined=_clip(record.body_part_examined, 64),
+                series_description=_clip(record.series_description, 64),
+                series_number=record.series_number,
+                manufacturer=_clip(record.manufacturer, 64),
+                manufacturer_model_name=_clip(record.manufacturer_model_name, 64),
+                calling_ae=record.calling_ae,
+                called_ae=record.called_ae,
+                peer_address=record.peer_address,
+                attributes=record.attributes,
+                first_received_at=now,
+                last_received_at=now,
+            )
+            session.add(series)
+            session.flush()
+            series_id = series.id
+        else:
+            session.execute(
+                update(Series).where(Series.id == series_id).values(last_received_at=now)
+            )
+        with self._ids_lock:
+            self._series_ids[uid] = series_id
+        return series_id
+
+    # -- queries for the admin ---------------------------------------------
+    def study_summaries(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Studies with their series and instance counts, newest first."""
+        with self.db.session() as session:
+            rows = session.execute(
+                select(
+                    Study.study_instance_uid,
+                    Study.patient_id,
+                    Study.study_date,
+                    Study.study_description,
+                    Study.last_received_at,
+                    Series.series_instance_uid,
+                    Series.modality,
+                    Series.series_description,
+                    Series.calling_ae,
+                    func.count(Instance.id),
+                    func.coalesce(func.sum(Instance.size_bytes), 0),
+                )
+                .join(Series, Series.study_id == Study.id)
+                .outerjoin(Instance, Instance.series_id == Series.id)
+                .group_by(Study.id, Series.id)
+                .order_by(Study.last_received_at.desc(), Series.series_number)
+                .limit(limit * 20)
+            ).all()
+        studies: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            st = studies.setdefault(
+                row[0],
+                {
+                    "study_instance_uid": row[0],
+                    "patient_id": row[1],
+                    "study_date": row[2],
+                    "study_description": row[3],
+                    "last_received_at": row[4],
+                    "series": [],
+                },
+            )
+            st["series"].append(
+                {
+                    "series_instance_uid": row[5],
+                    "modality": row[6],
+                    "series_description": row[7],
+                    "calling_ae": row[8],
+                    "instances": int(row[9]),
+                    "bytes": int(row[10]),
+                }
+            )
+        return list(studies.values())[:limit]
+
+
+def _clip(value: str | None, n: int) -> str | None:
+    return None if value is None else value[:n]

@@ -1,0 +1,165 @@
+"""The DICOM file spool: atomic, fsync'd writes in a fixed layout.
+
+Layout: ``<spool>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
+A file is first written under ``<spool>/.tmp/``, flushed and fsync'd, then
+renamed into place (atomic on POSIX) and its folder fsync'd, so a file that
+exists under its final name is complete and survives a crash.
+
+UIDs that are not safe as file names (anything but letters, digits, ``.``,
+``-``, ``_``; real senders do send such UIDs) are replaced by a stable hash;
+the database keeps the real UID and the relative path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["SpooledFile", "Spool", "safe_component"]
+
+LOGGER = logging.getLogger(__name__)
+
+_SAFE_RE = re.compile(r"^[0-9A-Za-z_][0-9A-Za-z._-]{0,63}$")
+
+
+def safe_component(uid: str) -> str:
+    """A file-name-safe, stable name for *uid* (the UID itself when it is safe)."""
+    if _SAFE_RE.match(uid) and uid not in (".", ".."):
+        return uid
+    return "x" + hashlib.sha1(uid.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+@dataclass(frozen=True)
+class SpooledFile:
+    """A file written to the spool's temporary area, not yet in place."""
+
+    temp_path: Path
+    size_bytes: int
+    sha256: str
+
+
+class Spool:
+    """A folder of received DICOM files.
+
+    Parameters
+    ----------
+    root:
+        The spool folder; created when missing.
+    fsync:
+        Flush files and folders to disk before a write counts as done.
+    min_free_bytes:
+        Free-space watermark used by :meth:`has_room_for`.
+    """
+
+    def __init__(self, root: Path, *, fsync: bool = True, min_free_bytes: int = 0) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+        self.min_free_bytes = min_free_bytes
+        self.tmp_dir = self.root / ".tmp"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._free_lock = threading.Lock()
+        self._free_checked_at = 0.0
+        self._free_bytes = 0
+
+    # -- paths -----------------------------------------------------------
+    def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
+        """The spool-relative path of an instance (POSIX separators)."""
+        return "/".join(
+            (safe_component(study_uid), safe_component(series_uid), safe_component(sop_uid) + ".dcm")
+        )
+
+    def absolute(self, relative: str) -> Path:
+        """The absolute path of a spool-relative path."""
+        return self.root / relative
+
+    # -- disk space ------------------------------------------------------
+    def free_bytes(self, max_age_s: float = 0.5) -> int:
+        """Free bytes on the spool's file system (cached for *max_age_s*)."""
+        now = time.monotonic()
+        with self._free_lock:
+            if now - self._free_checked_at > max_age_s:
+                self._free_bytes = shutil.disk_usage(self.root).free
+                self._free_checked_at = now
+            return self._free_bytes
+
+    def has_room_for(self, nbytes: int) -> bool:
+        """True when writing *nbytes* keeps free space above the watermark."""
+        return self.free_bytes() - nbytes >= self.min_free_bytes
+
+    # -- writing ---------------------------------------------------------
+    def write_temp(self, chunks: bytes | bytearray | memoryview | list[bytes]) -> SpooledFile:
+        """Write *chunks* to a new temporary file, fsync'd; return its path and hash."""
+        parts = chunks if isinstance(chunks, list) else [chunks]
+        digest = hashlib.sha256()
+        size = 0
+        path = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            for part in parts:
+                view = memoryview(part)
+                digest.update(view)
+                size += len(view)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+            if self.fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return SpooledFile(path, size, digest.hexdigest())
+
+    def commit(self, spooled: SpooledFile, relative: str) -> Path:
+        """Move a temporary file to its final *relative* path, atomically and durably."""
+        final = self.root / relative
+        folder = final.parent
+        if not folder.is_dir():
+            self._make_dirs(folder)
+        os.replace(spooled.temp_path, final)
+        if self.fsync:
+            self._fsync_dir(folder)
+        return final
+
+    def discard(self, spooled: SpooledFile) -> None:
+        """Remove a temporary file that will not be kept."""
+        spooled.temp_path.unlink(missing_ok=True)
+
+    def clean_temp(self) -> int:
+        """Remove leftover temporary files (from a crash); returns how many."""
+        removed = 0
+        for path in self.tmp_dir.glob("*.part"):
+            path.unlink(missing_ok=True)
+            removed += 1
+        if removed:
+            LOGGER.info("removed %d unfinished temporary file(s) from the spool", removed)
+        return removed
+
+    def _make_dirs(self, folder: Path) -> None:
+        missing: list[Path] = []
+        p = folder
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.fsync:
+            # Make the new directory entries durable, parents last.
+            for created in missing:
+                self._fsync_dir(created.parent)
+
+    @staticmethod
+    def _fsync_dir(folder: Path) -> None:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
