@@ -6,7 +6,8 @@ Tree::
     ├── VolumeError              a series cannot be turned into one volume
     │   ├── MixedOrientationError   frames lie in different planes (localizer)
     │   ├── IrregularSpacingError   uneven / tilted slices that were not resampled
-    │   └── MissingSlicesError      a gap in the slice positions
+    │   ├── MissingSlicesError      a gap in the slice positions
+    │   └── DuplicateSlicesError    frames repeat positions (several stacks)
     ├── PipelineNotApplicable    the series is out of scope for a pipeline
     └── ModelLoadError           weights / TorchScript / bundle could not be loaded
 """
@@ -32,6 +33,10 @@ class IrregularSpacingError(VolumeError):
 
 class MissingSlicesError(VolumeError):
     """The slice positions show a gap larger than the regular spacing."""
+
+
+class DuplicateSlicesError(VolumeError):
+    """Several frames lie at the same position (e.g. magnitude + phase, time points)."""
 
 
 class PipelineNotApplicable(AIModelsError):

@@ -1,0 +1,250 @@
+"""Find DICOM image files and group them by series.
+
+DICOM files are recognised by their content, never by their name: a Part 10
+file carries the 128-byte preamble followed by ``DICM`` (PS3.10 Section 7.1).
+Files without a preamble are accepted when pydicom can read them and they hold
+the identifying UIDs of an image (SOP Class, SOP Instance and Series Instance
+UID).  Objects that cannot become a volume -- no Pixel Data, a DICOMDIR /
+Media Storage Directory, SR, SEG, RT objects, waveforms, presentation states
+-- are skipped with a logged reason.
+
+Public functions
+----------------
+:func:`scan_paths`
+    Walk files and folders; return the image files and the skipped ones.
+:func:`discover_series`
+    The image files grouped by SeriesInstanceUID.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+__all__ = [
+    "NON_IMAGE_SOP_CLASSES",
+    "DicomFile",
+    "SkippedFile",
+    "discover_series",
+    "is_dicom_file",
+    "scan_paths",
+]
+
+logger = logging.getLogger(__name__)
+
+#: SOP classes that carry no image a pipeline could run on, by UID.  Objects
+#: of these classes are skipped even when they hold Pixel Data (SEG, RT Dose).
+NON_IMAGE_SOP_CLASSES: dict[str, str] = {
+    "1.2.840.10008.1.3.10": "Media Storage Directory (DICOMDIR)",
+    "1.2.840.10008.5.1.4.1.1.66": "Raw Data",
+    "1.2.840.10008.5.1.4.1.1.66.1": "Spatial Registration",
+    "1.2.840.10008.5.1.4.1.1.66.2": "Spatial Fiducials",
+    "1.2.840.10008.5.1.4.1.1.66.3": "Deformable Spatial Registration",
+    "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation",
+    "1.2.840.10008.5.1.4.1.1.66.5": "Surface Segmentation",
+    "1.2.840.10008.5.1.4.1.1.66.7": "Label Map Segmentation",
+    "1.2.840.10008.5.1.4.1.1.67": "Real World Value Mapping",
+    "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF",
+    "1.2.840.10008.5.1.4.1.1.104.2": "Encapsulated CDA",
+    "1.2.840.10008.5.1.4.1.1.481.1": "RT Image",
+    "1.2.840.10008.5.1.4.1.1.481.2": "RT Dose",
+    "1.2.840.10008.5.1.4.1.1.481.3": "RT Structure Set",
+    "1.2.840.10008.5.1.4.1.1.481.5": "RT Plan",
+}
+
+#: SOP class UID prefixes of non-image families: structured reports (88.x),
+#: presentation states (11.x), waveforms (9.x), key object selection (88.59).
+_NON_IMAGE_PREFIXES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.88.": "Structured Report",
+    "1.2.840.10008.5.1.4.1.1.11.": "Presentation State",
+    "1.2.840.10008.5.1.4.1.1.9.": "Waveform",
+}
+
+_PREAMBLE_LEN = 128
+
+
+@dataclass(frozen=True)
+class DicomFile:
+    """One image file found on disk, with the identifiers read from its header."""
+
+    path: pathlib.Path
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    modality: str
+    number_of_frames: int
+    transfer_syntax_uid: str
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file that was not taken, and why (for logs and dry runs)."""
+
+    path: pathlib.Path
+    reason: str
+
+
+def is_dicom_file(path: str | os.PathLike[str]) -> bool:
+    """Return True when ``path`` starts like a DICOM Part 10 file.
+
+    Checks for ``DICM`` at byte offset 128 (PS3.10 Section 7.1).  Files
+    without a preamble are not recognised here; :func:`scan_paths` tries to
+    read those with pydicom as a fallback.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_PREAMBLE_LEN + 4)
+    except OSError:
+        return False
+    return len(head) == _PREAMBLE_LEN + 4 and head[_PREAMBLE_LEN:] == b"DICM"
+
+
+def _iter_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[pathlib.Path]:
+    for p in paths:
+        path = pathlib.Path(p)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for name in sorted(files):
+                    yield pathlib.Path(root) / name
+        elif path.is_file():
+            yield path
+        else:
+            logger.debug("not a file or folder: %s", path)
+
+
+def _non_image_reason(ds: Dataset) -> str | None:
+    """Why ``ds`` cannot be an image input, or None when it can."""
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class in NON_IMAGE_SOP_CLASSES:
+        return f"non-image SOP class {NON_IMAGE_SOP_CLASSES[sop_class]} ({sop_class})"
+    for prefix, name in _NON_IMAGE_PREFIXES.items():
+        if sop_class.startswith(prefix):
+            return f"non-image SOP class {name} ({sop_class})"
+    if "DirectoryRecordSequence" in ds:
+        return "DICOMDIR (Media Storage Directory)"
+    has_pixels = any(
+        kw in ds for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+    )
+    if not has_pixels:
+        return "no Pixel Data"
+    return None
+
+
+def _read_header(path: pathlib.Path) -> tuple[Dataset | None, str]:
+    """Read a header with large values deferred; ``(None, reason)`` if not DICOM."""
+    preamble = is_dicom_file(path)
+    try:
+        # defer_size keeps Pixel Data on disk but still tells us it is there.
+        ds = pydicom.dcmread(path, defer_size=1024, force=not preamble)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+        return None, f"not readable as DICOM ({type(exc).__name__})"
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on junk
+        return None, f"not readable as DICOM ({type(exc).__name__})"
+    if not preamble:
+        # Without a preamble pydicom reads anything; demand the identifying UIDs.
+        try:
+            if not all(ds.get(kw) for kw in ("SOPClassUID", "SOPInstanceUID")):
+                return None, "no DICM preamble and no SOP Class/Instance UID"
+        except Exception as exc:  # noqa: BLE001 - junk data decoded as elements
+            return None, f"no DICM preamble and unreadable header ({type(exc).__name__})"
+    return ds, ""
+
+
+def scan_paths(
+    paths: Iterable[str | os.PathLike[str]],
+) -> tuple[list[DicomFile], list[SkippedFile]]:
+    """Find the DICOM image files under ``paths``.
+
+    Parameters
+    ----------
+    paths:
+        Files and/or folders; folders are walked recursively (sorted, so the
+        result is deterministic).
+
+    Returns
+    -------
+    images, skipped:
+        The image files with their identifiers, and every other file with the
+        reason it was skipped (logged at INFO without the path; the path is
+        logged at DEBUG only, as it may contain patient names).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    images: list[DicomFile] = []
+    skipped: list[SkippedFile] = []
+    for path in _iter_files(paths):
+        ds, reason = _read_header(path)
+        if ds is not None:
+            try:
+                reason = _non_image_reason(ds) or ""
+                if not reason:
+                    missing = [
+                        kw
+                        for kw in ("SOPInstanceUID", "SeriesInstanceUID", "Rows", "Columns")
+                        if not ds.get(kw)
+                    ]
+                    if missing:
+                        reason = "missing " + ", ".join(missing)
+            except Exception as exc:  # noqa: BLE001 - a broken element in the header
+                reason = f"unreadable header ({type(exc).__name__}: {exc})"
+        if reason or ds is None:
+            logger.info("skipping a file: %s", reason)
+            logger.debug("skipped %s: %s", path, reason)
+            skipped.append(SkippedFile(path, reason))
+            continue
+        try:
+            n_frames = int(ds.get("NumberOfFrames") or 1)
+        except (TypeError, ValueError):
+            logger.info("skipping a file: invalid NumberOfFrames")
+            logger.debug("skipped %s: invalid NumberOfFrames", path)
+            skipped.append(SkippedFile(path, "invalid NumberOfFrames"))
+            continue
+        meta = getattr(ds, "file_meta", None)
+        images.append(
+            DicomFile(
+                path=path,
+                sop_instance_uid=str(ds.SOPInstanceUID),
+                sop_class_uid=str(ds.get("SOPClassUID", "")),
+                series_instance_uid=str(ds.SeriesInstanceUID),
+                study_instance_uid=str(ds.get("StudyInstanceUID", "")),
+                modality=str(ds.get("Modality", "")),
+                number_of_frames=n_frames,
+                transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")) if meta else "",
+            )
+        )
+    logger.info("found %d image file(s), skipped %d file(s)", len(images), len(skipped))
+    return images, skipped
+
+
+def discover_series(
+    paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
+) -> dict[str, list[DicomFile]]:
+    """Group the DICOM image files under ``paths`` by SeriesInstanceUID.
+
+    Parameters
+    ----------
+    paths:
+        One path or several; each a file or a folder (walked recursively).
+
+    Returns
+    -------
+    dict
+        SeriesInstanceUID -> the image files of that series, in path order.
+        Non-image and non-DICOM files are left out (see :func:`scan_paths`).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    images, _ = scan_paths(paths)
+    series: dict[str, list[DicomFile]] = {}
+    for f in images:
+        series.setdefault(f.series_instance_uid, []).append(f)
+    return series
