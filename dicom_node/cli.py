@@ -1,0 +1,229 @@
+"""The ``dicom-node`` command: one click group, thin sub-commands.
+
+``serve`` runs the node; the others cover the admin's day: ``check-config``,
+``echo``, ``send``, ``studies``, ``db upgrade``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from dicom_node import __version__
+from dicom_node.config import Settings, load_settings
+from dicom_node.errors import ConfigError, DeliveryError
+from dicom_node.logs import configure_logging
+
+LOGGER = logging.getLogger(__name__)
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+class _State:
+    """Shared by all sub-commands: where the config is and how to log."""
+
+    def __init__(self, config: Path | None, log_json: bool, verbose: bool) -> None:
+        self.config_path = config
+        self.log_json = log_json
+        self.verbose = verbose
+        self._settings: Settings | None = None
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            try:
+                self._settings = load_settings(self.config_path)
+            except ConfigError as exc:
+                err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+                sys.exit(2)
+            level = "DEBUG" if self.verbose else self._settings.log.level
+            configure_logging(level, self.log_json or self._settings.log.json_format)
+        return self._settings
+
+
+pass_state = click.make_pass_decorator(_State)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "-c",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="DICOM_NODE_CONFIG",
+    help="config.toml to use (default: ./config.toml when present, else built-in defaults).",
+)
+@click.option("--log-json", is_flag=True, help="Log JSON lines instead of text.")
+@click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
+@click.version_option(__version__, prog_name="dicom-node")
+@click.pass_context
+def main(ctx: click.Context, config: Path | None, log_json: bool, verbose: bool) -> None:
+    """dicom-node: receive DICOM, run AI pipelines, send results back."""
+    ctx.obj = _State(config, log_json, verbose)
+
+
+@main.command()
+@pass_state
+def serve(state: _State) -> None:
+    """Run the node: Storage SCP, collector, workers, dashboard."""
+    from dicom_node.node import Node
+
+    settings = state.settings()
+    node = Node(settings)
+    node.run_forever()
+
+
+@main.command("check-config")
+@pass_state
+def check_config(state: _State) -> None:
+    """Validate config.toml and print a summary (exit 2 on errors)."""
+    settings = state.settings()
+    source = settings.source_path or "built-in defaults"
+    console.print(f"[green]configuration OK[/] ({source})")
+    n = settings.node
+    console.print(f"  node      {n.ae_title} on {n.host}:{n.port}")
+    console.print(f"  storage   {settings.storage.spool_dir}  {_redact(settings.storage.database_url)}")
+    peers = str(len(settings.peers)) if settings.peers else "any (no [[peers]] configured)"
+    console.print(f"  peers     {peers}", markup=False)
+    console.print(f"  destinations {', '.join(d.name for d in settings.destinations) or 'none'}")
+    console.print(f"  rules     {', '.join(r.name for r in settings.rules) or 'none'}")
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+@main.command()
+@click.argument("destination")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds.")
+@pass_state
+def echo(state: _State, destination: str, timeout: float) -> None:
+    """C-ECHO a destination (a configured name or HOST:PORT:AET)."""
+    from dicom_node.scu import echo as do_echo
+    from dicom_node.scu import parse_peer
+
+    settings = state.settings()
+    try:
+        peer = parse_peer(destination, settings.destinations)
+        seconds = do_echo(peer, settings.node.ae_title, timeout)
+    except (ValueError, DeliveryError) as exc:
+        err_console.print(f"[bold red]echo failed:[/] {exc}")
+        sys.exit(1)
+    console.print(f"[green]C-ECHO {peer}: success[/] in {seconds * 1000:.1f} ms")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--to", "destination", required=True, help="Destination name or HOST:PORT:AET.")
+@pass_state
+def send(state: _State, paths: tuple[Path, ...], destination: str) -> None:
+    """C-STORE DICOM files or folders to a destination, with a progress bar."""
+    from dicom_node.scu import collect_dicom_files, parse_peer, send_files
+
+    settings = state.settings()
+    try:
+        peer = parse_peer(destination, settings.destinations)
+    except ValueError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(2)
+    files = collect_dicom_files(paths)
+    if not files:
+        err_console.print("[yellow]no DICOM files found[/]")
+        sys.exit(1)
+    with Progress(
+        TextColumn("[bold]sending[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("send", total=len(files))
+        try:
+            report = send_files(
+                peer,
+                files,
+                calling_ae=settings.node.ae_title,
+                progress=lambda _p, _s: progress.advance(task),
+            )
+        except DeliveryError as exc:
+            err_console.print(f"[bold red]send failed:[/] {exc}")
+            sys.exit(1)
+    rate = report.sent / report.seconds if report.seconds else 0.0
+    console.print(
+        f"sent {report.sent} of {len(files)} file(s) to {peer} "
+        f"({report.bytes / 1e6:.1f} MB, {report.seconds:.1f} s, {rate:.0f}/s)"
+    )
+    for path, reason in report.failed:
+        console.print(f"[red]failed[/] {path}: {reason}")
+    if report.failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--limit", default=50, show_default=True, help="Most recent studies to show.")
+@pass_state
+def studies(state: _State, limit: int) -> None:
+    """Table of received studies and their series with instance counts."""
+    from dicom_node.node import open_store
+
+    settings = state.settings()
+    store = open_store(settings)
+    rows = store.study_summaries(limit)
+    table = Table(title=f"received studies ({len(rows)})")
+    for col in ("study", "date", "description", "series", "mod", "series description",
+                "from", "inst", "MB", "last received"):
+        table.add_column(col, overflow="fold")
+    for study in rows:
+        first = True
+        for series in study["series"]:
+            table.add_row(
+                _short_uid(study["study_instance_uid"]) if first else "",
+                (study["study_date"] or "") if first else "",
+                (study["study_description"] or "") if first else "",
+                _short_uid(series["series_instance_uid"]),
+                series["modality"] or "",
+                series["series_description"] or "",
+                series["calling_ae"] or "",
+                str(series["instances"]),
+                f"{series['bytes'] / 1e6:.1f}",
+                study["last_received_at"].strftime("%Y-%m-%d %H:%M:%S") if first else "",
+            )
+            first = False
+    console.print(table)
+
+
+def _short_uid(uid: str) -> str:
+    return uid if len(uid) <= 16 else "…" + uid[-15:]
+
+
+@main.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command("upgrade")
+@pass_state
+def db_upgrade(state: _State) -> None:
+    """Create or upgrade the schema to the newest revision (Alembic)."""
+    from storage.db import Database
+
+    settings = state.settings()
+    database = Database(settings.storage.database_url)
+    before = database.current_revision()
+    database.upgrade()
+    console.print(f"database at revision {database.current_revision()} (was {before or 'empty'})")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

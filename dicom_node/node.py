@@ -1,0 +1,78 @@
+"""Assembling a running node from settings: database, spool, SCP.
+
+``dicom-node serve`` is a thin wrapper around :class:`Node`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from dicom_node.config import Settings
+from dicom_node.scp import StorageSCP
+from storage.db import Database
+from storage.received import DuplicateAction, ReceivedStore
+from storage.spool import Spool
+
+__all__ = ["Node", "open_store"]
+
+LOGGER = logging.getLogger(__name__)
+
+
+def open_store(settings: Settings, *, upgrade: bool = True) -> ReceivedStore:
+    """Open the database (running migrations) and the spool."""
+    db = Database(settings.storage.database_url)
+    if upgrade:
+        db.upgrade()
+    spool = Spool(
+        settings.storage.spool_dir,
+        fsync=settings.storage.fsync,
+        min_free_bytes=settings.storage.min_free_disk_mb * 2**20,
+    )
+    spool.clean_temp()
+    return ReceivedStore(db, spool, DuplicateAction(settings.node.duplicate_policy.value))
+
+
+class Node:
+    """The whole node in one process.
+
+    Parameters
+    ----------
+    settings:
+        Validated settings.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = open_store(settings)
+        self.scp = StorageSCP(settings, self.store)
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        """Start listening (non-blocking)."""
+        self.scp.start()
+
+    def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
+        """Ask the node to stop (signal handler)."""
+        if signum is not None:
+            LOGGER.info("received %s: shutting down", signal.Signals(signum).name)
+        self._stop.set()
+
+    def run_forever(self) -> None:
+        """Start, serve until SIGTERM/SIGINT, then shut down cleanly."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        self.start()
+        try:
+            while not self._stop.wait(0.5):
+                pass
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop accepting, let associations finish (bounded), close the database."""
+        self.scp.shutdown()
+        self.store.db.dispose()
+        LOGGER.info("stopped")

@@ -1,0 +1,347 @@
+"""TID 1500 Measurement Report in a Comprehensive 3D SR (PS3.3 A.35.13).
+
+Content tree (PS3.16 TID 1500)::
+
+    Imaging Measurement Report
+    ├── Language, observer context: device = the algorithm (TID 1004, its
+    │   Device UID = the Contributing Equipment Device UID)
+    ├── Procedure Reported (from the result, else a default per modality)
+    ├── Image Library (TID 1600): the source images
+    └── Imaging Measurements
+        ├── Measurement Group (TID 1411) per finding with a SEG segment:
+        │   tracking identifier + UID, finding type / site, Referenced
+        │   Segment (SEG SOP Instance UID + segment number), measurements
+        │   (TID 300, UCUM units) and qualitative evaluations, algorithm
+        │   identification (TID 4019)
+        ├── Measurement Group (TID 1410), same tracking identifier + UID:
+        │   the finding's largest cross-section as a closed POLYLINE SCOORD
+        │   on its source image (see "Viewer compatibility")
+        └── Measurement Group (TID 1501) per finding without a segment:
+            tracking identifier + UID, measurements, evaluations, source
+            images
+
+Document flags: CompletionFlag PARTIAL, PreliminaryFlag PRELIMINARY,
+VerificationFlag UNVERIFIED -- an AI result is never final or verified.
+
+Viewer compatibility
+--------------------
+OHIF (``cornerstone-dicom-sr``) merges measurement groups that share a
+Tracking Unique Identifier and draws a finding only when the merged group has
+an SCOORD; a group without one is listed but not drawn, and its NUM items need
+a content sequence.  TID 1411 allows exactly one ROI reference (segment,
+regions or surface), so the planar outline goes in a second, TID 1410 group
+with the same tracking identifier and UID -- the standard's way of saying
+"the same finding" -- rather than being forced into the volumetric group.
+The outline is the closed polyline of the largest connected region on the
+slice where the finding has its largest area (an outline reads better than a
+bounding box and stays small after simplification).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from dicom_node.results._geometry import largest_cross_section, outline
+from dicom_node.results.common import (
+    DEFAULT_SERIES_NUMBERS,
+    MANUFACTURER_MODEL_NAME,
+    SOFTWARE_VERSION,
+    algorithm_identification,
+    check_result,
+    check_uid,
+    contributing_equipment,
+    default_procedure_reported,
+    device_uid,
+    series_description,
+    to_code,
+)
+
+if TYPE_CHECKING:
+    from ai_models.types import Finding, PipelineResult, Segment
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["COMPREHENSIVE_3D_SR_SOP_CLASS_UID", "write_sr"]
+
+#: Comprehensive 3D SR Storage (PS3.4 B.5).
+COMPREHENSIVE_3D_SR_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.88.34"
+
+MeasurementGroup = (
+    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.MeasurementsAndQualitativeEvaluations
+)
+
+
+def _seg_segment_number(segmentation: Dataset, segment: Segment) -> int | None:
+    """Number of ``segment`` in ``segmentation``, found by its tracking UID."""
+    for item in segmentation.SegmentSequence:
+        if item.get("TrackingUID") == segment.tracking_uid:
+            return int(item.SegmentNumber)
+    return None
+
+
+def _observation_context(result: PipelineResult) -> hd.sr.ObservationContext:
+    algorithm = result.algorithm
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=device_uid(algorithm),
+        name=algorithm.name[:64],
+        manufacturer_name=(algorithm.manufacturer or None),
+        model_name=f"{algorithm.name} {algorithm.version}"[:64],
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=device,
+        )
+    )
+
+
+def _measurements(
+    finding: Finding, algo_id: hd.sr.AlgorithmIdentification
+) -> list[hd.sr.Measurement]:
+    out = []
+    for m in finding.measurements:
+        if not np.isfinite(m.value):
+            raise ValueError(
+                f"Measurement {m.name.meaning!r} of finding {finding.tracking_id!r} "
+                f"is not finite: {m.value!r}."
+            )
+        # The algorithm on each NUM gives it a content sequence, which OHIF
+        # expects on measurements of groups without an SCOORD.
+        out.append(
+            hd.sr.Measurement(
+                name=to_code(m.name),
+                value=float(m.value),
+                unit=to_code(m.unit),
+                algorithm_id=algo_id,
+            )
+        )
+    return out
+
+
+def _evaluations(finding: Finding) -> list[hd.sr.QualitativeEvaluation]:
+    return [
+        hd.sr.QualitativeEvaluation(name=to_code(q.name), value=to_code(q.value))
+        for q in finding.qualitative_evaluations
+    ]
+
+
+def _source_image_item(result: PipelineResult, k: int, cls: type) -> object:
+    ref = result.volume.frames[k]
+    return cls(
+        referenced_sop_class_uid=ref.sop_class_uid,
+        referenced_sop_instance_uid=ref.sop_instance_uid,
+        referenced_frame_numbers=[ref.frame_number] if ref.frame_number is not None else None,
+    )
+
+
+def _planar_region(result: PipelineResult, segment: Segment) -> hd.sr.ImageRegion | None:
+    """Closed POLYLINE of the segment's largest cross-section (TID 1410)."""
+    k = largest_cross_section(segment.mask)
+    if k is None:
+        return None
+    points = outline(segment.mask[k])
+    if points is None:
+        return None
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=points,
+        source_image=_source_image_item(result, k, hd.sr.SourceImageForRegion),
+    )
+
+
+def _finding_groups(
+    result: PipelineResult,
+    finding: Finding,
+    segmentation: Dataset | None,
+    segments: dict[int, Segment],
+    algo_id: hd.sr.AlgorithmIdentification,
+    planar_regions: bool,
+) -> list[MeasurementGroup]:
+    tracking = hd.sr.TrackingIdentifier(
+        uid=finding.tracking_uid, identifier=finding.tracking_id[:64]
+    )
+    common = dict(
+        tracking_identifier=tracking,
+        finding_type=to_code(finding.finding_type),
+        algorithm_id=algo_id,
+        finding_sites=(
+            [hd.sr.FindingSite(anatomic_location=to_code(finding.finding_site))]
+            if finding.finding_site is not None
+            else None
+        ),
+    )
+    measurements = _measurements(finding, algo_id) or None
+    evaluations = _evaluations(finding) or None
+    segment = segments.get(finding.segment_number) if finding.segment_number is not None else None
+    groups: list[MeasurementGroup] = []
+
+    seg_number = (
+        _seg_segment_number(segmentation, segment)
+        if segment is not None and segmentation is not None
+        else None
+    )
+    region = _planar_region(result, segment) if segment is not None else None
+    if seg_number is not None:
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                referenced_segment=hd.sr.ReferencedSegment.from_segmentation(
+                    segmentation, segment_number=seg_number
+                ),
+                measurements=measurements,
+                qualitative_evaluations=evaluations,
+                **common,
+            )
+        )
+        if planar_regions and region is not None:
+            groups.append(
+                hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                    referenced_region=region, **common
+                )
+            )
+    elif region is not None:
+        # No SEG to point at: the outline is the ROI (TID 1410).
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                referenced_region=region,
+                measurements=measurements,
+                qualitative_evaluations=evaluations,
+                **common,
+            )
+        )
+    else:
+        # TID 1501: measurements of the series as a whole.
+        sources = [
+            _source_image_item(result, k, hd.sr.SourceImageForMeasurementGroup)
+            for k in _representative_slices(result)
+        ]
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                measurements=measurements,
+                qualitative_evaluations=evaluations,
+                source_images=sources,
+                **common,
+            )
+        )
+    return groups
+
+
+def _representative_slices(result: PipelineResult) -> list[int]:
+    """All slices of a small series; first, middle, last of a big one."""
+    n = result.volume.shape[0]
+    if n <= 16:
+        return list(range(n))
+    return sorted({0, n // 2, n - 1})
+
+
+def write_sr(
+    result: PipelineResult,
+    *,
+    segmentation: Dataset | None = None,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    series_number: int | None = None,
+    instance_number: int | None = None,
+    planar_regions: bool = True,
+    series_description_text: str | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """Write the findings of ``result`` as a TID 1500 Comprehensive 3D SR.
+
+    Parameters
+    ----------
+    result:
+        The pipeline result; at least one finding.
+    segmentation:
+        The SEG written for the same result (:func:`~.seg.write_seg`); findings
+        with a segment reference it (SEG SOP Instance UID + segment number,
+        found by tracking UID).  Without it such findings get a planar ROI
+        group only.  The SEG is recorded as evidence.
+    series_instance_uid, sop_instance_uid:
+        UIDs fixed by the caller; generated when ``None``.
+    series_number, instance_number:
+        Defaults 9002 and 1.
+    planar_regions:
+        Add the TID 1410 outline group next to each TID 1411 group (default;
+        needed by OHIF to draw the finding).
+    series_description_text:
+        Overrides the default SeriesDescription.
+
+    Returns
+    -------
+    highdicom.sr.Comprehensive3DSR
+        Same study as the source, new series; PARTIAL / PRELIMINARY /
+        UNVERIFIED.
+
+    Raises
+    ------
+    ValueError
+        When the result has no findings or holds inconsistent references.
+    TypeError
+        When ``segmentation`` is not a Segmentation dataset.
+    """
+    check_result(result)
+    if not result.findings:
+        raise ValueError("The result has no findings: there is nothing to report.")
+    if segmentation is not None:
+        if not isinstance(segmentation, Dataset) or "SegmentSequence" not in segmentation:
+            raise TypeError('Argument "segmentation" must be a Segmentation dataset.')
+        if segmentation.StudyInstanceUID != result.volume.source_datasets[0].StudyInstanceUID:
+            raise ValueError('Argument "segmentation" belongs to another study.')
+    if series_instance_uid is not None:
+        check_uid(series_instance_uid, "series_instance_uid")
+    if sop_instance_uid is not None:
+        check_uid(sop_instance_uid, "sop_instance_uid")
+
+    algorithm = result.algorithm
+    algo_id = algorithm_identification(algorithm)
+    segments = {s.number: s for s in result.segments}
+    groups: list[MeasurementGroup] = []
+    for finding in result.findings:
+        groups.extend(
+            _finding_groups(result, finding, segmentation, segments, algo_id, planar_regions)
+        )
+
+    procedure = (
+        to_code(result.procedure_reported)
+        if result.procedure_reported is not None
+        else default_procedure_reported(result.volume.modality or
+                                        result.volume.source_datasets[0].get("Modality", ""))
+    )
+    sources: Sequence[Dataset] = result.volume.source_datasets
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(result),
+        procedure_reported=procedure,
+        imaging_measurements=groups,
+        referenced_images=list(sources),
+    )
+    evidence = list(sources) + ([segmentation] if segmentation is not None else [])
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report[0],
+        series_instance_uid=series_instance_uid or hd.UID(),
+        series_number=(
+            series_number if series_number is not None else DEFAULT_SERIES_NUMBERS["SR"]
+        ),
+        sop_instance_uid=sop_instance_uid or hd.UID(),
+        instance_number=instance_number if instance_number is not None else 1,
+        manufacturer=algorithm.manufacturer or "dicom-node",
+        is_complete=False,
+        is_final=False,
+        is_verified=False,
+        contributing_equipment=[contributing_equipment(algorithm)],
+        series_description=(
+            series_description_text or series_description(result.pipeline, algorithm, "SR")
+        ),
+        manufacturer_model_name=MANUFACTURER_MODEL_NAME,
+        software_versions=SOFTWARE_VERSION,
+    )
+    logger.debug("SR %s: %d measurement group(s)", sr.SOPInstanceUID, len(groups))
+    return sr
