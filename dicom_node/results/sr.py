@@ -158,6 +158,37 @@ def _planar_region(result: PipelineResult, segment: Segment) -> hd.sr.ImageRegio
     )
 
 
+#: Above this many slices a Referenced Segment names the source series
+#: instead of listing every source image (TID 1411 allows either).
+MAX_SOURCE_IMAGES_PER_SEGMENT = 64
+
+
+def _referenced_segment(
+    result: PipelineResult, segmentation: Dataset, seg_number: int, segment: Segment
+) -> hd.sr.ReferencedSegment:
+    """Referenced Segment (TID 1411 row 8) with its source images or series."""
+    slices = np.flatnonzero(segment.mask.any(axis=(1, 2)))
+    if 0 < len(slices) <= MAX_SOURCE_IMAGES_PER_SEGMENT:
+        images = [
+            _source_image_item(result, int(k), hd.sr.SourceImageForSegmentation)
+            for k in slices
+        ]
+        return hd.sr.ReferencedSegment(
+            sop_class_uid=segmentation.SOPClassUID,
+            sop_instance_uid=segmentation.SOPInstanceUID,
+            segment_number=seg_number,
+            source_images=images,
+        )
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=segmentation.SOPClassUID,
+        sop_instance_uid=segmentation.SOPInstanceUID,
+        segment_number=seg_number,
+        source_series=hd.sr.SourceSeriesForSegmentation(
+            result.volume.source_datasets[0].SeriesInstanceUID
+        ),
+    )
+
+
 def _finding_groups(
     result: PipelineResult,
     finding: Finding,
@@ -193,8 +224,8 @@ def _finding_groups(
     if seg_number is not None:
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                referenced_segment=hd.sr.ReferencedSegment.from_segmentation(
-                    segmentation, segment_number=seg_number
+                referenced_segment=_referenced_segment(
+                    result, segmentation, seg_number, segment
                 ),
                 measurements=measurements,
                 qualitative_evaluations=evaluations,
@@ -232,6 +263,35 @@ def _finding_groups(
             )
         )
     return groups
+
+
+# Source image for segmentation, Referenced Segment: reached through the SEG.
+_NOT_IN_LIBRARY = {"121233", "121191"}
+
+
+def _library_images(result: PipelineResult, groups: list[MeasurementGroup]) -> list[Dataset]:
+    """Source images for the Image Library (TID 1600).
+
+    The images the measurement groups point at (SCOORD sources, TID 1501
+    source images), in slice order; the first source image when there are
+    none.  Listing every slice of a 300-slice series would cost seconds and
+    adds nothing a viewer needs (the evidence sequence lists them all).
+    """
+    wanted: set[str] = set()
+
+    def walk(items: Sequence[Dataset]) -> None:
+        for item in items:
+            name = item.get("ConceptNameCodeSequence")
+            if name and name[0].CodeValue in _NOT_IN_LIBRARY:
+                continue
+            for ref in item.get("ReferencedSOPSequence", []):
+                wanted.add(ref.ReferencedSOPInstanceUID)
+            walk(item.get("ContentSequence", []))
+
+    for group in groups:
+        walk(group)
+    images = [ds for ds in result.volume.source_datasets if ds.SOPInstanceUID in wanted]
+    return images or [result.volume.source_datasets[0]]
 
 
 def _representative_slices(result: PipelineResult) -> list[int]:
@@ -320,7 +380,7 @@ def write_sr(
         observation_context=_observation_context(result),
         procedure_reported=procedure,
         imaging_measurements=groups,
-        referenced_images=list(sources),
+        referenced_images=_library_images(result, groups),
     )
     evidence = list(sources) + ([segmentation] if segmentation is not None else [])
     sr = hd.sr.Comprehensive3DSR(
