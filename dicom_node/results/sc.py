@@ -1,0 +1,285 @@
+"""Burned-in overlay series: Secondary Capture Image Storage (PS3.3 A.8.1).
+
+For viewers that show neither SEG nor SR, this writer renders the source
+slices with the segment outlines burned in: RGB, 8 bits, one single-frame
+SC instance per slice, a new series in the source study.
+
+Decisions
+---------
+* **Only slices with a segment** (``slices="mask"``, the default); ``"all"``
+  renders every slice.  An RGB copy of a 300-slice CT is ~240 MB, and the
+  series is a pointer to findings, not a replacement for the images.
+* **Single-frame SC** (1.2.840.10008.5.1.4.1.1.7), the class every PACS
+  viewer shows.  Its IOD has no Image Plane module, so ImagePositionPatient /
+  ImageOrientationPatient are *not* written (they would make it a Standard
+  Extended SOP Class).  What the IOD allows is kept: Pixel Spacing (SC Image
+  module, Type 3), Patient Orientation from the direction cosines,
+  Instance Number in slice order, and Source / Referenced Image Sequences
+  pointing at the source frame each image was made from, so viewers can
+  link each image to its slice.
+* **Windowing:** CT uses the source's first WindowCenter/WindowWidth, else
+  a soft-tissue window (40/400 HU); other modalities use the 0.5-99.5
+  percentiles of the volume.  The window is baked in (no VOI LUT).
+* **Labelling:** BurnedInAnnotation YES; ImageComments and
+  SeriesDescription say "not for diagnostic use"; the top-left corner
+  carries the same text and a legend of the segment colours.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+
+from dicom_node.results._geometry import edges
+from dicom_node.results.common import (
+    DEFAULT_SERIES_NUMBERS,
+    MANUFACTURER_MODEL_NAME,
+    SOFTWARE_VERSION,
+    check_result,
+    check_uid,
+    contributing_equipment,
+    series_description,
+)
+from dicom_node.results.seg import segment_color
+
+if TYPE_CHECKING:
+    from ai_models.types import FrameRef, PipelineResult
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SECONDARY_CAPTURE_SOP_CLASS_UID", "NOT_FOR_DIAGNOSTIC_USE", "write_sc", "frame_key"]
+
+#: Secondary Capture Image Storage (PS3.4 B.5).
+SECONDARY_CAPTURE_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.7"
+
+#: Text of ImageComments and of the burned-in banner.
+NOT_FOR_DIAGNOSTIC_USE = "AI overlay - NOT FOR DIAGNOSTIC USE"
+
+_SLICE_CHOICES = ("mask", "all")
+
+
+def frame_key(ref: FrameRef) -> str:
+    """Key of a source frame in ``sop_instance_uids``: ``uid`` or ``uid#frame``."""
+    if ref.frame_number is None:
+        return ref.sop_instance_uid
+    return f"{ref.sop_instance_uid}#{ref.frame_number}"
+
+
+def _orientation_letter(vector: np.ndarray) -> str:
+    """Main LPS direction of a unit vector as a Patient Orientation letter."""
+    axis = int(np.argmax(np.abs(vector)))
+    positive = vector[axis] >= 0
+    return ("L", "P", "H")[axis] if positive else ("R", "A", "F")[axis]
+
+
+def _window(result: PipelineResult) -> tuple[float, float]:
+    volume = result.volume
+    if (volume.modality or "").upper() == "CT":
+        ds = volume.source_datasets[0]
+        center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+        try:
+            if center is not None and width is not None:
+                c = float(center[0] if isinstance(center, Sequence) else center)
+                w = float(width[0] if isinstance(width, Sequence) else width)
+                if w > 1:
+                    return c, w
+        except (TypeError, ValueError, IndexError):
+            pass
+        return 40.0, 400.0
+    lo, hi = np.percentile(volume.array[:: max(1, volume.shape[0] // 16)], [0.5, 99.5])
+    return float(lo + hi) / 2.0, max(float(hi - lo), 1.0)
+
+
+def _to_grey(slice_: np.ndarray, center: float, width: float) -> np.ndarray:
+    """Linear VOI LUT (PS3.3 C.11.2.1.2.1) to 8 bits."""
+    lo = center - width / 2.0
+    scaled = (slice_.astype(np.float32) - lo) * (255.0 / width)
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def _banner(rgb: np.ndarray, labels: Sequence[tuple[str, tuple[int, int, int]]]) -> None:
+    """Burn the disclaimer and a colour legend into the top-left corner."""
+    try:
+        from PIL import Image, ImageDraw
+    except ImportError:  # pragma: no cover - pillow comes with highdicom
+        return
+    if rgb.shape[0] < 64 or rgb.shape[1] < 128:
+        return
+    img = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(img)
+    draw.text((4, 2), NOT_FOR_DIAGNOSTIC_USE, fill=(255, 255, 0))
+    y = 14
+    for label, colour in labels:
+        if y > rgb.shape[0] - 12:
+            break
+        draw.rectangle((4, y + 2, 12, y + 9), fill=colour)
+        draw.text((16, y), label[:40], fill=colour)
+        y += 11
+    rgb[...] = np.asarray(img)
+
+
+def write_sc(
+    result: PipelineResult,
+    *,
+    series_instance_uid: str | None = None,
+    sop_instance_uids: Mapping[str, str] | None = None,
+    series_number: int | None = None,
+    instance_number: int | None = None,
+    slices: str = "mask",
+    window: tuple[float, float] | None = None,
+    thickness: int | None = None,
+    series_description_text: str | None = None,
+) -> list[hd.sc.SCImage]:
+    """Render the segment outlines onto the source slices as SC images.
+
+    Parameters
+    ----------
+    result:
+        The pipeline result (segments on the volume grid).
+    series_instance_uid:
+        Fixed by the caller, else generated.
+    sop_instance_uids:
+        Fixed SOP Instance UIDs keyed by :func:`frame_key` of the source frame;
+        missing ones are generated.
+    series_number, instance_number:
+        Series Number (default 9003) and the Instance Number of the first
+        image (default 1); images are numbered in slice order.
+    slices:
+        ``"mask"`` (slices with any segment, default) or ``"all"``.
+    window:
+        ``(center, width)`` to override the display window.
+    thickness:
+        Outline thickness in pixels (default 1, 2 from 384 columns up).
+    series_description_text:
+        Overrides the default SeriesDescription.
+
+    Returns
+    -------
+    list of highdicom.sc.SCImage
+        In slice order; empty when ``slices="mask"`` and no segment has pixels.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``slices`` value, a bad window or invalid UIDs.
+    """
+    check_result(result)
+    if slices not in _SLICE_CHOICES:
+        raise ValueError(f'Argument "slices" must be one of {_SLICE_CHOICES}, got {slices!r}.')
+    if series_instance_uid is not None:
+        check_uid(series_instance_uid, "series_instance_uid")
+    fixed = dict(sop_instance_uids or {})
+    for key, uid in fixed.items():
+        check_uid(uid, f"sop_instance_uids[{key!r}]")
+    if window is not None:
+        center, width = (float(v) for v in window)
+        if not width > 0:
+            raise ValueError(f'Argument "window" needs a positive width, got {window!r}.')
+    else:
+        center, width = _window(result)
+
+    volume = result.volume
+    n, rows, cols = volume.shape
+    segments = sorted(result.segments, key=lambda s: s.number)
+    colours = [segment_color(s, i) for i, s in enumerate(segments)]
+    if slices == "mask":
+        any_k = np.zeros(n, dtype=bool)
+        for seg in segments:
+            any_k |= seg.mask.any(axis=(1, 2))
+        ks = np.flatnonzero(any_k)
+    else:
+        ks = np.arange(n)
+    if thickness is None:
+        thickness = 2 if cols >= 384 else 1
+
+    src = volume.source_datasets[0]
+    series_uid = series_instance_uid or hd.UID()
+    number = series_number if series_number is not None else DEFAULT_SERIES_NUMBERS["SC"]
+    first = instance_number if instance_number is not None else 1
+    description = series_description_text or series_description(
+        result.pipeline, result.algorithm, "overlay"
+    )
+    orientation = (
+        _orientation_letter(volume.direction[:, 2]),  # along a row (j)
+        _orientation_letter(volume.direction[:, 1]),  # down a column (i)
+    )
+    equipment = [contributing_equipment(result.algorithm)]
+    out: list[hd.sc.SCImage] = []
+    for t, k in enumerate(ks):
+        k = int(k)
+        grey = _to_grey(volume.array[k], center, width)
+        rgb = np.repeat(grey[..., None], 3, axis=2)
+        present = []
+        for seg, colour in zip(segments, colours):
+            m = seg.mask[k]
+            if m.any():
+                rgb[edges(m, thickness)] = colour
+                present.append((seg.label, colour))
+        _banner(rgb, present)
+        ref = volume.frames[k]
+        sc = hd.sc.SCImage(
+            pixel_array=rgb,
+            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+            bits_allocated=8,
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            study_instance_uid=src.StudyInstanceUID,
+            series_instance_uid=series_uid,
+            series_number=number,
+            sop_instance_uid=fixed.get(frame_key(ref)) or hd.UID(),
+            instance_number=first + t,
+            manufacturer=result.algorithm.manufacturer or "dicom-node",
+            patient_id=src.get("PatientID"),
+            patient_name=src.get("PatientName"),
+            patient_birth_date=src.get("PatientBirthDate"),
+            patient_sex=src.get("PatientSex") or None,
+            accession_number=src.get("AccessionNumber"),
+            study_id=src.get("StudyID"),
+            study_date=src.get("StudyDate"),
+            study_time=src.get("StudyTime"),
+            referring_physician_name=src.get("ReferringPhysicianName"),
+            pixel_spacing=(float(volume.spacing[1]), float(volume.spacing[2])),
+            patient_orientation=orientation,
+            contributing_equipment=equipment,
+            series_description=description,
+            manufacturer_model_name=MANUFACTURER_MODEL_NAME,
+            software_versions=SOFTWARE_VERSION,
+        )
+        # General Series Laterality is Type 2C (paired body parts): copied
+        # with Body Part Examined; empty (= unknown) when the body part is.
+        if src.get("BodyPartExamined"):
+            sc.BodyPartExamined = src.BodyPartExamined
+        if src.get("Laterality"):
+            sc.Laterality = src.Laterality
+        elif not src.get("BodyPartExamined"):
+            sc.Laterality = ""
+        sc.BurnedInAnnotation = "YES"
+        sc.ImageComments = NOT_FOR_DIAGNOSTIC_USE
+        sc.ConversionType = "WSD"
+        sc.ImageType = ["DERIVED", "SECONDARY"]
+        sc.DerivationDescription = (
+            f"Segment outlines of {result.pipeline} {result.algorithm.version} "
+            f"burned into the source image (window {center:g}/{width:g})"
+        )[:1024]
+        ref_item = Dataset()
+        ref_item.ReferencedSOPClassUID = ref.sop_class_uid
+        ref_item.ReferencedSOPInstanceUID = ref.sop_instance_uid
+        if ref.frame_number is not None:
+            ref_item.ReferencedFrameNumber = ref.frame_number
+        sc.SourceImageSequence = DicomSequence([ref_item])
+        sc.ReferencedImageSequence = DicomSequence([_copy(ref_item)])
+        out.append(sc)
+    logger.debug("SC overlay: %d image(s)", len(out))
+    return out
+
+
+def _copy(item: Dataset) -> Dataset:
+    new = Dataset()
+    for elem in item:
+        new.add(elem)
+    return new
