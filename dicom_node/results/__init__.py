@@ -1,0 +1,202 @@
+"""Result writers: a pipeline result -> standard DICOM objects.
+
+* :func:`~dicom_node.results.seg.write_seg` -- BINARY Segmentation
+  (PS3.3 A.51), one segment per finding / organ;
+* :func:`~dicom_node.results.sr.write_sr` -- TID 1500 Measurement Report in a
+  Comprehensive 3D SR (PS3.3 A.35.13), referencing the SEG segments;
+* :func:`~dicom_node.results.sc.write_sc` -- opt-in burned-in overlay series
+  (Secondary Capture, PS3.3 A.8.1) for viewers that show neither.
+
+All land in the source study, each kind in its own new series, with a
+SeriesDescription that says what made it and the algorithm in Contributing
+Equipment.  :func:`write_results` runs the writers a caller asked for;
+:func:`save_datasets` stores them as files named ``<kind>_<SOPInstanceUID>.dcm``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from pydicom.dataset import Dataset
+
+from dicom_node.results.common import DEFAULT_SERIES_NUMBERS, OutputUIDs, device_uid
+from dicom_node.results.sc import SECONDARY_CAPTURE_SOP_CLASS_UID, write_sc
+from dicom_node.results.seg import SEGMENTATION_SOP_CLASS_UID, segment_number_map, write_seg
+from dicom_node.results.sr import COMPREHENSIVE_3D_SR_SOP_CLASS_UID, write_sr
+
+if TYPE_CHECKING:
+    from ai_models.types import PipelineResult
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "OUTPUT_KINDS",
+    "COMPREHENSIVE_3D_SR_SOP_CLASS_UID",
+    "DEFAULT_SERIES_NUMBERS",
+    "SECONDARY_CAPTURE_SOP_CLASS_UID",
+    "SEGMENTATION_SOP_CLASS_UID",
+    "OutputUIDs",
+    "device_uid",
+    "kind_of",
+    "parse_outputs",
+    "save_datasets",
+    "segment_number_map",
+    "write_results",
+    "write_sc",
+    "write_seg",
+    "write_sr",
+]
+
+#: Output kinds in the order they are written (the SR references the SEG).
+OUTPUT_KINDS = ("seg", "sr", "sc")
+
+_KIND_BY_SOP_CLASS = {
+    SEGMENTATION_SOP_CLASS_UID: "seg",
+    COMPREHENSIVE_3D_SR_SOP_CLASS_UID: "sr",
+    SECONDARY_CAPTURE_SOP_CLASS_UID: "sc",
+}
+
+
+def parse_outputs(outputs: str | Iterable[str]) -> tuple[str, ...]:
+    """Normalise ``"seg,sr"`` or ``{"sr", "seg"}`` to ``("seg", "sr")``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown kind or an empty selection.
+    """
+    if isinstance(outputs, str):
+        items = [p.strip().lower() for p in outputs.split(",") if p.strip()]
+    else:
+        items = [str(p).strip().lower() for p in outputs]
+    unknown = sorted(set(items) - set(OUTPUT_KINDS))
+    if unknown:
+        raise ValueError(f"Unknown output kind(s) {unknown}; choose from {list(OUTPUT_KINDS)}.")
+    if not items:
+        raise ValueError("No output kind selected.")
+    return tuple(k for k in OUTPUT_KINDS if k in items)
+
+
+def kind_of(dataset: Dataset) -> str:
+    """``"seg"``, ``"sr"`` or ``"sc"`` for a dataset these writers made."""
+    return _KIND_BY_SOP_CLASS.get(str(dataset.SOPClassUID), "dcm")
+
+
+def write_results(
+    result: PipelineResult,
+    outputs: str | Iterable[str] = ("seg", "sr"),
+    uids: Mapping[str, OutputUIDs] | None = None,
+    *,
+    sc_slices: str = "mask",
+) -> list[Dataset]:
+    """Write the requested result objects for one pipeline result.
+
+    Parameters
+    ----------
+    result:
+        What a pipeline produced for one series.
+    outputs:
+        Kinds to write, from ``"seg"``, ``"sr"``, ``"sc"`` (a set, a list or a
+        comma-separated string).
+    uids:
+        Per kind, the UIDs and numbers fixed by the caller
+        (:class:`OutputUIDs`); anything not given is generated.  For ``"sc"``,
+        ``sop_instance_uids`` is keyed by source frame
+        (:func:`dicom_node.results.sc.frame_key`).
+    sc_slices:
+        ``"mask"`` or ``"all"`` (see :func:`~dicom_node.results.sc.write_sc`).
+
+    Returns
+    -------
+    list of pydicom.Dataset
+        SEG, then SR, then the SC images.  A kind with nothing to show is
+        skipped with a log line: no SEG when every mask is empty, no SR without
+        findings, no SC images when no slice has a segment.
+
+    Raises
+    ------
+    ValueError, TypeError
+        From the writers, for an inconsistent result or invalid arguments.
+    """
+    kinds = parse_outputs(outputs)
+    uids = dict(uids or {})
+    unknown = sorted(set(uids) - set(OUTPUT_KINDS))
+    if unknown:
+        raise ValueError(f"uids has unknown kind(s) {unknown}.")
+    for kind, value in uids.items():
+        if not isinstance(value, OutputUIDs):
+            raise TypeError(f"uids[{kind!r}] must be an OutputUIDs, got {type(value).__name__}.")
+
+    def fixed(kind: str) -> OutputUIDs:
+        return uids.get(kind) or OutputUIDs()
+
+    out: list[Dataset] = []
+    seg_ds = None
+    # A SEG is also needed to reference segments from the SR.
+    if "seg" in kinds:
+        if segment_number_map(result):
+            u = fixed("seg")
+            seg_ds = write_seg(
+                result,
+                series_instance_uid=u.series_instance_uid,
+                sop_instance_uid=u.sop_instance_uid,
+                series_number=u.series_number,
+                instance_number=u.instance_number,
+            )
+            out.append(seg_ds)
+        else:
+            logger.info("no SEG written: every segment of the %s result is empty",
+                        result.pipeline)
+    if "sr" in kinds:
+        if result.findings:
+            u = fixed("sr")
+            out.append(
+                write_sr(
+                    result,
+                    segmentation=seg_ds,
+                    series_instance_uid=u.series_instance_uid,
+                    sop_instance_uid=u.sop_instance_uid,
+                    series_number=u.series_number,
+                    instance_number=u.instance_number,
+                )
+            )
+        else:
+            logger.info("no SR written: the %s result has no findings", result.pipeline)
+    if "sc" in kinds:
+        u = fixed("sc")
+        images = write_sc(
+            result,
+            series_instance_uid=u.series_instance_uid,
+            sop_instance_uids=u.sop_instance_uids,
+            series_number=u.series_number,
+            instance_number=u.instance_number,
+            slices=sc_slices,
+        )
+        if not images:
+            logger.info("no SC overlay written: no slice has a segment")
+        out.extend(images)
+    return out
+
+
+def save_datasets(
+    datasets: Iterable[Dataset], out_dir: str | os.PathLike[str]
+) -> list[pathlib.Path]:
+    """Save datasets as ``<out_dir>/<kind>_<SOPInstanceUID>.dcm``.
+
+    Files are written to a temporary name and renamed, so a reader never sees
+    a half-written object.  Returns the paths in input order.
+    """
+    folder = pathlib.Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ds in datasets:
+        path = folder / f"{kind_of(ds)}_{ds.SOPInstanceUID}.dcm"
+        tmp = path.with_suffix(".dcm.part")
+        ds.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths

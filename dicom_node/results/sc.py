@@ -216,7 +216,7 @@ def write_sc(
         grey = _to_grey(volume.array[k], center, width)
         rgb = np.repeat(grey[..., None], 3, axis=2)
         present = []
-        for seg, colour in zip(segments, colours):
+        for seg, colour in zip(segments, colours, strict=True):
             m = seg.mask[k]
             if m.any():
                 rgb[edges(m, thickness)] = colour

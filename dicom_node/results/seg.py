@@ -223,10 +223,14 @@ def write_seg(
     volume = result.volume
 
     number_map = segment_number_map(result)
-    segments = [s for s in sorted(result.segments, key=lambda s: s.number) if s.number in number_map]
+    segments = [
+        s for s in sorted(result.segments, key=lambda s: s.number) if s.number in number_map
+    ]
     for seg in result.segments:
         if seg.number not in number_map:
-            logger.warning("segment %d (%s) is empty: not written to the SEG", seg.number, seg.label)
+            logger.warning(
+                "segment %d (%s) is empty: not written to the SEG", seg.number, seg.label
+            )
     if not segments:
         raise ValueError("The result has no non-empty segment: there is nothing to write.")
 
