@@ -369,7 +369,6 @@ def _frames_of(inst: _Instance, index: int) -> list[_Frame]:
         "DiffusionBValue": str(ds.get("DiffusionBValue", "")),
         "AcquisitionNumber": str(ds.get("AcquisitionNumber", "")),
         "SeriesNumber": str(ds.get("SeriesNumber", "")),
-        "SOPInstanceUID": inst.sop_instance_uid,
     }
     return [
         _Frame(
@@ -511,10 +510,6 @@ _SPLIT_KEYS = (
 )
 
 
-def _position_key(fr: _Frame, normal: np.ndarray, tol: float) -> int:
-    return int(round(float(fr.position @ normal) / max(tol, 1e-6)))  # type: ignore[operator]
-
-
 def _has_duplicates(frames: list[_Frame], normal: np.ndarray, tol: float) -> bool:
     d = np.sort(np.array([float(fr.position @ normal) for fr in frames]))  # type: ignore[operator]
     return bool(np.any(np.diff(d) <= tol))
@@ -532,9 +527,24 @@ def _split_stacks(
             values.setdefault(fr.keys.get(key, ""), []).append(fr)
         if len(values) < 2:
             continue
+        sizes = {len(m) for m in values.values()}
+        if len(sizes) != 1:
+            continue  # stacks of a series have the same length; else it is not a split
+        if sizes == {1} and len(_split_positions(frames, normal, tol)) > 1:
+            continue  # one slice per "stack" only makes sense when all share one position
         if all(not _has_duplicates(m, normal, tol) for m in values.values()):
             return [(f"{key}={v}", m) for v, m in values.items()]
     return []
+
+
+def _split_positions(frames: list[_Frame], normal: np.ndarray, tol: float) -> list[float]:
+    """The distinct positions along the normal (within ``tol``)."""
+    d = np.sort(np.array([float(fr.position @ normal) for fr in frames]))  # type: ignore[operator]
+    out = [float(d[0])]
+    for x in d[1:]:
+        if x - out[-1] > tol:
+            out.append(float(x))
+    return out
 
 
 # --------------------------------------------------------------------------- assembly
@@ -701,11 +711,15 @@ def _assemble(
     for idx in order:
         inst = instances[idx]
         ds = inst.ds
-        if inst.owned and not keep_pixel_data and release:
-            ds = inst.ds
-            for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-                if kw in ds:
-                    del ds[kw]
+        if inst.owned:
+            if not keep_pixel_data and release:
+                for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+                    if kw in ds:
+                        del ds[kw]
+            # An empty SpecificCharacterSet means the default repertoire, exactly as an
+            # absent one (PS3.3 C.12.1.1.2); highdicom refuses to copy the empty value.
+            if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
+                del ds.SpecificCharacterSet
         source.append(ds)
 
     ds0 = instances[ordered[0].instance].ds
@@ -788,7 +802,10 @@ def load_series(
         Keep Pixel Data in :attr:`Volume.source_datasets` for files read
         here.  By default it is dropped after decoding to halve the memory;
         highdicom's Segmentation and Comprehensive3DSR constructors need only
-        the headers.  Datasets handed in by the caller are never modified.
+        the headers.  An empty SpecificCharacterSet is removed from them (it
+        means the default repertoire, as an absent one does, and highdicom
+        rejects the empty value).  Datasets handed in by the caller are never
+        modified.
 
     Returns
     -------
