@@ -131,9 +131,7 @@ def _non_image_reason(ds: Dataset) -> str | None:
             return f"non-image SOP class {name} ({sop_class})"
     if "DirectoryRecordSequence" in ds:
         return "DICOMDIR (Media Storage Directory)"
-    has_pixels = any(
-        kw in ds for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-    )
+    has_pixels = any(kw in ds for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
     if not has_pixels:
         return "no Pixel Data"
     return None

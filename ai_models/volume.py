@@ -50,9 +50,11 @@ Single images (CR, DX, MG, one CT slice) become a one-slice volume: slice
 spacing from SpacingBetweenSlices, else SliceThickness, else 1.0 mm; the
 direction from ImageOrientationPatient.  Projection radiographs have no
 ImageOrientationPatient (and no ImagePositionPatient); they get this
-default geometry: row direction ``(1, 0, 0)``, column direction ``(0, 1, 0)``, normal ``(0, 0, 1)``, origin
-``(0, 0, 0)``, pixel spacing from PixelSpacing, else ImagerPixelSpacing,
-else 1.0 mm.  Such a volume is a pixel grid, not a patient-space position.
+default geometry: row direction ``(1, 0, 0)``, column direction
+``(0, 1, 0)``, normal ``(0, 0, 1)``, origin ``(0, 0, 0)``, pixel spacing from
+PixelSpacing, else ImagerPixelSpacing, else 1.0 mm.  Such a volume is a pixel
+grid, not a position in the patient.  Pixel values are the modality values:
+MONOCHROME1 images are not inverted here (display is the pipeline's concern).
 
 Public functions
 ----------------
@@ -196,10 +198,10 @@ def _read_sources(sources: Iterable[Source] | Source) -> list[_Instance]:
                 paths.append(p)
     for p in paths:
         try:
-            ds = pydicom.dcmread(p, force=True)
+            read = pydicom.dcmread(p, force=True)
         except Exception as exc:  # noqa: BLE001 - translate any reader failure
             raise VolumeError(f"cannot read a source file as DICOM: {exc}") from exc
-        datasets.append((ds, True))
+        datasets.append((read, True))
     if not datasets:
         raise VolumeError("no DICOM image instances given")
 
@@ -412,10 +414,12 @@ def _enhanced_frames(inst: _Instance, index: int) -> list[_Frame]:
         pm = item("PixelMeasuresSequence")
         pvt = item("PixelValueTransformationSequence")
         content = item("FrameContentSequence")
-        ipp = _floats(pos.get("ImagePositionPatient") if pos else None, 3,
-                      "ImagePositionPatient", where)
-        iop = _floats(ori.get("ImageOrientationPatient") if ori else None, 6,
-                      "ImageOrientationPatient", where)
+        ipp = _floats(
+            pos.get("ImagePositionPatient") if pos else None, 3, "ImagePositionPatient", where
+        )
+        iop = _floats(
+            ori.get("ImageOrientationPatient") if ori else None, 6, "ImageOrientationPatient", where
+        )
         if ipp is None:
             ipp = _floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", where)
         if iop is None:
@@ -435,7 +439,9 @@ def _enhanced_frames(inst: _Instance, index: int) -> list[_Frame]:
         diff = item("MRDiffusionSequence")
         keys = {
             "FrameType": _frame_type(pf) or _frame_type(shared) or "",
-            "TemporalPositionIndex": str(content.get("TemporalPositionIndex", "")) if content else "",
+            "TemporalPositionIndex": (
+                str(content.get("TemporalPositionIndex", "")) if content else ""
+            ),
             "EffectiveEchoTime": str(echo.get("EffectiveEchoTime", "")) if echo else "",
             "DiffusionBValue": str(diff.get("DiffusionBValue", "")) if diff else "",
             "StackID": str(content.get("StackID", "")) if content else "",
@@ -551,7 +557,9 @@ def _split_positions(frames: list[_Frame], normal: np.ndarray, tol: float) -> li
 
 
 def _default_tolerance(pixel_spacing: tuple[float, float], slice_spacing: float) -> float:
-    return 0.1 * min(pixel_spacing[0], pixel_spacing[1], slice_spacing if slice_spacing > 0 else 1e9)
+    """A tenth of the smallest voxel edge (mm)."""
+    slice_part = slice_spacing if slice_spacing > 0 else math.inf
+    return 0.1 * min(pixel_spacing[0], pixel_spacing[1], slice_part)
 
 
 def _check_regular(
@@ -571,8 +579,8 @@ def _check_regular(
     vals, counts = np.unique(rounded, return_counts=True)
     nominal_ratio = vals[counts == counts.max()].min()
     spacing = float(np.median(steps[rounded == nominal_ratio]))
-    tol = tolerance if tolerance is not None else _default_tolerance(
-        frames[0].pixel_spacing, spacing
+    tol = (
+        tolerance if tolerance is not None else _default_tolerance(frames[0].pixel_spacing, spacing)
     )
 
     # Gantry tilt / shear: the in-plane position must not move along the stack.
@@ -593,9 +601,7 @@ def _check_regular(
         if tilt not in (None, "") and _opt_float(tilt):
             msg += f"; GantryDetectorTilt is {float(tilt):g} degrees"
         if steps.size and float(steps.max() - steps.min()) > tol:
-            msg += (
-                f"; slice spacing also varies from {steps.min():.2f} to {steps.max():.2f} mm"
-            )
+            msg += f"; slice spacing also varies from {steps.min():.2f} to {steps.max():.2f} mm"
         raise IrregularSpacingError(
             msg + ". Tilted or sheared stacks are refused, not resampled: the mask of each "
             "slice must land on exactly its source frame"
@@ -637,7 +643,6 @@ def _assemble(
     instances: list[_Instance],
     tolerance: float | None,
     keep_pixel_data: bool,
-    release: bool,
 ) -> Volume:
     """Sort, check and stack one group of frames that share an orientation."""
     first = frames[0]
@@ -681,7 +686,9 @@ def _assemble(
         ordered = frames
     else:
         ordered = sorted(frames, key=lambda fr: float(fr.position @ n))  # type: ignore[operator]
-        probe = _default_tolerance(first.pixel_spacing, 1e9) if tolerance is None else tolerance
+        probe = (
+            _default_tolerance(first.pixel_spacing, math.inf) if tolerance is None else tolerance
+        )
         d = np.array([float(fr.position @ n) for fr in ordered])  # type: ignore[operator]
         dup = np.nonzero(np.diff(d) <= probe)[0]
         if dup.size:
@@ -712,7 +719,7 @@ def _assemble(
         inst = instances[idx]
         ds = inst.ds
         if inst.owned:
-            if not keep_pixel_data and release:
+            if not keep_pixel_data:
                 for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
                     if kw in ds:
                         del ds[kw]
@@ -767,7 +774,7 @@ def _stacks(
     stacks: list[tuple[str, list[_Frame]]] = []
     for g in groups:
         _, _, n = _unit_axes(g[0], g[0].describe(instances))
-        probe = _default_tolerance(g[0].pixel_spacing, 1e9) if tolerance is None else tolerance
+        probe = _default_tolerance(g[0].pixel_spacing, math.inf) if tolerance is None else tolerance
         split = _split_stacks(g, n, probe)
         if not split:
             split = [("", g)]  # duplicates that nothing separates: reported on assembly
@@ -837,8 +844,10 @@ def load_series(
         desc = []
         for g in groups:
             iop = np.concatenate([g[0].row_dir, g[0].col_dir])  # type: ignore[list-item]
-            desc.append(f"{len(g)} frame(s) with ImageOrientationPatient {_fmt(iop)} "
-                        f"(e.g. {g[0].describe(instances)})")
+            desc.append(
+                f"{len(g)} frame(s) with ImageOrientationPatient {_fmt(iop)} "
+                f"(e.g. {g[0].describe(instances)})"
+            )
         raise MixedOrientationError(
             f"the series has frames in {len(groups)} different orientations, so it is not one "
             "volume (a localizer?): " + "; ".join(desc)
@@ -850,10 +859,12 @@ def load_series(
             + ", ".join(desc)
             + ". Use load_volumes() to get one volume per stack"
         )
-    volume = _assemble(frames, instances, tolerance, keep_pixel_data, release=True)
+    volume = _assemble(frames, instances, tolerance, keep_pixel_data)
     logger.info(
         "loaded a %s volume of %d x %d x %d, spacing %s mm",
-        volume.modality or "?", *volume.shape, _fmt(volume.spacing),
+        volume.modality or "?",
+        *volume.shape,
+        _fmt(volume.spacing),
     )
     return volume
 
@@ -880,10 +891,8 @@ def load_volumes(
     frames = _collect(instances)
     _, stacks = _stacks(instances, frames, tolerance)
     out: dict[str, Volume] = {}
-    for i, (label, members) in enumerate(stacks):
-        out[label] = _assemble(
-            members, instances, tolerance, keep_pixel_data, release=True
-        )
+    for label, members in stacks:
+        out[label] = _assemble(members, instances, tolerance, keep_pixel_data)
     return out
 
 
@@ -929,7 +938,8 @@ def mask_to_frames(volume: Volume, mask: np.ndarray) -> list[FrameMask]:
         frame that slice came from, listed in source order: the order of
         :attr:`Volume.source_datasets`, then by frame number within a
         multi-frame instance.  This is the order in which highdicom's
-        Segmentation expects the frames of ``source_images``.
+        Segmentation expects the frames of ``source_images``.  The masks are
+        read-only views into ``mask`` (no copy).
     """
     mask = _check_mask(volume, mask)
     by_ref = {(f.sop_instance_uid, f.frame_number): k for k, f in enumerate(volume.frames)}
@@ -937,7 +947,9 @@ def mask_to_frames(volume: Volume, mask: np.ndarray) -> list[FrameMask]:
     for key in _source_frame_order(volume):
         k = by_ref.get(key)
         if k is not None:
-            out.append(FrameMask(frame=volume.frames[k], mask=mask[k].copy()))
+            view = mask[k].view()
+            view.flags.writeable = False
+            out.append(FrameMask(frame=volume.frames[k], mask=view))
     if len(out) != len(volume.frames):
         raise VolumeError("volume frames do not match its source datasets")
     return out

@@ -114,7 +114,11 @@ def _picks(datasets, rng: random.Random, n: int = 4, frames=None):
     # corners too: an off-by-one or flip shows there first
     ds = datasets[0]
     frame = frames[0] if frames else None
-    out += [(ds, frame, 0, 0), (ds, frame, ds.Rows - 1, ds.Columns - 1), (ds, frame, 0, ds.Columns - 1)]
+    out += [
+        (ds, frame, 0, 0),
+        (ds, frame, ds.Rows - 1, ds.Columns - 1),
+        (ds, frame, 0, ds.Columns - 1),
+    ]
     return out
 
 
@@ -154,7 +158,8 @@ def oblique_ct(dicom_data: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path
         ds = pydicom.dcmread(p)
         iop = np.array(ds.ImageOrientationPatient, dtype=float)
         ipp = np.array(ds.ImagePositionPatient, dtype=float)
-        ds.ImageOrientationPatient = [f"{v:.10f}" for v in np.concatenate([rot @ iop[:3], rot @ iop[3:]])]
+        new_iop = np.concatenate([rot @ iop[:3], rot @ iop[3:]])
+        ds.ImageOrientationPatient = [f"{v:.10f}" for v in new_iop]
         ds.ImagePositionPatient = [f"{v:.8f}" for v in rot @ (ipp - centre) + centre]
         ds.SeriesInstanceUID = series
         ds.save_as(out / p.name)
@@ -301,7 +306,7 @@ def test_enhanced_philips_two_stacks(dicom_data: pathlib.Path) -> None:
     assert len(vols) == 2
     ds = pydicom.dcmread(path)
     stored = ds.pixel_array
-    for label, vol in vols.items():
+    for vol in vols.values():
         assert vol.shape == (32, 64, 64)
         np.testing.assert_allclose(vol.spacing, [4.0, 4.0, 4.0], atol=1e-3)
         assert len(vol.source_datasets) == 1
