@@ -14,6 +14,8 @@ Public functions
     Walk files and folders; return the image files and the skipped ones.
 :func:`discover_series`
     The image files grouped by SeriesInstanceUID.
+:func:`read_image_datasets`
+    The image files under a folder, read in full (for loading pixels).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "SkippedFile",
     "discover_series",
     "is_dicom_file",
+    "read_image_datasets",
     "scan_paths",
 ]
 
@@ -137,12 +140,12 @@ def _non_image_reason(ds: Dataset) -> str | None:
     return None
 
 
-def _read_header(path: pathlib.Path) -> tuple[Dataset | None, str]:
-    """Read a header with large values deferred; ``(None, reason)`` if not DICOM."""
+def _read_header(path: pathlib.Path, *, full: bool = False) -> tuple[Dataset | None, str]:
+    """Read a header (or, with ``full``, the whole file); ``(None, reason)`` if not DICOM."""
     preamble = is_dicom_file(path)
     try:
         # defer_size keeps Pixel Data on disk but still tells us it is there.
-        ds = pydicom.dcmread(path, defer_size=1024, force=not preamble)
+        ds = pydicom.dcmread(path, defer_size=None if full else 1024, force=not preamble)
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
         return None, f"not readable as DICOM ({type(exc).__name__})"
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on junk
@@ -155,6 +158,52 @@ def _read_header(path: pathlib.Path) -> tuple[Dataset | None, str]:
         except Exception as exc:  # noqa: BLE001 - junk data decoded as elements
             return None, f"no DICM preamble and unreadable header ({type(exc).__name__})"
     return ds, ""
+
+
+def _image_reason(ds: Dataset) -> str:
+    """Why ``ds`` is not an image input ('' when it is one)."""
+    try:
+        reason = _non_image_reason(ds) or ""
+        if not reason:
+            missing = [
+                kw
+                for kw in ("SOPInstanceUID", "SeriesInstanceUID", "Rows", "Columns")
+                if not ds.get(kw)
+            ]
+            if missing:
+                reason = "missing " + ", ".join(missing)
+    except Exception as exc:  # noqa: BLE001 - a broken element in the header
+        reason = f"unreadable header ({type(exc).__name__}: {exc})"
+    return reason
+
+
+def _skip(path: pathlib.Path, reason: str) -> SkippedFile:
+    logger.info("skipping a file: %s", reason)
+    logger.debug("skipped %s: %s", path, reason)
+    return SkippedFile(path, reason)
+
+
+def read_image_datasets(
+    paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
+) -> tuple[list[Dataset], list[SkippedFile]]:
+    """Read every DICOM image file under ``paths`` in full (one read per file).
+
+    The same selection as :func:`scan_paths`, for callers that need the
+    pixels anyway (reading the header first and the file again costs twice).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    datasets: list[Dataset] = []
+    skipped: list[SkippedFile] = []
+    for path in _iter_files(paths):
+        ds, reason = _read_header(path, full=True)
+        if ds is not None:
+            reason = _image_reason(ds)
+        if reason or ds is None:
+            skipped.append(_skip(path, reason))
+        else:
+            datasets.append(ds)
+    return datasets, skipped
 
 
 def scan_paths(
@@ -182,29 +231,14 @@ def scan_paths(
     for path in _iter_files(paths):
         ds, reason = _read_header(path)
         if ds is not None:
-            try:
-                reason = _non_image_reason(ds) or ""
-                if not reason:
-                    missing = [
-                        kw
-                        for kw in ("SOPInstanceUID", "SeriesInstanceUID", "Rows", "Columns")
-                        if not ds.get(kw)
-                    ]
-                    if missing:
-                        reason = "missing " + ", ".join(missing)
-            except Exception as exc:  # noqa: BLE001 - a broken element in the header
-                reason = f"unreadable header ({type(exc).__name__}: {exc})"
+            reason = _image_reason(ds)
         if reason or ds is None:
-            logger.info("skipping a file: %s", reason)
-            logger.debug("skipped %s: %s", path, reason)
-            skipped.append(SkippedFile(path, reason))
+            skipped.append(_skip(path, reason))
             continue
         try:
             n_frames = int(ds.get("NumberOfFrames") or 1)
         except (TypeError, ValueError):
-            logger.info("skipping a file: invalid NumberOfFrames")
-            logger.debug("skipped %s: invalid NumberOfFrames", path)
-            skipped.append(SkippedFile(path, "invalid NumberOfFrames"))
+            skipped.append(_skip(path, "invalid NumberOfFrames"))
             continue
         meta = getattr(ds, "file_meta", None)
         images.append(

@@ -78,7 +78,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from ai_models.dicom_files import DicomFile, discover_series, scan_paths
+from ai_models.dicom_files import DicomFile, discover_series, read_image_datasets, scan_paths
 from ai_models.errors import (
     DuplicateSlicesError,
     IrregularSpacingError,
@@ -193,7 +193,8 @@ def _read_sources(sources: Iterable[Source] | Source) -> list[_Instance]:
         else:
             p = pathlib.Path(src)
             if p.is_dir():
-                paths.extend(f.path for files in discover_series(p).values() for f in files)
+                found, _ = read_image_datasets(p)  # skipped files are logged there
+                datasets.extend((ds, True) for ds in found)
             else:
                 paths.append(p)
     for p in paths:

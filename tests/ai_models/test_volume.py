@@ -182,6 +182,9 @@ def test_discovery_by_content_not_name(dicom_data: pathlib.Path) -> None:
     assert "DICOMDIR" in reasons["DIRFILE"]
     assert is_dicom_file(dicom_data / PHILIPS_CT / "I10")
     assert not is_dicom_file(dicom_data / "README.md")
+    # discovery records feed load_series directly
+    philips = next(v for v in series.values() if v[0].path.parent.name.startswith("Philips"))
+    assert load_series(philips).shape == (28, 512, 512)
 
 
 def test_discovery_skips_non_images(dicom_data: pathlib.Path) -> None:
