@@ -17,17 +17,22 @@ How a volume is built
    localizer): it is not one volume.  :func:`load_volumes` returns one volume
    per plane instead.
 3. Frames at the same position are split into stacks by the first attribute
-   that separates them (frame type / ImageType, temporal position, echo time,
-   b-value, StackID, AcquisitionNumber, SeriesNumber, instance).  A series
-   that needs splitting is a :class:`~ai_models.errors.DuplicateSlicesError`
-   for :func:`load_series`; :func:`load_volumes` returns each stack.
+   that separates them into equal stacks without repeated positions (frame
+   type / ImageType, temporal position, echo time, b-value, StackID,
+   AcquisitionNumber, SeriesNumber, and the instance for multi-frame
+   objects).  A series that needs splitting is a
+   :class:`~ai_models.errors.DuplicateSlicesError` for :func:`load_series`
+   (the message lists the stacks); :func:`load_volumes` returns each stack.
+   Repeated positions that nothing separates are a DuplicateSlicesError
+   naming both instances.
 4. Slices are sorted by the projection of ImagePositionPatient on the normal
    ``row_direction x column_direction``.  The positions must lie on a regular
    grid along that normal, within ``tolerance`` (default: a tenth of the
    smallest voxel edge):
 
    * a gap that is a whole multiple of the regular spacing is a
-     :class:`~ai_models.errors.MissingSlicesError`;
+     :class:`~ai_models.errors.MissingSlicesError` (a slice missing at either
+     end of the stack leaves no trace in the positions and cannot be seen);
    * slices whose in-plane position drifts along the stack (a gantry tilt:
      the stack is sheared) or whose spacing is uneven in any other way is an
      :class:`~ai_models.errors.IrregularSpacingError`.
