@@ -138,6 +138,93 @@ def _frame_position(ds: Dataset, frame_number: int) -> list[float]:
     return [float(v) for v in sffg.PlanePositionSequence[0].ImagePositionPatient]
 
 
+def _header_view(ds: Dataset) -> Dataset:
+    """A new dataset sharing ``ds``'s elements (not its Pixel Data), so that
+    replacing an attribute of the view leaves ``ds`` as it is."""
+    view = Dataset()
+    for elem in ds:
+        if elem.tag != 0x7FE00010:
+            view.add(elem)
+    if hasattr(ds, "file_meta"):
+        view.file_meta = ds.file_meta
+    return view
+
+
+def _with_shared_geometry(ds: Dataset, frame_number: int) -> Dataset:
+    """A header view of an enhanced image with Pixel Measures and Plane
+    Orientation in the Shared Functional Groups (PS3.3 C.7.6.16).
+
+    highdicom reads both from the shared groups only; some scanners (e.g.
+    Philips) put them per frame.  The volume loader has already checked that
+    the frames of the volume share orientation and spacing, so the values of
+    one of its frames stand for all.  The caller's dataset is not modified.
+    """
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    needed = [
+        kw for kw in ("PixelMeasuresSequence", "PlaneOrientationSequence") if kw not in shared
+    ]
+    if not needed:
+        return ds
+    per_frame = ds.PerFrameFunctionalGroupsSequence[frame_number - 1]
+    new_shared = Dataset()
+    for elem in shared:
+        new_shared.add(elem)
+    for kw in needed:
+        if kw not in per_frame:
+            raise ValueError(f"Source image has no {kw} for frame {frame_number}.")
+        setattr(new_shared, kw, per_frame[kw].value)
+    view = _header_view(ds)
+    view.SharedFunctionalGroupsSequence = [new_shared]
+    return view
+
+
+def _same_orientation(datasets: Sequence[Dataset]) -> dict[str, Dataset]:
+    """Header views of single-frame images with one ImageOrientationPatient.
+
+    highdicom compares the orientation strings of the sources exactly; real
+    series differ in the last digits (e.g. ``0.99999`` vs ``1``).  The volume
+    loader has checked that they are the same plane within tolerance, so the
+    first image's value is given to the others (copies; the caller's
+    datasets are not modified).
+    """
+    iop = list(datasets[0].ImageOrientationPatient)
+    out: dict[str, Dataset] = {}
+    for ds in datasets:
+        if list(ds.ImageOrientationPatient) != iop:
+            if not np.allclose(np.asarray(ds.ImageOrientationPatient, float), iop, atol=1e-3):
+                raise ValueError("Source images do not share one ImageOrientationPatient.")
+            ds = _header_view(ds)
+            ds.ImageOrientationPatient = iop
+        out[ds.SOPInstanceUID] = ds
+    return out
+
+
+def _reference_all_sources(seg: Dataset, datasets: Sequence[Dataset]) -> None:
+    """Source Image Sequence (C.7.6.1) and Referenced Series Sequence
+    (C.12.2, Common Instance Reference) listing every source image in slice
+    order, not only those with segment frames, so that viewers resolve the
+    whole referenced series."""
+    items = []
+    series: dict[str, list[Dataset]] = {}
+    for ds in datasets:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = ds.SOPClassUID
+        ref.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+        items.append(ref)
+        other = Dataset()
+        other.ReferencedSOPClassUID = ds.SOPClassUID
+        other.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+        series.setdefault(ds.SeriesInstanceUID, []).append(other)
+    seg.SourceImageSequence = items
+    ref_series = []
+    for uid, refs in series.items():
+        item = Dataset()
+        item.SeriesInstanceUID = uid
+        item.ReferencedInstanceSequence = refs
+        ref_series.append(item)
+    seg.ReferencedSeriesSequence = ref_series
+
+
 def _pixel_array(
     masks: list[np.ndarray], keep: np.ndarray
 ) -> np.ndarray:
@@ -276,12 +363,11 @@ def write_seg(
         # Single-frame series: mask slice t <-> source_images[t]; positions are
         # copied from the sources, so every SEG frame references its source
         # instance exactly.  The other slices are still recorded as sources.
+        by_uid = _same_orientation(volume.source_datasets)
         keep_uids = [refs[k].sop_instance_uid for k in keep]
         source_images: Sequence[Dataset] = [by_uid[u] for u in keep_uids]
-        keep_set = set(keep_uids)
-        further = [ds for ds in volume.source_datasets if ds.SOPInstanceUID not in keep_set]
-        if further:
-            kwargs["further_source_images"] = further
+        # The other slices are recorded as sources after construction
+        # (highdicom's further_source_images costs ~5 ms per image).
     else:
         # Enhanced multi-frame: one main source (the instance holding most of
         # the volume's frames); explicit plane positions per mask slice, which
@@ -290,8 +376,13 @@ def write_seg(
         for ref in refs:
             counts[ref.sop_instance_uid] = counts.get(ref.sop_instance_uid, 0) + 1
         main_uid = max(counts, key=lambda u: counts[u])
-        source_images = [by_uid[main_uid]]
-        further = [ds for ds in volume.source_datasets if ds.SOPInstanceUID != main_uid]
+        first_frame = next(r.frame_number for r in refs if r.sop_instance_uid == main_uid)
+        source_images = [_with_shared_geometry(by_uid[main_uid], first_frame or 1)]
+        further = [
+            _with_shared_geometry(ds, 1)
+            for ds in volume.source_datasets
+            if ds.SOPInstanceUID != main_uid
+        ]
         if further:
             kwargs["further_source_images"] = further
         positions = []
@@ -334,6 +425,8 @@ def write_seg(
         ),
         **kwargs,
     )
+    if not any(multiframe):
+        _reference_all_sources(seg, volume.source_datasets)
     logger.debug(
         "SEG %s: %d segment(s), %d frame(s)", seg.SOPInstanceUID, len(descriptions),
         int(seg.NumberOfFrames),
