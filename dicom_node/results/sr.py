@@ -294,6 +294,38 @@ def _library_images(result: PipelineResult, groups: list[MeasurementGroup]) -> l
     return images or [result.volume.source_datasets[0]]
 
 
+def _plain_image_library(
+    result: PipelineResult, images: Sequence[Dataset]
+) -> hd.sr.ContainerContentItem:
+    """TID 1600 Image Library with one group of IMAGE items, no descriptors."""
+    wanted = {ds.SOPInstanceUID for ds in images}
+    frames: dict[str, list[int]] = {}
+    for ref in result.volume.frames:
+        if ref.sop_instance_uid in wanted and ref.frame_number is not None:
+            frames.setdefault(ref.sop_instance_uid, []).append(ref.frame_number)
+    entries = [
+        hd.sr.ImageContentItem(
+            name=hd.sr.CodedConcept("260753009", "SCT", "Source"),
+            referenced_sop_class_uid=ds.SOPClassUID,
+            referenced_sop_instance_uid=ds.SOPInstanceUID,
+            referenced_frame_numbers=sorted(frames.get(ds.SOPInstanceUID, [])) or None,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+        for ds in images
+    ]
+    group = hd.sr.ContainerContentItem(
+        name=codes.DCM.ImageLibraryGroup,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    group.ContentSequence = hd.sr.ContentSequence(entries)
+    library = hd.sr.ContainerContentItem(
+        name=codes.DCM.ImageLibrary,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    library.ContentSequence = hd.sr.ContentSequence([group])
+    return library
+
+
 def _representative_slices(result: PipelineResult) -> list[int]:
     """All slices of a small series; first, middle, last of a big one."""
     n = result.volume.shape[0]
@@ -376,12 +408,20 @@ def write_sr(
                                         result.volume.source_datasets[0].get("Modality", ""))
     )
     sources: Sequence[Dataset] = result.volume.source_datasets
+    library = _library_images(result, groups)
+    enhanced = any("PerFrameFunctionalGroupsSequence" in ds for ds in library)
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(result),
         procedure_reported=procedure,
         imaging_measurements=groups,
-        referenced_images=_library_images(result, groups),
+        referenced_images=None if enhanced else library,
     )
+    if enhanced:
+        # highdicom's TID 1602 descriptors read Image Plane attributes at the
+        # top level, which enhanced images keep in functional groups: list
+        # the images without descriptors (TID 1601 makes them optional).
+        root = report[0].ContentSequence
+        root.insert(len(root) - 1, _plain_image_library(result, library))
     evidence = list(sources) + ([segmentation] if segmentation is not None else [])
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,

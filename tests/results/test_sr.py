@@ -1,0 +1,184 @@
+"""TID 1500 SR writer: validity, SEG references, tracking, values, viewer needs."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom.sr.codedict import codes
+
+from ai_models.types import Volume
+from dicom_node.results import segment_number_map, write_seg, write_sr
+from dicom_node.results.common import device_uid
+from tests.results.helpers import assert_valid, make_result
+
+TRACKING_UID = "112040"
+TRACKING_ID = "112039"
+
+
+def _groups(sr: hd.sr.Comprehensive3DSR) -> list:
+    root = sr.ContentSequence
+    imaging = next(i for i in root if i.ConceptNameCodeSequence[0].CodeValue == "126010")
+    return [
+        g for g in imaging.ContentSequence if g.ConceptNameCodeSequence[0].CodeValue == "125007"
+    ]
+
+
+def _child(group, code: str):  # type: ignore[no-untyped-def]
+    return [c for c in group.ContentSequence if c.ConceptNameCodeSequence[0].CodeValue == code]
+
+
+def test_sr_valid_and_references_seg(any_volume: Volume, tmp_path) -> None:
+    result = make_result(any_volume)
+    seg = write_seg(result)
+    sr = write_sr(result, segmentation=seg)
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path)
+    assert_valid(path)
+
+    back = hd.sr.srread(path)
+    src = any_volume.source_datasets[0]
+    assert back.StudyInstanceUID == src.StudyInstanceUID
+    assert back.SeriesInstanceUID not in (src.SeriesInstanceUID, seg.SeriesInstanceUID)
+    assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
+    assert (back.CompletionFlag, back.VerificationFlag, back.PreliminaryFlag) == (
+        "PARTIAL", "UNVERIFIED", "PRELIMINARY"
+    )
+    assert "SR" in back.SeriesDescription
+    # The SEG is evidence.
+    evidence = {
+        i.ReferencedSOPInstanceUID
+        for s in back.CurrentRequestedProcedureEvidenceSequence
+        for r in s.ReferencedSeriesSequence
+        for i in r.ReferencedSOPSequence
+    }
+    assert seg.SOPInstanceUID in evidence
+    assert {d.SOPInstanceUID for d in any_volume.source_datasets} <= evidence
+
+    report = back.content
+    # Observer: the device, with the Device UID of the contributing equipment.
+    device = [
+        i for i in back.ContentSequence
+        if i.ConceptNameCodeSequence[0].CodeValue == "121012"  # Device Observer UID
+    ]
+    assert device and device[0].UID == device_uid(result.algorithm)
+    procedure = [
+        i for i in back.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121058"
+    ]
+    assert procedure[0].ConceptCodeSequence[0].CodeValue in {"25045-6", "25056-3"}
+    assert report is not None
+
+    numbers = segment_number_map(result)
+    groups = _groups(back)
+    by_tracking: dict[str, list] = {}
+    for g in groups:
+        uid = _child(g, TRACKING_UID)
+        assert uid, "every measurement group needs a Tracking Unique Identifier"
+        by_tracking.setdefault(uid[0].UID, []).append(g)
+    assert set(by_tracking) == {f.tracking_uid for f in result.findings}
+
+    for finding in result.findings:
+        gs = by_tracking[finding.tracking_uid]
+        for g in gs:
+            assert _child(g, TRACKING_ID)[0].TextValue == finding.tracking_id
+            assert _child(g, "121071")[0].ConceptCodeSequence[0].CodeValue == (
+                finding.finding_type.value
+            )
+        if finding.segment_number in numbers:
+            # TID 1411 with the SEG segment, plus TID 1410 with the outline.
+            templates = sorted(g.ContentTemplateSequence[0].TemplateIdentifier for g in gs)
+            assert templates == ["1410", "1411"]
+            vol = next(g for g in gs if g.ContentTemplateSequence[0].TemplateIdentifier == "1411")
+            ref = _child(vol, "121191")[0]  # Referenced Segment
+            sop = ref.ReferencedSOPSequence[0]
+            assert sop.ReferencedSOPInstanceUID == seg.SOPInstanceUID
+            assert sop.ReferencedSegmentNumber == numbers[finding.segment_number]
+            seg_item = next(
+                s for s in seg.SegmentSequence
+                if s.SegmentNumber == numbers[finding.segment_number]
+            )
+            assert seg_item.TrackingUID == finding.tracking_uid
+            nums = {
+                c.ConceptNameCodeSequence[0].CodeValue: c
+                for c in vol.ContentSequence if c.ValueType == "NUM"
+            }
+            for m in finding.measurements:
+                num = nums[m.name.value]
+                mv = num.MeasuredValueSequence[0]
+                assert float(mv.NumericValue) == pytest.approx(m.value, rel=1e-6)
+                assert mv.MeasurementUnitsCodeSequence[0].CodeValue == m.unit.value
+                assert "ContentSequence" in num  # OHIF reads it
+            planar = next(
+                g for g in gs if g.ContentTemplateSequence[0].TemplateIdentifier == "1410"
+            )
+            scoord = [c for c in planar.ContentSequence if c.ValueType == "SCOORD"]
+            assert len(scoord) == 1 and scoord[0].GraphicType == "POLYLINE"
+            pts = np.asarray(scoord[0].GraphicData, float).reshape(-1, 2)
+            np.testing.assert_array_equal(pts[0], pts[-1])  # closed
+            img = scoord[0].ContentSequence[0].ReferencedSOPSequence[0]
+            seg_in = next(s for s in result.segments if s.number == finding.segment_number)
+            areas = seg_in.mask.sum(axis=(1, 2))
+            k = int(np.argmax(areas))
+            assert img.ReferencedSOPInstanceUID == any_volume.frames[k].sop_instance_uid
+            # The outline lies on the mask (pixel centres of its boundary).
+            cols = np.clip(pts[:, 0].astype(int), 0, any_volume.shape[2] - 1)
+            rows = np.clip(pts[:, 1].astype(int), 0, any_volume.shape[1] - 1)
+            assert seg_in.mask[k][rows, cols].all()
+        else:
+            # No segment pixels: a TID 1501 group pointing at source images.
+            assert len(gs) == 1
+            assert gs[0].ContentTemplateSequence[0].TemplateIdentifier == "1501"
+            if finding.qualitative_evaluations:
+                codes_ = [c for c in gs[0].ContentSequence if c.ValueType == "CODE"]
+                assert any(
+                    c.ConceptCodeSequence[0].CodeValue == "RID28472" for c in codes_
+                )
+
+    # Image library exists with the images the SCOORDs point at (OHIF needs it).
+    library = next(
+        i for i in back.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111028"
+    )
+    assert library.ContentSequence[0].ConceptNameCodeSequence[0].CodeValue == "126200"
+
+
+def test_sr_algorithm_identification_and_equipment(ct_volume: Volume) -> None:
+    result = make_result(ct_volume)
+    sr = write_sr(result, segmentation=write_seg(result))
+    found = hd.sr.utils.find_content_items(
+        sr.ContentSequence[-1], name=codes.DCM.AlgorithmName, recursive=True
+    )
+    assert found and found[0].TextValue == "test-pipeline"
+    family = hd.sr.utils.find_content_items(
+        sr.ContentSequence[-1], name=codes.DCM.AlgorithmFamily, recursive=True
+    )
+    assert family[0].ConceptCodeSequence[0].CodeValue == "123110"
+    eq = [
+        e for e in sr.ContributingEquipmentSequence
+        if e.get("ManufacturerModelName") == "test-pipeline"
+    ]
+    assert eq and eq[0].DeviceUID == device_uid(result.algorithm)
+
+
+def test_sr_without_seg_uses_planar_groups(ct_volume: Volume, tmp_path) -> None:
+    result = make_result(ct_volume)
+    sr = write_sr(result)  # no SEG written
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path)
+    assert_valid(path)
+    templates = [g.ContentTemplateSequence[0].TemplateIdentifier for g in _groups(sr)]
+    assert "1411" not in templates
+    assert templates.count("1410") == 3  # the three non-empty segments
+
+
+def test_sr_fixed_uids_and_errors(ct_volume: Volume) -> None:
+    result = make_result(ct_volume)
+    sr = write_sr(result, series_instance_uid="1.2.3.9", sop_instance_uid="1.2.3.10",
+                  series_number=5, instance_number=2)
+    assert (sr.SeriesInstanceUID, sr.SOPInstanceUID, sr.SeriesNumber, sr.InstanceNumber) == (
+        "1.2.3.9", "1.2.3.10", 5, 2
+    )
+    result.findings.clear()
+    with pytest.raises(ValueError, match="no findings"):
+        write_sr(result)
+    with pytest.raises(TypeError, match="segmentation"):
+        write_sr(make_result(ct_volume), segmentation=ct_volume.source_datasets[0])
