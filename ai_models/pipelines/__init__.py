@@ -1,0 +1,142 @@
+"""Pipelines: the registry of built-in and configured analyses.
+
+Built-in pipelines (names are an interface: routing rules and docs use them):
+
+``ct-lungs``
+    :data:`CT_LUNGS` -- lungs (per side), bone and lung nodules on CT, with
+    lung volumes and per-nodule volume and longest diameter.
+
+A site adds its own segmentation models from config as
+:class:`SegmentationSpec` objects (TorchScript, MONAI bundle or state dict);
+pass them to :func:`list_pipelines` / :func:`get_pipeline` as ``configured``.
+
+Examples
+--------
+>>> [p.name for p in list_pipelines()]
+['ct-lungs']
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ai_models.pipelines.base import (
+    CODES,
+    Pipeline,
+    PipelineInfo,
+    UnknownPipelineError,
+    tracking_uid,
+    volume_measurement,
+)
+from ai_models.pipelines.configured import (
+    ConfiguredSegmentationPipeline,
+    LabelSpec,
+    SegmentationSpec,
+    build_configured_pipeline,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CODES",
+    "CT_LUNGS",
+    "ConfiguredSegmentationPipeline",
+    "LabelSpec",
+    "Pipeline",
+    "PipelineInfo",
+    "SegmentationSpec",
+    "UnknownPipelineError",
+    "build_configured_pipeline",
+    "get_pipeline",
+    "list_pipelines",
+    "register_pipeline",
+    "tracking_uid",
+    "volume_measurement",
+]
+
+CT_LUNGS = "ct-lungs"
+"""Name of the built-in CT lungs / bone / nodules pipeline."""
+
+
+def _ct_lungs(**options: Any) -> Pipeline:
+    from ai_models.pipelines.ct_lungs import CtLungsPipeline
+
+    return CtLungsPipeline(**options)
+
+
+def _ct_lungs_info() -> PipelineInfo:
+    from ai_models.pipelines.ct_lungs import CtLungsPipeline
+
+    return CtLungsPipeline.static_info()
+
+
+_BUILTIN: dict[str, tuple[Callable[..., Pipeline], Callable[[], PipelineInfo]]] = {
+    CT_LUNGS: (_ct_lungs, _ct_lungs_info),
+}
+
+
+def register_pipeline(name: str, factory: Callable[..., Pipeline],
+                      info: Callable[[], PipelineInfo]) -> None:
+    """Add a built-in pipeline (for extensions); ``factory(**options)`` builds it.
+
+    Raises
+    ------
+    ValueError
+        The name is taken.
+    """
+    if name in _BUILTIN:
+        raise ValueError(f"pipeline {name!r} is already registered")
+    _BUILTIN[name] = (factory, info)
+
+
+def list_pipelines(configured: Iterable[SegmentationSpec] = ()) -> list[PipelineInfo]:
+    """One :class:`PipelineInfo` per available pipeline, built-in first.
+
+    Parameters
+    ----------
+    configured:
+        The site's configured segmentation models.
+    """
+    out = [info() for _, info in _BUILTIN.values()]
+    for spec in configured:
+        out.append(PipelineInfo(spec.name, spec.description or f"site segmentation model ({spec.kind})",
+                                tuple(spec.modalities), spec.version, "configured"))
+    return out
+
+
+def get_pipeline(name: str, configured: Iterable[SegmentationSpec] = (), **options: Any) -> Pipeline:
+    """The pipeline called ``name``.
+
+    Parameters
+    ----------
+    name:
+        A built-in name (e.g. :data:`CT_LUNGS`) or a configured one.
+    configured:
+        The site's configured segmentation models; a configured name that
+        equals a built-in one shadows nothing: built-ins win and a warning
+        is logged.
+    **options:
+        Passed to a built-in pipeline's constructor (e.g. ``device="cpu"``).
+
+    Raises
+    ------
+    UnknownPipelineError
+        No such pipeline; the message lists the valid names and suggests the
+        closest one.
+    """
+    specs = {s.name: s for s in configured}
+    if name in _BUILTIN:
+        if name in specs:
+            logger.warning("configured pipeline %r is shadowed by the built-in one", name)
+        return _BUILTIN[name][0](**options)
+    if name in specs:
+        return build_configured_pipeline(specs[name])
+    valid = sorted(_BUILTIN) + sorted(specs)
+    close = difflib.get_close_matches(name, valid, n=1)
+    msg = f"unknown pipeline {name!r}"
+    if close:
+        msg += f" (did you mean {close[0]!r}?)"
+    raise UnknownPipelineError(f"{msg}; valid pipelines: {', '.join(valid)}")

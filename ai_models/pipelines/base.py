@@ -1,0 +1,177 @@
+"""The pipeline plug-in interface and helpers shared by pipelines.
+
+A pipeline turns one :class:`~ai_models.types.Volume` into a
+:class:`~ai_models.types.PipelineResult`: preprocessing + model +
+postprocessing + a coded description of what it found (SNOMED-CT / DCM
+codes), which the SEG and TID 1500 SR writers turn into DICOM.
+
+Subclasses set :attr:`Pipeline.name`, :attr:`Pipeline.description`,
+:attr:`Pipeline.modalities` and :attr:`Pipeline.version`, may extend
+:meth:`Pipeline.check` and implement :meth:`Pipeline.run`.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.uid import generate_uid
+
+from ai_models.errors import AIModelsError, PipelineNotApplicable
+from ai_models.types import CodedConcept, Measurement, PipelineResult, Volume
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CODES",
+    "Pipeline",
+    "PipelineInfo",
+    "UnknownPipelineError",
+    "tracking_uid",
+    "volume_measurement",
+]
+
+
+class UnknownPipelineError(AIModelsError, LookupError):
+    """No pipeline of that name (the message lists the valid ones)."""
+
+
+def _c(value: str, scheme: str, meaning: str) -> CodedConcept:
+    return CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
+
+
+class CODES:
+    """Coded concepts the built-in pipelines use.
+
+    Values and meanings follow ``pydicom.sr.codedict.codes`` where it has the
+    concept (CID 7150 segmentation property categories, CID 7151 types,
+    CID 7470 linear measurements, UCUM units).
+    """
+
+    ANATOMICAL_STRUCTURE = _c("91723000", "SCT", "Anatomical Structure")  # CID 7150
+    MORPHOLOGICALLY_ABNORMAL_STRUCTURE = _c("49755003", "SCT", "Morphologically Abnormal Structure")
+    TISSUE = _c("85756007", "SCT", "Tissue")
+    LUNG = _c("39607008", "SCT", "Lung")
+    RIGHT_LUNG = _c("3341006", "SCT", "Right lung")
+    LEFT_LUNG = _c("44029006", "SCT", "Left lung")
+    BONE = _c("272673000", "SCT", "Bone")
+    NODULE = _c("27925004", "SCT", "Nodule")
+    LUNG_NODULE = _c("786838002", "SCT", "Pulmonary nodule")
+    VOLUME = _c("118565006", "SCT", "Volume")
+    DIAMETER = _c("81827009", "SCT", "Diameter")
+    LONG_AXIS = _c("103339001", "SCT", "Long axis")
+    MM = _c("mm", "UCUM", "mm")
+    MM3 = _c("mm3", "UCUM", "cubic millimeter")
+    CT_UNSPECIFIED = _c("25045-6", "LN", "CT unspecified body region")
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    """One line about a pipeline, for ``dicom-node pipelines`` and the API."""
+
+    name: str
+    description: str
+    modalities: tuple[str, ...]
+    version: str
+    source: str = "built-in"
+    """``"built-in"`` or ``"configured"`` (from the site's config)."""
+
+
+class Pipeline(abc.ABC):
+    """A series-level analysis: ``check(volume)`` then ``run(volume)``."""
+
+    name: str = ""
+    """Stable identifier used by routing rules and the CLI (an interface)."""
+    description: str = ""
+    """One line shown by ``dicom-node pipelines``."""
+    modalities: tuple[str, ...] = ()
+    """DICOM Modality values accepted (empty: any)."""
+    version: str = "0"
+    """Algorithm version (TID 4019)."""
+    source: str = "built-in"
+
+    def info(self) -> PipelineInfo:
+        """This pipeline's :class:`PipelineInfo`."""
+        return PipelineInfo(self.name, self.description, tuple(self.modalities), self.version,
+                            self.source)
+
+    def check(self, volume: Volume) -> None:
+        """Raise :class:`PipelineNotApplicable` (with the reason) if out of scope.
+
+        The base implementation checks the modality.
+        """
+        if self.modalities and volume.modality not in self.modalities:
+            raise PipelineNotApplicable(
+                f"{self.name}: modality {volume.modality or '(none)'!r} is not one of "
+                f"{', '.join(self.modalities)}"
+            )
+
+    @abc.abstractmethod
+    def run(self, volume: Volume) -> PipelineResult:
+        """Analyse one volume.
+
+        Parameters
+        ----------
+        volume:
+            ``array`` ``(n_slices, rows, columns)`` with geometry in LPS.
+
+        Returns
+        -------
+        PipelineResult
+            Segment masks on the volume's own ``(k, i, j)`` grid, findings,
+            algorithm identification and per-stage ``timings`` (seconds).
+        """
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} v{self.version}>"
+
+
+def tracking_uid(series_instance_uid: str, pipeline: str, tracking_id: str) -> str:
+    """Deterministic Tracking UID: same series + pipeline + finding -> same UID.
+
+    Reruns on the same series therefore keep their tracking UIDs (TID 1500
+    longitudinal tracking works and superseded results line up).
+    """
+    return str(generate_uid(entropy_srcs=[series_instance_uid or "", pipeline, tracking_id]))
+
+
+def volume_measurement(mask: np.ndarray, volume: Volume) -> Measurement:
+    """Volume (SCT 118565006) of a boolean mask on ``volume``'s grid, in mm3."""
+    return Measurement(
+        name=CODES.VOLUME,
+        value=float(np.count_nonzero(mask)) * volume.voxel_volume_mm3,
+        unit=CODES.MM3,
+    )
+
+
+def longest_diameter_mm(mask: np.ndarray, volume: Volume) -> float:
+    """Longest distance (mm) between voxel centres of a mask, in patient space.
+
+    Uses the convex hull of the voxel corners' centres (LPS), so it is exact
+    for the voxelised object and cheap for large ones.
+
+    Parameters
+    ----------
+    mask:
+        ``(k, i, j)`` boolean, on ``volume``'s grid (a crop is fine when
+        ``offset`` is folded into the caller's indices).
+    volume:
+        Supplies spacing and direction.
+    """
+    idx = np.argwhere(mask)
+    if len(idx) == 0:
+        return 0.0
+    if len(idx) == 1:
+        return float(np.min(volume.spacing))
+    pts = idx @ (volume.direction * np.asarray(volume.spacing)[None, :]).T
+    try:
+        from scipy.spatial import ConvexHull
+
+        pts = pts[ConvexHull(pts).vertices]
+    except Exception:  # degenerate (flat/linear) sets: fall back to all points
+        if len(pts) > 4000:
+            pts = pts[np.linspace(0, len(pts) - 1, 4000).astype(int)]
+    d2 = ((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1)
+    return float(np.sqrt(d2.max()))

@@ -1,0 +1,404 @@
+"""``ct-lungs``: lungs (per side), bone and lung nodules on CT.
+
+A demonstration pipeline trained only on synthetic phantoms
+(:mod:`ai_models.training.phantoms`); not for clinical use.
+
+How it works
+------------
+1. **Canonical orientation** -- the volume is permuted/flipped (a view, no
+   copy for axial series) so its axes run towards superior, posterior and
+   patient left; the network knows left from right.
+2. **Working grid** -- the HU volume is pooled to a 4 mm isotropic grid with
+   two channels per voxel, the mean and the max HU of the source voxels it
+   covers (:func:`~ai_models.pipelines._grid.hu_features`).  A 300-slice
+   512x512 chest CT becomes about 94x90x90 voxels.
+3. **Network** -- a lean 5-level MONAI 3D UNet (0.5 M parameters) predicts
+   background / right lung / left lung / bone / nodule on that grid, whole
+   input at once (sliding windows of 128^3 beyond that).
+4. **Back to the source grid** -- coarse labels are cleaned (largest lung
+   components, nodules must touch a lung) and mapped back by nearest
+   neighbour; boundaries are then refined at full resolution with HU:
+   lung = (coarse side dilated by one cell AND HU < -400) OR coarse interior
+   (keeps vessels), bone = coarse bone dilated by one cell AND HU > 200.
+5. **Nodules at full resolution** -- each coarse nodule component is a
+   region of interest; inside it the nodule is the soft-tissue (HU > -400)
+   part connected to the detection after a morphological opening whose
+   radius scales with the nodule size (detaches vessels).  Each nodule is
+   its own segment with volume and longest diameter.
+
+Masks are returned on the volume's own ``(k, i, j)`` grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from ai_models import runtime
+from ai_models.errors import PipelineNotApplicable
+from ai_models.pipelines import CT_LUNGS
+from ai_models.pipelines._grid import (
+    Orientation,
+    hu_features,
+    nearest_index,
+    orientation_from_direction,
+    working_shape,
+)
+from ai_models.pipelines.base import (
+    CODES,
+    Pipeline,
+    PipelineInfo,
+    longest_diameter_mm,
+    tracking_uid,
+    volume_measurement,
+)
+from ai_models.types import (
+    AlgorithmInfo,
+    Finding,
+    Measurement,
+    PipelineResult,
+    Segment,
+    Volume,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CtLungsPipeline", "DEFAULT_WEIGHTS", "VERSION"]
+
+VERSION = "0.1.0"
+"""Algorithm version reported in TID 4019 (the weights have their own sha256)."""
+
+DEFAULT_WEIGHTS = pathlib.Path(__file__).resolve().parents[1] / "weights" / "ct_lungs.pt"
+"""Shipped weights (state dict; architecture in the ``.json`` beside it)."""
+
+MIN_SLICES = 8
+"""Fewer slices than this: not applicable (the network needs 3D context)."""
+
+MIN_EXTENT_MM = 40.0
+"""Smallest accepted extent along the slice normal, in mm."""
+
+MIN_MATRIX = 64
+"""Smallest accepted rows/columns."""
+
+ROI_SIZE = (128, 128, 128)
+"""Sliding-window patch on the working grid (512 mm); smaller inputs run whole."""
+
+LUNG_AIR_HU = -400.0
+"""Lung parenchyma boundary threshold (HU) for full-resolution refinement."""
+
+BONE_HU = 200.0
+"""Bone boundary threshold (HU) for full-resolution refinement."""
+
+NODULE_HU = -400.0
+"""Nodule (solid) boundary threshold (HU) inside the lung."""
+
+MIN_NODULE_DIAMETER_MM = 3.0
+"""Nodules whose volume-equivalent diameter is smaller are dropped."""
+
+MAX_NODULES = 20
+"""At most this many nodules are reported (largest first)."""
+
+MAX_NODULE_DIAMETER_MM = 45.0
+"""Coarse detections larger than this (volume-equivalent) are not nodules."""
+
+BACKGROUND, RIGHT, LEFT, BONE, NODULE = 0, 1, 2, 3, 4
+
+_BALL = ndimage.generate_binary_structure(3, 3)
+
+
+@dataclass
+class _Nodule:
+    """A nodule on the canonical fine grid: crop mask + offset, side."""
+
+    mask: np.ndarray
+    offset: tuple[int, int, int]
+    side: int
+
+
+class CtLungsPipeline(Pipeline):
+    """Lungs, bone and nodules on CT (see the module docstring).
+
+    Parameters
+    ----------
+    weights:
+        State-dict file with its JSON sidecar; default :data:`DEFAULT_WEIGHTS`.
+    device:
+        ``None``/``"auto"``, ``"cpu"``, ``"cuda"``...
+    sw_batch_size:
+        Sliding-window batch size (only for inputs beyond :data:`ROI_SIZE`).
+    nodules:
+        Detect nodules (default ``True``).
+    """
+
+    name = CT_LUNGS
+    description = "CT: right/left lung, bone and lung nodules (demo model, synthetic training)"
+    modalities = ("CT",)
+    version = VERSION
+
+    def __init__(
+        self,
+        weights: str | pathlib.Path | None = None,
+        device: str | None = None,
+        sw_batch_size: int = runtime.DEFAULT_SW_BATCH_SIZE,
+        nodules: bool = True,
+    ) -> None:
+        self.weights = pathlib.Path(weights) if weights is not None else DEFAULT_WEIGHTS
+        self.device = device
+        self.sw_batch_size = int(sw_batch_size)
+        self.nodules = bool(nodules)
+
+    @classmethod
+    def static_info(cls) -> PipelineInfo:
+        """Listing info without instantiating (no model load)."""
+        return PipelineInfo(cls.name, cls.description, cls.modalities, cls.version, "built-in")
+
+    def check(self, volume: Volume) -> None:
+        """CT with enough slices, extent and matrix size."""
+        super().check(volume)
+        n, rows, cols = volume.shape
+        if n < MIN_SLICES:
+            raise PipelineNotApplicable(
+                f"{self.name}: {n} slice(s); at least {MIN_SLICES} are needed for 3D analysis"
+            )
+        extent = float(n * volume.spacing[0])
+        if extent < MIN_EXTENT_MM:
+            raise PipelineNotApplicable(
+                f"{self.name}: the series covers {extent:.0f} mm along the slice normal; "
+                f"at least {MIN_EXTENT_MM:.0f} mm are needed"
+            )
+        if min(rows, cols) < MIN_MATRIX:
+            raise PipelineNotApplicable(
+                f"{self.name}: matrix {rows}x{cols} is smaller than {MIN_MATRIX}x{MIN_MATRIX}"
+            )
+
+    def load(self) -> runtime.LoadedModel:
+        """The warm model (loaded once per process)."""
+        return runtime.load_model(self.weights, runtime.ModelKind.STATE_DICT, device=self.device)
+
+    # -- the stages ---------------------------------------------------------
+
+    def predict_working(self, volume: Volume, timer: runtime.StageTimer | None = None
+                        ) -> tuple[np.ndarray, Orientation, runtime.LoadedModel]:
+        """Network labels on the working grid (canonical orientation).
+
+        Returns
+        -------
+        (labels, orientation, model)
+            ``labels`` ``(z', y', x')`` uint8 (0..4).
+        """
+        timer = timer or runtime.StageTimer()
+        with timer("load"):
+            model = self.load()
+        ws = float(model.metadata.get("working_spacing_mm", 4.0))
+        with timer("preprocess"):
+            orient = orientation_from_direction(volume.direction)
+            hu = orient.to_canonical(volume.array)
+            wshape = working_shape(hu.shape, orient.spacing(volume.spacing), ws)
+            feats = hu_features(hu, wshape)
+        with timer("infer"):
+            logits = runtime.run_network(model, feats, roi_size=ROI_SIZE,
+                                         sw_batch_size=self.sw_batch_size, divisible_by=16)
+            labels = logits[0].argmax(0).numpy().astype(np.uint8)
+        return labels, orient, model
+
+    def run(self, volume: Volume) -> PipelineResult:
+        """Segment lungs, bone and nodules and measure them."""
+        self.check(volume)
+        timer = runtime.StageTimer()
+        work, orient, model = self.predict_working(volume, timer)
+        with timer("postprocess"):
+            segments, findings, notes = self._postprocess(volume, work, orient)
+        logger.info("%s: %d segment(s), %d finding(s); %s", self.name, len(segments),
+                    len(findings), ", ".join(f"{k} {v:.2f}s" for k, v in timer.timings.items()))
+        return PipelineResult(
+            pipeline=self.name,
+            volume=volume,
+            algorithm=AlgorithmInfo(
+                name=self.name, version=self.version, weights_sha256=model.sha256,
+                parameters=(f"working_spacing_mm={model.metadata.get('working_spacing_mm', 4.0)}",
+                            f"lung_air_hu={LUNG_AIR_HU:g}", f"bone_hu={BONE_HU:g}"),
+            ),
+            segments=segments,
+            findings=findings,
+            procedure_reported=CODES.CT_UNSPECIFIED,
+            timings=timer.timings,
+            notes=notes,
+        )
+
+    # -- postprocessing -----------------------------------------------------
+
+    @staticmethod
+    def _clean_coarse(work: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[np.ndarray, int]]]:
+        """Largest lung components per side; nodules that touch a lung.
+
+        Returns
+        -------
+        (right, left, bone, nodules)
+            Boolean working-grid masks and ``(component mask, side)`` pairs.
+        """
+        sides = {}
+        for side in (RIGHT, LEFT):
+            m = work == side
+            lab, n = ndimage.label(m)
+            if n > 1:
+                sizes = ndimage.sum_labels(m, lab, index=np.arange(1, n + 1))
+                keep = np.flatnonzero(sizes >= 0.2 * sizes.max()) + 1
+                m = np.isin(lab, keep)
+            sides[side] = m
+        nods: list[tuple[np.ndarray, int]] = []
+        nlab, n = ndimage.label(work == NODULE, structure=_BALL)
+        for sl_i, sl in enumerate(ndimage.find_objects(nlab), start=1):
+            if sl is None:
+                continue
+            big = tuple(slice(max(s.start - 2, 0), s.stop + 2) for s in sl)
+            comp = nlab[big] == sl_i
+            ring = ndimage.binary_dilation(comp, _BALL, iterations=2) & ~comp
+            r = int(sides[RIGHT][big][ring].sum())
+            lft = int(sides[LEFT][big][ring].sum())
+            if r + lft == 0:
+                continue  # not in contact with a lung: not a lung nodule
+            full = np.zeros(work.shape, bool)
+            full[big] = comp
+            nods.append((full, RIGHT if r >= lft else LEFT))
+        return sides[RIGHT], sides[LEFT], work == BONE, nods
+
+    def _postprocess(self, volume: Volume, work: np.ndarray, orient: Orientation
+                     ) -> tuple[list[Segment], list[Finding], list[str]]:
+        hu = orient.to_canonical(volume.array)
+        fine_shape = tuple(int(n) for n in hu.shape)
+        spacing_c = orient.spacing(volume.spacing)
+        right, left, bone, nods = self._clean_coarse(work)
+        nod_any = np.zeros(work.shape, bool)
+        for m, _ in nods:
+            nod_any |= m
+        d = lambda m: ndimage.binary_dilation(m, _BALL)  # noqa: E731
+        e = lambda m: ndimage.binary_erosion(m, _BALL)  # noqa: E731
+        code = (d(right).astype(np.uint8) | (d(left).astype(np.uint8) << 1)
+                | (e(right | (nod_any & d(right))).astype(np.uint8) << 2)
+                | (e(left | (nod_any & d(left))).astype(np.uint8) << 3)
+                | (d(bone).astype(np.uint8) << 4))
+        idx = [nearest_index(n, m) for n, m in zip(fine_shape, work.shape)]
+        fine = code[idx[0]][:, idx[1]][:, :, idx[2]]
+        air = hu < LUNG_AIR_HU
+        r_core = (fine & 4) != 0
+        l_core = (fine & 8) != 0
+        f_bone = ((fine & 16) != 0) & (hu > BONE_HU)
+        f_left = (((fine & 2) != 0) & air & ~r_core) | l_core
+        f_right = (((fine & 1) != 0) & air & ~l_core & ~f_left) | r_core
+        f_left &= ~f_bone
+        f_right &= ~f_bone
+        del fine, air, r_core, l_core
+
+        nodules: list[_Nodule] = []
+        wvox = float(np.prod(spacing_c)) * float(np.prod(np.array(fine_shape) / np.array(work.shape)))
+        max_vox = np.pi / 6.0 * MAX_NODULE_DIAMETER_MM**3 / wvox
+        nods = [(m, s) for m, s in nods if m.sum() <= max_vox]
+        nods.sort(key=lambda t: -int(t[0].sum()))
+        if self.nodules:
+            for comp, side in nods[: 2 * MAX_NODULES]:
+                nod = self._refine_nodule(hu, comp, side, idx, spacing_c)
+                if nod is not None:
+                    nodules.append(nod)
+        nodules.sort(key=lambda n: -int(n.mask.sum()))
+        notes = []
+        if len(nodules) > MAX_NODULES:
+            notes.append(f"{len(nodules)} nodule candidates; the {MAX_NODULES} largest are reported")
+            nodules = nodules[:MAX_NODULES]
+        # deterministic numbering: by position (superior to inferior, then right to left)
+        nodules.sort(key=lambda n: (-n.offset[0] - n.mask.shape[0] / 2, n.offset[2] + n.mask.shape[2] / 2))
+        for n in nodules:
+            sl = tuple(slice(o, o + s) for o, s in zip(n.offset, n.mask.shape))
+            f_right[sl] &= ~n.mask
+            f_left[sl] &= ~n.mask
+            f_bone[sl] &= ~n.mask
+
+        to_kij = lambda m: np.ascontiguousarray(orient.from_canonical(m))  # noqa: E731
+        series_uid = volume.series_instance_uid
+        segments: list[Segment] = []
+        findings: list[Finding] = []
+
+        def add(label: str, mask: np.ndarray, category, type_, region=None,  # noqa: ANN001
+                measurements: list[Measurement] | None = None, site=None) -> None:  # noqa: ANN001
+            uid = tracking_uid(series_uid, self.name, label)
+            segments.append(Segment(number=len(segments) + 1, label=label, category=category,
+                                    type=type_, mask=mask, tracking_id=label, tracking_uid=uid,
+                                    anatomic_region=region))
+            if measurements is not None:
+                findings.append(Finding(tracking_id=label, tracking_uid=uid, finding_type=type_,
+                                        finding_site=site, segment_number=len(segments),
+                                        measurements=measurements))
+
+        for name, m, code_ in (("Right lung", f_right, CODES.RIGHT_LUNG),
+                               ("Left lung", f_left, CODES.LEFT_LUNG)):
+            if m.any():
+                mk = to_kij(m)
+                add(name, mk, CODES.ANATOMICAL_STRUCTURE, code_,
+                    measurements=[volume_measurement(mk, volume)])
+        if f_bone.any():
+            add("Bone", to_kij(f_bone), CODES.ANATOMICAL_STRUCTURE, CODES.BONE)
+        for i, n in enumerate(nodules, start=1):
+            full = np.zeros(fine_shape, bool)
+            sl = tuple(slice(o, o + s) for o, s in zip(n.offset, n.mask.shape))
+            full[sl] = n.mask
+            mk = to_kij(full)
+            site = CODES.RIGHT_LUNG if n.side == RIGHT else CODES.LEFT_LUNG
+            # longest diameter on the crop, in patient space (spacing/direction of the volume)
+            crop_kij = np.ascontiguousarray(orient.from_canonical(n.mask))
+            diam = longest_diameter_mm(crop_kij, volume)
+            add(f"Nodule {i}", mk, CODES.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, CODES.NODULE,
+                region=site, site=site,
+                measurements=[volume_measurement(n.mask, volume),
+                              Measurement(name=CODES.LONG_AXIS, value=diam, unit=CODES.MM)])
+        return segments, findings, notes
+
+    @staticmethod
+    def _refine_nodule(hu: np.ndarray, comp: np.ndarray, side: int, idx: list[np.ndarray],
+                       spacing: np.ndarray) -> _Nodule | None:
+        """Full-resolution nodule mask inside one coarse detection (canonical grid)."""
+        roi = ndimage.binary_dilation(comp, _BALL)
+        zs, ys, xs = (np.flatnonzero(roi.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
+        fine_sl = []
+        for ax, w in zip(idx, (zs, ys, xs)):
+            inside = np.flatnonzero((ax >= w.min()) & (ax <= w.max()))
+            fine_sl.append(slice(int(inside.min()), int(inside.max()) + 1))
+        fsl = tuple(fine_sl)
+        sub = [a[s] for a, s in zip(idx, fsl)]
+        roi_f = roi[sub[0]][:, sub[1]][:, :, sub[2]]
+        core_f = comp[sub[0]][:, sub[1]][:, :, sub[2]]
+        cand = roi_f & (hu[fsl] > NODULE_HU) & (hu[fsl] < BONE_HU)
+        if not (cand & core_f).any():
+            return None
+        vox = float(np.prod(spacing))
+        d_est = (6.0 * float((cand & core_f).sum()) * vox / np.pi) ** (1 / 3)
+        r_mm = min(0.25 * d_est, 3.0)
+        radii = np.maximum(np.floor(r_mm / spacing).astype(int), 0)
+        if radii.max() >= 1:
+            grids = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
+            se = sum(((g * s) / max(r_mm, 1e-6)) ** 2 for g, s in zip(grids, spacing)) <= 1.0
+            opened = ndimage.binary_opening(cand, se)
+        else:
+            opened = cand
+        lab, n = ndimage.label(opened, structure=_BALL)
+        hit = np.unique(lab[core_f & opened])
+        hit = hit[hit > 0]
+        if len(hit) == 0:
+            lab, n = ndimage.label(cand & core_f, structure=_BALL)
+            if n == 0:
+                return None
+            sizes = ndimage.sum_labels(np.ones_like(lab), lab, index=np.arange(1, n + 1))
+            hit = np.array([int(np.argmax(sizes)) + 1])
+        mask = np.isin(lab, hit)
+        d_eq = (6.0 * float(mask.sum()) * vox / np.pi) ** (1 / 3)
+        if d_eq < MIN_NODULE_DIAMETER_MM:
+            return None
+        return _Nodule(mask=mask, offset=tuple(s.start for s in fsl), side=side)  # type: ignore[arg-type]
+
+
+def run_ct_lungs(volume: Volume, **options: Any) -> PipelineResult:
+    """Convenience: ``CtLungsPipeline(**options).run(volume)``."""
+    return CtLungsPipeline(**options).run(volume)
