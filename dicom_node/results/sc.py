@@ -71,6 +71,22 @@ def frame_key(ref: FrameRef) -> str:
     return f"{ref.sop_instance_uid}#{ref.frame_number}"
 
 
+def _laterality(src: Dataset) -> str:
+    """Laterality ``R``/``L`` of a source, or ``""``.
+
+    From Laterality, Image Laterality or the Frame Anatomy macro's Frame
+    Laterality (PS3.3 C.7.6.16.2.8).
+    """
+    values = [src.get("Laterality"), src.get("ImageLaterality")]
+    shared = src.get("SharedFunctionalGroupsSequence")
+    if shared and "FrameAnatomySequence" in shared[0]:
+        values.append(shared[0].FrameAnatomySequence[0].get("FrameLaterality"))
+    for value in values:
+        if value in ("R", "L"):
+            return str(value)
+    return ""
+
+
 def _orientation_letter(vector: np.ndarray) -> str:
     """Main LPS direction of a unit vector as a Patient Orientation letter."""
     axis = int(np.argmax(np.abs(vector)))
@@ -254,9 +270,12 @@ def write_sc(
         # with Body Part Examined; empty (= unknown) when the body part is.
         if src.get("BodyPartExamined"):
             sc.BodyPartExamined = src.BodyPartExamined
-        if src.get("Laterality"):
-            sc.Laterality = src.Laterality
+        laterality = _laterality(src)
+        if laterality:
+            sc.Laterality = laterality
         elif not src.get("BodyPartExamined"):
+            # Without a body part the validator cannot tell an unpaired
+            # structure: an empty value says "unknown" (Type 2C).
             sc.Laterality = ""
         sc.BurnedInAnnotation = "YES"
         sc.ImageComments = NOT_FOR_DIAGNOSTIC_USE

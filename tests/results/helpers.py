@@ -61,6 +61,9 @@ SOURCE_COPIED_WARNINGS: dict[str, str] = {
         "Study ID is empty in the (de-identified) source; copied as it is",
     r"Unrecognized defined term <GEIIS> for value 1 of attribute <Coding Scheme Designator>":
         "GE's private coding scheme in a code sequence copied from the source study",
+    r"is only permitted to be empty when actually unknown.*attribute <Laterality>":
+        "SC of a source with neither Body Part Examined nor laterality: Laterality "
+        "(Type 2C) is empty because it is unknown",
 }
 
 
