@@ -41,6 +41,7 @@ import logging
 import pathlib
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -320,7 +321,9 @@ def _load_state_dict(
 
 def _load_torchscript(p: pathlib.Path) -> torch.nn.Module:
     try:
-        return torch.jit.load(str(p), map_location="cpu")
+        with warnings.catch_warnings():  # TorchScript is deprecated upstream but still the format sites ship
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(str(p), map_location="cpu")
     except Exception as exc:  # RuntimeError / ValueError from the TorchScript loader
         raise ModelLoadError(f"cannot load TorchScript {p.name}: {exc}") from exc
 
