@@ -227,8 +227,8 @@ def write_sc(
     )
     equipment = [contributing_equipment(result.algorithm)]
     out: list[hd.sc.SCImage] = []
-    for t, k in enumerate(ks):
-        k = int(k)
+    for t, k_ in enumerate(ks):
+        k = int(k_)
         grey = _to_grey(volume.array[k], center, width)
         rgb = np.repeat(grey[..., None], 3, axis=2)
         present = []

@@ -400,7 +400,7 @@ def write_seg(
         kwargs["plane_positions"] = positions
 
     algorithm = result.algorithm
-    seg = hd.seg.Segmentation(
+    out = hd.seg.Segmentation(
         source_images=source_images,
         pixel_array=pixel_array,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -426,9 +426,9 @@ def write_seg(
         **kwargs,
     )
     if not any(multiframe):
-        _reference_all_sources(seg, volume.source_datasets)
+        _reference_all_sources(out, volume.source_datasets)
     logger.debug(
-        "SEG %s: %d segment(s), %d frame(s)", seg.SOPInstanceUID, len(descriptions),
-        int(seg.NumberOfFrames),
+        "SEG %s: %d segment(s), %d frame(s)", out.SOPInstanceUID, len(descriptions),
+        int(out.NumberOfFrames),
     )
-    return seg
+    return out

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import highdicom as hd
 import numpy as np
@@ -72,6 +72,13 @@ __all__ = ["COMPREHENSIVE_3D_SR_SOP_CLASS_UID", "write_sr"]
 
 #: Comprehensive 3D SR Storage (PS3.4 B.5).
 COMPREHENSIVE_3D_SR_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.88.34"
+
+_ImageItem = TypeVar(
+    "_ImageItem",
+    hd.sr.SourceImageForRegion,
+    hd.sr.SourceImageForSegmentation,
+    hd.sr.SourceImageForMeasurementGroup,
+)
 
 MeasurementGroup = (
     hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
@@ -134,7 +141,7 @@ def _evaluations(finding: Finding) -> list[hd.sr.QualitativeEvaluation]:
     ]
 
 
-def _source_image_item(result: PipelineResult, k: int, cls: type) -> object:
+def _source_image_item(result: PipelineResult, k: int, cls: type[_ImageItem]) -> _ImageItem:
     ref = result.volume.frames[k]
     return cls(
         referenced_sop_class_uid=ref.sop_class_uid,
@@ -200,7 +207,7 @@ def _finding_groups(
     tracking = hd.sr.TrackingIdentifier(
         uid=finding.tracking_uid, identifier=finding.tracking_id[:64]
     )
-    common = dict(
+    common: dict[str, Any] = dict(
         tracking_identifier=tracking,
         finding_type=to_code(finding.finding_type),
         algorithm_id=algo_id,
@@ -221,7 +228,7 @@ def _finding_groups(
         else None
     )
     region = _planar_region(result, segment) if segment is not None else None
-    if seg_number is not None:
+    if seg_number is not None and segmentation is not None and segment is not None:
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                 referenced_segment=_referenced_segment(
