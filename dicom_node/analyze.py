@@ -43,9 +43,9 @@ class SeriesStatus:
 class SeriesReport:
     """What happened to one series.
 
-    ``timings`` holds seconds per stage: ``load`` (series -> volume), the
-    pipeline's own stages (e.g. ``preprocess``, ``infer``, ``postprocess``)
-    and ``write`` (DICOM objects built and saved).
+    ``timings`` holds seconds per stage: ``read`` (files -> volume), the
+    pipeline's own stages (``load`` of the model, ``preprocess``, ``infer``,
+    ``postprocess``) and ``write`` (DICOM objects built and saved).
     """
 
     series_instance_uid: str
@@ -159,7 +159,7 @@ def analyze_paths(
             entry.reason = f"not one volume: {exc}"
             logger.info("series skipped: %s", type(exc).__name__)
             continue
-        entry.timings["load"] = time.perf_counter() - t0
+        entry.timings["read"] = time.perf_counter() - t0
         try:
             pipeline.check(volume)
         except PipelineNotApplicable as exc:
@@ -169,7 +169,7 @@ def analyze_paths(
         try:
             result = pipeline.run(volume)
             for stage, seconds in result.timings.items():
-                if stage != "write":
+                if stage not in ("read", "write"):
                     entry.timings[stage] = float(seconds)
             t1 = time.perf_counter()
             datasets = write_results(result, kinds)

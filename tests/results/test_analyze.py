@@ -65,7 +65,7 @@ def test_analyze_paths_writes_and_skips(dicom_data: pathlib.Path, tmp_path) -> N
     ct, mr = by_modality["CT"], by_modality["MR"]
     assert mr.status == SeriesStatus.SKIPPED and "modality MR" in mr.reason
     assert ct.status == SeriesStatus.DONE, ct.reason
-    assert list(ct.timings)[0] == "load" and list(ct.timings)[-1] == "write"
+    assert list(ct.timings)[0] == "read" and list(ct.timings)[-1] == "write"
     assert "infer" in ct.timings and all(v >= 0 for v in ct.timings.values())
     assert report.ok
     names = sorted(p.name for p in ct.files)
@@ -97,7 +97,7 @@ def test_cli_analyze(dicom_data: pathlib.Path, tmp_path) -> None:
         terminal_width=200,
     )
     assert result.exit_code == 0, result.output
-    assert "write" in result.output and "load" in result.output
+    assert "write" in result.output and "read" in result.output
     files = sorted(out.iterdir())
     kinds = {f.name.split("_")[0] for f in files}
     assert kinds == {"seg", "sr", "sc"}
