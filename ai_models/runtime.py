@@ -321,7 +321,9 @@ def _load_state_dict(
 
 def _load_torchscript(p: pathlib.Path) -> torch.nn.Module:
     try:
-        with warnings.catch_warnings():  # TorchScript is deprecated upstream but still the format sites ship
+        with (
+            warnings.catch_warnings()
+        ):  # TorchScript is deprecated upstream but still the format sites ship
             warnings.simplefilter("ignore", FutureWarning)
             return torch.jit.load(str(p), map_location="cpu")
     except Exception as exc:  # RuntimeError / ValueError from the TorchScript loader
@@ -346,8 +348,11 @@ def _load_bundle(p: pathlib.Path) -> tuple[torch.nn.Module, pathlib.Path, dict[s
     if not pt.is_file():
         raise ModelLoadError(f"bundle {p.name}: neither models/model.ts nor models/model.pt")
     cfg = next(
-        (configs / n for n in ("inference.json", "inference.yaml", "inference.yml")
-         if (configs / n).is_file()),
+        (
+            configs / n
+            for n in ("inference.json", "inference.yaml", "inference.yml")
+            if (configs / n).is_file()
+        ),
         None,
     )
     if cfg is None:
@@ -420,10 +425,13 @@ def run_network(
     spatial = xb.shape[2:]
     xb = xb.to(dev, dtype=torch.float32)
     use_amp = amp and dev.type == "cuda"
-    with torch.inference_mode(), (
-        torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
+    with (
+        torch.inference_mode(),
+        torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext(),
     ):
-        if roi_size is not None and any(int(s) > int(r) for s, r in zip(xb.shape[2:], roi_size)):
+        if roi_size is not None and any(
+            int(s) > int(r) for s, r in zip(xb.shape[2:], roi_size, strict=False)
+        ):
             from monai.inferers import sliding_window_inference
 
             out = sliding_window_inference(

@@ -78,8 +78,9 @@ _BUILTIN: dict[str, tuple[Callable[..., Pipeline], Callable[[], PipelineInfo]]] 
 }
 
 
-def register_pipeline(name: str, factory: Callable[..., Pipeline],
-                      info: Callable[[], PipelineInfo]) -> None:
+def register_pipeline(
+    name: str, factory: Callable[..., Pipeline], info: Callable[[], PipelineInfo]
+) -> None:
     """Add a built-in pipeline (for extensions); ``factory(**options)`` builds it.
 
     Raises
@@ -102,12 +103,21 @@ def list_pipelines(configured: Iterable[SegmentationSpec] = ()) -> list[Pipeline
     """
     out = [info() for _, info in _BUILTIN.values()]
     for spec in configured:
-        out.append(PipelineInfo(spec.name, spec.description or f"site segmentation model ({spec.kind})",
-                                tuple(spec.modalities), spec.version, "configured"))
+        out.append(
+            PipelineInfo(
+                spec.name,
+                spec.description or f"site segmentation model ({spec.kind})",
+                tuple(spec.modalities),
+                spec.version,
+                "configured",
+            )
+        )
     return out
 
 
-def get_pipeline(name: str, configured: Iterable[SegmentationSpec] = (), **options: Any) -> Pipeline:
+def get_pipeline(
+    name: str, configured: Iterable[SegmentationSpec] = (), **options: Any
+) -> Pipeline:
     """The pipeline called ``name``.
 
     Parameters

@@ -80,9 +80,14 @@ def orientation_from_direction(direction: np.ndarray) -> Orientation:
     return Orientation(perm=tuple(int(p) for p in best), flip=flip)  # type: ignore[arg-type]
 
 
-def working_shape(shape: tuple[int, ...], spacing: np.ndarray, working_spacing: float) -> tuple[int, int, int]:
+def working_shape(
+    shape: tuple[int, ...], spacing: np.ndarray, working_spacing: float
+) -> tuple[int, int, int]:
     """Grid size at ``working_spacing`` covering the same extent as ``shape``."""
-    return tuple(max(1, int(round(n * float(s) / working_spacing))) for n, s in zip(shape, spacing))  # type: ignore[return-value]
+    return tuple(
+        max(1, int(round(n * float(s) / working_spacing)))
+        for n, s in zip(shape, spacing, strict=False)
+    )  # type: ignore[return-value]
 
 
 def hu_features(hu: np.ndarray, out_shape: tuple[int, int, int]) -> torch.Tensor:
@@ -103,7 +108,7 @@ def hu_features(hu: np.ndarray, out_shape: tuple[int, int, int]) -> torch.Tensor
     """
     t = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[None, None]
     t = t.clamp(HU_MIN, HU_MAX)
-    mid = tuple(min(a, b) for a, b in zip(t.shape[2:], out_shape))
+    mid = tuple(min(a, b) for a, b in zip(t.shape[2:], out_shape, strict=False))
     mean = F.adaptive_avg_pool3d(t, mid)
     mx = F.adaptive_max_pool3d(t, mid)
     x = torch.cat([mean, mx], dim=1)
@@ -112,8 +117,12 @@ def hu_features(hu: np.ndarray, out_shape: tuple[int, int, int]) -> torch.Tensor
     return ((x[0] + 1000.0) / 1000.0).contiguous()
 
 
-def pool_labels(labels: np.ndarray, out_shape: tuple[int, int, int], n_classes: int,
-                priority: dict[int, float] | None = None) -> np.ndarray:
+def pool_labels(
+    labels: np.ndarray,
+    out_shape: tuple[int, int, int],
+    n_classes: int,
+    priority: dict[int, float] | None = None,
+) -> np.ndarray:
     """Down-sample a label map by (weighted) majority per working voxel.
 
     Parameters
@@ -135,7 +144,7 @@ def pool_labels(labels: np.ndarray, out_shape: tuple[int, int, int], n_classes: 
     """
     t = torch.from_numpy(labels.astype(np.int64))
     oh = F.one_hot(t, n_classes).permute(3, 0, 1, 2)[None].float()
-    mid = tuple(min(a, b) for a, b in zip(oh.shape[2:], out_shape))
+    mid = tuple(min(a, b) for a, b in zip(oh.shape[2:], out_shape, strict=False))
     frac = F.adaptive_avg_pool3d(oh, mid)
     if tuple(mid) != tuple(out_shape):
         frac = F.interpolate(frac, size=out_shape, mode="nearest")
@@ -157,5 +166,5 @@ def nearest_index(n_src: int, n_work: int) -> np.ndarray:
 
 def upsample_nearest(work: np.ndarray, src_shape: tuple[int, int, int]) -> np.ndarray:
     """Nearest-neighbour ``work`` ``(z', y', x')`` -> ``src_shape`` ``(z, y, x)``."""
-    iz, iy, ix = (nearest_index(n, m) for n, m in zip(src_shape, work.shape))
+    iz, iy, ix = (nearest_index(n, m) for n, m in zip(src_shape, work.shape, strict=False))
     return work[iz][:, iy][:, :, ix]

@@ -94,8 +94,9 @@ class Pipeline(abc.ABC):
 
     def info(self) -> PipelineInfo:
         """This pipeline's :class:`PipelineInfo`."""
-        return PipelineInfo(self.name, self.description, tuple(self.modalities), self.version,
-                            self.source)
+        return PipelineInfo(
+            self.name, self.description, tuple(self.modalities), self.version, self.source
+        )
 
     def check(self, volume: Volume) -> None:
         """Raise :class:`PipelineNotApplicable` (with the reason) if out of scope.

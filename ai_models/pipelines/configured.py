@@ -168,11 +168,16 @@ class SegmentationSpec:
         """Raise :class:`ValueError` naming the first bad field."""
         if not self.name or not self.name.strip():
             raise ValueError("pipeline name must not be empty")
-        for attr, valid in (("kind", MODEL_KINDS), ("orientation", ORIENTATIONS),
-                            ("normalization", NORMALIZATIONS), ("output", OUTPUTS)):
+        for attr, valid in (
+            ("kind", MODEL_KINDS),
+            ("orientation", ORIENTATIONS),
+            ("normalization", NORMALIZATIONS),
+            ("output", OUTPUTS),
+        ):
             if getattr(self, attr) not in valid:
-                raise ValueError(f"{self.name}: {attr} {getattr(self, attr)!r} is not one of "
-                                 f"{', '.join(valid)}")
+                raise ValueError(
+                    f"{self.name}: {attr} {getattr(self, attr)!r} is not one of {', '.join(valid)}"
+                )
         if not self.labels:
             raise ValueError(f"{self.name}: at least one label is needed")
         values = [lab.value for lab in self.labels]
@@ -180,8 +185,12 @@ class SegmentationSpec:
             raise ValueError(f"{self.name}: label values repeat: {values}")
         if self.output == "argmax" and any(v < 1 for v in values):
             raise ValueError(f"{self.name}: label values must be >= 1 (0 is background)")
-        if self.normalization == "window" and (self.window is None or self.window[0] >= self.window[1]):
-            raise ValueError(f"{self.name}: window must be (lo, hi) with lo < hi, got {self.window}")
+        if self.normalization == "window" and (
+            self.window is None or self.window[0] >= self.window[1]
+        ):
+            raise ValueError(
+                f"{self.name}: window must be (lo, hi) with lo < hi, got {self.window}"
+            )
         if self.spacing_mm is not None and (len(self.spacing_mm) != 3 or min(self.spacing_mm) <= 0):
             raise ValueError(f"{self.name}: spacing_mm must be 3 positive numbers")
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
@@ -232,7 +241,10 @@ class ConfiguredSegmentationPipeline(Pipeline):
         """Load (or fetch the warm) model."""
         s = self.spec
         return runtime.load_model(
-            s.path, s.kind, device=s.device, architecture=s.architecture,
+            s.path,
+            s.kind,
+            device=s.device,
+            architecture=s.architecture,
             architecture_kwargs=s.architecture_kwargs or None,
         )
 
@@ -259,50 +271,71 @@ class ConfiguredSegmentationPipeline(Pipeline):
             x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
             if s.spacing_mm is not None:
                 sp = orient.spacing(volume.spacing)
-                work = tuple(max(1, int(round(n * a / b))) for n, a, b in zip(src_shape, sp, s.spacing_mm))
+                work = tuple(
+                    max(1, int(round(n * a / b)))
+                    for n, a, b in zip(src_shape, sp, s.spacing_mm, strict=False)
+                )
                 x = F.interpolate(x, size=work, mode="trilinear", align_corners=False)
             x = self._normalise(x)[0]
         with timer("infer"):
-            out = runtime.run_network(model, x, roi_size=s.patch_size,
-                                      sw_batch_size=s.sw_batch_size, overlap=s.overlap)[0]
+            out = runtime.run_network(
+                model, x, roi_size=s.patch_size, sw_batch_size=s.sw_batch_size, overlap=s.overlap
+            )[0]
         with timer("postprocess"):
             work_shape = tuple(out.shape[1:])
-            iz, iy, ix = (nearest_index(n, m) for n, m in zip(src_shape, work_shape))
+            iz, iy, ix = (nearest_index(n, m) for n, m in zip(src_shape, work_shape, strict=False))
             if s.output == "argmax":
                 lab = out.argmax(0).numpy().astype(np.int32)
                 lab = lab[iz][:, iy][:, :, ix]
                 masks = [lab == ls.value for ls in s.labels]
             else:
                 if out.shape[0] < len(s.labels):
-                    raise ModelLoadError(f"{self.name}: model gives {out.shape[0]} channels, "
-                                         f"{len(s.labels)} labels configured")
+                    raise ModelLoadError(
+                        f"{self.name}: model gives {out.shape[0]} channels, "
+                        f"{len(s.labels)} labels configured"
+                    )
                 prob = torch.sigmoid(out).numpy() > 0.5
                 masks = [prob[c][iz][:, iy][:, :, ix] for c in range(len(s.labels))]
             segments, findings = [], []
-            for n, (ls, m) in enumerate(zip(s.labels, masks), start=1):
+            for n, (ls, m) in enumerate(zip(s.labels, masks, strict=False), start=1):
                 m = np.ascontiguousarray(orient.from_canonical(m))
                 if not m.any():
                     continue
                 tid = ls.label
                 uid = tracking_uid(volume.series_instance_uid, self.name, tid)
-                segments.append(Segment(
-                    number=len(segments) + 1, label=ls.label, category=ls.category,
-                    type=ls.type, mask=m, tracking_id=tid, tracking_uid=uid,
-                    anatomic_region=ls.anatomic_region,
-                ))
+                segments.append(
+                    Segment(
+                        number=len(segments) + 1,
+                        label=ls.label,
+                        category=ls.category,
+                        type=ls.type,
+                        mask=m,
+                        tracking_id=tid,
+                        tracking_uid=uid,
+                        anatomic_region=ls.anatomic_region,
+                    )
+                )
                 if ls.measure_volume:
-                    findings.append(Finding(
-                        tracking_id=tid, tracking_uid=uid, finding_type=ls.type,
-                        finding_site=ls.anatomic_region, segment_number=len(segments),
-                        measurements=[volume_measurement(m, volume)],
-                    ))
+                    findings.append(
+                        Finding(
+                            tracking_id=tid,
+                            tracking_uid=uid,
+                            finding_type=ls.type,
+                            finding_site=ls.anatomic_region,
+                            segment_number=len(segments),
+                            measurements=[volume_measurement(m, volume)],
+                        )
+                    )
                 logger.debug("label %d (%s): %d voxels", n, ls.label, int(m.sum()))
         return PipelineResult(
             pipeline=self.name,
             volume=volume,
-            algorithm=AlgorithmInfo(name=self.name, version=s.version,
-                                    weights_sha256=model.sha256,
-                                    parameters=(f"kind={s.kind}",)),
+            algorithm=AlgorithmInfo(
+                name=self.name,
+                version=s.version,
+                weights_sha256=model.sha256,
+                parameters=(f"kind={s.kind}",),
+            ),
             segments=segments,
             findings=findings,
             procedure_reported=CODES.CT_UNSPECIFIED if volume.modality == "CT" else None,

@@ -100,7 +100,7 @@ NODULE_HU = -400.0
 MIN_NODULE_DIAMETER_MM = 3.0
 """Nodules whose volume-equivalent diameter is smaller are dropped."""
 
-MAX_NODULES = 20
+MAX_NODULES = 10
 """At most this many nodules are reported (largest first)."""
 
 MAX_NODULE_DIAMETER_MM = 45.0
@@ -182,8 +182,9 @@ class CtLungsPipeline(Pipeline):
 
     # -- the stages ---------------------------------------------------------
 
-    def predict_working(self, volume: Volume, timer: runtime.StageTimer | None = None
-                        ) -> tuple[np.ndarray, Orientation, runtime.LoadedModel]:
+    def predict_working(
+        self, volume: Volume, timer: runtime.StageTimer | None = None
+    ) -> tuple[np.ndarray, Orientation, runtime.LoadedModel]:
         """Network labels on the working grid (canonical orientation).
 
         Returns
@@ -201,8 +202,9 @@ class CtLungsPipeline(Pipeline):
             wshape = working_shape(hu.shape, orient.spacing(volume.spacing), ws)
             feats = hu_features(hu, wshape)
         with timer("infer"):
-            logits = runtime.run_network(model, feats, roi_size=ROI_SIZE,
-                                         sw_batch_size=self.sw_batch_size, divisible_by=16)
+            logits = runtime.run_network(
+                model, feats, roi_size=ROI_SIZE, sw_batch_size=self.sw_batch_size, divisible_by=16
+            )
             labels = logits[0].argmax(0).numpy().astype(np.uint8)
         return labels, orient, model
 
@@ -213,15 +215,25 @@ class CtLungsPipeline(Pipeline):
         work, orient, model = self.predict_working(volume, timer)
         with timer("postprocess"):
             segments, findings, notes = self._postprocess(volume, work, orient)
-        logger.info("%s: %d segment(s), %d finding(s); %s", self.name, len(segments),
-                    len(findings), ", ".join(f"{k} {v:.2f}s" for k, v in timer.timings.items()))
+        logger.info(
+            "%s: %d segment(s), %d finding(s); %s",
+            self.name,
+            len(segments),
+            len(findings),
+            ", ".join(f"{k} {v:.2f}s" for k, v in timer.timings.items()),
+        )
         return PipelineResult(
             pipeline=self.name,
             volume=volume,
             algorithm=AlgorithmInfo(
-                name=self.name, version=self.version, weights_sha256=model.sha256,
-                parameters=(f"working_spacing_mm={model.metadata.get('working_spacing_mm', 4.0)}",
-                            f"lung_air_hu={LUNG_AIR_HU:g}", f"bone_hu={BONE_HU:g}"),
+                name=self.name,
+                version=self.version,
+                weights_sha256=model.sha256,
+                parameters=(
+                    f"working_spacing_mm={model.metadata.get('working_spacing_mm', 4.0)}",
+                    f"lung_air_hu={LUNG_AIR_HU:g}",
+                    f"bone_hu={BONE_HU:g}",
+                ),
             ),
             segments=segments,
             findings=findings,
@@ -233,7 +245,9 @@ class CtLungsPipeline(Pipeline):
     # -- postprocessing -----------------------------------------------------
 
     @staticmethod
-    def _clean_coarse(work: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[np.ndarray, int]]]:
+    def _clean_coarse(
+        work: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[np.ndarray, int]]]:
         """Largest lung components per side; nodules that touch a lung.
 
         Returns
@@ -267,8 +281,9 @@ class CtLungsPipeline(Pipeline):
             nods.append((full, RIGHT if r >= lft else LEFT))
         return sides[RIGHT], sides[LEFT], work == BONE, nods
 
-    def _postprocess(self, volume: Volume, work: np.ndarray, orient: Orientation
-                     ) -> tuple[list[Segment], list[Finding], list[str]]:
+    def _postprocess(
+        self, volume: Volume, work: np.ndarray, orient: Orientation
+    ) -> tuple[list[Segment], list[Finding], list[str]]:
         hu = orient.to_canonical(volume.array)
         fine_shape = tuple(int(n) for n in hu.shape)
         spacing_c = orient.spacing(volume.spacing)
@@ -278,11 +293,14 @@ class CtLungsPipeline(Pipeline):
             nod_any |= m
         d = lambda m: ndimage.binary_dilation(m, _BALL)  # noqa: E731
         e = lambda m: ndimage.binary_erosion(m, _BALL)  # noqa: E731
-        code = (d(right).astype(np.uint8) | (d(left).astype(np.uint8) << 1)
-                | (e(right | (nod_any & d(right))).astype(np.uint8) << 2)
-                | (e(left | (nod_any & d(left))).astype(np.uint8) << 3)
-                | (d(bone).astype(np.uint8) << 4))
-        idx = [nearest_index(n, m) for n, m in zip(fine_shape, work.shape)]
+        code = (
+            d(right).astype(np.uint8)
+            | (d(left).astype(np.uint8) << 1)
+            | (e(right | (nod_any & d(right))).astype(np.uint8) << 2)
+            | (e(left | (nod_any & d(left))).astype(np.uint8) << 3)
+            | (d(bone).astype(np.uint8) << 4)
+        )
+        idx = [nearest_index(n, m) for n, m in zip(fine_shape, work.shape, strict=False)]
         fine = code[idx[0]][:, idx[1]][:, :, idx[2]]
         air = hu < LUNG_AIR_HU
         r_core = (fine & 4) != 0
@@ -295,7 +313,9 @@ class CtLungsPipeline(Pipeline):
         del fine, air, r_core, l_core
 
         nodules: list[_Nodule] = []
-        wvox = float(np.prod(spacing_c)) * float(np.prod(np.array(fine_shape) / np.array(work.shape)))
+        wvox = float(np.prod(spacing_c)) * float(
+            np.prod(np.array(fine_shape) / np.array(work.shape))
+        )
         max_vox = np.pi / 6.0 * MAX_NODULE_DIAMETER_MM**3 / wvox
         nods = [(m, s) for m, s in nods if m.sum() <= max_vox]
         nods.sort(key=lambda t: -int(t[0].sum()))
@@ -307,12 +327,16 @@ class CtLungsPipeline(Pipeline):
         nodules.sort(key=lambda n: -int(n.mask.sum()))
         notes = []
         if len(nodules) > MAX_NODULES:
-            notes.append(f"{len(nodules)} nodule candidates; the {MAX_NODULES} largest are reported")
+            notes.append(
+                f"{len(nodules)} nodule candidates; the {MAX_NODULES} largest are reported"
+            )
             nodules = nodules[:MAX_NODULES]
         # deterministic numbering: by position (superior to inferior, then right to left)
-        nodules.sort(key=lambda n: (-n.offset[0] - n.mask.shape[0] / 2, n.offset[2] + n.mask.shape[2] / 2))
+        nodules.sort(
+            key=lambda n: (-n.offset[0] - n.mask.shape[0] / 2, n.offset[2] + n.mask.shape[2] / 2)
+        )
         for n in nodules:
-            sl = tuple(slice(o, o + s) for o, s in zip(n.offset, n.mask.shape))
+            sl = tuple(slice(o, o + s) for o, s in zip(n.offset, n.mask.shape, strict=False))
             f_right[sl] &= ~n.mask
             f_left[sl] &= ~n.mask
             f_bone[sl] &= ~n.mask
@@ -322,52 +346,91 @@ class CtLungsPipeline(Pipeline):
         segments: list[Segment] = []
         findings: list[Finding] = []
 
-        def add(label: str, mask: np.ndarray, category, type_, region=None,  # noqa: ANN001
-                measurements: list[Measurement] | None = None, site=None) -> None:  # noqa: ANN001
+        def add(
+            label: str,
+            mask: np.ndarray,
+            category,
+            type_,
+            region=None,  # noqa: ANN001
+            measurements: list[Measurement] | None = None,
+            site=None,
+        ) -> None:  # noqa: ANN001
             uid = tracking_uid(series_uid, self.name, label)
-            segments.append(Segment(number=len(segments) + 1, label=label, category=category,
-                                    type=type_, mask=mask, tracking_id=label, tracking_uid=uid,
-                                    anatomic_region=region))
+            segments.append(
+                Segment(
+                    number=len(segments) + 1,
+                    label=label,
+                    category=category,
+                    type=type_,
+                    mask=mask,
+                    tracking_id=label,
+                    tracking_uid=uid,
+                    anatomic_region=region,
+                )
+            )
             if measurements is not None:
-                findings.append(Finding(tracking_id=label, tracking_uid=uid, finding_type=type_,
-                                        finding_site=site, segment_number=len(segments),
-                                        measurements=measurements))
+                findings.append(
+                    Finding(
+                        tracking_id=label,
+                        tracking_uid=uid,
+                        finding_type=type_,
+                        finding_site=site,
+                        segment_number=len(segments),
+                        measurements=measurements,
+                    )
+                )
 
-        for name, m, code_ in (("Right lung", f_right, CODES.RIGHT_LUNG),
-                               ("Left lung", f_left, CODES.LEFT_LUNG)):
+        for name, m, code_ in (
+            ("Right lung", f_right, CODES.RIGHT_LUNG),
+            ("Left lung", f_left, CODES.LEFT_LUNG),
+        ):
             if m.any():
                 mk = to_kij(m)
-                add(name, mk, CODES.ANATOMICAL_STRUCTURE, code_,
-                    measurements=[volume_measurement(mk, volume)])
+                add(
+                    name,
+                    mk,
+                    CODES.ANATOMICAL_STRUCTURE,
+                    code_,
+                    measurements=[volume_measurement(mk, volume)],
+                )
         if f_bone.any():
             add("Bone", to_kij(f_bone), CODES.ANATOMICAL_STRUCTURE, CODES.BONE)
         for i, n in enumerate(nodules, start=1):
             full = np.zeros(fine_shape, bool)
-            sl = tuple(slice(o, o + s) for o, s in zip(n.offset, n.mask.shape))
+            sl = tuple(slice(o, o + s) for o, s in zip(n.offset, n.mask.shape, strict=False))
             full[sl] = n.mask
             mk = to_kij(full)
             site = CODES.RIGHT_LUNG if n.side == RIGHT else CODES.LEFT_LUNG
             # longest diameter on the crop, in patient space (spacing/direction of the volume)
             crop_kij = np.ascontiguousarray(orient.from_canonical(n.mask))
             diam = longest_diameter_mm(crop_kij, volume)
-            add(f"Nodule {i}", mk, CODES.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, CODES.NODULE,
-                region=site, site=site,
-                measurements=[volume_measurement(n.mask, volume),
-                              Measurement(name=CODES.LONG_AXIS, value=diam, unit=CODES.MM)])
+            add(
+                f"Nodule {i}",
+                mk,
+                CODES.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+                CODES.NODULE,
+                region=site,
+                site=site,
+                measurements=[
+                    volume_measurement(n.mask, volume),
+                    Measurement(name=CODES.LONG_AXIS, value=diam, unit=CODES.MM),
+                ],
+            )
         return segments, findings, notes
 
     @staticmethod
-    def _refine_nodule(hu: np.ndarray, comp: np.ndarray, side: int, idx: list[np.ndarray],
-                       spacing: np.ndarray) -> _Nodule | None:
+    def _refine_nodule(
+        hu: np.ndarray, comp: np.ndarray, side: int, idx: list[np.ndarray], spacing: np.ndarray
+    ) -> _Nodule | None:
         """Full-resolution nodule mask inside one coarse detection (canonical grid)."""
         roi = ndimage.binary_dilation(comp, _BALL)
         zs, ys, xs = (np.flatnonzero(roi.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
         fine_sl = []
-        for ax, w in zip(idx, (zs, ys, xs)):
+        for ax, w in zip(idx, (zs, ys, xs), strict=False):
             inside = np.flatnonzero((ax >= w.min()) & (ax <= w.max()))
             fine_sl.append(slice(int(inside.min()), int(inside.max()) + 1))
         fsl = tuple(fine_sl)
-        sub = [a[s] for a, s in zip(idx, fsl)]
+        sub = [a[s] for a, s in zip(idx, fsl, strict=False)]
         roi_f = roi[sub[0]][:, sub[1]][:, :, sub[2]]
         core_f = comp[sub[0]][:, sub[1]][:, :, sub[2]]
         cand = roi_f & (hu[fsl] > NODULE_HU) & (hu[fsl] < BONE_HU)
@@ -379,7 +442,10 @@ class CtLungsPipeline(Pipeline):
         radii = np.maximum(np.floor(r_mm / spacing).astype(int), 0)
         if radii.max() >= 1:
             grids = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
-            se = sum(((g * s) / max(r_mm, 1e-6)) ** 2 for g, s in zip(grids, spacing)) <= 1.0
+            se = (
+                sum(((g * s) / max(r_mm, 1e-6)) ** 2 for g, s in zip(grids, spacing, strict=False))
+                <= 1.0
+            )
             opened = ndimage.binary_opening(cand, se)
         else:
             opened = cand

@@ -107,8 +107,11 @@ def hu_reference(volume: Volume) -> dict[str, np.ndarray]:
         bone = np.isin(lab, np.flatnonzero(sizes >= 0.05) + 1)
     air = hu < REF_AIR_HU
     lab, n = ndimage.label(air)
-    border = np.unique(np.concatenate([
-        lab[:, 0].ravel(), lab[:, -1].ravel(), lab[:, :, 0].ravel(), lab[:, :, -1].ravel()]))
+    border = np.unique(
+        np.concatenate(
+            [lab[:, 0].ravel(), lab[:, -1].ravel(), lab[:, :, 0].ravel(), lab[:, :, -1].ravel()]
+        )
+    )
     inner = air & body & ~np.isin(lab, border[border > 0])
     lab, n = ndimage.label(inner)
     if n:
@@ -131,8 +134,9 @@ class RealResult:
     seconds: float = 0.0
 
 
-def evaluate_real(data_root: pathlib.Path, pipeline: CtLungsPipeline,
-                  series: tuple[str, ...] = REAL_CT_SERIES) -> list[RealResult]:
+def evaluate_real(
+    data_root: pathlib.Path, pipeline: CtLungsPipeline, series: tuple[str, ...] = REAL_CT_SERIES
+) -> list[RealResult]:
     """Run the pipeline on real CT series and compare with :func:`hu_reference`."""
     from ai_models.volume import load_series
 
@@ -145,7 +149,9 @@ def evaluate_real(data_root: pathlib.Path, pipeline: CtLungsPipeline,
         try:
             vol = load_series(folder)
         except AIModelsError as exc:
-            out.append(RealResult(rel, f"refused by load_series: {type(exc).__name__}: {exc}"[:160]))
+            out.append(
+                RealResult(rel, f"refused by load_series: {type(exc).__name__}: {exc}"[:160])
+            )
             continue
         try:
             t0 = time.perf_counter()
@@ -158,8 +164,17 @@ def evaluate_real(data_root: pathlib.Path, pipeline: CtLungsPipeline,
         m = result_masks(res)
         lung = m["right"] | m["left"] | m["nodule"]
         ml = vol.voxel_volume_mm3 / 1000.0
-        out.append(RealResult(rel, "ok", dice(m["bone"], ref["bone"]), dice(lung, ref["lung"]),
-                              float(ref["lung"].sum()) * ml, float(lung.sum()) * ml, sec))
+        out.append(
+            RealResult(
+                rel,
+                "ok",
+                dice(m["bone"], ref["bone"]),
+                dice(lung, ref["lung"]),
+                float(ref["lung"].sum()) * ml,
+                float(lung.sum()) * ml,
+                sec,
+            )
+        )
     return out
 
 
@@ -187,15 +202,20 @@ def evaluate_synthetic(n: int, pipeline: CtLungsPipeline, seed: int = HELDOUT_SE
         px = rng.uniform(0.9, 1.3)
         sp = np.array([rng.uniform(1.25, 2.5), px, px], np.float32)
         fov = (rng.uniform(200, 300), rng.uniform(360, 440), rng.uniform(360, 440))
-        ph = random_phantom(rng, spacing=sp, fov_mm=fov, head_fraction=0.0,
-                            n_nodules=int(rng.integers(2, 5)))
+        ph = random_phantom(
+            rng, spacing=sp, fov_mm=fov, head_fraction=0.0, n_nodules=int(rng.integers(2, 5))
+        )
         vol = phantom_volume(ph, series_instance_uid=f"1.2.826.0.1.3680043.10.2.{i + 1}")
         t0 = time.perf_counter()
         res = pipeline.run(vol)
         seconds.append(time.perf_counter() - t0)
         m = result_masks(res)
-        pred = {"right lung": m["right"], "left lung": m["left"], "bone": m["bone"],
-                "nodule": m["nodule"]}
+        pred = {
+            "right lung": m["right"],
+            "left lung": m["left"],
+            "bone": m["bone"],
+            "nodule": m["nodule"],
+        }
         work, _, _ = pipeline.predict_working(vol)
         net = upsample_nearest(work, vol.shape)  # axial phantom: canonical == (k, i, j)
         for lab, v in keys.items():
@@ -204,9 +224,11 @@ def evaluate_synthetic(n: int, pipeline: CtLungsPipeline, seed: int = HELDOUT_SE
                 sums[kind][lab] += [2 * int((p & ref).sum()), int(p.sum()) + int(ref.sum())]
         # per-nodule detection
         ref_lab, nref = ndimage.label(ph.labels == NODULE)
-        for j, nd in enumerate(ph.nodules):
+        for nd in ph.nodules:
             cls = "<6mm" if nd.diameter_mm < 6 else ("6-10mm" if nd.diameter_mm < 10 else ">=10mm")
-            c_idx = np.round(np.array(nd.center_zyx) / ph.spacing + (np.array(ph.image.shape) - 1) / 2).astype(int)
+            c_idx = np.round(
+                np.array(nd.center_zyx) / ph.spacing + (np.array(ph.image.shape) - 1) / 2
+            ).astype(int)
             c_idx = np.clip(c_idx, 0, np.array(ph.image.shape) - 1)
             lab_id = ref_lab[tuple(c_idx)]
             if lab_id == 0:
@@ -219,19 +241,66 @@ def evaluate_synthetic(n: int, pipeline: CtLungsPipeline, seed: int = HELDOUT_SE
     return {
         kind: {lab: round(float(v[0] / v[1]) if v[1] else float("nan"), 4) for lab, v in d.items()}
         for kind, d in sums.items()
-    } | {"nodules_detected": {k: f"{a}/{b}" for k, (a, b) in det.items()},
-         "seconds": [round(s, 2) for s in seconds]}
+    } | {
+        "nodules_detected": {k: f"{a}/{b}" for k, (a, b) in det.items()},
+        "seconds": [round(s, 2) for s in seconds],
+    }
+
+
+def full_size_volume(seed: int = 11) -> Volume:
+    """A 300-slice 512x512 synthetic chest CT (0.75 mm pixels, 1.25 mm slices).
+
+    Made from a phantom at twice the spacing, repeated 2x along every axis
+    (generation at full size would take minutes).
+    """
+    rng = np.random.default_rng(seed)
+    ph = random_phantom(
+        rng,
+        spacing=np.array([2.5, 1.5, 1.5], np.float32),
+        fov_mm=(375.0, 384.0, 384.0),
+        head_fraction=0.0,
+        n_nodules=3,
+    )
+    img = ph.image
+    for ax in range(3):
+        img = np.repeat(img, 2, axis=ax)
+    ph.image, ph.spacing = img, ph.spacing / 2
+    ph.labels = np.zeros((1, 1, 1), np.uint8)  # not used
+    return phantom_volume(ph, series_instance_uid="1.2.826.0.1.3680043.10.3.1")
+
+
+def time_full_size(pipeline: CtLungsPipeline, repeats: int = 2) -> list[dict[str, float]]:
+    """Per-stage seconds of ``repeats`` runs on :func:`full_size_volume` (first one cold)."""
+    vol = full_size_volume()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        res = pipeline.run(vol)
+        out.append(dict(res.timings, total=time.perf_counter() - t0))
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     """Print both evaluations."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-synthetic", type=int, default=6)
-    ap.add_argument("--data", type=pathlib.Path, default=pathlib.Path(
-        os.environ.get("DICOM_TEST_DATA", pathlib.Path(__file__).resolve().parents[2] / ".."
-                       / "shared" / "data" / "dicom")))
+    ap.add_argument(
+        "--data",
+        type=pathlib.Path,
+        default=pathlib.Path(
+            os.environ.get(
+                "DICOM_TEST_DATA",
+                pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "dicom",
+            )
+        ),
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--weights", type=pathlib.Path, default=None)
+    ap.add_argument(
+        "--timing",
+        action="store_true",
+        help="also time the pipeline on a 300-slice 512x512 synthetic CT",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import torch
@@ -245,11 +314,19 @@ def main(argv: list[str] | None = None) -> None:
         for lab in ("right lung", "left lung", "bone", "nodule"):
             print(f"{lab:<12} {syn['pipeline'][lab]:>9.3f} {syn['net_only'][lab]:>9.3f}")
         print("nodules detected:", syn["nodules_detected"], " seconds/phantom:", syn["seconds"])
+    if args.timing:
+        print("\nTiming on a 300x512x512 synthetic CT (s):")
+        for i, t in enumerate(time_full_size(pipe)):
+            print(
+                ("cold " if i == 0 else "warm ") + "  ".join(f"{k} {v:.2f}" for k, v in t.items())
+            )
     print("\nReal CT vs HU-threshold reference:")
     print(f"{'series':<46} {'bone':>6} {'lung':>6} {'ref lung mL':>11} {'pred mL':>8}  status")
     for r in evaluate_real(args.data.resolve(), pipe):
-        print(f"{r.series:<46} {r.bone_dice:>6.3f} {r.lung_dice:>6.3f} {r.ref_lung_ml:>11.1f} "
-              f"{r.pred_lung_ml:>8.1f}  {r.status}")
+        print(
+            f"{r.series:<46} {r.bone_dice:>6.3f} {r.lung_dice:>6.3f} {r.ref_lung_ml:>11.1f} "
+            f"{r.pred_lung_ml:>8.1f}  {r.status}"
+        )
 
 
 if __name__ == "__main__":

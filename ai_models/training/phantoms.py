@@ -80,7 +80,10 @@ class Phantom:
 
 def _grid(shape: tuple[int, int, int], spacing: np.ndarray) -> tuple[np.ndarray, ...]:
     """Centred mm coordinates ``(z, y, x)`` broadcastable to ``shape``."""
-    axes = [(np.arange(n, dtype=np.float32) - (n - 1) / 2.0) * float(s) for n, s in zip(shape, spacing)]
+    axes = [
+        (np.arange(n, dtype=np.float32) - (n - 1) / 2.0) * float(s)
+        for n, s in zip(shape, spacing, strict=False)
+    ]
     z = axes[0][:, None, None]
     y = axes[1][None, :, None]
     x = axes[2][None, None, :]
@@ -92,7 +95,7 @@ def _bbox_slices(
 ) -> tuple[slice, ...] | None:
     """Index slices covering the mm box ``[lo, hi]`` (centred coordinates)."""
     out = []
-    for lo, hi, n, s in zip(lo_mm, hi_mm, shape, spacing):
+    for lo, hi, n, s in zip(lo_mm, hi_mm, shape, spacing, strict=False):
         a = int(np.floor(lo / s + (n - 1) / 2.0))
         b = int(np.ceil(hi / s + (n - 1) / 2.0)) + 1
         a, b = max(a, 0), min(b, n)
@@ -122,7 +125,7 @@ def _capsule(
     sl = _bbox_slices(lo, hi, img.shape, spacing)  # type: ignore[arg-type]
     if sl is None:
         return
-    z, y, x = (g[s] for g, s in zip(grid, _expand(sl)))
+    z, y, x = (g[s] for g, s in zip(grid, _expand(sl), strict=False))
     d = p1 - p0
     L2 = float(d @ d) + 1e-6
     t = ((z - p0[0]) * d[0] + (y - p0[1]) * d[1] + (x - p0[2]) * d[2]) / L2
@@ -275,7 +278,19 @@ def make_chest_phantom(
             r0 = rng.uniform(2.5, 4.5)
             vhu = rng.uniform(20, 200)
             _capsule(img, None, grid, spacing, hil, mid, r0, r0 * 0.7, vhu, None, within=m)
-            _capsule(img, None, grid, spacing, mid, tgt.astype(np.float32), r0 * 0.7, 0.8, vhu, None, within=m)
+            _capsule(
+                img,
+                None,
+                grid,
+                spacing,
+                mid,
+                tgt.astype(np.float32),
+                r0 * 0.7,
+                0.8,
+                vhu,
+                None,
+                within=m,
+            )
 
     # Airways: trachea down to the carina, main bronchi into each lung (labelled background).
     carina = np.array([lung_zc + rng.uniform(0, 25), cy - rng.uniform(0, 15), 0.0], np.float32)
@@ -298,7 +313,11 @@ def make_chest_phantom(
     liver = inner & ~above & (x < rng.uniform(20, 60))
     img[liver] = rng.uniform(50, 70)
     for _ in range(int(rng.integers(0, 5))):
-        c = (z_dia - rng.uniform(20, 120), cy + rng.uniform(-b * 0.5, b * 0.3), rng.uniform(-a * 0.5, a * 0.6))
+        c = (
+            z_dia - rng.uniform(20, 120),
+            cy + rng.uniform(-b * 0.5, b * 0.3),
+            rng.uniform(-a * 0.5, a * 0.6),
+        )
         r = rng.uniform(8, 30, 3)
         gas = _ellipsoid(z, y, x, c, r) & inner & ~above
         img[gas] = AIR_HU + rng.uniform(0, 100)
@@ -313,7 +332,7 @@ def make_chest_phantom(
     r_xy = np.sqrt(x**2 + (y - vb_y) ** 2)
     disc_period = rng.uniform(24, 30)
     disc_phase = rng.uniform(0, disc_period)
-    disc = (np.mod(z + disc_phase, disc_period) < rng.uniform(4, 7))
+    disc = np.mod(z + disc_phase, disc_period) < rng.uniform(4, 7)
     vb = (r_xy <= vb_r) & ~disc
     img[np.broadcast_to(disc & (r_xy <= vb_r), shape)] = 80.0
     img[np.broadcast_to(vb, shape)] = canc_hu
@@ -365,7 +384,7 @@ def make_chest_phantom(
         sl = _bbox_slices(c - rad * 1.4, c + rad * 1.4, shape, spacing)
         if sl is None:
             continue
-        zz, yy, xx = (g[s] for g, s in zip(grid, _expand(sl)))
+        zz, yy, xx = (g[s] for g, s in zip(grid, _expand(sl), strict=False))
         dz_, dy_, dx_ = zz - c[0], yy - c[1], xx - c[2]
         rr = np.sqrt(dz_**2 + dy_**2 + dx_**2) + 1e-6
         lobulated = bool(rng.random() < 0.5) and d >= 6.0
@@ -376,9 +395,9 @@ def make_chest_phantom(
             mod = 1.0
             for _k in range(3):
                 l_ = int(rng.integers(2, 5))
-                mod = mod + rng.uniform(0.05, 0.15) * np.cos(l_ * ph + rng.uniform(0, 6.3)) * np.sin(
-                    l_ * th + rng.uniform(0, 6.3)
-                )
+                mod = mod + rng.uniform(0.05, 0.15) * np.cos(
+                    l_ * ph + rng.uniform(0, 6.3)
+                ) * np.sin(l_ * th + rng.uniform(0, 6.3))
             m = rr <= rad * mod
         else:
             m = rr <= rad
@@ -423,14 +442,28 @@ def make_head_phantom(
     lab[skull] = BONE
     # Skull base / face bones: a few dense blobs below the centre.
     for _ in range(int(rng.integers(2, 6))):
-        bc = c + np.array([-r[0] * rng.uniform(0.3, 0.8), rng.uniform(-r[1] * 0.7, r[1] * 0.4), rng.uniform(-r[2] * 0.6, r[2] * 0.6)], np.float32)
+        bc = c + np.array(
+            [
+                -r[0] * rng.uniform(0.3, 0.8),
+                rng.uniform(-r[1] * 0.7, r[1] * 0.4),
+                rng.uniform(-r[2] * 0.6, r[2] * 0.6),
+            ],
+            np.float32,
+        )
         br = rng.uniform(5, 15, 3)
         m = _ellipsoid(z, y, x, bc, br) & head
         img[m] = rng.uniform(400, 1400)
         lab[m] = BONE
     # Air sinuses / mastoid cells: air inside the body that is NOT lung.
     for _ in range(int(rng.integers(1, 5))):
-        sc = c + np.array([-r[0] * rng.uniform(0.2, 0.6), -r[1] * rng.uniform(0.3, 0.8), rng.uniform(-r[2] * 0.5, r[2] * 0.5)], np.float32)
+        sc = c + np.array(
+            [
+                -r[0] * rng.uniform(0.2, 0.6),
+                -r[1] * rng.uniform(0.3, 0.8),
+                rng.uniform(-r[2] * 0.5, r[2] * 0.5),
+            ],
+            np.float32,
+        )
         sr = rng.uniform(5, 15, 3)
         m = _ellipsoid(z, y, x, sc, sr) & (depth > skin)
         img[m] = AIR_HU + rng.uniform(0, 150)
@@ -468,13 +501,15 @@ def random_phantom(
     if fov_mm is None:
         f = rng.uniform(340, 460)
         fov_mm = (rng.uniform(180, 320), f, f)
-    shape = tuple(max(8, int(round(e / s))) for e, s in zip(fov_mm, spacing))
+    shape = tuple(max(8, int(round(e / s))) for e, s in zip(fov_mm, spacing, strict=False))
     if rng.random() < head_fraction:
         return make_head_phantom(rng, shape, spacing)  # type: ignore[arg-type]
     return make_chest_phantom(rng, shape, spacing, n_nodules=n_nodules)  # type: ignore[arg-type]
 
 
-def phantom_volume(phantom: Phantom, series_instance_uid: str = "1.2.826.0.1.3680043.10.1.1") -> Any:
+def phantom_volume(
+    phantom: Phantom, series_instance_uid: str = "1.2.826.0.1.3680043.10.1.1"
+) -> Any:
     """Wrap a phantom as an axial CT :class:`~ai_models.types.Volume`.
 
     The canonical ``(z, y, x)`` array is exactly an axial stack sorted

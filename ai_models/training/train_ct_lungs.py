@@ -74,8 +74,9 @@ def build_network() -> torch.nn.Module:
     return UNet(**ARCHITECTURE["kwargs"])  # type: ignore[arg-type]
 
 
-def make_sample(rng: np.random.Generator, n_nodules: int | None = None,
-                head_fraction: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+def make_sample(
+    rng: np.random.Generator, n_nodules: int | None = None, head_fraction: float = 0.15
+) -> tuple[np.ndarray, np.ndarray]:
     """One phantom pooled to the working grid.
 
     Returns
@@ -90,13 +91,14 @@ def make_sample(rng: np.random.Generator, n_nodules: int | None = None,
     return feats, labs
 
 
-def crop_or_pad(feats: np.ndarray, labs: np.ndarray, size: tuple[int, int, int],
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def crop_or_pad(
+    feats: np.ndarray, labs: np.ndarray, size: tuple[int, int, int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Random crop (or air-pad) to ``size`` ``(z, y, x)``."""
     f_out = np.zeros((feats.shape[0],) + size, np.float32)
     l_out = np.zeros(size, np.uint8)
     src, dst = [], []
-    for n, m in zip(labs.shape, size):
+    for n, m in zip(labs.shape, size, strict=False):
         if n >= m:
             a = int(rng.integers(0, n - m + 1))
             src.append(slice(a, a + m))
@@ -129,9 +131,17 @@ def sha256_file(path: pathlib.Path) -> str:
     return h.hexdigest()
 
 
-def train(steps: int, seed: int, out_dir: pathlib.Path, pool_size: int = 40,
-          refresh_every: int = 16, batch_size: int = 2, lr: float = 3e-3,
-          threads: int = 2, n_val: int = 8) -> dict:
+def train(
+    steps: int,
+    seed: int,
+    out_dir: pathlib.Path,
+    pool_size: int = 40,
+    refresh_every: int = 16,
+    batch_size: int = 2,
+    lr: float = 3e-3,
+    threads: int = 2,
+    n_val: int = 8,
+) -> dict:
     """Train, validate on held-out phantoms, write ``ct_lungs.pt`` + ``.json``.
 
     Returns
@@ -175,8 +185,14 @@ def train(steps: int, seed: int, out_dir: pathlib.Path, pool_size: int = 40,
             pool[int(rng.integers(len(pool)))] = make_sample(rng, n_nodules=int(rng.integers(1, 6)))
         if step % 25 == 0 or step == 1:
             el = time.perf_counter() - t_train
-            logger.info("step %d/%d loss %.4f (%.2f s/step, %.0f s)", step, steps,
-                        float(loss.detach()), el / step, el)
+            logger.info(
+                "step %d/%d loss %.4f (%.2f s/step, %.0f s)",
+                step,
+                steps,
+                float(loss.detach()),
+                el / step,
+                el,
+            )
     train_s = time.perf_counter() - t_train
 
     # Held-out validation on the working grid (independent seed stream).
@@ -205,7 +221,7 @@ def train(steps: int, seed: int, out_dir: pathlib.Path, pool_size: int = 40,
         "architecture": ARCHITECTURE,
         "working_spacing_mm": WORKING_SPACING_MM,
         "input": "2 channels: mean and max HU per working voxel, (HU + 1000) / 1000, "
-                 "canonical orientation (z superior, y posterior, x patient left)",
+        "canonical orientation (z superior, y posterior, x patient left)",
         "labels": {str(k): v for k, v in LABELS.items()},
         "training": {
             "seed": seed,
@@ -239,8 +255,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    train(args.steps, args.seed, args.out_dir, pool_size=args.pool_size,
-          batch_size=args.batch_size, lr=args.lr, threads=args.threads)
+    train(
+        args.steps,
+        args.seed,
+        args.out_dir,
+        pool_size=args.pool_size,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        threads=args.threads,
+    )
 
 
 if __name__ == "__main__":

@@ -54,28 +54,43 @@ class Threshold(torch.nn.Module):
         return torch.cat([0.5 - x, x - 0.5], dim=1)
 
 
-def write_state_dict(tmp_path: pathlib.Path, net: torch.nn.Module, sidecar: bool = True) -> pathlib.Path:
+def write_state_dict(
+    tmp_path: pathlib.Path, net: torch.nn.Module, sidecar: bool = True
+) -> pathlib.Path:
     p = tmp_path / "tiny.pt"
     torch.save(net.state_dict(), p)
     if sidecar:
-        p.with_suffix(".json").write_text(json.dumps(
-            {"architecture": {"name": "monai.networks.nets.UNet", "kwargs": TINY_UNET}}))
+        p.with_suffix(".json").write_text(
+            json.dumps({"architecture": {"name": "monai.networks.nets.UNet", "kwargs": TINY_UNET}})
+        )
     return p
 
 
-def write_bundle(tmp_path: pathlib.Path, net: torch.nn.Module, torchscript: bool = False) -> pathlib.Path:
+def write_bundle(
+    tmp_path: pathlib.Path, net: torch.nn.Module, torchscript: bool = False
+) -> pathlib.Path:
     root = tmp_path / "bundle"
     (root / "configs").mkdir(parents=True)
     (root / "models").mkdir()
-    (root / "configs" / "metadata.json").write_text(json.dumps({
-        "version": "0.0.1",
-        "network_data_format": {"inputs": {"image": {"num_channels": 1}},
-                                "outputs": {"pred": {"num_channels": 2}}},
-    }))
-    (root / "configs" / "inference.json").write_text(json.dumps({
-        "network_def": {"_target_": "monai.networks.nets.UNet", **TINY_UNET},
-        "device": "$torch.device('cpu')",
-    }))
+    (root / "configs" / "metadata.json").write_text(
+        json.dumps(
+            {
+                "version": "0.0.1",
+                "network_data_format": {
+                    "inputs": {"image": {"num_channels": 1}},
+                    "outputs": {"pred": {"num_channels": 2}},
+                },
+            }
+        )
+    )
+    (root / "configs" / "inference.json").write_text(
+        json.dumps(
+            {
+                "network_def": {"_target_": "monai.networks.nets.UNet", **TINY_UNET},
+                "device": "$torch.device('cpu')",
+            }
+        )
+    )
     if torchscript:
         torch.jit.script(net).save(str(root / "models" / "model.ts"))
     else:
@@ -126,8 +141,9 @@ def test_state_dict_explicit_architecture_and_errors(tmp_path):
     p = write_state_dict(tmp_path, tiny_unet(), sidecar=False)
     with pytest.raises(ModelLoadError, match="no architecture"):
         runtime.load_model(p, "state_dict")
-    m = runtime.load_model(p, "state_dict", device="cpu", architecture="UNet",
-                           architecture_kwargs=TINY_UNET)
+    m = runtime.load_model(
+        p, "state_dict", device="cpu", architecture="UNet", architecture_kwargs=TINY_UNET
+    )
     assert isinstance(m.network, torch.nn.Module)
     wrong = dict(TINY_UNET, channels=[4, 16])
     with pytest.raises(ModelLoadError, match="does not fit"):
@@ -210,10 +226,16 @@ def oblique_volume(shape=(12, 20, 24)) -> tuple[Volume, np.ndarray]:
     arr[box] = 800.0
     # k along -x, i along +z, j along -y: exercises the canonical/RAS mapping
     direction = np.array([[-1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]])
-    vol = Volume(array=arr, origin=np.zeros(3), spacing=np.array([2.0, 1.0, 1.5]),
-                 direction=direction,
-                 frames=[FrameRef(f"2.25.{i + 1}", "1.2.840.10008.5.1.4.1.1.2") for i in range(shape[0])],
-                 source_datasets=[], modality="CT", series_instance_uid="2.25.99")
+    vol = Volume(
+        array=arr,
+        origin=np.zeros(3),
+        spacing=np.array([2.0, 1.0, 1.5]),
+        direction=direction,
+        frames=[FrameRef(f"2.25.{i + 1}", "1.2.840.10008.5.1.4.1.1.2") for i in range(shape[0])],
+        source_datasets=[],
+        modality="CT",
+        series_instance_uid="2.25.99",
+    )
     return vol, box
 
 
@@ -223,8 +245,12 @@ LIVER = CodedConcept("10200004", "SCT", "Liver")
 def spec_for(path: pathlib.Path, kind: str, **kw) -> SegmentationSpec:
     kw = {"window": (-1000.0, 1000.0), "patch_size": (8, 8, 8), **kw}
     return SegmentationSpec(
-        name="site-box", kind=kind, path=path, modalities=("CT",),
-        labels=[LabelSpec(1, "Box", CODES.ANATOMICAL_STRUCTURE, LIVER)], **kw,
+        name="site-box",
+        kind=kind,
+        path=path,
+        modalities=("CT",),
+        labels=[LabelSpec(1, "Box", CODES.ANATOMICAL_STRUCTURE, LIVER)],
+        **kw,
     )
 
 
@@ -233,7 +259,9 @@ def test_configured_torchscript_pipeline_maps_back_exactly(tmp_path, orientation
     p = tmp_path / "thr.ts"
     torch.jit.script(Threshold()).save(str(p))
     vol, box = oblique_volume()
-    pipe = get_pipeline("site-box", configured=[spec_for(p, "torchscript", orientation=orientation)])
+    pipe = get_pipeline(
+        "site-box", configured=[spec_for(p, "torchscript", orientation=orientation)]
+    )
     res = pipe.run(vol)
     assert [s.label for s in res.segments] == ["Box"]
     seg = res.segments[0]
@@ -254,8 +282,12 @@ def test_configured_resampling_bundle_and_state_dict(tmp_path):
     for spec in (
         spec_for(root, "bundle", spacing_mm=(2.0, 2.0, 2.0), orientation="RAS"),
         spec_for(write_state_dict(tmp_path, tiny_unet()), "state_dict"),
-        spec_for(write_state_dict(tmp_path, tiny_unet(), sidecar=False), "state_dict",
-                 architecture="monai.networks.nets.UNet", architecture_kwargs=TINY_UNET),
+        spec_for(
+            write_state_dict(tmp_path, tiny_unet(), sidecar=False),
+            "state_dict",
+            architecture="monai.networks.nets.UNet",
+            architecture_kwargs=TINY_UNET,
+        ),
     ):
         res = get_pipeline(spec.name, configured=[spec]).run(vol)
         for s in res.segments:
@@ -295,8 +327,10 @@ def test_ai_models_does_not_import_the_node():
     import subprocess
     import sys
 
-    code = ("import sys, ai_models.runtime, ai_models.pipelines, ai_models.pipelines.ct_lungs;"
-            "bad=[m for m in sys.modules if m.split('.')[0] in "
-            "('pynetdicom','sqlalchemy','dicom_node','storage')]; print(bad); sys.exit(bool(bad))")
+    code = (
+        "import sys, ai_models.runtime, ai_models.pipelines, ai_models.pipelines.ct_lungs;"
+        "bad=[m for m in sys.modules if m.split('.')[0] in "
+        "('pynetdicom','sqlalchemy','dicom_node','storage')]; print(bad); sys.exit(bool(bad))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
