@@ -320,13 +320,20 @@ class StorageSCP:
         grace = self.settings.node.shutdown_grace.total_seconds() if grace_s is None else grace_s
         self.stop_accepting()
         deadline = time.monotonic() + grace
-        while self.ae.active_associations and time.monotonic() < deadline:
+        # Only established associations can have data in flight; connections that
+        # never associated (port probes) are dropped at once.
+        while time.monotonic() < deadline and any(
+            a.is_established for a in self.ae.active_associations
+        ):
             time.sleep(0.05)
-        remaining = self.ae.active_associations
+        remaining = [a for a in self.ae.active_associations if a.is_established]
         if remaining:
             LOGGER.warning("aborting %d association(s) still open after %.0f s", len(remaining), grace)
             for assoc in remaining:
                 assoc.abort()
+        for assoc in self.ae.active_associations:
+            if not assoc.is_established:
+                assoc.kill()
         self.ae.shutdown()
 
     # -- association events ------------------------------------------------

@@ -11,12 +11,13 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from storage.db import Database
@@ -26,6 +27,15 @@ from storage.spool import Spool, SpooledFile
 __all__ = ["DuplicateAction", "InstanceRecord", "ReceivedStore", "StoreOutcome", "StoreResult"]
 
 LOGGER = logging.getLogger(__name__)
+
+_ATTEMPTS = 5
+# PostgreSQL deadlock_detected / serialization_failure; SQLite "database is locked".
+_TRANSIENT_SQLSTATES = {"40P01", "40001"}
+
+
+def _is_transient(exc: OperationalError) -> bool:
+    state = getattr(exc.orig, "sqlstate", None)
+    return state in _TRANSIENT_SQLSTATES or "database is locked" in str(exc.orig)
 
 
 class DuplicateAction(str, enum.Enum):
@@ -121,16 +131,21 @@ class ReceivedStore:
         status then, and the sender may retry.
         """
         try:
-            for attempt in range(3):
+            for attempt in range(_ATTEMPTS):
                 try:
                     return self._store_once(record, spooled)
                 except IntegrityError:
                     # A concurrent association inserted the same study/series/instance.
-                    if attempt == 2:
+                    if attempt == _ATTEMPTS - 1:
                         raise
                     with self._ids_lock:
                         self._study_ids.pop(record.study_instance_uid, None)
                         self._series_ids.pop(record.series_instance_uid, None)
+                except OperationalError as exc:
+                    if attempt == _ATTEMPTS - 1 or not _is_transient(exc):
+                        raise
+                    LOGGER.debug("transient database error, retrying: %s", exc)
+                    time.sleep(0.01 * (attempt + 1))
             raise AssertionError("unreachable")
         finally:
             self.spool.discard(spooled)  # no-op once moved into place
@@ -199,14 +214,15 @@ class ReceivedStore:
         return StoreResult(outcome, inst_id, rel)
 
     def _touch(self, session: Session, record: InstanceRecord, now: datetime) -> None:
-        session.execute(
-            update(Series)
-            .where(Series.series_instance_uid == record.series_instance_uid)
-            .values(last_received_at=now)
-        )
+        # Always study before series: every transaction locks rows in that order.
         session.execute(
             update(Study)
             .where(Study.study_instance_uid == record.study_instance_uid)
+            .values(last_received_at=now)
+        )
+        session.execute(
+            update(Series)
+            .where(Series.series_instance_uid == record.series_instance_uid)
             .values(last_received_at=now)
         )
 

@@ -1,0 +1,33 @@
+# dicom-node: `make run` sets up and starts the node; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test setup system-deps bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip wheel
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+run: setup
+	$(VENV)/bin/dicom-node --config config.toml serve
+
+test: setup system-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup system-deps
+	$(PY) bench/receive.py
+
+lint: setup
+	$(VENV)/bin/ruff check dicom_node ai_models storage tests bench
+
+clean:
+	rm -rf var .pytest_cache test-artifacts

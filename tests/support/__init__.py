@@ -1,0 +1,1 @@
+"""Helpers for tests that run real peers (the node as a subprocess, DCMTK, Orthanc)."""
