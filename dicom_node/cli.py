@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dicom_node import __version__
+from dicom_node.cli_analyze import analyze, pipelines
 from dicom_node.config import Settings, load_settings
 from dicom_node.errors import ConfigError, DeliveryError
 from dicom_node.logs import configure_logging
@@ -223,6 +224,10 @@ def db_upgrade(state: _State) -> None:
     before = database.current_revision()
     database.upgrade()
     console.print(f"database at revision {database.current_revision()} (was {before or 'empty'})")
+
+
+main.add_command(analyze)
+main.add_command(pipelines)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,257 @@
+"""Receive benchmark: dicom-node against DCMTK storescp and Orthanc, same run.
+
+Generates a 300-instance 512x512 CT series and a 2,000-instance 64x64 series,
+sends each with DCMTK ``storescu`` (one association, and four in parallel) to
+each receiver, and prints instances/s, MB/s and the ratio to each peer.
+Every DCMTK tool and Orthanc run with ``TCP_NODELAY=1``.  Each receiver starts
+fresh (empty storage) for every run; start-up is not timed; the median of
+``--runs`` runs is reported.
+
+Usage::
+
+    python -m bench.receive [--runs 3] [--quick] [--only dicom-node,storescp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.synthetic import write_ct_series
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} not listening")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@contextmanager
+def dicom_node(work: Path, fsync: bool = True, receivers: int = 1) -> Iterator[tuple[int, str]]:
+    port = free_port()
+    cfg = work / "config.toml"
+    cfg.write_text(
+        f"""[node]
+ae_title = "DICOM_NODE"
+host = "127.0.0.1"
+port = {port}
+receivers = {receivers}
+[storage]
+spool_dir = "{work / 'spool'}"
+database_url = "sqlite:///{work / 'node.db'}"
+min_free_disk_mb = 0
+fsync = {'true' if fsync else 'false'}
+[worker]
+concurrency = 0
+[web]
+enabled = false
+[log]
+level = "WARNING"
+"""
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dicom_node.cli", "-c", str(cfg), "serve"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=(work / "node.log").open("wb"),
+    )
+    try:
+        wait_port(port)
+        time.sleep(0.3)
+        yield port, "DICOM_NODE"
+    finally:
+        stop(proc)
+
+
+@contextmanager
+def storescp(work: Path) -> Iterator[tuple[int, str]]:
+    port = free_port()
+    out = work / "out"
+    out.mkdir()
+    proc = subprocess.Popen(
+        ["storescp", "--fork", "-aet", "STORESCP", "-od", str(out), str(port)],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port)
+        yield port, "STORESCP"
+    finally:
+        stop(proc)
+        subprocess.run(["pkill", "-f", f"storescp --fork -aet STORESCP -od {out}"], check=False)
+
+
+@contextmanager
+def orthanc(work: Path) -> Iterator[tuple[int, str]]:
+    dicom_port, http_port = free_port(), free_port()
+    cfg = {
+        "Name": "bench",
+        "StorageDirectory": str(work / "storage"),
+        "IndexDirectory": str(work / "index"),
+        "DicomAet": "ORTHANC",
+        "DicomPort": dicom_port,
+        "HttpPort": http_port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": False,
+        "UnknownSopClassAccepted": True,
+        "Plugins": [],
+        "ConcurrentJobs": 2,
+    }
+    path = work / "orthanc.json"
+    path.write_text(json.dumps(cfg))
+    proc = subprocess.Popen(
+        ["Orthanc", str(path)], env=ENV, stdout=subprocess.DEVNULL,
+        stderr=(work / "orthanc.log").open("wb"),
+    )
+    try:
+        wait_port(dicom_port)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{http_port}/system", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield dicom_port, "ORTHANC"
+    finally:
+        stop(proc)
+
+
+def send(port: int, aet: str, files: list[Path], associations: int) -> float:
+    parts = [files[k::associations] for k in range(associations)]
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            ["storescu", "-aec", aet, "127.0.0.1", str(port), *map(str, part)],
+            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        for part in parts
+    ]
+    errors = []
+    for p in procs:
+        _, err = p.communicate(600)
+        if p.returncode != 0:
+            errors.append(err.decode(errors="replace")[-500:])
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError("storescu failed:\n" + "\n".join(errors))
+    return elapsed
+
+
+@dataclass
+class Row:
+    receiver: str
+    series: str
+    associations: int
+    seconds: float
+    instances: int
+    megabytes: float
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="smaller series (smoke run)")
+    ap.add_argument("--only", default="", help="comma-separated receivers to run")
+    ap.add_argument("--receivers", type=int, default=0,
+                    help="dicom-node receiver processes (default: config default)")
+    args = ap.parse_args(argv)
+    for tool in ("storescu", "storescp", "Orthanc"):
+        if shutil.which(tool) is None:
+            print(f"missing {tool}: run scripts/install-system-deps.sh", file=sys.stderr)
+            return 2
+
+    console = Console()
+    base = Path(tempfile.mkdtemp(prefix="bench-receive-"))
+    n_ct, n_small = (60, 400) if args.quick else (300, 2000)
+    series = {
+        f"{n_ct} CT 512x512": write_ct_series(base / "ct", n=n_ct, rows=512, cols=512),
+        f"{n_small} small 64x64": write_ct_series(base / "small", n=n_small, rows=64, cols=64),
+    }
+    recv_kw = {"receivers": args.receivers} if args.receivers else {}
+    receivers = {
+        "dicom-node": lambda w: dicom_node(w, fsync=True, **recv_kw),
+        "dicom-node (no fsync)": lambda w: dicom_node(w, fsync=False, **recv_kw),
+        "storescp": storescp,
+        "Orthanc": orthanc,
+    }
+    if args.only:
+        wanted = {x.strip() for x in args.only.split(",")}
+        receivers = {k: v for k, v in receivers.items() if k in wanted}
+    rows: list[Row] = []
+    for sname, files in series.items():
+        mb = sum(f.stat().st_size for f in files) / 1e6
+        for assoc in (1, 4):
+            for rname, factory in receivers.items():
+                times = []
+                for run in range(args.runs):
+                    work = base / "run" / f"{rname}-{sname}-{assoc}-{run}".replace(" ", "_")
+                    work.mkdir(parents=True)
+                    with factory(work) as (port, aet):
+                        times.append(send(port, aet, files, assoc))
+                    shutil.rmtree(work, ignore_errors=True)
+                t = statistics.median(times)
+                rows.append(Row(rname, sname, assoc, t, len(files), mb))
+                console.print(f"  {rname:22s} {sname:18s} x{assoc}: {t:6.2f} s")
+
+    table = Table(title="C-STORE receive, storescu sender, median of %d runs" % args.runs)
+    for col in ("series", "assoc", "receiver", "seconds", "inst/s", "MB/s",
+                "vs storescp", "vs Orthanc"):
+        table.add_column(col, justify="right" if col not in ("series", "receiver") else "left")
+    ref = {(r.receiver, r.series, r.associations): r.seconds for r in rows}
+    for r in rows:
+        scp = ref.get(("storescp", r.series, r.associations))
+        orth = ref.get(("Orthanc", r.series, r.associations))
+        table.add_row(
+            r.series, str(r.associations), r.receiver, f"{r.seconds:.2f}",
+            f"{r.instances / r.seconds:.0f}", f"{r.megabytes / r.seconds:.1f}",
+            f"{scp / r.seconds:.2f}x" if scp else "-",
+            f"{orth / r.seconds:.2f}x" if orth else "-",
+        )
+    console.print(table)
+    console.print("ratio = peer seconds / receiver seconds (above 1x: faster than the peer)")
+    shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
