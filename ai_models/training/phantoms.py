@@ -6,7 +6,9 @@ vessels, trachea and main bronchi, heart/mediastinum soft tissue, ribs, spine
 and sternum (bone +250..+1300 HU), a liver and bowel gas below the diaphragm,
 and spherical or lobulated solid nodules of 3-30 mm.  A minority of phantoms
 are head-like (a skull shell around brain tissue with air sinuses) so that
-bone is learned as "dense calcified tissue" rather than "ribs only".
+bone is learned as "dense calcified tissue" rather than "ribs only", and some
+are QA-phantom-like shells filled with air or water (enclosed air that is not
+lung).
 
 Arrays are in the *canonical* orientation used by the ``ct-lungs`` pipeline:
 ``[k, i, j]`` with ``k`` towards patient superior (+z), ``i`` towards patient
@@ -472,12 +474,68 @@ def make_head_phantom(
     return Phantom(image=img, labels=lab, spacing=spacing, kind="head")
 
 
+def make_shell_phantom(
+    rng: np.random.Generator, shape: tuple[int, int, int], spacing: np.ndarray
+) -> Phantom:
+    """Build a QA-phantom-like object: a plastic shell filled with air or water.
+
+    CT QA phantoms (and anthropomorphic head phantoms) reach a node too.  Their
+    enclosed air is *not* lung (label background); shell material and inserts
+    that are bone-equivalent (> 300 HU) are labelled bone, as HU physics says.
+    Parameters and return value as :func:`make_chest_phantom`.
+    """
+    spacing = np.asarray(spacing, dtype=np.float32)
+    z, y, x = _grid(shape, spacing)
+    img = np.full(shape, AIR_HU, dtype=np.float32)
+    lab = np.zeros(shape, dtype=np.uint8)
+    r = np.array([rng.uniform(70, 200), rng.uniform(60, 110), rng.uniform(60, 110)], np.float32)
+    if rng.random() < 0.5:  # ellipsoid (head-like) else elliptic cylinder
+        q = np.sqrt((z / r[0]) ** 2 + (y / r[1]) ** 2 + (x / r[2]) ** 2)
+    else:
+        q = np.broadcast_to(np.sqrt((y / r[1]) ** 2 + (x / r[2]) ** 2), shape)
+    depth = (1.0 - q) * float(r[1:].mean())
+    t = rng.uniform(2, 10)
+    shell_hu = float(rng.choice([rng.uniform(80, 250), rng.uniform(400, 1300)]))
+    shell = (depth >= 0) & (depth < t)
+    inside = depth >= t
+    img[shell] = shell_hu
+    if shell_hu > 300:
+        lab[shell] = BONE
+    fill = float(rng.choice([AIR_HU, rng.uniform(-20, 40)]))
+    img[inside] = fill
+    for _ in range(int(rng.integers(1, 6))):
+        c = np.array(
+            [
+                rng.uniform(-r[0] * 0.5, r[0] * 0.5),
+                rng.uniform(-r[1] * 0.5, r[1] * 0.5),
+                rng.uniform(-r[2] * 0.5, r[2] * 0.5),
+            ],
+            np.float32,
+        )
+        rr = rng.uniform(5, 20, 3)
+        if rng.random() < 0.5:
+            rr[0] = 1e4  # a rod along z
+        m = _ellipsoid(z, y, x, c, rr) & inside
+        hu = float(rng.uniform(-100, 1200))
+        img[m] = hu
+        lab[m] = BONE if hu > 300 else BACKGROUND
+    # a curved head holder / table outside the object (not bone)
+    if rng.random() < 0.7:
+        rh = r[1:].mean() + rng.uniform(10, 40)
+        ring = np.abs(np.sqrt(y**2 + x**2) - rh) < rng.uniform(2, 6)
+        ring = np.broadcast_to(ring & (y > 0), shape)
+        img[ring] = rng.uniform(-200, 200)
+    img = _finish(img, spacing, rng, float(spacing[0] * rng.uniform(1.0, 1.5)))
+    return Phantom(image=img, labels=lab, spacing=spacing, kind="shell")
+
+
 def random_phantom(
     rng: np.random.Generator,
     spacing: np.ndarray | None = None,
     fov_mm: tuple[float, float, float] | None = None,
     head_fraction: float = 0.15,
     n_nodules: int | None = None,
+    shell_fraction: float = 0.0,
 ) -> Phantom:
     """Draw a phantom with random geometry (spacing, field of view, kind).
 
@@ -491,6 +549,8 @@ def random_phantom(
         ``(z, y, x)`` extent in mm; default: z 180-320, in-plane 340-460.
     head_fraction:
         Probability of a head-like phantom instead of a chest.
+    shell_fraction:
+        Probability of a QA-phantom-like shell (:func:`make_shell_phantom`).
     n_nodules:
         Passed to :func:`make_chest_phantom`.
     """
@@ -502,8 +562,11 @@ def random_phantom(
         f = rng.uniform(340, 460)
         fov_mm = (rng.uniform(180, 320), f, f)
     shape = tuple(max(8, int(round(e / s))) for e, s in zip(fov_mm, spacing, strict=False))
-    if rng.random() < head_fraction:
+    u = rng.random()
+    if u < head_fraction:
         return make_head_phantom(rng, shape, spacing)  # type: ignore[arg-type]
+    if u < head_fraction + shell_fraction:
+        return make_shell_phantom(rng, shape, spacing)  # type: ignore[arg-type]
     return make_chest_phantom(rng, shape, spacing, n_nodules=n_nodules)  # type: ignore[arg-type]
 
 
