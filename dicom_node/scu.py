@@ -20,7 +20,6 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
-from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node import status as st
@@ -196,7 +195,7 @@ def send_files(
         batch, contexts = _next_batch(pending)
         ae = _make_ae(calling_ae, timeout_s)
         for sop_class, syntax in contexts:
-            ae.add_requested_context(build_context(sop_class, [syntax]))
+            ae.add_requested_context(sop_class, [syntax])
         assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
         report.associations += 1
         if not assoc.is_established:
@@ -229,9 +228,8 @@ def send_files(
                         report.warnings.append((info.path, status))
                 else:
                     comment = str(rsp.get("ErrorComment", "")) if rsp else ""
-                    report.failed.append(
-                        (info.path, f"status 0x{status:04X} {st.describe(status)} {comment}".strip())
-                    )
+                    reason = f"status 0x{status:04X} {st.describe(status)} {comment}".strip()
+                    report.failed.append((info.path, reason))
                 if progress:
                     progress(info.path, status)
         finally:
