@@ -13,6 +13,7 @@ from types import FrameType
 from dicom_node.config import Settings
 from dicom_node.scp import StorageSCP
 from storage.db import Database
+from storage.durability import DurabilityBarrier, syncfs_available
 from storage.received import DuplicateAction, ReceivedStore
 from storage.spool import Spool
 
@@ -22,17 +23,37 @@ LOGGER = logging.getLogger(__name__)
 
 
 def open_store(settings: Settings, *, upgrade: bool = True) -> ReceivedStore:
-    """Open the database (running migrations) and the spool."""
-    db = Database(settings.storage.database_url)
+    """Open the database (running migrations) and the spool.
+
+    With ``storage.fsync`` on, durability comes from a group-committed
+    ``syncfs`` of the spool's and the SQLite file's file systems after each
+    store (one flush shared by concurrent associations) instead of per-file
+    ``fsync`` calls; where ``syncfs`` is missing, files are fsync'd one by one
+    and SQLite commits with ``synchronous=FULL``.
+    """
+    durable = settings.storage.fsync
+    use_barrier = durable and syncfs_available()
+    db = Database(
+        settings.storage.database_url,
+        sqlite_synchronous="NORMAL" if (use_barrier or not durable) else "FULL",
+    )
     if upgrade:
         db.upgrade()
     spool = Spool(
         settings.storage.spool_dir,
-        fsync=settings.storage.fsync,
+        fsync=durable and not use_barrier,
         min_free_bytes=settings.storage.min_free_disk_mb * 2**20,
     )
     spool.clean_temp()
-    return ReceivedStore(db, spool, DuplicateAction(settings.node.duplicate_policy.value))
+    barrier = None
+    if use_barrier:
+        folders = [spool.root]
+        if db.sqlite_folder is not None:
+            folders.append(db.sqlite_folder)
+        barrier = DurabilityBarrier(folders)
+    return ReceivedStore(
+        db, spool, DuplicateAction(settings.node.duplicate_policy.value), barrier=barrier
+    )
 
 
 class Node:

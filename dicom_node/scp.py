@@ -1,17 +1,20 @@
-"""Storage and Verification SCP (PS3.4 Annex B and A.4) on pynetdicom.
+"""Storage and Verification SCP (PS3.4 Annex B and A.4) on a lean receive path.
 
-The C-STORE handler does only this: parse the header (no pixel decoding),
-validate it, write the encoded bytes to a fsync'd temporary file, move it into
-the spool and commit the rows (:class:`storage.received.ReceivedStore`), then
-answer.  Success (0x0000) is returned only after both are durable.  Every
-failure is answered with a status from :mod:`dicom_node.status` and an Error
-Comment (0000,0902) that says why, and is logged; no handler error takes the
-node down or touches other associations.
+One thread per association reads PDUs straight from its socket
+(:mod:`dicom_node.upper_layer`), streams each C-STORE data set into a
+temporary spool file as its fragments arrive, and answers each request with a
+C-STORE-RSP (:mod:`dicom_node.dimse_command`).  Association negotiation
+(A-ASSOCIATE-RQ decoding, presentation contexts, roles) uses pynetdicom's
+codecs; every storage SOP class pynetdicom knows is accepted with every
+transfer syntax, plus Verification.
 
-Network tuning (see the project's performance notes): accepted sockets get
-``TCP_NODELAY``, and ``TCP_QUICKACK`` is re-armed before each read so senders
-that do not disable Nagle are not stalled by delayed ACKs; PDUs are read with
-large ``recv_into`` calls instead of pynetdicom's 4 KiB reads.
+A C-STORE is answered Success (0x0000) only after :class:`ReceivedStore` made
+the file and its rows durable.  Each failure gets a status from
+:mod:`dicom_node.status` with an Error Comment (0000,0902) and a log line;
+nothing a peer sends takes the node down or touches other associations.
+
+Sockets get ``TCP_NODELAY``, and ``TCP_QUICKACK`` is re-armed before each
+read so that senders which leave Nagle on are not stalled by delayed ACKs.
 """
 
 from __future__ import annotations
@@ -21,63 +24,61 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import AssociationSocket
 
 from dicom_node import status as st
 from dicom_node.config import PeerSettings, Settings
+from dicom_node.dimse_command import (
+    C_ECHO_RQ,
+    C_STORE_RQ,
+    CommandSet,
+    decode_command,
+    encode_response,
+)
 from dicom_node.errors import StoreRejected
+from dicom_node.upper_layer import (
+    A_ABORT,
+    A_ASSOCIATE_RQ_TYPE,
+    A_RELEASE_RQ,
+    P_DATA_TF,
+    AssociationRequest,
+    PduError,
+    PeerClosed,
+    abort_pdu,
+    accept_pdu,
+    iter_pdvs,
+    p_data_pdu,
+    read_pdu,
+    reject_pdu,
+    release_rp_pdu,
+)
 from storage.received import DuplicateAction, InstanceRecord, ReceivedStore, StoreOutcome
+from storage.spool import TempWriter
 
-if TYPE_CHECKING:
-    from pynetdicom.association import Association
-    from pynetdicom.transport import ThreadedAssociationServer
-
-__all__ = ["StorageSCP", "AssociationStats", "header_record"]
+__all__ = ["AssociationStats", "StorageSCP", "header_record", "routing_attributes"]
 
 LOGGER = logging.getLogger(__name__)
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+_MAX_INCOMING_PDU = 64 * 2**20
+"""Hard cap on an incoming PDU body, whatever the peer claims (memory safety)."""
+_PARSE_IN_MEMORY = 16 * 2**20
+"""Data sets up to this size are parsed from memory, larger ones from the temp file."""
 
 # Attributes kept as JSON on the series row, for routing rules on any keyword.
 _SKIP_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN", "SQ", "PN"}
 _KEEP_PATIENT = {0x00101010, 0x00100040, 0x00101020, 0x00101030}  # age, sex, size, weight
-
-
-class _FastAssociationSocket(AssociationSocket):
-    """AssociationSocket with large reads and TCP_QUICKACK before each read."""
-
-    _quickack = getattr(socket, "TCP_QUICKACK", None)
-
-    def recv(self, nr_bytes: int) -> bytearray:  # noqa: D102 - same contract as the base
-        sock = self.socket
-        assert sock is not None
-        buf = bytearray(nr_bytes)
-        view = memoryview(buf)
-        nr_read = 0
-        quickack = self._quickack
-        while nr_read < nr_bytes:
-            if quickack is not None:
-                try:
-                    sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
-                except OSError:
-                    quickack = None
-            n = sock.recv_into(view[nr_read:], nr_bytes - nr_read)
-            if not n:
-                del view
-                return buf[:nr_read]
-            nr_read += n
-        del view
-        return buf
 
 
 @dataclass
@@ -93,6 +94,9 @@ class AssociationStats:
     failures: int = 0
     bytes: int = 0
     outcome: str = "open"
+
+
+# -- header -> record -------------------------------------------------------------
 
 
 def _value(ds: Dataset, keyword: str) -> Any:
@@ -121,10 +125,12 @@ def _int(ds: Dataset, keyword: str) -> int | None:
 def _json_value(value: Any) -> Any:
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         return [_json_value(v) for v in value]
-    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float, str)):
         if isinstance(value, float) and value != value:  # NaN
             return None
-        return value if not isinstance(value, str) else value.strip()
+        return value.strip() if isinstance(value, str) else value
     if isinstance(value, bytes):
         return None
     try:
@@ -165,8 +171,8 @@ def header_record(ds: Dataset, transfer_syntax_uid: str) -> InstanceRecord:
     Raises
     ------
     StoreRejected
-        ``MISSING_UID`` when Study, Series or SOP Instance UID (or SOP Class
-        UID) is missing or empty.
+        ``MISSING_UID`` when Study, Series, SOP Instance or SOP Class UID is
+        missing, empty or longer than 64 characters (PS3.5 9.1).
     """
     uids = {
         kw: _text(ds, kw)
@@ -197,8 +203,11 @@ def header_record(ds: Dataset, transfer_syntax_uid: str) -> InstanceRecord:
         study_date=_text(ds, "StudyDate"),
         accession_number=_text(ds, "AccessionNumber"),
         study_description=_text(ds, "StudyDescription"),
-        attributes=routing_attributes(ds),
+        attributes=lambda: routing_attributes(ds),
     )
+
+
+# -- peers ---------------------------------------------------------------------------
 
 
 def _peer_allowed(peers: list[PeerSettings], calling_ae: str, address: str) -> bool:
@@ -221,6 +230,19 @@ def _same_host(configured: str, address: str) -> bool:
         return any(info[4][0] == address for info in infos)
 
 
+def supported_contexts() -> list[PresentationContext]:
+    """Verification and every storage SOP class, each with every transfer syntax."""
+    contexts = [build_context(Verification, ALL_TRANSFER_SYNTAXES)]
+    contexts += [
+        build_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)  # type: ignore[arg-type]
+        for cx in AllStoragePresentationContexts
+    ]
+    return contexts
+
+
+# -- the listener ---------------------------------------------------------------------
+
+
 class StorageSCP:
     """The node's DICOM listener: Verification + Storage SCP.
 
@@ -234,6 +256,9 @@ class StorageSCP:
         Optional callback ``(record, result)`` after each durable store
         (the collector hooks in here); its exceptions are logged, never
         answered to the peer.
+    reuse_port:
+        Bind with ``SO_REUSEPORT`` so several receiver processes can share
+        the port (the kernel spreads connections over them).
     """
 
     def __init__(
@@ -241,289 +266,406 @@ class StorageSCP:
         settings: Settings,
         store: ReceivedStore,
         on_stored: Callable[[InstanceRecord, Any], None] | None = None,
+        *,
+        reuse_port: bool = False,
     ) -> None:
         self.settings = settings
         self.store = store
         self.on_stored = on_stored
+        self.reuse_port = reuse_port
         self.store.duplicate_action = DuplicateAction(settings.node.duplicate_policy.value)
-        self._stats: dict[int, AssociationStats] = {}
-        self._stats_lock = threading.Lock()
-        self._server: ThreadedAssociationServer | None = None
-        self.ae = self._make_ae()
+        self.contexts = supported_contexts()
+        self._listener: socket.socket | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._associations: set[_Association] = set()
 
-    # -- setup -------------------------------------------------------------
-    def _make_ae(self) -> AE:
-        node = self.settings.node
-        ae = AE(ae_title=node.ae_title)
-        ae.maximum_pdu_size = node.max_pdu
-        ae.maximum_associations = node.max_associations
-        ae.acse_timeout = node.acse_timeout.total_seconds()
-        ae.dimse_timeout = node.dimse_timeout.total_seconds()
-        ae.network_timeout = node.network_timeout.total_seconds()
-        ae.require_called_aet = node.require_called_ae
-        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-        for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        return ae
-
-    def handlers(self) -> list[tuple[Any, Callable[..., Any]]]:
-        """The pynetdicom event bindings of the node."""
-        return [
-            (evt.EVT_CONN_OPEN, self._on_conn_open),
-            (evt.EVT_ESTABLISHED, self._on_established),
-            (evt.EVT_REJECTED, self._on_rejected),
-            (evt.EVT_ABORTED, self._on_aborted),
-            (evt.EVT_CONN_CLOSE, self._on_conn_close),
-            (evt.EVT_C_ECHO, self._on_echo),
-            (evt.EVT_C_STORE, self._on_store),
-        ]
-
-    def start(self) -> ThreadedAssociationServer:
-        """Listen on the configured address (non-blocking); returns the server."""
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        """Listen on the configured address (non-blocking: accepts in a thread)."""
         node = self.settings.node
         if not self.settings.peers:
             LOGGER.warning(
                 "no [[peers]] configured: accepting associations from any calling AE title"
             )
-        self._server = self.ae.start_server(
-            (node.host, node.port), block=False, evt_handlers=self.handlers()
+        family = socket.AF_INET6 if ":" in node.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((node.host, node.port))
+        sock.listen(128)
+        sock.settimeout(0.2)
+        self._listener = sock
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, name="dicom-accept", daemon=True
         )
+        self._accept_thread.start()
         LOGGER.info(
             "listening as %s on %s:%d (max PDU %d, max associations %d)",
-            node.ae_title,
-            node.host,
-            node.port,
-            node.max_pdu,
-            node.max_associations,
+            node.ae_title, node.host, self.port, node.max_pdu, node.max_associations,
         )
-        return self._server
 
     @property
     def port(self) -> int:
         """The port actually bound (useful with port 0)."""
-        if self._server is None:
+        if self._listener is None:
             return self.settings.node.port
-        return int(self._server.server_address[1])
+        return int(self._listener.getsockname()[1])
 
     def active_associations(self) -> int:
-        """Associations in progress."""
-        return len(self.ae.active_associations)
+        """Established associations in progress."""
+        with self._lock:
+            return sum(1 for a in self._associations if a.established)
 
     def stop_accepting(self) -> None:
         """Close the listening socket; associations in progress go on."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        self._stopping.set()
+        if self._accept_thread is not None:
+            self._accept_thread.join(5)
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
 
     def shutdown(self, grace_s: float | None = None) -> None:
         """Stop accepting, wait up to *grace_s* for associations, abort the rest."""
         grace = self.settings.node.shutdown_grace.total_seconds() if grace_s is None else grace_s
         self.stop_accepting()
+        with self._lock:
+            for assoc in self._associations:
+                if not assoc.established:
+                    assoc.close()  # never associated (e.g. a port probe)
         deadline = time.monotonic() + grace
-        # Only established associations can have data in flight; connections that
-        # never associated (port probes) are dropped at once.
-        while time.monotonic() < deadline and any(
-            a.is_established for a in self.ae.active_associations
-        ):
+        while self.active_associations() and time.monotonic() < deadline:
             time.sleep(0.05)
-        remaining = [a for a in self.ae.active_associations if a.is_established]
+        with self._lock:
+            remaining = list(self._associations)
         if remaining:
-            LOGGER.warning("aborting %d association(s) still open after %.0f s", len(remaining), grace)
+            LOGGER.warning(
+                "aborting %d association(s) still open after %.0f s", len(remaining), grace
+            )
             for assoc in remaining:
                 assoc.abort()
-        for assoc in self.ae.active_associations:
-            if not assoc.is_established:
-                assoc.kill()
-        self.ae.shutdown()
+            for assoc in remaining:
+                assoc.thread.join(5)
 
-    # -- association events ------------------------------------------------
-    def _on_conn_open(self, event: evt.Event) -> None:
-        assoc = event.assoc
-        sock = assoc.dul.socket
-        if sock is not None and sock.socket is not None:
+    # -- accepting ----------------------------------------------------------------
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        listener = self._listener
+        while not self._stopping.is_set():
             try:
-                sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn, addr = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                LOGGER.exception("accept failed")
+                time.sleep(0.1)
+                continue
+            assoc = _Association(self, conn, addr)
+            with self._lock:
+                self._associations.add(assoc)
+            assoc.thread.start()
+
+    def _forget(self, assoc: _Association) -> None:
+        with self._lock:
+            self._associations.discard(assoc)
+
+    def _established_count(self) -> int:
+        with self._lock:
+            return sum(1 for a in self._associations if a.established)
+
+
+class _Association:
+    """One acceptor association: negotiation, then the DIMSE loop, in its own thread."""
+
+    def __init__(self, scp: StorageSCP, conn: socket.socket, addr: Any) -> None:
+        self.scp = scp
+        self.sock = conn
+        self.address = str(addr[0])
+        self.stats = AssociationStats(peer=f"{addr[0]}:{addr[1]}")
+        self.established = False
+        self.accepted: dict[int, PresentationContext] = {}
+        self.thread = threading.Thread(target=self.run, name=f"assoc-{addr[0]}:{addr[1]}", daemon=True)
+        self._closed = False
+        self._send_lock = threading.Lock()
+        # message being received
+        self._command = bytearray()
+        self._cmd: CommandSet | None = None
+        self._context_id = 0
+        self._writer: TempWriter | None = None
+        self._head: list[bytes] = []
+        self._data_size = 0
+        self._meta = b""
+
+    # -- socket helpers ----------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        with self._send_lock:
+            self.sock.sendall(data)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            sock.__class__ = _FastAssociationSocket
-        peers = self.settings.peers
-        if peers:
-            self._install_peer_check(assoc, peers)
+            self.sock.close()
 
-    def _install_peer_check(self, assoc: Association, peers: list[PeerSettings]) -> None:
-        """Reject unknown (Calling AE, host) pairs at association time (PS3.8 7.1.1.9)."""
-        acse = assoc.acse
-        original = acse._negotiate_as_acceptor
+    def abort(self) -> None:
+        """A-ABORT (service provider) and close."""
+        try:
+            self.send(abort_pdu(0x02, 0x00))
+        except OSError:
+            pass
+        self.stats.outcome = "aborted"
+        self.close()
 
-        def negotiate() -> None:
-            calling = assoc.requestor.primitive.calling_ae_title  # type: ignore[union-attr]
-            address = assoc.requestor.address
-            if not _peer_allowed(peers, calling, address):
-                LOGGER.warning(
-                    "rejected association from unknown peer %r at %s (not in [[peers]])",
-                    calling,
-                    address,
-                )
-                # rejected-permanent, service-user, calling-AE-title-not-recognized
-                acse.send_reject(0x01, 0x01, 0x03)
-                evt.trigger(assoc, evt.EVT_REJECTED, {})
-                assoc.kill()
-                return
-            original()
+    # -- thread body -------------------------------------------------------------
+    def run(self) -> None:
+        node = self.scp.settings.node
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock.settimeout(node.acse_timeout.total_seconds())
+            if self._negotiate():
+                self.sock.settimeout(node.network_timeout.total_seconds())
+                self._serve()
+        except PeerClosed:
+            if self.established and self.stats.outcome == "open":
+                self.stats.outcome = "closed by peer"
+        except (TimeoutError, socket.timeout):
+            LOGGER.warning("association with %s timed out; aborting", self.stats.peer)
+            self.abort()
+        except PduError as exc:
+            LOGGER.warning("invalid PDU from %s (%s); aborting", self.stats.peer, exc)
+            self.abort()
+        except OSError as exc:
+            if not self._closed:
+                LOGGER.warning("connection with %s failed: %s", self.stats.peer, exc)
+        except Exception:
+            LOGGER.exception("association with %s failed; aborting", self.stats.peer)
+            self.abort()
+        finally:
+            self._drop_partial()
+            self.close()
+            self.scp._forget(self)
+            if self.established:
+                self._log_summary()
 
-        acse._negotiate_as_acceptor = negotiate  # type: ignore[method-assign]
-
-    def _key(self, assoc: Association) -> int:
-        return id(assoc)
-
-    def _on_established(self, event: evt.Event) -> None:
-        assoc = event.assoc
-        stats = AssociationStats(
-            peer=f"{assoc.requestor.address}:{assoc.requestor.port}",
-            calling_ae=assoc.requestor.ae_title,
-            called_ae=assoc.acceptor.ae_title,
-        )
-        with self._stats_lock:
-            self._stats[self._key(assoc)] = stats
+    def _negotiate(self) -> bool:
+        """Read the A-ASSOCIATE-RQ and accept or reject it (PS3.8 7.1)."""
+        scp = self.scp
+        node = scp.settings.node
+        pdu_type, body = read_pdu(self.sock, _MAX_INCOMING_PDU)
+        if pdu_type != A_ASSOCIATE_RQ_TYPE:
+            raise PduError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
+        request = AssociationRequest.decode(body)
+        calling, called = request.calling_ae_title, request.called_ae_title
+        self.stats.calling_ae, self.stats.called_ae = calling, called
+        reason: str | None = None
+        rj: tuple[int, int, int] | None = None
+        if node.require_called_ae and called != node.ae_title:
+            reason = f"called AE title {called!r} is not {node.ae_title!r}"
+            rj = (0x01, 0x01, 0x07)  # permanent, service-user, called-AE-title-not-recognized
+        elif scp.settings.peers and not _peer_allowed(scp.settings.peers, calling, self.address):
+            reason = f"unknown peer {calling!r} at {self.address} (not in [[peers]])"
+            rj = (0x01, 0x01, 0x03)  # permanent, service-user, calling-AE-title-not-recognized
+        elif scp._established_count() >= node.max_associations:
+            reason = f"{node.max_associations} associations already open"
+            rj = (0x02, 0x03, 0x02)  # transient, presentation provider, local-limit-exceeded
+        if rj is not None:
+            LOGGER.warning("rejected association from %s: %s", self.stats.peer, reason)
+            self.send(reject_pdu(*rj))
+            return False
+        ac, self.accepted = accept_pdu(request, scp.contexts, node.max_pdu)
+        self.send(ac)
+        self.established = True
         LOGGER.info(
             "association from %s at %s (%d presentation contexts accepted)",
-            stats.calling_ae,
-            stats.peer,
-            len(assoc.accepted_contexts),
+            calling, self.stats.peer, len(self.accepted),
         )
+        return True
 
-    def _on_rejected(self, event: evt.Event) -> None:
-        assoc = event.assoc
-        rq = assoc.requestor
-        LOGGER.info(
-            "association rejected: calling %r called %r from %s",
-            getattr(rq.primitive, "calling_ae_title", "?"),
-            getattr(rq.primitive, "called_ae_title", "?"),
-            rq.address,
-        )
+    def _serve(self) -> None:
+        max_pdu = self.scp.settings.node.max_pdu
+        limit = _MAX_INCOMING_PDU if max_pdu == 0 else max(max_pdu + 1024, 65536)
+        limit = min(limit, _MAX_INCOMING_PDU)
+        sock = self.sock
+        while True:
+            if _QUICKACK is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+            pdu_type, body = read_pdu(sock, limit)
+            if pdu_type == P_DATA_TF:
+                for context_id, mch, data in iter_pdvs(body):
+                    self._on_pdv(context_id, mch, data)
+            elif pdu_type == A_RELEASE_RQ:
+                if self._cmd is not None:
+                    LOGGER.warning("release requested in the middle of a message from %s",
+                                   self.stats.peer)
+                self.send(release_rp_pdu())
+                self.stats.outcome = "released"
+                return
+            elif pdu_type == A_ABORT:
+                self.stats.outcome = "aborted by peer"
+                return
+            else:
+                raise PduError(f"unexpected PDU type 0x{pdu_type:02X} after association")
 
-    def _on_aborted(self, event: evt.Event) -> None:
-        with self._stats_lock:
-            stats = self._stats.get(self._key(event.assoc))
-        if stats is not None:
-            stats.outcome = "aborted"
-
-    def _on_conn_close(self, event: evt.Event) -> None:
-        with self._stats_lock:
-            stats = self._stats.pop(self._key(event.assoc), None)
-        if stats is None:
+    # -- DIMSE ---------------------------------------------------------------------
+    def _on_pdv(self, context_id: int, mch: int, data: memoryview) -> None:
+        if context_id not in self.accepted:
+            raise PduError(f"PDV on presentation context {context_id}, which was not accepted")
+        is_command, is_last = bool(mch & 0x01), bool(mch & 0x02)
+        if is_command:
+            if self._cmd is not None:
+                raise PduError("command fragment while a data set was expected")
+            self._command += data
+            if is_last:
+                try:
+                    cmd = decode_command(self._command)
+                except ValueError as exc:
+                    raise PduError(f"undecodable command set: {exc}") from exc
+                self._command = bytearray()
+                self._context_id = context_id
+                if cmd.has_data_set:
+                    self._cmd = cmd
+                    self._begin_data(cmd, context_id)
+                else:
+                    self._dispatch(cmd, context_id)
             return
-        if stats.outcome == "open":
-            stats.outcome = "released" if event.assoc.is_released else "closed"
-        seconds = time.monotonic() - stats.started
-        LOGGER.info(
-            "association %s from %s at %s: %d instance(s), %d duplicate(s), %d failure(s), "
-            "%.1f MB in %.2f s",
-            stats.outcome,
-            stats.calling_ae,
-            stats.peer,
-            stats.instances,
-            stats.duplicates,
-            stats.failures,
-            stats.bytes / 1e6,
-            seconds,
-            extra={
-                "calling_ae": stats.calling_ae,
-                "peer": stats.peer,
-                "instances": stats.instances,
-                "failures": stats.failures,
-                "bytes": stats.bytes,
-                "seconds": round(seconds, 3),
-            },
-        )
+        if self._cmd is None or context_id != self._context_id:
+            raise PduError("data fragment without a command on its presentation context")
+        if self._writer is not None:
+            try:
+                self._writer.write(data)
+            except OSError as exc:
+                LOGGER.error("cannot write to the spool: %s", exc)
+                self._writer.abort()
+                self._writer = None  # keep reading; answer a failure at the end
+        if self._data_size < _PARSE_IN_MEMORY:
+            self._head.append(bytes(data))
+        self._data_size += len(data)
+        if is_last:
+            cmd, self._cmd = self._cmd, None
+            self._dispatch(cmd, context_id)
 
-    # -- DIMSE services ------------------------------------------------------
-    def _on_echo(self, event: evt.Event) -> int:
-        """C-ECHO (PS3.4 A.4): always Success."""
-        return st.SUCCESS
-
-    def _on_store(self, event: evt.Event) -> Dataset | int:
-        """C-STORE (PS3.4 B.2): spool, record, then answer."""
-        assoc = event.assoc
-        with self._stats_lock:
-            stats = self._stats.get(self._key(assoc))
+    def _begin_data(self, cmd: CommandSet, context_id: int) -> None:
+        self._head = []
+        self._data_size = 0
+        if cmd.command_field != C_STORE_RQ:
+            self._writer = None  # a data set we do not keep (unexpected command)
+            return
+        cx = self.accepted[context_id]
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = cmd.affected_sop_class_uid or cx.abstract_syntax
+        meta.MediaStorageSOPInstanceUID = cmd.affected_sop_instance_uid or "0"
+        meta.TransferSyntaxUID = cx.transfer_syntax[0]
+        meta.ImplementationClassUID = "1.2.826.0.1.3680043.9.3811.3.0.4"
+        meta.ImplementationVersionName = "DICOM_NODE_01"
+        meta.SourceApplicationEntityTitle = self.stats.calling_ae[:16] or "UNKNOWN"
+        buf = BytesIO()
+        buf.write(_PREAMBLE)
+        write_file_meta_info(buf, meta, enforce_standard=True)
+        self._meta = buf.getvalue()
         try:
-            outcome = self._store(event)
+            self._writer = self.scp.store.spool.open_temp()
+            self._writer.write(self._meta)
+        except OSError as exc:
+            LOGGER.error("cannot create a spool file: %s", exc)
+            if self._writer is not None:
+                self._writer.abort()
+            self._writer = None
+
+    def _drop_partial(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+
+    def _dispatch(self, cmd: CommandSet, context_id: int) -> None:
+        if cmd.command_field == C_ECHO_RQ:
+            self._respond(cmd, context_id, st.SUCCESS)
+        elif cmd.command_field == C_STORE_RQ:
+            status, comment = self._store(cmd, context_id)
+            self._respond(cmd, context_id, status, comment)
+        else:
+            # PS3.7 C.4.2: Unrecognized operation.
+            self._drop_partial()
+            self._respond(cmd, context_id, 0x0211, "operation not supported by this node")
+
+    def _respond(self, cmd: CommandSet, context_id: int, status: int, comment: str | None = None) -> None:
+        self.send(p_data_pdu(context_id, 0x03, encode_response(cmd, status, comment)))
+
+    def _store(self, cmd: CommandSet, context_id: int) -> tuple[int, str | None]:
+        """Make the received data set durable; return the C-STORE status (PS3.4 B.2.3)."""
+        writer, self._writer = self._writer, None
+        head, self._head = self._head, []
+        try:
+            if writer is None:
+                raise StoreRejected(st.OUT_OF_RESOURCES, "cannot write to the spool")
+            spooled = writer.finish()
+            try:
+                outcome = self._record(cmd, context_id, spooled, head)
+            finally:
+                self.scp.store.spool.discard(spooled)
         except StoreRejected as exc:
-            if stats is not None:
-                stats.failures += 1
+            if writer is not None:
+                writer.abort()
+            self.stats.failures += 1
             LOGGER.warning(
                 "C-STORE from %s refused with 0x%04X (%s): %s",
-                assoc.requestor.ae_title,
-                exc.status,
-                st.describe(exc.status),
-                exc.reason,
+                self.stats.calling_ae, exc.status, st.describe(exc.status), exc.reason,
             )
-            rsp = Dataset()
-            rsp.Status = exc.status
-            rsp.ErrorComment = exc.reason[:64]
-            return rsp
+            return exc.status, exc.reason[:64]
         except Exception:
-            if stats is not None:
-                stats.failures += 1
-            LOGGER.exception("C-STORE from %s failed while storing", assoc.requestor.ae_title)
-            rsp = Dataset()
-            rsp.Status = st.STORAGE_FAILURE
-            rsp.ErrorComment = "internal error while storing; retry later"
-            return rsp
-        if stats is not None:
-            stats.instances += 1
-            stats.bytes += outcome[1]
-            if outcome[0] is not StoreOutcome.STORED:
-                stats.duplicates += 1
-        return st.SUCCESS
+            if writer is not None:
+                writer.abort()
+            self.stats.failures += 1
+            LOGGER.exception("C-STORE from %s failed while storing", self.stats.calling_ae)
+            return st.STORAGE_FAILURE, "internal error while storing; retry later"
+        self.stats.instances += 1
+        self.stats.bytes += self._data_size
+        if outcome is not StoreOutcome.STORED:
+            self.stats.duplicates += 1
+        return st.SUCCESS, None
 
-    def _store(self, event: evt.Event) -> tuple[StoreOutcome, int]:
-        request = event.request
-        assoc = event.assoc
-        stream: bytes = request.DataSet.getvalue()  # type: ignore[union-attr]
-        file_meta = event.file_meta
-        ts_uid = str(file_meta.TransferSyntaxUID)
-
-        meta_buf = BytesIO()
-        meta_buf.write(_PREAMBLE)
-        write_file_meta_info(meta_buf, file_meta, enforce_standard=True)  # type: ignore[arg-type]
-        meta_bytes = meta_buf.getvalue()
-
+    def _record(
+        self, cmd: CommandSet, context_id: int, spooled: Any, head: list[bytes]
+    ) -> StoreOutcome:
+        store = self.scp.store
+        ts_uid = str(self.accepted[context_id].transfer_syntax[0])
         try:
-            ds = dcmread(BytesIO(meta_bytes + stream), stop_before_pixels=True)
+            if self._data_size <= _PARSE_IN_MEMORY:
+                ds = dcmread(BytesIO(self._meta + b"".join(head)), stop_before_pixels=True)
+            else:
+                ds = dcmread(spooled.temp_path, stop_before_pixels=True)
         except Exception as exc:
             raise StoreRejected(st.CANNOT_DECODE, f"cannot parse data set: {exc}") from exc
         record = header_record(ds, ts_uid)
-
-        affected_uid = str(request.AffectedSOPInstanceUID or "").strip()
-        if affected_uid and affected_uid != record.sop_instance_uid:
+        if cmd.affected_sop_instance_uid and cmd.affected_sop_instance_uid != record.sop_instance_uid:
             raise StoreRejected(
                 st.UID_MISMATCH,
                 f"SOPInstanceUID {record.sop_instance_uid} differs from the command's "
-                f"Affected SOP Instance UID {affected_uid}",
+                f"Affected SOP Instance UID {cmd.affected_sop_instance_uid}",
             )
-        affected_class = str(request.AffectedSOPClassUID or "").strip()
-        if affected_class and affected_class != record.sop_class_uid:
+        if cmd.affected_sop_class_uid and cmd.affected_sop_class_uid != record.sop_class_uid:
             raise StoreRejected(
                 st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                 f"SOPClassUID {record.sop_class_uid} differs from the command's "
-                f"Affected SOP Class UID {affected_class}",
+                f"Affected SOP Class UID {cmd.affected_sop_class_uid}",
             )
-
-        size = len(meta_bytes) + len(stream)
-        spool = self.store.spool
-        if not spool.has_room_for(size):
+        if not store.spool.has_room_for(spooled.size_bytes):
             raise StoreRejected(
                 st.OUT_OF_RESOURCES,
-                f"spool disk below the free-space watermark ({spool.min_free_bytes // 2**20} MB)",
+                f"spool disk below the free-space watermark "
+                f"({store.spool.min_free_bytes // 2**20} MB)",
             )
-
-        record.calling_ae = assoc.requestor.ae_title
-        record.called_ae = assoc.acceptor.ae_title
-        record.peer_address = assoc.requestor.address
-        spooled = spool.write_temp([meta_bytes, stream])
-        result = self.store.store(record, spooled)
+        record.calling_ae = self.stats.calling_ae
+        record.called_ae = self.stats.called_ae
+        record.peer_address = self.address
+        result = store.store(record, spooled)
         if result.outcome is StoreOutcome.REJECTED:
             raise StoreRejected(
                 st.DUPLICATE_DIFFERS,
@@ -532,17 +674,31 @@ class StorageSCP:
         if result.outcome in (StoreOutcome.DUPLICATE_KEPT, StoreOutcome.REPLACED):
             LOGGER.warning(
                 "instance re-sent with different content (%s): %s",
-                result.outcome.value,
-                record.sop_instance_uid,
+                result.outcome.value, record.sop_instance_uid,
             )
-        if self.on_stored is not None:
+        if self.scp.on_stored is not None:
             try:
-                self.on_stored(record, result)
+                self.scp.on_stored(record, result)
             except Exception:
-                LOGGER.exception("on_stored callback failed (instance is stored)")
-        return result.outcome, size
+                LOGGER.exception("on_stored callback failed (the instance is stored)")
+        return result.outcome
 
-
-def storage_sop_classes() -> Iterable[str]:
-    """The storage SOP class UIDs the node accepts."""
-    return [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+    def _log_summary(self) -> None:
+        s = self.stats
+        if s.outcome == "open":
+            s.outcome = "closed"
+        seconds = time.monotonic() - s.started
+        LOGGER.info(
+            "association %s from %s at %s: %d instance(s), %d duplicate(s), %d failure(s), "
+            "%.1f MB in %.2f s",
+            s.outcome, s.calling_ae, s.peer, s.instances, s.duplicates, s.failures,
+            s.bytes / 1e6, seconds,
+            extra={
+                "calling_ae": s.calling_ae,
+                "peer": s.peer,
+                "instances": s.instances,
+                "failures": s.failures,
+                "bytes": s.bytes,
+                "seconds": round(seconds, 3),
+            },
+        )

@@ -27,14 +27,16 @@ LOGGER = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    # FULL: a commit is on disk when it returns (the node acknowledges only durable data).
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+def _sqlite_pragmas(synchronous: str) -> Any:
+    def connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    return connect
 
 
 class Database:
@@ -45,9 +47,15 @@ class Database:
     url:
         ``sqlite:///path/to/file.db`` or ``postgresql+psycopg://...``
         (``postgresql://`` is taken to mean psycopg 3).
+    sqlite_synchronous:
+        SQLite's ``synchronous`` pragma.  ``FULL`` (default) makes each commit
+        durable by itself; ``NORMAL`` is for callers that flush the file
+        system themselves (see :mod:`storage.durability`).
     """
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, sqlite_synchronous: str = "FULL") -> None:
+        if sqlite_synchronous not in ("FULL", "NORMAL", "OFF"):
+            raise ValueError(f"invalid sqlite_synchronous {sqlite_synchronous!r}")
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url[len("postgresql://") :]
         self.url = url
@@ -61,8 +69,16 @@ class Database:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", _sqlite_pragmas(sqlite_synchronous))
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def sqlite_folder(self) -> Path | None:
+        """The folder of the SQLite database file (``None`` for other databases)."""
+        if not self.url.startswith("sqlite"):
+            return None
+        path = self.url.split("///", 1)[-1]
+        return Path(path).resolve().parent if path and path != ":memory:" else None
 
     @property
     def is_sqlite(self) -> bool:

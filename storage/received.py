@@ -12,6 +12,7 @@ import enum
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,6 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from storage.db import Database
+from storage.durability import DurabilityBarrier
 from storage.models import Instance, Series, Study, utcnow
 from storage.spool import Spool, SpooledFile
 
@@ -85,7 +87,9 @@ class InstanceRecord:
     calling_ae: str | None = None
     called_ae: str | None = None
     peer_address: str | None = None
-    attributes: dict[str, Any] = field(default_factory=dict)
+    attributes: dict[str, Any] | Callable[[], dict[str, Any]] = field(default_factory=dict)
+    """Routing attributes of the series, or a callable that makes them (called only
+    when the instance starts a new series)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,10 @@ class ReceivedStore:
         The file spool.
     duplicate_action:
         Policy for re-sent instances with different content.
+    barrier:
+        When given, :meth:`store` ends with a group-committed flush of the
+        spool and database file systems (the spool then does not fsync
+        each file itself).
     """
 
     def __init__(
@@ -115,9 +123,11 @@ class ReceivedStore:
         db: Database,
         spool: Spool,
         duplicate_action: DuplicateAction = DuplicateAction.KEEP_FIRST,
+        barrier: DurabilityBarrier | None = None,
     ) -> None:
         self.db = db
         self.spool = spool
+        self.barrier = barrier
         self.duplicate_action = DuplicateAction(duplicate_action)
         self._ids_lock = threading.Lock()
         self._study_ids: dict[str, int] = {}
@@ -133,7 +143,10 @@ class ReceivedStore:
         try:
             for attempt in range(_ATTEMPTS):
                 try:
-                    return self._store_once(record, spooled)
+                    result = self._store_once(record, spooled)
+                    if self.barrier is not None and result.outcome is not StoreOutcome.REJECTED:
+                        self.barrier.wait()
+                    return result
                 except IntegrityError:
                     # A concurrent association inserted the same study/series/instance.
                     if attempt == _ATTEMPTS - 1:
@@ -196,6 +209,12 @@ class ReceivedStore:
         values: dict[str, Any] = {"receive_count": Instance.receive_count + 1}
         if sha == spooled.sha256:
             outcome = StoreOutcome.DUPLICATE_SAME
+            final = self.spool.absolute(rel)
+            if not final.is_file() or final.stat().st_size != spooled.size_bytes:
+                # The row survived a crash that its file did not: repair from this copy.
+                LOGGER.warning("spool file of a stored instance was missing; restored it")
+                self.spool.commit(spooled, rel)
+                outcome = StoreOutcome.REPAIRED
         elif self.duplicate_action is DuplicateAction.REJECT:
             return StoreResult(StoreOutcome.REJECTED, inst_id, rel)
         elif self.duplicate_action is DuplicateAction.REPLACE:
@@ -277,7 +296,9 @@ class ReceivedStore:
                 calling_ae=record.calling_ae,
                 called_ae=record.called_ae,
                 peer_address=record.peer_address,
-                attributes=record.attributes,
+                attributes=(
+                    record.attributes() if callable(record.attributes) else record.attributes
+                ),
                 first_received_at=now,
                 last_received_at=now,
             )

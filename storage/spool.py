@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SpooledFile", "Spool", "safe_component"]
+__all__ = ["SpooledFile", "Spool", "TempWriter", "safe_component"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -46,6 +46,45 @@ class SpooledFile:
     sha256: str
 
 
+class TempWriter:
+    """A temporary spool file being written piece by piece (e.g. from PDVs)."""
+
+    def __init__(self, path: Path, fsync: bool) -> None:
+        self.path = path
+        self._fsync = fsync
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append *data*."""
+        assert self._fd is not None, "writer already closed"
+        view = memoryview(data)
+        self._digest.update(view)
+        self.size += len(view)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def finish(self) -> SpooledFile:
+        """Close the file (fsync'd when the spool says so)."""
+        assert self._fd is not None, "writer already closed"
+        fd, self._fd = self._fd, None
+        try:
+            if self._fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        return SpooledFile(self.path, self.size, self._digest.hexdigest())
+
+    def abort(self) -> None:
+        """Close and remove the unfinished file."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.path.unlink(missing_ok=True)
+
+
 class Spool:
     """A folder of received DICOM files.
 
@@ -54,7 +93,9 @@ class Spool:
     root:
         The spool folder; created when missing.
     fsync:
-        Flush files and folders to disk before a write counts as done.
+        Flush each file and folder to disk with ``fsync`` before a write
+        counts as done.  Turn it off when a
+        :class:`~storage.durability.DurabilityBarrier` flushes instead.
     min_free_bytes:
         Free-space watermark used by :meth:`has_room_for`.
     """
@@ -95,29 +136,21 @@ class Spool:
         return self.free_bytes() - nbytes >= self.min_free_bytes
 
     # -- writing ---------------------------------------------------------
+    def open_temp(self) -> TempWriter:
+        """A new temporary file to write piece by piece."""
+        return TempWriter(self.tmp_dir / f"{uuid.uuid4().hex}.part", self.fsync)
+
     def write_temp(self, chunks: bytes | bytearray | memoryview | list[bytes]) -> SpooledFile:
-        """Write *chunks* to a new temporary file, fsync'd; return its path and hash."""
+        """Write *chunks* to a new temporary file; return its path and hash."""
         parts = chunks if isinstance(chunks, list) else [chunks]
-        digest = hashlib.sha256()
-        size = 0
-        path = self.tmp_dir / f"{uuid.uuid4().hex}.part"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        writer = self.open_temp()
         try:
             for part in parts:
-                view = memoryview(part)
-                digest.update(view)
-                size += len(view)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-            if self.fsync:
-                os.fsync(fd)
+                writer.write(part)
+            return writer.finish()
         except BaseException:
-            os.close(fd)
-            path.unlink(missing_ok=True)
+            writer.abort()
             raise
-        os.close(fd)
-        return SpooledFile(path, size, digest.hexdigest())
 
     def commit(self, spooled: SpooledFile, relative: str) -> Path:
         """Move a temporary file to its final *relative* path, atomically and durably."""
@@ -125,7 +158,13 @@ class Spool:
         folder = final.parent
         if not folder.is_dir():
             self._make_dirs(folder)
-        os.replace(spooled.temp_path, final)
+        try:
+            os.replace(spooled.temp_path, final)
+        except FileNotFoundError:
+            # Placed by an earlier attempt whose transaction was rolled back
+            # (temporary names are unique, so nobody else moved it).
+            if not final.exists():
+                raise
         if self.fsync:
             self._fsync_dir(folder)
         return final

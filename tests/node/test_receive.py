@@ -283,8 +283,9 @@ def test_unknown_peers_are_rejected(tmp_path: Path) -> None:
         assert echoscu(node.port, calling_ae="CT_SCANNER", called_ae="OTHER").returncode != 0
         assert echoscu(node.port, calling_ae="CT_SCANNER").returncode == 0
     log = node.log()
-    assert "rejected association from unknown peer 'INTRUDER'" in log
-    assert "rejected association from unknown peer 'ELSEWHERE'" in log
+    assert "unknown peer 'INTRUDER' at 127.0.0.1" in log
+    assert "unknown peer 'ELSEWHERE' at 127.0.0.1" in log
+    assert "called AE title 'OTHER' is not 'DICOM_NODE'" in log
 
 
 def test_open_node_warns_at_startup(node: NodeProcess) -> None:
