@@ -133,7 +133,7 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 def test_dockerfile_shape() -> None:
     ins = dockerfile_instructions()
-    by = {}
+    by: dict[str, list[str]] = {}
     for word, args in ins:
         by.setdefault(word, []).append(args)
     args_ = dict(a.split("=", 1) for a in by["ARG"] if "=" in a)
