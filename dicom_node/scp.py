@@ -30,8 +30,7 @@ from io import BytesIO
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
+from pydicom.dataset import Dataset
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -46,6 +45,7 @@ from dicom_node.dimse_command import (
     encode_response,
 )
 from dicom_node.errors import StoreRejected
+from dicom_node.file_meta import encode_file_meta
 from dicom_node.upper_layer import (
     A_ABORT,
     A_ASSOCIATE_RQ_TYPE,
@@ -69,7 +69,6 @@ __all__ = ["AssociationStats", "StorageSCP", "header_record", "routing_attribute
 
 LOGGER = logging.getLogger(__name__)
 
-_PREAMBLE = b"\x00" * 128 + b"DICM"
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 _MAX_INCOMING_PDU = 64 * 2**20
 """Hard cap on an incoming PDU body, whatever the peer claims (memory safety)."""
@@ -559,17 +558,12 @@ class _Association:
             self._writer = None  # a data set we do not keep (unexpected command)
             return
         cx = self.accepted[context_id]
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = cmd.affected_sop_class_uid or cx.abstract_syntax
-        meta.MediaStorageSOPInstanceUID = cmd.affected_sop_instance_uid or "0"
-        meta.TransferSyntaxUID = cx.transfer_syntax[0]
-        meta.ImplementationClassUID = "1.2.826.0.1.3680043.9.3811.3.0.4"
-        meta.ImplementationVersionName = "DICOM_NODE_01"
-        meta.SourceApplicationEntityTitle = self.stats.calling_ae[:16] or "UNKNOWN"
-        buf = BytesIO()
-        buf.write(_PREAMBLE)
-        write_file_meta_info(buf, meta, enforce_standard=True)
-        self._meta = buf.getvalue()
+        self._meta = encode_file_meta(
+            cmd.affected_sop_class_uid or str(cx.abstract_syntax),
+            cmd.affected_sop_instance_uid or "0",
+            str(cx.transfer_syntax[0]),
+            self.stats.calling_ae,
+        )
         try:
             self._writer = self.scp.store.spool.open_temp()
             self._writer.write(self._meta)
@@ -606,10 +600,7 @@ class _Association:
             if writer is None:
                 raise StoreRejected(st.OUT_OF_RESOURCES, "cannot write to the spool")
             spooled = writer.finish()
-            try:
-                outcome = self._record(cmd, context_id, spooled, head)
-            finally:
-                self.scp.store.spool.discard(spooled)
+            outcome = self._record(cmd, context_id, spooled, head)
         except StoreRejected as exc:
             if writer is not None:
                 writer.abort()
