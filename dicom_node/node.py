@@ -11,6 +11,8 @@ import threading
 from types import FrameType
 
 from dicom_node.config import Settings
+from dicom_node.logs import JsonFormatter
+from dicom_node.receivers import ReceiverPool
 from dicom_node.scp import StorageSCP
 from storage.db import Database
 from storage.durability import DurabilityBarrier, syncfs_available
@@ -22,7 +24,9 @@ __all__ = ["Node", "open_store"]
 LOGGER = logging.getLogger(__name__)
 
 
-def open_store(settings: Settings, *, upgrade: bool = True) -> ReceivedStore:
+def open_store(
+    settings: Settings, *, upgrade: bool = True, clean_temp: bool = True
+) -> ReceivedStore:
     """Open the database (running migrations) and the spool.
 
     With ``storage.fsync`` on, durability comes from a group-committed
@@ -44,7 +48,8 @@ def open_store(settings: Settings, *, upgrade: bool = True) -> ReceivedStore:
         fsync=durable and not use_barrier,
         min_free_bytes=settings.storage.min_free_disk_mb * 2**20,
     )
-    spool.clean_temp()
+    if clean_temp:  # only the main process, before anyone receives
+        spool.clean_temp()
     barrier = None
     if use_barrier:
         folders = [spool.root]
@@ -54,6 +59,10 @@ def open_store(settings: Settings, *, upgrade: bool = True) -> ReceivedStore:
     return ReceivedStore(
         db, spool, DuplicateAction(settings.node.duplicate_policy.value), barrier=barrier
     )
+
+
+def _json_logging() -> bool:
+    return any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)
 
 
 class Node:
@@ -68,11 +77,23 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = open_store(settings)
-        self.scp = StorageSCP(settings, self.store)
+        multi = settings.node.receivers > 1
+        self.scp = StorageSCP(settings, self.store, reuse_port=multi)
+        root = logging.getLogger()
+        self.receivers = ReceiverPool(
+            settings,
+            logging.getLevelName(root.level) if root.handlers else settings.log.level,
+            settings.log.json_format or _json_logging(),
+        )
         self._stop = threading.Event()
 
     def start(self) -> None:
-        """Start listening (non-blocking)."""
+        """Start listening (non-blocking), with the extra receiver processes.
+
+        The extra receivers come up first, so that once the port answers
+        every receiver is ready.
+        """
+        self.receivers.start()
         self.scp.start()
 
     def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
@@ -94,6 +115,10 @@ class Node:
 
     def stop(self) -> None:
         """Stop accepting, let associations finish (bounded), close the database."""
+        grace = self.settings.node.shutdown_grace.total_seconds()
+        stopper = threading.Thread(target=self.receivers.stop, args=(grace + 5,))
+        stopper.start()
         self.scp.shutdown()
+        stopper.join()
         self.store.db.dispose()
         LOGGER.info("stopped")

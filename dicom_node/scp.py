@@ -566,7 +566,8 @@ class _Association:
         )
         try:
             self._writer = self.scp.store.spool.open_temp()
-            self._writer.write(self._meta)
+            # The hash identifies the data set as sent; the meta we add is left out.
+            self._writer.write(self._meta, hashed=False)
         except OSError as exc:
             LOGGER.error("cannot create a spool file: %s", exc)
             if self._writer is not None:

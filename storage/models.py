@@ -95,6 +95,7 @@ class Instance(Base):
     """File path relative to the spool folder."""
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
+    """SHA-256 of the data set as received (the file meta the node adds is not included)."""
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     peer_address: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Connection
 
 from storage.db import Database
 from storage.durability import DurabilityBarrier
@@ -31,6 +31,9 @@ __all__ = ["DuplicateAction", "InstanceRecord", "ReceivedStore", "StoreOutcome",
 LOGGER = logging.getLogger(__name__)
 
 _ATTEMPTS = 5
+_TOUCH_INTERVAL_S = 1.0
+"""last_received_at of a study/series is refreshed at most this often (it drives
+quiet-period completion, which counts in tens of seconds)."""
 # PostgreSQL deadlock_detected / serialization_failure; SQLite "database is locked".
 _TRANSIENT_SQLSTATES = {"40P01", "40001"}
 
@@ -132,6 +135,10 @@ class ReceivedStore:
         self._ids_lock = threading.Lock()
         self._study_ids: dict[str, int] = {}
         self._series_ids: dict[str, int] = {}
+        self._touched: dict[str, float] = {}
+        self._insert_study = _insert_returning_id(db, Study)
+        self._insert_series = _insert_returning_id(db, Series)
+        self._insert_instance = _insert_returning_id(db, Instance)
 
     def store(self, record: InstanceRecord, spooled: SpooledFile) -> StoreResult:
         """Make *spooled* durable as *record*; returns what was done.
@@ -151,10 +158,9 @@ class ReceivedStore:
                     # A concurrent association inserted the same study/series/instance.
                     if attempt == _ATTEMPTS - 1:
                         raise
-                    with self._ids_lock:
-                        self._study_ids.pop(record.study_instance_uid, None)
-                        self._series_ids.pop(record.series_instance_uid, None)
+                    self._forget_ids(record)
                 except OperationalError as exc:
+                    self._forget_ids(record)
                     if attempt == _ATTEMPTS - 1 or not _is_transient(exc):
                         raise
                     LOGGER.debug("transient database error, retrying: %s", exc)
@@ -163,43 +169,52 @@ class ReceivedStore:
         finally:
             self.spool.discard(spooled)  # no-op once moved into place
 
+    def _forget_ids(self, record: InstanceRecord) -> None:
+        """Drop cached row ids after a rollback (the rows may not exist)."""
+        with self._ids_lock:
+            self._study_ids.pop(record.study_instance_uid, None)
+            self._series_ids.pop(record.series_instance_uid, None)
+
     def _store_once(self, record: InstanceRecord, spooled: SpooledFile) -> StoreResult:
         now = utcnow()
         rel = self.spool.relative_path(
             record.study_instance_uid, record.series_instance_uid, record.sop_instance_uid
         )
-        with self.db.session() as session:
-            existing = session.execute(
-                select(Instance.id, Instance.sha256, Instance.path).where(
-                    Instance.sop_instance_uid == record.sop_instance_uid
-                )
+        with self.db.engine.begin() as conn:
+            study_id = self._study_id(conn, record, now)
+            series_id = self._series_id(conn, record, study_id, now)
+            # One statement in the common case; a conflict means a re-sent instance.
+            inserted = conn.execute(
+                self._insert_instance,
+                {
+                    "sop_instance_uid": record.sop_instance_uid,
+                    "series_id": series_id,
+                    "sop_class_uid": record.sop_class_uid,
+                    "transfer_syntax_uid": record.transfer_syntax_uid,
+                    "instance_number": record.instance_number,
+                    "path": rel,
+                    "size_bytes": spooled.size_bytes,
+                    "sha256": spooled.sha256,
+                    "calling_ae": record.calling_ae,
+                    "peer_address": record.peer_address,
+                    "received_at": now,
+                    "receive_count": 1,
+                },
             ).first()
-            if existing is not None:
-                return self._duplicate(session, record, spooled, existing, now)
-            study_id = self._study_id(session, record, now)
-            series_id = self._series_id(session, record, study_id, now)
+            if inserted is None:
+                existing = conn.execute(
+                    select(Instance.id, Instance.sha256, Instance.path).where(
+                        Instance.sop_instance_uid == record.sop_instance_uid
+                    )
+                ).one()
+                return self._duplicate(conn, record, spooled, existing, now)
+            # The file is in place before the row becomes visible (commit).
             self.spool.commit(spooled, rel)
-            inst = Instance(
-                sop_instance_uid=record.sop_instance_uid,
-                series_id=series_id,
-                sop_class_uid=record.sop_class_uid,
-                transfer_syntax_uid=record.transfer_syntax_uid,
-                instance_number=record.instance_number,
-                path=rel,
-                size_bytes=spooled.size_bytes,
-                sha256=spooled.sha256,
-                calling_ae=record.calling_ae,
-                peer_address=record.peer_address,
-                received_at=now,
-                receive_count=1,
-            )
-            session.add(inst)
-            session.flush()
-            return StoreResult(StoreOutcome.STORED, inst.id, rel)
+            return StoreResult(StoreOutcome.STORED, int(inserted[0]), rel)
 
     def _duplicate(
         self,
-        session: Session,
+        conn: Connection,
         record: InstanceRecord,
         spooled: SpooledFile,
         existing: Any,
@@ -228,90 +243,103 @@ class ReceivedStore:
             outcome = StoreOutcome.REPLACED
         else:
             outcome = StoreOutcome.DUPLICATE_KEPT
-        session.execute(update(Instance).where(Instance.id == inst_id).values(**values))
-        self._touch(session, record, now)
+        conn.execute(update(Instance).where(Instance.id == inst_id).values(**values))
         return StoreResult(outcome, inst_id, rel)
 
-    def _touch(self, session: Session, record: InstanceRecord, now: datetime) -> None:
-        # Always study before series: every transaction locks rows in that order.
-        session.execute(
-            update(Study)
-            .where(Study.study_instance_uid == record.study_instance_uid)
-            .values(last_received_at=now)
-        )
-        session.execute(
-            update(Series)
-            .where(Series.series_instance_uid == record.series_instance_uid)
-            .values(last_received_at=now)
-        )
+    def _due(self, key: str, now_mono: float) -> bool:
+        """True when *key*'s last_received_at was not updated in the last second."""
+        with self._ids_lock:
+            last = self._touched.get(key, -1e9)
+            if now_mono - last < _TOUCH_INTERVAL_S:
+                return False
+            self._touched[key] = now_mono
+            return True
 
-    def _study_id(self, session: Session, record: InstanceRecord, now: datetime) -> int:
+    def _study_id(self, conn: Connection, record: InstanceRecord, now: datetime) -> int:
         uid = record.study_instance_uid
         with self._ids_lock:
             cached = self._study_ids.get(uid)
         if cached is not None:
-            session.execute(update(Study).where(Study.id == cached).values(last_received_at=now))
+            if self._due("study:" + uid, time.monotonic()):
+                conn.execute(
+                    update(Study).where(Study.id == cached).values(last_received_at=now)
+                )
             return cached
-        study_id = session.scalar(select(Study.id).where(Study.study_instance_uid == uid))
-        if study_id is None:
-            study = Study(
-                study_instance_uid=uid,
-                patient_id=record.patient_id,
-                patient_name=record.patient_name,
-                study_date=record.study_date,
-                accession_number=_clip(record.accession_number, 16),
-                study_description=_clip(record.study_description, 64),
-                first_received_at=now,
-                last_received_at=now,
+        row = conn.execute(
+            self._insert_study,
+            {
+                "study_instance_uid": uid,
+                "patient_id": _clip(record.patient_id, 64),
+                "patient_name": _clip(record.patient_name, 324),
+                "study_date": _clip(record.study_date, 8),
+                "accession_number": _clip(record.accession_number, 16),
+                "study_description": _clip(record.study_description, 64),
+                "first_received_at": now,
+                "last_received_at": now,
+            },
+        ).first()
+        if row is None:
+            study_id = int(
+                conn.execute(select(Study.id).where(Study.study_instance_uid == uid)).scalar_one()
             )
-            session.add(study)
-            session.flush()
-            study_id = study.id
+            conn.execute(update(Study).where(Study.id == study_id).values(last_received_at=now))
         else:
-            session.execute(update(Study).where(Study.id == study_id).values(last_received_at=now))
+            study_id = int(row[0])
         with self._ids_lock:
             self._study_ids[uid] = study_id
+            self._touched["study:" + uid] = time.monotonic()
         return study_id
 
     def _series_id(
-        self, session: Session, record: InstanceRecord, study_id: int, now: datetime
+        self, conn: Connection, record: InstanceRecord, study_id: int, now: datetime
     ) -> int:
         uid = record.series_instance_uid
         with self._ids_lock:
             cached = self._series_ids.get(uid)
         if cached is not None:
-            session.execute(update(Series).where(Series.id == cached).values(last_received_at=now))
+            if self._due("series:" + uid, time.monotonic()):
+                conn.execute(
+                    update(Series).where(Series.id == cached).values(last_received_at=now)
+                )
             return cached
-        series_id = session.scalar(select(Series.id).where(Series.series_instance_uid == uid))
-        if series_id is None:
-            series = Series(
-                series_instance_uid=uid,
-                study_id=study_id,
-                modality=_clip(record.modality, 16),
-                body_part_examined=_clip(record.body_part_examined, 64),
-                series_description=_clip(record.series_description, 64),
-                series_number=record.series_number,
-                manufacturer=_clip(record.manufacturer, 64),
-                manufacturer_model_name=_clip(record.manufacturer_model_name, 64),
-                calling_ae=record.calling_ae,
-                called_ae=record.called_ae,
-                peer_address=record.peer_address,
-                attributes=(
-                    record.attributes() if callable(record.attributes) else record.attributes
-                ),
-                first_received_at=now,
-                last_received_at=now,
-            )
-            session.add(series)
-            session.flush()
-            series_id = series.id
+        existing = conn.execute(
+            select(Series.id).where(Series.series_instance_uid == uid)
+        ).scalar_one_or_none()
+        if existing is not None:
+            conn.execute(update(Series).where(Series.id == existing).values(last_received_at=now))
         else:
-            session.execute(
-                update(Series).where(Series.id == series_id).values(last_received_at=now)
+            attrs = record.attributes() if callable(record.attributes) else record.attributes
+            row = conn.execute(
+                self._insert_series,
+                {
+                    "series_instance_uid": uid,
+                    "study_id": study_id,
+                    "modality": _clip(record.modality, 16),
+                    "body_part_examined": _clip(record.body_part_examined, 64),
+                    "series_description": _clip(record.series_description, 64),
+                    "series_number": record.series_number,
+                    "manufacturer": _clip(record.manufacturer, 64),
+                    "manufacturer_model_name": _clip(record.manufacturer_model_name, 64),
+                    "calling_ae": _clip(record.calling_ae, 16),
+                    "called_ae": _clip(record.called_ae, 16),
+                    "peer_address": _clip(record.peer_address, 64),
+                    "attributes": attrs,
+                    "first_received_at": now,
+                    "last_received_at": now,
+                },
+            ).first()
+            existing = None if row is None else int(row[0])
+        if existing is None:  # inserted concurrently by another association
+            existing = int(
+                conn.execute(
+                    select(Series.id).where(Series.series_instance_uid == uid)
+                ).scalar_one()
             )
+            conn.execute(update(Series).where(Series.id == existing).values(last_received_at=now))
         with self._ids_lock:
-            self._series_ids[uid] = series_id
-        return series_id
+            self._series_ids[uid] = existing
+            self._touched["series:" + uid] = time.monotonic()
+        return existing
 
     # -- queries for the admin ---------------------------------------------
     def study_summaries(self, limit: int = 100) -> list[dict[str, Any]]:
@@ -361,6 +389,16 @@ class ReceivedStore:
                 }
             )
         return list(studies.values())[:limit]
+
+
+def _insert_returning_id(db: Database, model: type[Any]) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` for the database's dialect."""
+    table = model.__table__
+    if db.is_sqlite:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    return dialect_insert(table).on_conflict_do_nothing().returning(table.c.id)
 
 
 def _clip(value: str | None, n: int) -> str | None:

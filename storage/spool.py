@@ -56,11 +56,13 @@ class TempWriter:
         self._digest = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Append *data*."""
+    def write(self, data: bytes | bytearray | memoryview, *, hashed: bool = True) -> None:
+        """Append *data*; ``hashed=False`` leaves it out of the content hash
+        (e.g. the file meta a receiver adds, which differs between senders)."""
         assert self._fd is not None, "writer already closed"
         view = memoryview(data)
-        self._digest.update(view)
+        if hashed:
+            self._digest.update(view)
         self.size += len(view)
         while view:
             written = os.write(self._fd, view)

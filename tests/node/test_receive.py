@@ -141,7 +141,7 @@ def test_every_shared_file_is_stored_byte_identical(
         assert dataset_sha256(f) in [dataset_sha256(p) for p in paths], uid
         assert inst.receive_count == len(paths)
         assert inst.size_bytes == f.stat().st_size
-        assert inst.sha256 == hashlib.sha256(f.read_bytes()).hexdigest()
+        assert inst.sha256 == dataset_sha256(f)[0]
         assert inst.transfer_syntax_uid == dataset_sha256(f)[1]
 
 
@@ -242,11 +242,12 @@ def _cli() -> list[str]:
     return [sys.executable, "-m", "dicom_node.cli"]
 
 
-def test_four_concurrent_associations(tmp_path: Path) -> None:
+@pytest.mark.parametrize("receivers", [1, 2])
+def test_four_concurrent_associations(tmp_path: Path, receivers: int) -> None:
     """Four storescu processes send overlapping parts of one series at once."""
     files = write_ct_series(tmp_path / "ct", n=120, rows=128, cols=128)
     parts = [files[k * 30 : k * 30 + 45] for k in range(4)]  # overlapping by 15
-    node = NodeProcess(tmp_path / "node", free_port())
+    node = NodeProcess(tmp_path / "node", free_port(), extra={"node": {"receivers": receivers}})
     with node:
         procs = [
             subprocess.Popen(
@@ -266,8 +267,11 @@ def test_four_concurrent_associations(tmp_path: Path) -> None:
     assert sum(i.receive_count for i in stored.values()) == sent
     for f in files:
         uid = str(dcmread(f, stop_before_pixels=True).SOPInstanceUID)
-        assert stored[uid].sha256 is not None
+        assert stored[uid].sha256 == dataset_sha256(f)[0]
         assert dataset_sha256(node.spool / stored[uid].path)[0] == dataset_sha256(f)[0]
+    assert "different content" not in node.log()  # same data set from another AE
+    if receivers > 1:
+        assert "receiver process 1 ready" in node.log()
 
 
 def test_unknown_peers_are_rejected(tmp_path: Path) -> None:
@@ -476,6 +480,6 @@ def test_signal_during_transfer_loses_nothing_acknowledged(tmp_path: Path, sig: 
             uid = uid_of[path]
             assert uid in stored, f"acknowledged {path} was lost"
             f = node.spool / stored[uid].path
-            assert hashlib.sha256(f.read_bytes()).hexdigest() == stored[uid].sha256
+            assert dataset_sha256(f)[0] == stored[uid].sha256
         # Nothing half-written is left where it could be mistaken for data.
         assert not list((node.spool / ".tmp").glob("*.part"))
