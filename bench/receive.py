@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"missing {tool}: run scripts/install-system-deps.sh", file=sys.stderr)
             return 2
 
-    console = Console()
+    console = Console(width=140)
     base = Path(tempfile.mkdtemp(prefix="bench-receive-"))
     n_ct, n_small = (60, 400) if args.quick else (300, 2000)
     series = {
