@@ -147,26 +147,32 @@ def volume_measurement(mask: np.ndarray, volume: Volume) -> Measurement:
     )
 
 
-def longest_diameter_mm(mask: np.ndarray, volume: Volume) -> float:
+def longest_diameter_mm(
+    mask: np.ndarray, spacing: np.ndarray, direction: np.ndarray | None = None
+) -> float:
     """Longest distance (mm) between voxel centres of a mask, in patient space.
 
-    Uses the convex hull of the voxel corners' centres (LPS), so it is exact
-    for the voxelised object and cheap for large ones.
+    Uses the convex hull of the voxel centres, so it is exact for the
+    voxelised object and cheap for large ones.
 
     Parameters
     ----------
     mask:
-        ``(k, i, j)`` boolean, on ``volume``'s grid (a crop is fine when
-        ``offset`` is folded into the caller's indices).
-    volume:
-        Supplies spacing and direction.
+        ``(k, i, j)`` boolean (a crop is fine: distances are relative).
+    spacing:
+        ``(3,)`` mm along the mask's axes.
+    direction:
+        ``(3, 3)`` unit column vectors of the axes (default: orthonormal
+        identity; any orthonormal direction gives the same distances).
     """
     idx = np.argwhere(mask)
     if len(idx) == 0:
         return 0.0
+    sp = np.asarray(spacing, dtype=float)
     if len(idx) == 1:
-        return float(np.min(volume.spacing))
-    pts = idx @ (volume.direction * np.asarray(volume.spacing)[None, :]).T
+        return float(np.min(sp))
+    d = np.eye(3) if direction is None else np.asarray(direction, dtype=float)
+    pts = idx @ (d * sp[None, :]).T
     try:
         from scipy.spatial import ConvexHull
 

@@ -24,7 +24,9 @@ How it works
    region of interest; inside it the nodule is the soft-tissue (HU > -400)
    part connected to the detection after a morphological opening whose
    radius is 0.4 times the nodule's estimated diameter (at most 5 mm),
-   which detaches vessels thinner than the nodule.  Each nodule is
+   which detaches vessels thinner than the nodule; candidates much longer
+   than their volume-equivalent diameter (tubular: vessels) or with less than
+   half of their surroundings lung air (hilum, heart border) are dropped.  Each nodule is
    its own segment with volume and longest diameter.
 
 Masks are returned on the volume's own ``(k, i, j)`` grid.
@@ -110,6 +112,15 @@ OPENING_FRACTION = 0.4
 MAX_OPENING_MM = 5.0
 """Largest opening radius (mm)."""
 
+MAX_ELONGATION = 1.5
+"""Candidates whose longest diameter exceeds this times their volume-equivalent
+diameter are tubular (vessels) and dropped; spheres give ~1.0, lobulated ~1.2."""
+
+MIN_AIR_RING = 0.5
+"""Least fraction of lung air (HU < -400) in a two-voxel ring around a nodule
+candidate; intrapulmonary nodules are mostly surrounded by air, hilar vessels
+and the heart border are not (juxtapleural nodules sit near 0.5)."""
+
 MAX_NODULE_DIAMETER_MM = 45.0
 """Coarse detections larger than this (volume-equivalent) are not nodules."""
 
@@ -153,6 +164,7 @@ class _Nodule:
     mask: np.ndarray
     offset: tuple[int, int, int]
     side: int
+    long_axis_mm: float = 0.0
 
 
 class CtLungsPipeline(Pipeline):
@@ -441,9 +453,7 @@ class CtLungsPipeline(Pipeline):
             full[sl] = n.mask
             mk = to_kij(full)
             site = CODES.RIGHT_LUNG if n.side == RIGHT else CODES.LEFT_LUNG
-            # longest diameter on the crop, in patient space (spacing/direction of the volume)
-            crop_kij = np.ascontiguousarray(orient.from_canonical(n.mask))
-            diam = longest_diameter_mm(crop_kij, volume)
+            diam = n.long_axis_mm
             add(
                 f"Nodule {i}",
                 mk,
@@ -501,7 +511,35 @@ class CtLungsPipeline(Pipeline):
         d_eq = (6.0 * float(mask.sum()) * vox / np.pi) ** (1 / 3)
         if d_eq < MIN_NODULE_DIAMETER_MM:
             return None
-        return _Nodule(mask=mask, offset=tuple(s.start for s in fsl), side=side)  # type: ignore[arg-type]
+        long_axis = longest_diameter_mm(mask, spacing)
+        if long_axis > MAX_ELONGATION * max(d_eq, MIN_NODULE_DIAMETER_MM):
+            logger.debug(
+                "dropped an elongated candidate (%.1f mm long, %.1f mm eq.)", long_axis, d_eq
+            )
+            return None  # tubular: a vessel, not a nodule
+        # the ring is taken on a crop padded beyond the region of interest, so that
+        # tissue the ROI cut off counts too
+        psl = tuple(
+            slice(max(c.start - 3, 0), min(c.stop + 3, n))
+            for c, n in zip(fsl, hu.shape, strict=False)
+        )
+        padded = np.zeros(tuple(c.stop - c.start for c in psl), bool)
+        padded[
+            tuple(
+                slice(c.start - q.start, c.stop - q.start) for c, q in zip(fsl, psl, strict=False)
+            )
+        ] = mask
+        ring = ndimage.binary_dilation(padded, _BALL, iterations=2) & ~padded
+        air = float((hu[psl][ring] < LUNG_AIR_HU).mean()) if ring.any() else 0.0
+        if air < MIN_AIR_RING:
+            logger.debug("dropped a candidate with %.0f%% air around it", 100 * air)
+            return None  # mostly surrounded by soft tissue: hilum, heart border, chest wall
+        return _Nodule(
+            mask=mask,
+            offset=tuple(s.start for s in fsl),
+            side=side,  # type: ignore[arg-type]
+            long_axis_mm=long_axis,
+        )
 
 
 def run_ct_lungs(volume: Volume, **options: Any) -> PipelineResult:

@@ -177,6 +177,7 @@ def make_chest_phantom(
     spacing: np.ndarray,
     n_nodules: int | None = None,
     thickness_mm: float | None = None,
+    nodule_diameters_mm: list[float] | None = None,
 ) -> Phantom:
     """Build one chest phantom on a ``shape`` grid with ``spacing`` (zyx mm).
 
@@ -193,6 +194,9 @@ def make_chest_phantom(
     thickness_mm:
         Reconstructed slice thickness for the slice-profile blur
         (default: the z spacing times 1-1.5).
+    nodule_diameters_mm:
+        Fixed nodule diameters (overrides ``n_nodules``; default: random,
+        log-uniform 3-30 mm).
 
     Returns
     -------
@@ -375,11 +379,15 @@ def make_chest_phantom(
 
     # Nodules: solid, spherical or lobulated, 3-30 mm, centred in a lung.
     nodules: list[NoduleSpec] = []
-    if n_nodules is None:
+    if nodule_diameters_mm is not None:
+        n_nodules = len(nodule_diameters_mm)
+    elif n_nodules is None:
         n_nodules = int(rng.choice([0, 1, 1, 2, 2, 3, 4]))
     lung_idx = np.argwhere(lung_any)
-    for _ in range(n_nodules if len(lung_idx) else 0):
+    for i_nod in range(n_nodules if len(lung_idx) else 0):
         d = float(np.exp(rng.uniform(np.log(3.0), np.log(30.0))))
+        if nodule_diameters_mm is not None:
+            d = float(nodule_diameters_mm[i_nod])
         c_idx = lung_idx[rng.integers(len(lung_idx))]
         c = (c_idx - (np.array(shape) - 1) / 2.0) * spacing
         rad = d / 2.0
@@ -536,6 +544,7 @@ def random_phantom(
     head_fraction: float = 0.15,
     n_nodules: int | None = None,
     shell_fraction: float = 0.0,
+    nodule_diameters_mm: list[float] | None = None,
 ) -> Phantom:
     """Draw a phantom with random geometry (spacing, field of view, kind).
 
@@ -551,6 +560,8 @@ def random_phantom(
         Probability of a head-like phantom instead of a chest.
     shell_fraction:
         Probability of a QA-phantom-like shell (:func:`make_shell_phantom`).
+    nodule_diameters_mm:
+        Passed to :func:`make_chest_phantom`.
     n_nodules:
         Passed to :func:`make_chest_phantom`.
     """
@@ -567,7 +578,13 @@ def random_phantom(
         return make_head_phantom(rng, shape, spacing)  # type: ignore[arg-type]
     if u < head_fraction + shell_fraction:
         return make_shell_phantom(rng, shape, spacing)  # type: ignore[arg-type]
-    return make_chest_phantom(rng, shape, spacing, n_nodules=n_nodules)  # type: ignore[arg-type]
+    return make_chest_phantom(
+        rng,
+        shape,
+        spacing,
+        n_nodules=n_nodules,
+        nodule_diameters_mm=nodule_diameters_mm,  # type: ignore[arg-type]
+    )
 
 
 def phantom_volume(

@@ -4,7 +4,7 @@ Reproduces ``ai_models/weights/ct_lungs.pt`` (a state dict) and
 ``ai_models/weights/ct_lungs.json`` (architecture, working spacing, label
 table, seed, steps, held-out metrics, sha256)::
 
-    python -m ai_models.training.train_ct_lungs --steps 1500 --seed 20240601
+    python -m ai_models.training.train_ct_lungs --steps 2200 --seed 20240601
 
 Everything random is drawn from generators seeded by ``--seed`` and torch is
 run with deterministic algorithms, so the same command on the same software
