@@ -53,6 +53,7 @@ __all__ = [
     "get_pipeline",
     "list_pipelines",
     "register_pipeline",
+    "unregister_pipeline",
     "tracking_uid",
     "volume_measurement",
 ]
@@ -91,6 +92,13 @@ def register_pipeline(
     if name in _BUILTIN:
         raise ValueError(f"pipeline {name!r} is already registered")
     _BUILTIN[name] = (factory, info)
+
+
+def unregister_pipeline(name: str) -> None:
+    """Remove a pipeline added with :func:`register_pipeline` (built-ins stay)."""
+    if name == CT_LUNGS:
+        raise ValueError(f"{name!r} is built in and cannot be removed")
+    _BUILTIN.pop(name, None)
 
 
 def list_pipelines(configured: Iterable[SegmentationSpec] = ()) -> list[PipelineInfo]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Iterator
 import time
 
 import highdicom as hd
@@ -11,7 +12,12 @@ import pydicom
 import pytest
 from click.testing import CliRunner
 
-from ai_models.pipelines import Pipeline, PipelineInfo, register_pipeline
+from ai_models.pipelines import (
+    Pipeline,
+    PipelineInfo,
+    register_pipeline,
+    unregister_pipeline,
+)
 from ai_models.types import Finding, Measurement, PipelineResult, Segment, Volume
 from dicom_node.analyze import SeriesStatus, analyze_paths
 from dicom_node.cli_analyze import analyze, pipelines
@@ -46,14 +52,17 @@ class _AnyModality(_Threshold):
     modalities = ()
 
 
-for _cls in (_Threshold, _AnyModality):
-    try:
+@pytest.fixture(autouse=True, scope="module")
+def _test_pipelines() -> Iterator[None]:
+    """Register the two test pipelines for this module only."""
+    for cls in (_Threshold, _AnyModality):
         register_pipeline(
-            _cls.name, lambda _c=_cls, **_o: _c(),
-            lambda _c=_cls: PipelineInfo(_c.name, _c.description, _c.modalities, _c.version),
+            cls.name, lambda _c=cls, **_o: _c(),
+            lambda _c=cls: PipelineInfo(_c.name, _c.description, _c.modalities, _c.version),
         )
-    except ValueError:  # registered by an earlier import of this module
-        pass
+    yield
+    for cls in (_Threshold, _AnyModality):
+        unregister_pipeline(cls.name)
 
 
 def test_analyze_paths_writes_and_skips(dicom_data: pathlib.Path, tmp_path) -> None:

@@ -1,0 +1,187 @@
+"""Analysis benchmark: time per stage and peak memory of a pipeline, end to end.
+
+For ``ct-lungs`` it writes a 300-slice 512x512 synthetic chest CT as a DICOM
+series (the same phantom family the demo model was trained on), then runs the
+offline path the node runs for a job -- read the series into a volume, run
+the pipeline (model load, preprocess, inference, postprocess), write SEG + SR
+-- and prints seconds and peak resident memory per stage, cold (first run in
+the process: model loading included) and warm.  On a machine with CUDA the
+pipeline runs on the GPU (``--device`` overrides) and GPU peak memory is
+reported too.
+
+Usage::
+
+    python -m bench.analyze [--device cpu] [--repeats 2] [--outputs seg,sr]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from rich.console import Console
+from rich.table import Table
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class PeakMemory:
+    """Samples the resident set size every few milliseconds; per-stage peaks."""
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        self.interval_s = interval_s
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_mb())
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> PeakMemory:
+        self.peak = _rss_mb()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mb())
+
+
+@contextmanager
+def stage(timings: dict[str, tuple[float, float]], name: str) -> Iterator[None]:
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - t0
+    timings[name] = (seconds, mem.peak)
+
+
+def write_ct_series(volume: object, folder: Path) -> list[Path]:
+    """Write a synthetic axial CT volume as a DICOM series (int16, HU rescale)."""
+    from ai_models.types import Volume
+
+    assert isinstance(volume, Volume)
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series, for_uid = generate_uid(), generate_uid(), generate_uid()
+    n, rows, cols = volume.shape
+    row_dir = volume.direction[:, 2]  # j axis: along a row
+    col_dir = volume.direction[:, 1]  # i axis: down a column
+    paths = []
+    for k in range(n):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, for_uid
+        ds.PatientName, ds.PatientID = "PHANTOM^CHEST", "PHANTOM01"
+        ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "20260101", "120000", ""
+        ds.ReferringPhysicianName, ds.StudyID = "", "1"
+        ds.Modality, ds.Manufacturer, ds.BodyPartExamined = "CT", "synthetic", "CHEST"
+        ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
+        ds.SeriesDescription = "synthetic chest phantom"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImagePositionPatient = [float(v) for v in volume.index_to_lps(np.array([k, 0, 0]))]
+        ds.ImageOrientationPatient = [float(v) for v in (*row_dir, *col_dir)]
+        ds.PixelSpacing = [float(volume.spacing[1]), float(volume.spacing[2])]
+        ds.SliceThickness = float(volume.spacing[0])
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = rows, cols
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
+        ds.PixelData = np.clip(np.rint(volume.array[k]), -1024, 3071).astype("<i2").tobytes()
+        path = folder / f"{k + 1:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pipeline", default="ct-lungs")
+    ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: automatic)")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--outputs", default="seg,sr")
+    args = ap.parse_args(argv)
+    if args.pipeline != "ct-lungs":
+        ap.error("only ct-lungs has a synthetic input generator so far")
+
+    import torch
+
+    from ai_models.pipelines import get_pipeline
+    from ai_models.training.evaluate import full_size_volume
+    from ai_models.volume import load_series
+    from dicom_node.results import parse_outputs, save_datasets, write_results
+
+    console = Console(width=140)
+    work = Path(tempfile.mkdtemp(prefix="bench-analyze-"))
+    console.print("writing a 300-slice 512x512 synthetic chest CT ...")
+    files = write_ct_series(full_size_volume(), work / "ct")
+    outputs = parse_outputs(args.outputs)
+    options = {"device": args.device} if args.device else {}
+
+    runs: list[dict[str, tuple[float, float]]] = []
+    device_name = "?"
+    for run in range(args.repeats):
+        timings: dict[str, tuple[float, float]] = {}
+        t_all = time.perf_counter()
+        with PeakMemory() as total_mem:
+            with stage(timings, "read"):
+                volume = load_series(files)
+            with stage(timings, "pipeline (load+infer)"):
+                pipe = get_pipeline(args.pipeline, **options)
+                pipe.check(volume)
+                result = pipe.run(volume)
+            with stage(timings, "write"):
+                datasets = write_results(result, outputs)
+                save_datasets(datasets, work / f"out{run}")
+        for name, seconds in result.timings.items():
+            timings[f"  {name}"] = (seconds, float("nan"))
+        timings["total"] = (time.perf_counter() - t_all, total_mem.peak)
+        runs.append(timings)
+        device_name = str(getattr(pipe, "device", options.get("device", "auto")))
+        console.print(f"run {run + 1}: {timings['total'][0]:.2f} s")
+
+    table = Table(title=f"{args.pipeline} on {len(files)} x 512x512 CT, device {device_name}")
+    table.add_column("stage")
+    for i in range(len(runs)):
+        label = "cold" if i == 0 else f"warm {i}"
+        table.add_column(f"{label} s", justify="right")
+        table.add_column(f"{label} peak RSS MB", justify="right")
+    for name in runs[0]:
+        row = [name]
+        for r in runs:
+            seconds, peak = r.get(name, (float("nan"), float("nan")))
+            row += [f"{seconds:.2f}", "" if peak != peak else f"{peak:.0f}"]
+        table.add_row(*row)
+    console.print(table)
+    if torch.cuda.is_available():
+        console.print(f"GPU peak memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MB "
+                      f"({torch.cuda.get_device_name()})")
+    console.print("indented rows: the pipeline's own stage timings (inside 'pipeline')")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
