@@ -28,7 +28,11 @@ err_console = Console(stderr=True)
 
 
 class _State:
-    """Shared by all sub-commands: where the config is and how to log."""
+    """Shared by all sub-commands: where the config is and how to log.
+
+    ``pipeline_specs`` gives the configured site models to ``analyze`` and
+    ``pipelines``.
+    """
 
     def __init__(self, config: Path | None, log_json: bool, verbose: bool) -> None:
         self.config_path = config
@@ -46,6 +50,10 @@ class _State:
             level = "DEBUG" if self.verbose else self._settings.log.level
             configure_logging(level, self.log_json or self._settings.log.json_format)
         return self._settings
+
+    @property
+    def pipeline_specs(self) -> list[object]:
+        return self.settings().pipeline_specs()
 
 
 pass_state = click.make_pass_decorator(_State)
@@ -93,6 +101,7 @@ def check_config(state: _State) -> None:
     console.print(f"  peers     {peers}", markup=False)
     console.print(f"  destinations {', '.join(d.name for d in settings.destinations) or 'none'}")
     console.print(f"  rules     {', '.join(r.name for r in settings.rules) or 'none'}")
+    console.print(f"  models    {', '.join(m.name for m in settings.models) or 'none'}")
 
 
 def _redact(url: str) -> str:

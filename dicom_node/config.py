@@ -41,6 +41,8 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "DestinationSettings",
     "DuplicatePolicy",
+    "ModelLabelSettings",
+    "ModelSettings",
     "NodeSettings",
     "PeerSettings",
     "RuleSettings",
@@ -186,6 +188,97 @@ class RuleSettings(_Section):
     fallback: bool = False
 
 
+Code = tuple[str, str, str]
+"""A coded concept in config: ``[code value, coding scheme designator, code meaning]``."""
+
+
+class ModelLabelSettings(_Section):
+    """One output label of a site model and its codes (PS3.3 C.8.20.2 Segment Description)."""
+
+    value: Annotated[int, Field(ge=1)]
+    label: Annotated[str, Field(min_length=1, max_length=64)]
+    category: Code
+    type: Code
+    anatomic_region: Code | None = None
+    measure_volume: bool = True
+
+
+class ModelSettings(_Section):
+    """``[[models]]``: a site's own segmentation model, plugged in with no code.
+
+    ``kind`` says how ``path`` is loaded: a TorchScript file, a MONAI bundle
+    folder (``configs/`` + ``models/``; only trusted bundles: MONAI evaluates
+    expressions in them) or a state dict for a built-in ``architecture``.
+    The model becomes a pipeline named ``name`` that rules can use.
+    """
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    kind: Literal["torchscript", "bundle", "state_dict"]
+    path: Path
+    labels: Annotated[list[ModelLabelSettings], Field(min_length=1)]
+    description: str = ""
+    modalities: list[str] = Field(default_factory=list)
+    version: str = "1"
+    spacing_mm: tuple[float, float, float] | None = None
+    orientation: Literal["source", "LPS", "RAS"] = "source"
+    normalization: Literal["window", "zscore", "none"] = "window"
+    window: tuple[float, float] | None = (-1000.0, 1000.0)
+    patch_size: tuple[int, int, int] = (96, 96, 96)
+    sw_batch_size: Annotated[int, Field(ge=1)] = 2
+    overlap: Annotated[float, Field(ge=0, lt=1)] = 0.25
+    output: Literal["argmax", "sigmoid"] = "argmax"
+    architecture: str | None = None
+    architecture_kwargs: dict[str, Any] = Field(default_factory=dict)
+    min_slices: Annotated[int, Field(ge=1)] = 1
+
+    @model_validator(mode="after")
+    def _architecture_for_state_dict(self) -> ModelSettings:
+        values = [lab.value for lab in self.labels]
+        if len(set(values)) != len(values):
+            raise ValueError(f"model {self.name!r}: label values must be unique")
+        return self
+
+    def to_spec(self, device: str | None = None) -> Any:
+        """The :class:`ai_models.pipelines.SegmentationSpec` this describes."""
+        from ai_models.pipelines.configured import LabelSpec, SegmentationSpec
+        from ai_models.types import CodedConcept
+
+        def code(c: Code | None) -> CodedConcept | None:
+            return None if c is None else CodedConcept(*c)
+
+        return SegmentationSpec(
+            name=self.name,
+            kind=self.kind,
+            path=self.path,
+            labels=[
+                LabelSpec(
+                    value=lab.value,
+                    label=lab.label,
+                    category=CodedConcept(*lab.category),
+                    type=CodedConcept(*lab.type),
+                    anatomic_region=code(lab.anatomic_region),
+                    measure_volume=lab.measure_volume,
+                )
+                for lab in self.labels
+            ],
+            description=self.description,
+            modalities=tuple(self.modalities),
+            version=self.version,
+            spacing_mm=self.spacing_mm,
+            orientation=self.orientation,
+            normalization=self.normalization,
+            window=self.window,
+            patch_size=self.patch_size,
+            sw_batch_size=self.sw_batch_size,
+            overlap=self.overlap,
+            output=self.output,
+            architecture=self.architecture,
+            architecture_kwargs=dict(self.architecture_kwargs),
+            min_slices=self.min_slices,
+            device=None if device in (None, "auto") else device,
+        )
+
+
 class WorkerSettings(_Section):
     """``[worker]``: the local worker pool."""
 
@@ -224,6 +317,7 @@ class Settings(BaseSettings):
     peers: list[PeerSettings] = Field(default_factory=list)
     destinations: list[DestinationSettings] = Field(default_factory=list)
     rules: list[RuleSettings] = Field(default_factory=list)
+    models: list[ModelSettings] = Field(default_factory=list)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     log: LogSettings = Field(default_factory=LogSettings)
@@ -252,6 +346,10 @@ class Settings(BaseSettings):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"destination names must be unique; repeated: {', '.join(dupes)}")
+        model_names = [m.name for m in self.models]
+        dupes = sorted({n for n in model_names if model_names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
         rule_names = [r.name for r in self.rules]
         dupes = sorted({n for n in rule_names if rule_names.count(n) > 1})
         if dupes:
@@ -282,7 +380,14 @@ class Settings(BaseSettings):
         for dest in self.destinations:
             if dest.path is not None and not dest.path.is_absolute():
                 dest.path = (base / dest.path).resolve()
+        for model in self.models:
+            if not model.path.is_absolute():
+                model.path = (base / model.path).resolve()
         return self
+
+    def pipeline_specs(self) -> list[Any]:
+        """The ``[[models]]`` as pipeline specs for :mod:`ai_models.pipelines`."""
+        return [m.to_spec(self.worker.device) for m in self.models]
 
 
 # The TOML file for the settings source; set only for the duration of load_settings.
