@@ -15,6 +15,8 @@ Equipment.  :func:`write_results` runs the writers a caller asked for;
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import os
 import pathlib
@@ -23,7 +25,12 @@ from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 
-from dicom_node.results.common import DEFAULT_SERIES_NUMBERS, OutputUIDs, device_uid
+from dicom_node.results.common import (
+    DEFAULT_SERIES_NUMBERS,
+    OutputUIDs,
+    device_uid,
+    with_type2_attributes,
+)
 from dicom_node.results.sc import SECONDARY_CAPTURE_SOP_CLASS_UID, write_sc
 from dicom_node.results.seg import SEGMENTATION_SOP_CLASS_UID, segment_number_map, write_seg
 from dicom_node.results.sr import COMPREHENSIVE_3D_SR_SOP_CLASS_UID, write_sr
@@ -133,6 +140,12 @@ def write_results(
 
     def fixed(kind: str) -> OutputUIDs:
         return uids.get(kind) or OutputUIDs()
+
+    sources = [with_type2_attributes(ds) for ds in result.volume.source_datasets]
+    if any(a is not b for a, b in zip(sources, result.volume.source_datasets)):
+        result = dataclasses.replace(
+            result, volume=dataclasses.replace(result.volume, source_datasets=sources)
+        )
 
     out: list[Dataset] = []
     seg_ds = None

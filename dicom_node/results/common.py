@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import highdicom as hd
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
@@ -310,3 +311,36 @@ def check_result(result: PipelineResult) -> None:
                 f"Finding {finding.tracking_id!r} refers to segment "
                 f"{finding.segment_number}, which the result does not have."
             )
+
+
+# Type 2 attributes of the Patient, General Study and Patient Study modules
+# (PS3.3 C.7.1.1, C.7.2.1) that every derived object copies from its source.
+# Real scanners omit some of them; the derived objects then carry them empty.
+_TYPE2_FROM_SOURCE = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def with_type2_attributes(ds: Dataset) -> Dataset:
+    """*ds*, or a shallow copy of it with missing Type 2 patient/study attributes empty.
+
+    The caller's dataset is never modified.
+    """
+    missing = [kw for kw in _TYPE2_FROM_SOURCE if kw not in ds]
+    if not missing:
+        return ds
+    copy = Dataset()
+    copy.update(ds)  # new element dict; Dataset(ds) and copy.copy(ds) would share it
+    if hasattr(ds, "file_meta"):
+        copy.file_meta = ds.file_meta
+    for kw in missing:
+        setattr(copy, kw, "")
+    return copy

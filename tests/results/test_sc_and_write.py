@@ -135,3 +135,26 @@ def test_series_description_and_codes() -> None:
     assert (code.value, code.scheme_designator, code.meaning) == ("39607008", "SCT", "Lung")
     with pytest.raises(TypeError):
         to_code("lung")  # type: ignore[arg-type]
+
+
+def test_sources_missing_type2_attributes(dicom_data, tmp_path) -> None:
+    """Real scanners omit Type 2 patient/study attributes; results are still written."""
+    import dataclasses
+
+    from ai_models.volume import load_series
+    from dicom_node.results import write_results
+    from tests.results.helpers import make_result
+
+    vol = load_series(dicom_data / "dcm_qa_ct/Philips_Ingenuity_headphantom_5mm")
+    for ds in vol.source_datasets:
+        for kw in ("PatientBirthDate", "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+            if kw in ds:
+                delattr(ds, kw)
+    result = make_result(vol)
+    before = [kw in vol.source_datasets[0] for kw in ("PatientBirthDate", "StudyID")]
+    out = write_results(result, "seg,sr")
+    assert [ds.Modality for ds in out][:2] == ["SEG", "SR"]
+    assert out[0].PatientBirthDate == "" and out[0].StudyID == ""
+    # the caller's datasets are untouched
+    assert [kw in vol.source_datasets[0] for kw in ("PatientBirthDate", "StudyID")] == before
+    assert dataclasses.is_dataclass(result)
