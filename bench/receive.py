@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="smaller series (smoke run)")
     ap.add_argument("--only", default="", help="comma-separated receivers to run")
+    ap.add_argument("--series", default="ct,small", help="which series: ct, small or both")
     ap.add_argument("--receivers", type=int, default=0,
                     help="dicom-node receiver processes (default: config default)")
     args = ap.parse_args(argv)
@@ -203,10 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=140)
     base = Path(tempfile.mkdtemp(prefix="bench-receive-"))
     n_ct, n_small = (60, 400) if args.quick else (300, 2000)
-    series = {
-        f"{n_ct} CT 512x512": write_ct_series(base / "ct", n=n_ct, rows=512, cols=512),
-        f"{n_small} small 64x64": write_ct_series(base / "small", n=n_small, rows=64, cols=64),
-    }
+    wanted_series = {x.strip() for x in args.series.split(",")}
+    series = {}
+    if "ct" in wanted_series:
+        series[f"{n_ct} CT 512x512"] = write_ct_series(base / "ct", n=n_ct, rows=512, cols=512)
+    if "small" in wanted_series:
+        series[f"{n_small} small 64x64"] = write_ct_series(
+            base / "small", n=n_small, rows=64, cols=64
+        )
     recv_kw = {"receivers": args.receivers} if args.receivers else {}
     receivers = {
         "dicom-node": lambda w: dicom_node(w, fsync=True, **recv_kw),

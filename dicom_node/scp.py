@@ -26,11 +26,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from io import BytesIO
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -46,6 +44,7 @@ from dicom_node.dimse_command import (
 )
 from dicom_node.errors import StoreRejected
 from dicom_node.file_meta import encode_file_meta
+from dicom_node.header import header_record, parse_header, routing_attributes
 from dicom_node.upper_layer import (
     A_ABORT,
     A_ASSOCIATE_RQ_TYPE,
@@ -65,7 +64,13 @@ from dicom_node.upper_layer import (
 from storage.received import DuplicateAction, InstanceRecord, ReceivedStore, StoreOutcome
 from storage.spool import TempWriter
 
-__all__ = ["AssociationStats", "StorageSCP", "header_record", "routing_attributes"]
+__all__ = [
+    "AssociationStats",
+    "StorageSCP",
+    "header_record",
+    "routing_attributes",
+    "supported_contexts",
+]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -75,9 +80,6 @@ _MAX_INCOMING_PDU = 64 * 2**20
 _PARSE_IN_MEMORY = 16 * 2**20
 """Data sets up to this size are parsed from memory, larger ones from the temp file."""
 
-# Attributes kept as JSON on the series row, for routing rules on any keyword.
-_SKIP_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN", "SQ", "PN"}
-_KEEP_PATIENT = {0x00101010, 0x00100040, 0x00101020, 0x00101030}  # age, sex, size, weight
 
 
 @dataclass
@@ -93,117 +95,6 @@ class AssociationStats:
     failures: int = 0
     bytes: int = 0
     outcome: str = "open"
-
-
-# -- header -> record -------------------------------------------------------------
-
-
-def _value(ds: Dataset, keyword: str) -> Any:
-    try:
-        value = ds.get(keyword)
-    except Exception:  # a malformed element: treat as absent
-        return None
-    if value is None or value == "":
-        return None
-    return value
-
-
-def _text(ds: Dataset, keyword: str) -> str | None:
-    value = _value(ds, keyword)
-    return None if value is None else str(value).strip() or None
-
-
-def _int(ds: Dataset, keyword: str) -> int | None:
-    value = _value(ds, keyword)
-    try:
-        return None if value is None else int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return [_json_value(v) for v in value]
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float, str)):
-        if isinstance(value, float) and value != value:  # NaN
-            return None
-        return value.strip() if isinstance(value, str) else value
-    if isinstance(value, bytes):
-        return None
-    try:
-        number = float(value)
-        return int(number) if number.is_integer() and "." not in str(value) else number
-    except (TypeError, ValueError):
-        return str(value).strip()
-
-
-def routing_attributes(ds: Dataset) -> dict[str, Any]:
-    """Non-pixel, non-sequence attributes of *ds* by keyword, as JSON values.
-
-    Person names and patient identifiers other than age, sex, size and
-    weight are left out (they stay in the study row only).
-    """
-    out: dict[str, Any] = {}
-    for elem in ds:
-        try:
-            if elem.tag.group == 0x0010 and int(elem.tag) not in _KEEP_PATIENT:
-                continue
-            if elem.VR in _SKIP_VRS or not elem.keyword or elem.tag.is_private:
-                continue
-            value = elem.value
-            if value is None or value == "":
-                continue
-            jv = _json_value(value)
-            if isinstance(jv, str) and len(jv) > 256:
-                continue
-            out[elem.keyword] = jv
-        except Exception:  # malformed value: skip it, never fail the store for it
-            continue
-    return out
-
-
-def header_record(ds: Dataset, transfer_syntax_uid: str) -> InstanceRecord:
-    """Build an :class:`InstanceRecord` from a parsed header.
-
-    Raises
-    ------
-    StoreRejected
-        ``MISSING_UID`` when Study, Series, SOP Instance or SOP Class UID is
-        missing, empty or longer than 64 characters (PS3.5 9.1).
-    """
-    uids = {
-        kw: _text(ds, kw)
-        for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
-    }
-    missing = [kw for kw, v in uids.items() if not v]
-    if missing:
-        raise StoreRejected(st.MISSING_UID, f"missing or empty {', '.join(missing)}")
-    too_long = [kw for kw, v in uids.items() if v and len(v) > 64]
-    if too_long:
-        raise StoreRejected(st.MISSING_UID, f"{', '.join(too_long)} longer than 64 characters")
-    patient_name = _value(ds, "PatientName")
-    return InstanceRecord(
-        study_instance_uid=uids["StudyInstanceUID"] or "",
-        series_instance_uid=uids["SeriesInstanceUID"] or "",
-        sop_instance_uid=uids["SOPInstanceUID"] or "",
-        sop_class_uid=uids["SOPClassUID"] or "",
-        transfer_syntax_uid=transfer_syntax_uid,
-        instance_number=_int(ds, "InstanceNumber"),
-        modality=_text(ds, "Modality"),
-        body_part_examined=_text(ds, "BodyPartExamined"),
-        series_description=_text(ds, "SeriesDescription"),
-        series_number=_int(ds, "SeriesNumber"),
-        manufacturer=_text(ds, "Manufacturer"),
-        manufacturer_model_name=_text(ds, "ManufacturerModelName"),
-        patient_id=_text(ds, "PatientID"),
-        patient_name=None if patient_name is None else str(patient_name),
-        study_date=_text(ds, "StudyDate"),
-        accession_number=_text(ds, "AccessionNumber"),
-        study_description=_text(ds, "StudyDescription"),
-        attributes=lambda: routing_attributes(ds),
-    )
 
 
 # -- peers ---------------------------------------------------------------------------
@@ -630,7 +521,7 @@ class _Association:
         ts_uid = str(self.accepted[context_id].transfer_syntax[0])
         try:
             if self._data_size <= _PARSE_IN_MEMORY:
-                ds = dcmread(BytesIO(self._meta + b"".join(head)), stop_before_pixels=True)
+                ds = parse_header(b"".join(head), ts_uid)
             else:
                 ds = dcmread(spooled.temp_path, stop_before_pixels=True)
         except Exception as exc:
