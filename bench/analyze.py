@@ -26,10 +26,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 from rich.console import Console
 from rich.table import Table
+
+from bench.synthetic import ct_slice
 
 
 def _rss_mb() -> float:
@@ -74,42 +75,26 @@ def stage(timings: dict[str, tuple[float, float]], name: str) -> Iterator[None]:
     timings[name] = (seconds, mem.peak)
 
 
-def write_ct_series(volume: object, folder: Path) -> list[Path]:
-    """Write a synthetic axial CT volume as a DICOM series (int16, HU rescale)."""
+def write_volume_series(volume: object, folder: Path) -> list[Path]:
+    """Write a synthetic axial CT volume as a DICOM series (int16, HU)."""
     from ai_models.types import Volume
 
     assert isinstance(volume, Volume)
     folder.mkdir(parents=True, exist_ok=True)
     study, series, for_uid = generate_uid(), generate_uid(), generate_uid()
-    n, rows, cols = volume.shape
-    row_dir = volume.direction[:, 2]  # j axis: along a row
-    col_dir = volume.direction[:, 1]  # i axis: down a column
+    orientation = [float(v) for v in (*volume.direction[:, 2], *volume.direction[:, 1])]
     paths = []
-    for k in range(n):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, for_uid
-        ds.PatientName, ds.PatientID = "PHANTOM^CHEST", "PHANTOM01"
-        ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "20260101", "120000", ""
-        ds.ReferringPhysicianName, ds.StudyID = "", "1"
-        ds.Modality, ds.Manufacturer, ds.BodyPartExamined = "CT", "synthetic", "CHEST"
-        ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
-        ds.SeriesDescription = "synthetic chest phantom"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImagePositionPatient = [float(v) for v in volume.index_to_lps(np.array([k, 0, 0]))]
-        ds.ImageOrientationPatient = [float(v) for v in (*row_dir, *col_dir)]
-        ds.PixelSpacing = [float(volume.spacing[1]), float(volume.spacing[2])]
-        ds.SliceThickness = float(volume.spacing[0])
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows, ds.Columns = rows, cols
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
-        ds.PixelData = np.clip(np.rint(volume.array[k]), -1024, 3071).astype("<i2").tobytes()
+    for k in range(volume.shape[0]):
+        ds = ct_slice(
+            np.clip(np.rint(volume.array[k]), -1024, 3071),
+            study_uid=study, series_uid=series, frame_of_reference_uid=for_uid,
+            instance_number=k + 1,
+            position=[float(v) for v in volume.index_to_lps(np.array([k, 0, 0]))],
+            orientation=orientation,
+            pixel_spacing=[float(volume.spacing[1]), float(volume.spacing[2])],
+            slice_thickness=float(volume.spacing[0]),
+            description="synthetic chest phantom", body_part="CHEST",
+        )
         path = folder / f"{k + 1:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
@@ -136,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=140)
     work = Path(tempfile.mkdtemp(prefix="bench-analyze-"))
     console.print("writing a 300-slice 512x512 synthetic chest CT ...")
-    files = write_ct_series(full_size_volume(), work / "ct")
+    files = write_volume_series(full_size_volume(), work / "ct")
     outputs = parse_outputs(args.outputs)
     options = {"device": args.device} if args.device else {}
 

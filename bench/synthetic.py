@@ -13,7 +13,55 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-__all__ = ["write_ct_series"]
+__all__ = ["ct_slice", "write_ct_series"]
+
+
+def ct_slice(
+    pixels: np.ndarray,
+    *,
+    study_uid: str,
+    series_uid: str,
+    frame_of_reference_uid: str,
+    instance_number: int,
+    position: list[float],
+    orientation: list[float],
+    pixel_spacing: list[float],
+    slice_thickness: float,
+    description: str,
+    modality: str = "CT",
+    body_part: str | None = None,
+) -> Dataset:
+    """One CT Image Storage instance (PS3.3 A.3) holding int16 *pixels* in HU."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.FrameOfReferenceUID = frame_of_reference_uid
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
+        "SYNTHETIC^PHANTOM", "SYNTH0001", "", "O"
+    )
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "20260101", "120000", ""
+    ds.ReferringPhysicianName, ds.StudyID = "", "1"
+    ds.Modality, ds.Manufacturer = modality, "dicom-node synthetic"
+    if body_part:
+        ds.BodyPartExamined = body_part
+    ds.SeriesDescription, ds.SeriesNumber = description, 1
+    ds.InstanceNumber = instance_number
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.ImagePositionPatient = position
+    ds.ImageOrientationPatient = orientation
+    ds.PixelSpacing = pixel_spacing
+    ds.SliceThickness = slice_thickness
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<i2").tobytes()
+    return ds
 
 
 def write_ct_series(
@@ -32,37 +80,13 @@ def write_ct_series(
     base = rng.integers(-1000, 1500, size=(rows, cols), dtype=np.int16)
     paths: list[Path] = []
     for k in range(n):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.FrameOfReferenceUID = for_uid
-        ds.PatientName = "SYNTHETIC^BENCH"
-        ds.PatientID = "SYNTH0001"
-        ds.StudyDate = "20260101"
-        ds.Modality = modality
-        ds.Manufacturer = "dicom-node synthetic"
-        ds.SeriesDescription = f"synthetic {rows}x{cols}x{n}"
-        ds.SeriesNumber = 1
-        ds.InstanceNumber = k + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImagePositionPatient = [-0.5 * cols, -0.5 * rows, float(k)]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [1.0, 1.0]
-        ds.SliceThickness = 1.0
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = rows, cols
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-        ds.PixelRepresentation = 1
-        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
-        ds.PixelData = np.roll(base, k, axis=0).tobytes()
+        ds = ct_slice(
+            np.roll(base, k, axis=0),
+            study_uid=study_uid, series_uid=series_uid, frame_of_reference_uid=for_uid,
+            instance_number=k + 1, position=[-0.5 * cols, -0.5 * rows, float(k)],
+            orientation=[1, 0, 0, 0, 1, 0], pixel_spacing=[1.0, 1.0], slice_thickness=1.0,
+            description=f"synthetic {rows}x{cols}x{n}", modality=modality,
+        )
         path = folder / f"{k + 1:05d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
