@@ -4,7 +4,8 @@ Generates a 300-instance 512x512 CT series and a 2,000-instance 64x64 series,
 sends each with DCMTK ``storescu`` (one association, and four in parallel) to
 each receiver, and prints instances/s, MB/s and the ratio to each peer.
 Every DCMTK tool and Orthanc run with ``TCP_NODELAY=1``.  Each receiver starts
-fresh (empty storage) for every run; start-up is not timed; the median of
+fresh (empty storage) for every run, after ``sync`` (so that none pays for the
+write-back of what ran before it); start-up is not timed; the median of
 ``--runs`` runs is reported.
 
 Usage::
@@ -232,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
                     work = base / "run" / f"{rname}-{sname}-{assoc}-{run}".replace(" ", "_")
                     work.mkdir(parents=True)
                     with factory(work) as (port, aet):
+                        # Start every run with nothing dirty in the page cache, so that no
+                        # receiver pays for writing back what the previous one wrote.
+                        os.sync()
                         times.append(send(port, aet, files, assoc))
                     shutil.rmtree(work, ignore_errors=True)
                 t = statistics.median(times)
