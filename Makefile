@@ -20,14 +20,16 @@ system-deps:
 run: setup
 	$(VENV)/bin/dicom-node --config config.toml serve
 
-test: setup system-deps
+test: setup system-deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup system-deps
-	$(PY) bench/receive.py
+	$(PY) -m bench.receive
+	$(PY) -m bench.analyze
 
 lint: setup
 	$(VENV)/bin/ruff check dicom_node ai_models storage tests bench
+	$(VENV)/bin/mypy dicom_node storage ai_models
 
 clean:
 	rm -rf var .pytest_cache test-artifacts

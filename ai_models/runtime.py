@@ -455,7 +455,7 @@ def run_network(
                 out = out[0]
             if any(pad):
                 out = out[(slice(None), slice(None)) + tuple(slice(0, int(n)) for n in spatial)]
-    return out.float().to(output_device)
+    return out.float().to(output_device)  # type: ignore[union-attr]
 
 
 class StageTimer:

@@ -87,13 +87,16 @@ def write_volume_series(volume: object, folder: Path) -> list[Path]:
     for k in range(volume.shape[0]):
         ds = ct_slice(
             np.clip(np.rint(volume.array[k]), -1024, 3071),
-            study_uid=study, series_uid=series, frame_of_reference_uid=for_uid,
+            study_uid=study,
+            series_uid=series,
+            frame_of_reference_uid=for_uid,
             instance_number=k + 1,
             position=[float(v) for v in volume.index_to_lps(np.array([k, 0, 0]))],
             orientation=orientation,
             pixel_spacing=[float(volume.spacing[1]), float(volume.spacing[2])],
             slice_thickness=float(volume.spacing[0]),
-            description="synthetic chest phantom", body_part="CHEST",
+            description="synthetic chest phantom",
+            body_part="CHEST",
         )
         path = folder / f"{k + 1:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
@@ -161,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(*row)
     console.print(table)
     if torch.cuda.is_available():
-        console.print(f"GPU peak memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MB "
-                      f"({torch.cuda.get_device_name()})")
+        console.print(
+            f"GPU peak memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MB "
+            f"({torch.cuda.get_device_name()})"
+        )
     console.print("indented rows: the pipeline's own stage timings (inside 'pipeline')")
     shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -79,10 +79,10 @@ host = "127.0.0.1"
 port = {port}
 receivers = {receivers}
 [storage]
-spool_dir = "{work / 'spool'}"
-database_url = "sqlite:///{work / 'node.db'}"
+spool_dir = "{work / "spool"}"
+database_url = "sqlite:///{work / "node.db"}"
 min_free_disk_mb = 0
-fsync = {'true' if fsync else 'false'}
+fsync = {"true" if fsync else "false"}
 [worker]
 concurrency = 0
 [web]
@@ -93,7 +93,9 @@ level = "WARNING"
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "dicom_node.cli", "-c", str(cfg), "serve"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=(work / "node.log").open("wb"),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=(work / "node.log").open("wb"),
     )
     try:
         wait_port(port)
@@ -110,7 +112,9 @@ def storescp(work: Path) -> Iterator[tuple[int, str]]:
     out.mkdir()
     proc = subprocess.Popen(
         ["storescp", "--fork", "-aet", "STORESCP", "-od", str(out), str(port)],
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_port(port)
@@ -140,7 +144,9 @@ def orthanc(work: Path) -> Iterator[tuple[int, str]]:
     path = work / "orthanc.json"
     path.write_text(json.dumps(cfg))
     proc = subprocess.Popen(
-        ["Orthanc", str(path)], env=ENV, stdout=subprocess.DEVNULL,
+        ["Orthanc", str(path)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
         stderr=(work / "orthanc.log").open("wb"),
     )
     try:
@@ -163,7 +169,9 @@ def send(port: int, aet: str, files: list[Path], associations: int) -> float:
     procs = [
         subprocess.Popen(
             ["storescu", "-aec", aet, "127.0.0.1", str(port), *map(str, part)],
-            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         for part in parts
     ]
@@ -194,8 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller series (smoke run)")
     ap.add_argument("--only", default="", help="comma-separated receivers to run")
     ap.add_argument("--series", default="ct,small", help="which series: ct, small or both")
-    ap.add_argument("--receivers", type=int, default=0,
-                    help="dicom-node receiver processes (default: config default)")
+    ap.add_argument(
+        "--receivers",
+        type=int,
+        default=0,
+        help="dicom-node receiver processes (default: config default)",
+    )
     args = ap.parse_args(argv)
     for tool in ("storescu", "storescp", "Orthanc"):
         if shutil.which(tool) is None:
@@ -242,17 +254,29 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(Row(rname, sname, assoc, t, len(files), mb))
                 console.print(f"  {rname:22s} {sname:18s} x{assoc}: {t:6.2f} s")
 
-    table = Table(title="C-STORE receive, storescu sender, median of %d runs" % args.runs)
-    for col in ("series", "assoc", "receiver", "seconds", "inst/s", "MB/s",
-                "vs storescp", "vs Orthanc"):
+    table = Table(title=f"C-STORE receive, storescu sender, median of {args.runs} runs")
+    for col in (
+        "series",
+        "assoc",
+        "receiver",
+        "seconds",
+        "inst/s",
+        "MB/s",
+        "vs storescp",
+        "vs Orthanc",
+    ):
         table.add_column(col, justify="right" if col not in ("series", "receiver") else "left")
     ref = {(r.receiver, r.series, r.associations): r.seconds for r in rows}
     for r in rows:
         scp = ref.get(("storescp", r.series, r.associations))
         orth = ref.get(("Orthanc", r.series, r.associations))
         table.add_row(
-            r.series, str(r.associations), r.receiver, f"{r.seconds:.2f}",
-            f"{r.instances / r.seconds:.0f}", f"{r.megabytes / r.seconds:.1f}",
+            r.series,
+            str(r.associations),
+            r.receiver,
+            f"{r.seconds:.2f}",
+            f"{r.instances / r.seconds:.0f}",
+            f"{r.megabytes / r.seconds:.1f}",
             f"{scp / r.seconds:.2f}x" if scp else "-",
             f"{orth / r.seconds:.2f}x" if orth else "-",
         )

@@ -42,7 +42,10 @@ def ct_slice(
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
     ds.FrameOfReferenceUID = frame_of_reference_uid
     ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
-        "SYNTHETIC^PHANTOM", "SYNTH0001", "", "O"
+        "SYNTHETIC^PHANTOM",
+        "SYNTH0001",
+        "",
+        "O",
     )
     ds.StudyDate, ds.StudyTime, ds.AccessionNumber = "20260101", "120000", ""
     ds.ReferringPhysicianName, ds.StudyID = "", "1"
@@ -82,10 +85,16 @@ def write_ct_series(
     for k in range(n):
         ds = ct_slice(
             np.roll(base, k, axis=0),
-            study_uid=study_uid, series_uid=series_uid, frame_of_reference_uid=for_uid,
-            instance_number=k + 1, position=[-0.5 * cols, -0.5 * rows, float(k)],
-            orientation=[1, 0, 0, 0, 1, 0], pixel_spacing=[1.0, 1.0], slice_thickness=1.0,
-            description=f"synthetic {rows}x{cols}x{n}", modality=modality,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            frame_of_reference_uid=for_uid,
+            instance_number=k + 1,
+            position=[-0.5 * cols, -0.5 * rows, float(k)],
+            orientation=[1, 0, 0, 0, 1, 0],
+            pixel_spacing=[1.0, 1.0],
+            slice_thickness=1.0,
+            description=f"synthetic {rows}x{cols}x{n}",
+            modality=modality,
         )
         path = folder / f"{k + 1:05d}.dcm"
         ds.save_as(path, enforce_file_format=True)

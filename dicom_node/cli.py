@@ -96,7 +96,9 @@ def check_config(state: _State) -> None:
     console.print(f"[green]configuration OK[/] ({source})")
     n = settings.node
     console.print(f"  node      {n.ae_title} on {n.host}:{n.port}")
-    console.print(f"  storage   {settings.storage.spool_dir}  {_redact(settings.storage.database_url)}")
+    console.print(
+        f"  storage   {settings.storage.spool_dir}  {_redact(settings.storage.database_url)}"
+    )
     peers = str(len(settings.peers)) if settings.peers else "any (no [[peers]] configured)"
     console.print(f"  peers     {peers}", markup=False)
     console.print(f"  destinations {', '.join(d.name for d in settings.destinations) or 'none'}")
@@ -191,8 +193,18 @@ def studies(state: _State, limit: int) -> None:
     store = open_store(settings)
     rows = store.study_summaries(limit)
     table = Table(title=f"received studies ({len(rows)})")
-    for col in ("study", "date", "description", "series", "mod", "series description",
-                "from", "inst", "MB", "last received"):
+    for col in (
+        "study",
+        "date",
+        "description",
+        "series",
+        "mod",
+        "series description",
+        "from",
+        "inst",
+        "MB",
+        "last received",
+    ):
         table.add_column(col, overflow="fold")
     for study in rows:
         first = True

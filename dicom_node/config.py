@@ -183,7 +183,9 @@ class RuleSettings(_Section):
     destinations: list[str] = Field(default_factory=list)
     trigger: Literal["series", "study"] = "series"
     quiet_period_s: Annotated[float, Field(ge=0)] = 30.0
-    outputs: list[Literal["seg", "sr", "sc"]] = Field(default_factory=lambda: ["seg", "sr"])
+    outputs: list[Literal["seg", "sr", "sc"]] = Field(
+        default_factory=lambda: ["seg", "sr"]  # type: ignore[arg-type,return-value]
+    )
     priority: int = 0
     fallback: bool = False
 

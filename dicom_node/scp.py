@@ -81,7 +81,6 @@ _PARSE_IN_MEMORY = 16 * 2**20
 """Data sets up to this size are parsed from memory, larger ones from the temp file."""
 
 
-
 @dataclass
 class AssociationStats:
     """Counters for one association, logged as a summary line at its end."""
@@ -194,7 +193,11 @@ class StorageSCP:
         self._accept_thread.start()
         LOGGER.info(
             "listening as %s on %s:%d (max PDU %d, max associations %d)",
-            node.ae_title, node.host, self.port, node.max_pdu, node.max_associations,
+            node.ae_title,
+            node.host,
+            self.port,
+            node.max_pdu,
+            node.max_associations,
         )
 
     @property
@@ -279,7 +282,9 @@ class _Association:
         self.stats = AssociationStats(peer=f"{addr[0]}:{addr[1]}")
         self.established = False
         self.accepted: dict[int, PresentationContext] = {}
-        self.thread = threading.Thread(target=self.run, name=f"assoc-{addr[0]}:{addr[1]}", daemon=True)
+        self.thread = threading.Thread(
+            target=self.run, name=f"assoc-{addr[0]}:{addr[1]}", daemon=True
+        )
         self._closed = False
         self._send_lock = threading.Lock()
         # message being received
@@ -326,7 +331,7 @@ class _Association:
         except PeerClosed:
             if self.established and self.stats.outcome == "open":
                 self.stats.outcome = "closed by peer"
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             LOGGER.warning("association with %s timed out; aborting", self.stats.peer)
             self.abort()
         except PduError as exc:
@@ -375,7 +380,9 @@ class _Association:
         self.established = True
         LOGGER.info(
             "association from %s at %s (%d presentation contexts accepted)",
-            calling, self.stats.peer, len(self.accepted),
+            calling,
+            self.stats.peer,
+            len(self.accepted),
         )
         return True
 
@@ -393,8 +400,9 @@ class _Association:
                     self._on_pdv(context_id, mch, data)
             elif pdu_type == A_RELEASE_RQ:
                 if self._cmd is not None:
-                    LOGGER.warning("release requested in the middle of a message from %s",
-                                   self.stats.peer)
+                    LOGGER.warning(
+                        "release requested in the middle of a message from %s", self.stats.peer
+                    )
                 self.send(release_rp_pdu())
                 self.stats.outcome = "released"
                 return
@@ -481,7 +489,9 @@ class _Association:
             self._drop_partial()
             self._respond(cmd, context_id, 0x0211, "operation not supported by this node")
 
-    def _respond(self, cmd: CommandSet, context_id: int, status: int, comment: str | None = None) -> None:
+    def _respond(
+        self, cmd: CommandSet, context_id: int, status: int, comment: str | None = None
+    ) -> None:
         self.send(p_data_pdu(context_id, 0x03, encode_response(cmd, status, comment)))
 
     def _store(self, cmd: CommandSet, context_id: int) -> tuple[int, str | None]:
@@ -499,7 +509,10 @@ class _Association:
             self.stats.failures += 1
             LOGGER.warning(
                 "C-STORE from %s refused with 0x%04X (%s): %s",
-                self.stats.calling_ae, exc.status, st.describe(exc.status), exc.reason,
+                self.stats.calling_ae,
+                exc.status,
+                st.describe(exc.status),
+                exc.reason,
             )
             return exc.status, exc.reason[:64]
         except Exception:
@@ -527,7 +540,10 @@ class _Association:
         except Exception as exc:
             raise StoreRejected(st.CANNOT_DECODE, f"cannot parse data set: {exc}") from exc
         record = header_record(ds, ts_uid)
-        if cmd.affected_sop_instance_uid and cmd.affected_sop_instance_uid != record.sop_instance_uid:
+        if (
+            cmd.affected_sop_instance_uid
+            and cmd.affected_sop_instance_uid != record.sop_instance_uid
+        ):
             raise StoreRejected(
                 st.UID_MISMATCH,
                 f"SOPInstanceUID {record.sop_instance_uid} differs from the command's "
@@ -557,7 +573,8 @@ class _Association:
         if result.outcome in (StoreOutcome.DUPLICATE_KEPT, StoreOutcome.REPLACED):
             LOGGER.warning(
                 "instance re-sent with different content (%s): %s",
-                result.outcome.value, record.sop_instance_uid,
+                result.outcome.value,
+                record.sop_instance_uid,
             )
         if self.scp.on_stored is not None:
             try:
@@ -574,8 +591,14 @@ class _Association:
         LOGGER.info(
             "association %s from %s at %s: %d instance(s), %d duplicate(s), %d failure(s), "
             "%.1f MB in %.2f s",
-            s.outcome, s.calling_ae, s.peer, s.instances, s.duplicates, s.failures,
-            s.bytes / 1e6, seconds,
+            s.outcome,
+            s.calling_ae,
+            s.peer,
+            s.instances,
+            s.duplicates,
+            s.failures,
+            s.bytes / 1e6,
+            seconds,
             extra={
                 "calling_ae": s.calling_ae,
                 "peer": s.peer,

@@ -22,6 +22,7 @@ from pynetdicom.pdu_primitives import (
     ImplementationClassUIDNotification,
     ImplementationVersionNameNotification,
     MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
@@ -154,7 +155,7 @@ class AssociationRequest:
     primitive: A_ASSOCIATE
 
     @classmethod
-    def decode(cls, body: bytes) -> AssociationRequest:
+    def decode(cls, body: bytes | bytearray) -> AssociationRequest:
         pdu = A_ASSOCIATE_RQ()
         try:
             pdu.decode(_HEADER.pack(A_ASSOCIATE_RQ_TYPE, len(body)) + bytes(body))
@@ -186,8 +187,7 @@ def accept_pdu(
     """
     rq = request.primitive
     rq_roles = {
-        uid: (item.scu_role, item.scp_role)
-        for uid, item in _role_items(rq).items()
+        UID(uid): (item.scu_role, item.scp_role) for uid, item in _role_items(rq).items()
     }
     results, ac_roles = negotiate_as_acceptor(
         rq.presentation_context_definition_list, supported, rq_roles
@@ -212,12 +212,9 @@ def accept_pdu(
     return pdu.encode(), accepted
 
 
-def _role_items(rq: A_ASSOCIATE) -> dict[str, object]:
-    from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
-
+def _role_items(rq: A_ASSOCIATE) -> dict[str, SCP_SCU_RoleSelectionNegotiation]:
     return {
         str(item.sop_class_uid): item
         for item in (rq.user_information or [])
         if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
     }
-

@@ -85,9 +85,7 @@ class Instance(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True, index=True)
-    series_id: Mapped[int] = mapped_column(
-        ForeignKey("series.id", ondelete="CASCADE"), index=True
-    )
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
     sop_class_uid: Mapped[str] = mapped_column(UID)
     transfer_syntax_uid: Mapped[str] = mapped_column(UID)
     instance_number: Mapped[int | None] = mapped_column(Integer)

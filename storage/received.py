@@ -18,8 +18,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from storage.db import Database
 from storage.durability import DurabilityBarrier
@@ -64,6 +64,8 @@ class StoreOutcome(str, enum.Enum):
     """Already stored with different bytes; replaced by the new copy."""
     REJECTED = "rejected"
     """Already stored with different bytes; refused (policy ``reject``)."""
+    REPAIRED = "repaired"
+    """Already recorded, but its file was lost (crash); restored from this copy."""
 
 
 @dataclass
@@ -261,9 +263,7 @@ class ReceivedStore:
             cached = self._study_ids.get(uid)
         if cached is not None:
             if self._due("study:" + uid, time.monotonic()):
-                conn.execute(
-                    update(Study).where(Study.id == cached).values(last_received_at=now)
-                )
+                conn.execute(update(Study).where(Study.id == cached).values(last_received_at=now))
             return cached
         row = conn.execute(
             self._insert_study,
@@ -298,9 +298,7 @@ class ReceivedStore:
             cached = self._series_ids.get(uid)
         if cached is not None:
             if self._due("series:" + uid, time.monotonic()):
-                conn.execute(
-                    update(Series).where(Series.id == cached).values(last_received_at=now)
-                )
+                conn.execute(update(Series).where(Series.id == cached).values(last_received_at=now))
             return cached
         existing = conn.execute(
             select(Series.id).where(Series.series_instance_uid == uid)
@@ -395,10 +393,12 @@ def _insert_returning_id(db: Database, model: type[Any]) -> Any:
     """``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` for the database's dialect."""
     table = model.__table__
     if db.is_sqlite:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    return dialect_insert(table).on_conflict_do_nothing().returning(table.c.id)
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(table).on_conflict_do_nothing().returning(table.c.id)
+    from sqlalchemy.dialects import postgresql
+
+    return postgresql.insert(table).on_conflict_do_nothing().returning(table.c.id)
 
 
 def _clip(value: str | None, n: int) -> str | None:

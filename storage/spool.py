@@ -116,7 +116,11 @@ class Spool:
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
         """The spool-relative path of an instance (POSIX separators)."""
         return "/".join(
-            (safe_component(study_uid), safe_component(series_uid), safe_component(sop_uid) + ".dcm")
+            (
+                safe_component(study_uid),
+                safe_component(series_uid),
+                safe_component(sop_uid) + ".dcm",
+            )
         )
 
     def absolute(self, relative: str) -> Path:

@@ -75,7 +75,7 @@ def orientation_from_direction(direction: np.ndarray) -> Orientation:
     for perm in itertools.permutations(range(3)):
         score = sum(abs(d[lps_for_canon[c], perm[c]]) for c in range(3))
         if score > best_score:
-            best, best_score = perm, score
+            best, best_score = perm, score  # type: ignore[assignment]
     flip = tuple(bool(d[lps_for_canon[c], best[c]] < 0) for c in range(3))
     return Orientation(perm=tuple(int(p) for p in best), flip=flip)  # type: ignore[arg-type]
 
@@ -109,7 +109,7 @@ def hu_features(hu: np.ndarray, out_shape: tuple[int, int, int]) -> torch.Tensor
     t = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[None, None]
     t = t.clamp(HU_MIN, HU_MAX)
     mid = tuple(min(a, b) for a, b in zip(t.shape[2:], out_shape, strict=False))
-    mean = F.adaptive_avg_pool3d(t, mid)
+    mean = F.adaptive_avg_pool3d(t, mid)  # type: ignore[arg-type]
     mx = F.adaptive_max_pool3d(t, mid)
     x = torch.cat([mean, mx], dim=1)
     if tuple(mid) != tuple(out_shape):
@@ -145,7 +145,7 @@ def pool_labels(
     t = torch.from_numpy(labels.astype(np.int64))
     oh = F.one_hot(t, n_classes).permute(3, 0, 1, 2)[None].float()
     mid = tuple(min(a, b) for a, b in zip(oh.shape[2:], out_shape, strict=False))
-    frac = F.adaptive_avg_pool3d(oh, mid)
+    frac = F.adaptive_avg_pool3d(oh, mid)  # type: ignore[arg-type]
     if tuple(mid) != tuple(out_shape):
         frac = F.interpolate(frac, size=out_shape, mode="nearest")
     if priority:

@@ -296,7 +296,8 @@ class ConfiguredSegmentationPipeline(Pipeline):
                     )
                 prob = torch.sigmoid(out).numpy() > 0.5
                 masks = [prob[c][iz][:, iy][:, :, ix] for c in range(len(s.labels))]
-            segments, findings = [], []
+            segments: list[Segment] = []
+            findings: list[Finding] = []
             for n, (ls, m) in enumerate(zip(s.labels, masks, strict=False), start=1):
                 m = np.ascontiguousarray(orient.from_canonical(m))
                 if not m.any():

@@ -536,7 +536,7 @@ class CtLungsPipeline(Pipeline):
             return None  # mostly surrounded by soft tissue: hilum, heart border, chest wall
         return _Nodule(
             mask=mask,
-            offset=tuple(s.start for s in fsl),
+            offset=(fsl[0].start, fsl[1].start, fsl[2].start),
             side=side,  # type: ignore[arg-type]
             long_axis_mm=long_axis,
         )

@@ -580,7 +580,7 @@ def random_phantom(
         return make_shell_phantom(rng, shape, spacing)  # type: ignore[arg-type]
     return make_chest_phantom(
         rng,
-        shape,
+        shape,  # type: ignore[arg-type]
         spacing,
         n_nodules=n_nodules,
         nodule_diameters_mm=nodule_diameters_mm,  # type: ignore[arg-type]

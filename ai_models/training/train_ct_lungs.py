@@ -114,7 +114,7 @@ def crop_or_pad(
             a = int(rng.integers(0, m - n + 1))
             src.append(slice(0, n))
             dst.append(slice(a, a + n))
-    f_out[(slice(None), *dst)] = feats[(slice(None), *src)]
+    f_out[(slice(None),) + tuple(dst)] = feats[(slice(None),) + tuple(src)]
     l_out[tuple(dst)] = labs[tuple(src)]
     return f_out, l_out
 

@@ -16,7 +16,6 @@ Equipment.  :func:`write_results` runs the writers a caller asked for;
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import os
 import pathlib
@@ -142,7 +141,7 @@ def write_results(
         return uids.get(kind) or OutputUIDs()
 
     sources = [with_type2_attributes(ds) for ds in result.volume.source_datasets]
-    if any(a is not b for a, b in zip(sources, result.volume.source_datasets)):
+    if any(a is not b for a, b in zip(sources, result.volume.source_datasets, strict=True)):
         result = dataclasses.replace(
             result, volume=dataclasses.replace(result.volume, source_datasets=sources)
         )

@@ -6,7 +6,7 @@ from io import BytesIO
 
 import pytest
 from pydicom.dataset import FileMetaDataset
-from pydicom.filereader import read_dataset, read_preamble, _read_file_meta_info  # type: ignore[attr-defined]
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble  # type: ignore[attr-defined]
 from pydicom.filewriter import write_file_meta_info
 
 from dicom_node.dimse_command import CommandSet, decode_command, encode_response
@@ -39,8 +39,11 @@ def test_file_meta_matches_pydicom(ae: str, sop_uid: str) -> None:
 
 def test_response_round_trip() -> None:
     req = CommandSet(
-        command_field=0x0001, message_id=7, affected_sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-        affected_sop_instance_uid="1.2.3", data_set_type=0x0000,
+        command_field=0x0001,
+        message_id=7,
+        affected_sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        affected_sop_instance_uid="1.2.3",
+        data_set_type=0x0000,
     )
     raw = encode_response(req, 0xC001, "missing or empty StudyInstanceUID")
     ds = read_dataset(BytesIO(raw), is_implicit_VR=True, is_little_endian=True)

@@ -8,31 +8,31 @@ left behind.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 import hashlib
+import os
 import signal
 import subprocess
+import tempfile
 import time
 from io import BytesIO
 from pathlib import Path
 
+import pynetdicom._config
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_preamble, _read_file_meta_info  # type: ignore[attr-defined]
+from pydicom.filereader import _read_file_meta_info, read_preamble  # type: ignore[attr-defined]
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-import pynetdicom._config
 from pynetdicom import AE
 from sqlalchemy import select
 
+from bench.synthetic import write_ct_series
 from dicom_node import status as st
 from storage.db import Database
 from storage.models import Instance, Series
 from tests.support.peers import NodeProcess, echoscu, free_port, storescu, storescu_as_is
-from bench.synthetic import write_ct_series
 
 pytestmark = [pytest.mark.network]
 
@@ -77,8 +77,11 @@ def test_echo(node: NodeProcess) -> None:
 def good_files(data: Path) -> list[dict[str, str]]:
     """Manifest rows of well-formed storage objects (not under bad/)."""
     return [
-        r for r in manifest_rows(data)
-        if "/bad/" not in r["path"] and r["sop_class_uid"] and r["transfer_syntax_uid"]
+        r
+        for r in manifest_rows(data)
+        if "/bad/" not in r["path"]
+        and r["sop_class_uid"]
+        and r["transfer_syntax_uid"]
         and r["sop_class_uid"].startswith("1.2.840.10008.5.1.4.1.1.")
     ]
 
@@ -132,9 +135,9 @@ def test_every_shared_file_is_stored_byte_identical(
     stored = instances(node)
     assert set(stored) == set(by_uid)
     assert sum(1 for v in statuses.values() if v == st.MISSING_UID) == lacking
-    assert all(
-        v in (st.SUCCESS, st.MISSING_UID, st.UID_MISMATCH) for v in statuses.values()
-    ), statuses
+    assert all(v in (st.SUCCESS, st.MISSING_UID, st.UID_MISMATCH) for v in statuses.values()), (
+        statuses
+    )
     for uid, paths in by_uid.items():
         inst = stored[uid]
         f = node.spool / inst.path
@@ -176,9 +179,7 @@ def test_every_shared_file_from_storescu(node: NodeProcess, dicom_data: Path) ->
     # Rows carry what routing needs.
     db = Database(node.db_url)
     with db.session() as s:
-        ct = s.scalars(
-            select(Series).where(Series.series_description == "STD BRAIN 5MM")
-        ).one()
+        ct = s.scalars(select(Series).where(Series.series_description == "STD BRAIN 5MM")).one()
         assert ct.modality == "CT" and ct.manufacturer == "Philips"
         assert ct.calling_ae == "STORESCU" and ct.peer_address == "127.0.0.1"
         assert "ImageType" in ct.attributes and "PatientName" not in ct.attributes
@@ -229,8 +230,11 @@ def test_duplicates_and_restart(tmp_path: Path, dicom_data: Path) -> None:
         assert storescu(node.port, [series / "I10"]).returncode == 0
         assert len(instances(node)) == 28
         res = subprocess.run(
-            [*_cli(), "-c", str(node.config_path), "studies"], capture_output=True, text=True,
-            timeout=60, env={**os.environ, "COLUMNS": "250"},
+            [*_cli(), "-c", str(node.config_path), "studies"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "COLUMNS": "250"},
         )
         assert res.returncode == 0, res.stderr
         assert "28" in res.stdout and "STD BRAIN 5MM" in res.stdout
@@ -251,10 +255,19 @@ def test_four_concurrent_associations(tmp_path: Path, receivers: int) -> None:
     with node:
         procs = [
             subprocess.Popen(
-                ["storescu", "-aet", f"SCU{k}", "-aec", "DICOM_NODE", "127.0.0.1",
-                 str(node.port), *map(str, part)],
+                [
+                    "storescu",
+                    "-aet",
+                    f"SCU{k}",
+                    "-aec",
+                    "DICOM_NODE",
+                    "127.0.0.1",
+                    str(node.port),
+                    *map(str, part),
+                ],
                 env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
             )
             for k, part in enumerate(parts)
         ]
@@ -275,8 +288,12 @@ def test_four_concurrent_associations(tmp_path: Path, receivers: int) -> None:
 
 
 def test_unknown_peers_are_rejected(tmp_path: Path) -> None:
-    extra = {"peers": [{"ae_title": "CT_SCANNER", "host": "127.0.0.1"},
-                       {"ae_title": "ELSEWHERE", "host": "10.255.255.1"}]}
+    extra = {
+        "peers": [
+            {"ae_title": "CT_SCANNER", "host": "127.0.0.1"},
+            {"ae_title": "ELSEWHERE", "host": "10.255.255.1"},
+        ]
+    }
     node = NodeProcess(tmp_path / "node", free_port(), extra=extra)
     with node:
         assert echoscu(node.port, calling_ae="CT_SCANNER").returncode == 0
@@ -416,7 +433,9 @@ def test_unparseable_dataset_is_refused(node: NodeProcess) -> None:
 
 
 def test_duplicate_with_different_content_policy_reject(tmp_path: Path) -> None:
-    node = NodeProcess(tmp_path / "node", free_port(), extra={"node": {"duplicate_policy": "reject"}})
+    node = NodeProcess(
+        tmp_path / "node", free_port(), extra={"node": {"duplicate_policy": "reject"}}
+    )
     ds = _ct_dataset()
     with node:
         uid = str(ds.SOPInstanceUID)
@@ -452,10 +471,11 @@ def test_signal_during_transfer_loses_nothing_acknowledged(tmp_path: Path, sig: 
     node.start()
     try:
         proc = subprocess.Popen(
-            ["storescu", "-v", "-aec", "DICOM_NODE", "127.0.0.1", str(node.port),
-             *map(str, files)],
+            ["storescu", "-v", "-aec", "DICOM_NODE", "127.0.0.1", str(node.port), *map(str, files)],
             env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         # Wait until some instances are through, then signal the node mid-transfer.
         deadline = time.monotonic() + 60
@@ -473,9 +493,7 @@ def test_signal_during_transfer_loses_nothing_acknowledged(tmp_path: Path, sig: 
         assert node.proc.returncode == 0, node.log()[-3000:]
     with node:  # restart on the same spool and database
         stored = instances(node)
-        uid_of = {
-            str(f): str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files
-        }
+        uid_of = {str(f): str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
         for path in acked:
             uid = uid_of[path]
             assert uid in stored, f"acknowledged {path} was lost"

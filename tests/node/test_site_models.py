@@ -62,7 +62,9 @@ type = ["272673000", "SCT", "Bone"]
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dicom_node.cli", *args],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -85,8 +87,20 @@ def test_site_model_listed_and_run(tmp_path: Path, dicom_data: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     assert "site-bone" in listed.stdout and "ct-lungs" in listed.stdout
     out = tmp_path / "out"
-    run = cli("-c", str(cfg), "analyze", str(dicom_data / CT), "--pipeline", "site-bone",
-              "--out", str(out), "--outputs", "seg,sr", "--device", "cpu")
+    run = cli(
+        "-c",
+        str(cfg),
+        "analyze",
+        str(dicom_data / CT),
+        "--pipeline",
+        "site-bone",
+        "--out",
+        str(out),
+        "--outputs",
+        "seg,sr",
+        "--device",
+        "cpu",
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     segs = sorted(out.glob("seg_*.dcm"))
     assert len(segs) == 1, run.stdout

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Iterator
 import time
+from collections.abc import Iterator
 
 import highdicom as hd
 import numpy as np

@@ -15,7 +15,9 @@ from storage.received import DuplicateAction, InstanceRecord, ReceivedStore, Sto
 from storage.spool import Spool, safe_component
 
 
-def record(sop: str, series: str = "1.2.3.2", study: str = "1.2.3.1", **kw: object) -> InstanceRecord:
+def record(
+    sop: str, series: str = "1.2.3.2", study: str = "1.2.3.1", **kw: object
+) -> InstanceRecord:
     return InstanceRecord(
         study_instance_uid=study,
         series_instance_uid=series,
@@ -133,3 +135,12 @@ def test_clean_temp(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s")
     (spool.tmp_dir / "left.part").write_bytes(b"x")
     assert spool.clean_temp() == 1
+
+
+def test_lost_file_is_repaired_by_a_resend(store: ReceivedStore) -> None:
+    """A row whose file did not survive a crash is repaired when the sender retries."""
+    first = store.store(record("7.7"), store.spool.write_temp(b"payload"))
+    store.spool.absolute(first.path).unlink()
+    again = store.store(record("7.7"), store.spool.write_temp(b"payload"))
+    assert again.outcome is StoreOutcome.REPAIRED
+    assert store.spool.absolute(first.path).read_bytes() == b"payload"

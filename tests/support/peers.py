@@ -30,7 +30,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout_s: float = 30.0, proc: subprocess.Popen[Any] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout_s: float = 30.0, proc: subprocess.Popen[Any] | None = None
+) -> None:
     """Block until something accepts connections on 127.0.0.1:*port*."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -139,9 +141,9 @@ class NodeProcess:
         log.close()
         try:
             wait_for_port(self.port, timeout_s, self.proc)
-        except Exception:
+        except Exception as exc:
             self.kill()
-            raise RuntimeError(f"node did not start:\n{self.log()}")
+            raise RuntimeError(f"node did not start:\n{self.log()}") from exc
         return self
 
     def log(self) -> str:
@@ -187,8 +189,20 @@ def storescu(
     """Run DCMTK ``storescu`` (verbose) against 127.0.0.1:*port*."""
     exe = require_tool("storescu")
     args = [
-        exe, "-v", "-R", "-aet", calling_ae, "-aec", called_ae, "+sd", "+r", "-nh",
-        *(extra_args or []), "127.0.0.1", str(port), *map(str, paths),
+        exe,
+        "-v",
+        "-R",
+        "-aet",
+        calling_ae,
+        "-aec",
+        called_ae,
+        "+sd",
+        "+r",
+        "-nh",
+        *(extra_args or []),
+        "127.0.0.1",
+        str(port),
+        *map(str, paths),
     ]
     return subprocess.run(
         args, env=dcmtk_env(), capture_output=True, text=True, timeout=timeout_s, check=check
@@ -196,13 +210,20 @@ def storescu(
 
 
 def echoscu(
-    port: int, *, called_ae: str = "DICOM_NODE", calling_ae: str = "ECHOSCU", timeout_s: float = 30.0
+    port: int,
+    *,
+    called_ae: str = "DICOM_NODE",
+    calling_ae: str = "ECHOSCU",
+    timeout_s: float = 30.0,
 ) -> subprocess.CompletedProcess[str]:
     """Run DCMTK ``echoscu`` against 127.0.0.1:*port*."""
     exe = require_tool("echoscu")
     return subprocess.run(
         [exe, "-v", "-aet", calling_ae, "-aec", called_ae, "127.0.0.1", str(port)],
-        env=dcmtk_env(), capture_output=True, text=True, timeout=timeout_s,
+        env=dcmtk_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
     )
 
 
