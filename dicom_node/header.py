@@ -9,12 +9,14 @@ first instance of the series (a second, full header parse).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
+from pydicom.datadict import tag_for_keyword
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
@@ -36,8 +38,37 @@ def _before_pixels(tag: BaseTag, _vr: str | None, _length: int) -> bool:
     return int(tag) in _PIXEL_TAGS
 
 
-def parse_header(data: bytes, transfer_syntax_uid: str) -> Dataset:
+HEADER_KEYWORDS = (
+    "SpecificCharacterSet",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "InstanceNumber",
+    "Modality",
+    "BodyPartExamined",
+    "SeriesDescription",
+    "SeriesNumber",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "PatientID",
+    "PatientName",
+    "StudyDate",
+    "AccessionNumber",
+    "StudyDescription",
+)
+"""What :func:`header_record` reads: parsing only these is several times faster."""
+
+_HEADER_TAGS = [BaseTag(tag_for_keyword(kw)) for kw in HEADER_KEYWORDS]
+
+
+def parse_header(
+    data: bytes, transfer_syntax_uid: str, *, record_only: bool = False
+) -> Dataset:
     """Parse the header of an encoded data set (no file meta) up to Pixel Data.
+
+    ``record_only`` keeps just :data:`HEADER_KEYWORDS` (enough for
+    :func:`header_record`).
 
     Raises
     ------
@@ -52,7 +83,13 @@ def parse_header(data: bytes, transfer_syntax_uid: str) -> Dataset:
         implicit, little = ts.is_implicit_VR, ts.is_little_endian
     except ValueError:  # a private transfer syntax: let pydicom guess
         return dcmread(BytesIO(data), force=True, stop_before_pixels=True)
-    return read_dataset(BytesIO(data), implicit, little, stop_when=_before_pixels)
+    return read_dataset(
+        BytesIO(data),
+        implicit,
+        little,
+        stop_when=_before_pixels,
+        specific_tags=_HEADER_TAGS if record_only else None,
+    )
 
 
 def _value(ds: Dataset, keyword: str) -> Any:
@@ -121,8 +158,15 @@ def routing_attributes(ds: Dataset) -> dict[str, Any]:
     return out
 
 
-def header_record(ds: Dataset, transfer_syntax_uid: str) -> InstanceRecord:
+def header_record(
+    ds: Dataset,
+    transfer_syntax_uid: str,
+    attributes: Callable[[], dict[str, Any]] | None = None,
+) -> InstanceRecord:
     """Build an :class:`InstanceRecord` from a parsed header.
+
+    ``attributes`` makes the series' routing attributes when needed (default:
+    :func:`routing_attributes` of *ds*).
 
     Raises
     ------
@@ -159,5 +203,5 @@ def header_record(ds: Dataset, transfer_syntax_uid: str) -> InstanceRecord:
         study_date=_text(ds, "StudyDate"),
         accession_number=_text(ds, "AccessionNumber"),
         study_description=_text(ds, "StudyDescription"),
-        attributes=lambda: routing_attributes(ds),
+        attributes=attributes or (lambda: routing_attributes(ds)),
     )

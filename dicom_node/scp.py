@@ -532,14 +532,20 @@ class _Association:
     ) -> StoreOutcome:
         store = self.scp.store
         ts_uid = str(self.accepted[context_id].transfer_syntax[0])
+        attributes = None
         try:
             if self._data_size <= _PARSE_IN_MEMORY:
-                ds = parse_header(b"".join(head), ts_uid)
+                data = b"".join(head)
+                ds = parse_header(data, ts_uid, record_only=True)
+
+                def attributes() -> dict[str, Any]:
+                    # Only for the first instance of a series: a full header parse.
+                    return routing_attributes(parse_header(data, ts_uid))
             else:
                 ds = dcmread(spooled.temp_path, stop_before_pixels=True)
         except Exception as exc:
             raise StoreRejected(st.CANNOT_DECODE, f"cannot parse data set: {exc}") from exc
-        record = header_record(ds, ts_uid)
+        record = header_record(ds, ts_uid, attributes)
         if (
             cmd.affected_sop_instance_uid
             and cmd.affected_sop_instance_uid != record.sop_instance_uid
