@@ -14,9 +14,9 @@ from io import BytesIO
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
-from pydicom.datadict import tag_for_keyword
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
@@ -59,7 +59,9 @@ HEADER_KEYWORDS = (
 )
 """What :func:`header_record` reads: parsing only these is several times faster."""
 
-_HEADER_TAGS = [BaseTag(tag_for_keyword(kw)) for kw in HEADER_KEYWORDS]
+_HEADER_TAGS: list[BaseTag | int] = [
+    BaseTag(tag_for_keyword(kw) or 0) for kw in HEADER_KEYWORDS
+]
 
 
 def parse_header(
