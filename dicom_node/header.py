@@ -59,14 +59,10 @@ HEADER_KEYWORDS = (
 )
 """What :func:`header_record` reads: parsing only these is several times faster."""
 
-_HEADER_TAGS: list[BaseTag | int] = [
-    BaseTag(tag_for_keyword(kw) or 0) for kw in HEADER_KEYWORDS
-]
+_HEADER_TAGS: list[BaseTag | int] = [BaseTag(tag_for_keyword(kw) or 0) for kw in HEADER_KEYWORDS]
 
 
-def parse_header(
-    data: bytes, transfer_syntax_uid: str, *, record_only: bool = False
-) -> Dataset:
+def parse_header(data: bytes, transfer_syntax_uid: str, *, record_only: bool = False) -> Dataset:
     """Parse the header of an encoded data set (no file meta) up to Pixel Data.
 
     ``record_only`` keeps just :data:`HEADER_KEYWORDS` (enough for
