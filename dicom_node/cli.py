@@ -225,6 +225,77 @@ def studies(state: _State, limit: int) -> None:
     console.print(table)
 
 
+@main.group()
+def rules() -> None:
+    """Routing rules."""
+
+
+@rules.command("test")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--calling-ae", default="", help="Calling AE title to assume.")
+@click.option("--called-ae", default=None, help="Called AE title to assume (default: ours).")
+@click.option("--peer-address", default="", help="Sender address to assume.")
+@pass_state
+def rules_test(
+    state: _State,
+    paths: tuple[Path, ...],
+    calling_ae: str,
+    called_ae: str | None,
+    peer_address: str,
+) -> None:
+    """Run the rules on files or folders, send nothing, and explain each decision."""
+    from pydicom import dcmread
+
+    from dicom_node.header import routing_attributes
+    from dicom_node.routing import evaluate_rules
+    from dicom_node.scu import collect_dicom_files
+
+    settings = state.settings()
+    if not settings.rules:
+        err_console.print("[yellow]no [[rules]] configured[/]", markup=True)
+    series: dict[str, tuple[Path, int]] = {}
+    for path in collect_dicom_files(paths):
+        try:
+            ds = dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            err_console.print(f"skipped {path}: {exc}", markup=False)
+            continue
+        uid = str(ds.get("SeriesInstanceUID", "") or f"(no SeriesInstanceUID) {path}")
+        first, count = series.get(uid, (path, 0))
+        series[uid] = (first, count + 1)
+    if not series:
+        err_console.print("no DICOM files found", markup=False)
+        sys.exit(1)
+    for uid, (first, count) in series.items():
+        attrs = routing_attributes(dcmread(first, stop_before_pixels=True))
+        attrs.update(
+            calling_ae=calling_ae,
+            called_ae=called_ae or settings.node.ae_title,
+            peer_address=peer_address,
+        )
+        results = evaluate_rules(settings.rules, attrs)
+        chosen = [r.rule for r in results if r.matched]
+        title = (
+            f"series {uid} ({attrs.get('Modality', '?')}, "
+            f"{attrs.get('SeriesDescription', '')!s}, {count} file(s)): "
+            f"{', '.join(chosen) if chosen else 'no rule matches'}"
+        )
+        table = Table(title=title, title_justify="left", show_lines=False)
+        table.add_column("rule")
+        table.add_column("result")
+        table.add_column("why")
+        for r in results:
+            if r.matched:
+                result = "[green]match[/]"
+            elif r.fallback and not r.failures():
+                result = "[yellow]fallback, not needed[/]"
+            else:
+                result = "[red]no match[/]"
+            why = "; ".join(e.reason for e in r.failures()) or "all conditions hold"
+            table.add_row(r.rule, result, why)
+        console.print(table)
+
+
 def _short_uid(uid: str) -> str:
     return uid if len(uid) <= 16 else "…" + uid[-15:]
 

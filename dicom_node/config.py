@@ -356,7 +356,13 @@ class Settings(BaseSettings):
         dupes = sorted({n for n in rule_names if rule_names.count(n) > 1})
         if dupes:
             raise ValueError(f"rule names must be unique; repeated: {', '.join(dupes)}")
+        from dicom_node.routing import RuleError, compile_match
+
         for rule in self.rules:
+            try:
+                compile_match(rule.match)
+            except RuleError as exc:
+                raise ValueError(f"rule {rule.name!r}: {exc}") from exc
             for dest in rule.destinations:
                 if dest not in names:
                     raise ValueError(
