@@ -161,8 +161,7 @@ def write_results(
             )
             out.append(seg_ds)
         else:
-            logger.info("no SEG written: every segment of the %s result is empty",
-                        result.pipeline)
+            logger.info("no SEG written: every segment of the %s result is empty", result.pipeline)
     if "sr" in kinds:
         if result.findings:
             u = fixed("sr")

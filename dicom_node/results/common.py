@@ -90,9 +90,7 @@ def to_code(concept: CodedConcept | hd.sr.CodedConcept) -> hd.sr.CodedConcept:
         scheme = concept.scheme_designator
         meaning = concept.meaning
     except AttributeError as exc:
-        raise TypeError(
-            f"Expected a CodedConcept, got {type(concept).__name__}."
-        ) from exc
+        raise TypeError(f"Expected a CodedConcept, got {type(concept).__name__}.") from exc
     return hd.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
 
 
@@ -112,8 +110,9 @@ def device_uid(algorithm: AlgorithmInfo) -> str:
         algorithm.weights_sha256.lower(),
     ]
     if not algorithm.weights_sha256:
-        logger.debug("algorithm %s has no weights sha256; Device UID from name/version",
-                     algorithm.name)
+        logger.debug(
+            "algorithm %s has no weights sha256; Device UID from name/version", algorithm.name
+        )
     return generate_uid(prefix=DEVICE_UID_PREFIX, entropy_srcs=sources)
 
 
@@ -291,8 +290,7 @@ def check_result(result: PipelineResult) -> None:
         raise ValueError("result.volume has no source_datasets to reference.")
     if len(volume.frames) != volume.shape[0]:
         raise ValueError(
-            f"result.volume has {len(volume.frames)} frame references for "
-            f"{volume.shape[0]} slices."
+            f"result.volume has {len(volume.frames)} frame references for {volume.shape[0]} slices."
         )
     numbers = [s.number for s in result.segments]
     if len(set(numbers)) != len(numbers):
@@ -344,3 +342,28 @@ def with_type2_attributes(ds: Dataset) -> Dataset:
     for kw in missing:
         setattr(copy, kw, "")
     return copy
+
+
+def identity_kwargs(
+    kind: str,
+    algorithm: AlgorithmInfo,
+    *,
+    series_instance_uid: str | None,
+    series_number: int | None,
+    sop_instance_uid: str | None,
+    instance_number: int | None,
+) -> dict[str, object]:
+    """Series/instance identity and manufacturer arguments shared by the writers.
+
+    UIDs and numbers fixed by the caller are kept; the others are generated
+    (UIDs) or defaulted (:data:`DEFAULT_SERIES_NUMBERS`, instance 1).
+    """
+    return {
+        "series_instance_uid": series_instance_uid or hd.UID(),
+        "series_number": (
+            series_number if series_number is not None else DEFAULT_SERIES_NUMBERS[kind]
+        ),
+        "sop_instance_uid": sop_instance_uid or hd.UID(),
+        "instance_number": instance_number if instance_number is not None else 1,
+        "manufacturer": algorithm.manufacturer or "dicom-node",
+    }

@@ -31,7 +31,6 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from dicom_node.results.common import (
-    DEFAULT_SERIES_NUMBERS,
     MANUFACTURER_MODEL_NAME,
     NOT_FOR_DIAGNOSIS,
     SOFTWARE_VERSION,
@@ -39,6 +38,7 @@ from dicom_node.results.common import (
     check_result,
     check_uid,
     contributing_equipment,
+    identity_kwargs,
     series_description,
     to_code,
 )
@@ -57,8 +57,16 @@ _SUPPORTED_TRANSFER_SYNTAXES = {ExplicitVRLittleEndian, JPEG2000Lossless}
 
 #: Colours for segments that bring none (distinct, readable on grey).
 _PALETTE: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
 )
 
 
@@ -225,9 +233,7 @@ def _reference_all_sources(seg: Dataset, datasets: Sequence[Dataset]) -> None:
     seg.ReferencedSeriesSequence = ref_series
 
 
-def _pixel_array(
-    masks: list[np.ndarray], keep: np.ndarray
-) -> np.ndarray:
+def _pixel_array(masks: list[np.ndarray], keep: np.ndarray) -> np.ndarray:
     """Label map ``(n, rows, cols)`` when the masks do not overlap, else a
     stacked ``(n, rows, cols, n_segments)`` array, for the slices ``keep``.
 
@@ -405,13 +411,14 @@ def write_seg(
         pixel_array=pixel_array,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=series_instance_uid or hd.UID(),
-        series_number=(
-            series_number if series_number is not None else DEFAULT_SERIES_NUMBERS["SEG"]
+        **identity_kwargs(  # type: ignore[arg-type]
+            "SEG",
+            algorithm,
+            series_instance_uid=series_instance_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_instance_uid,
+            instance_number=instance_number,
         ),
-        sop_instance_uid=sop_instance_uid or hd.UID(),
-        instance_number=instance_number if instance_number is not None else 1,
-        manufacturer=algorithm.manufacturer or "dicom-node",
         manufacturer_model_name=MANUFACTURER_MODEL_NAME,
         software_versions=SOFTWARE_VERSION,
         device_serial_number=(algorithm.weights_sha256[:16] or algorithm.version)[:64],
@@ -428,7 +435,9 @@ def write_seg(
     if not any(multiframe):
         _reference_all_sources(out, volume.source_datasets)
     logger.debug(
-        "SEG %s: %d segment(s), %d frame(s)", out.SOPInstanceUID, len(descriptions),
+        "SEG %s: %d segment(s), %d frame(s)",
+        out.SOPInstanceUID,
+        len(descriptions),
         int(out.NumberOfFrames),
     )
     return out

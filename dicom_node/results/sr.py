@@ -50,7 +50,6 @@ from pydicom.sr.codedict import codes
 
 from dicom_node.results._geometry import largest_cross_section, outline
 from dicom_node.results.common import (
-    DEFAULT_SERIES_NUMBERS,
     MANUFACTURER_MODEL_NAME,
     SOFTWARE_VERSION,
     algorithm_identification,
@@ -59,6 +58,7 @@ from dicom_node.results.common import (
     contributing_equipment,
     default_procedure_reported,
     device_uid,
+    identity_kwargs,
     series_description,
     to_code,
 )
@@ -177,8 +177,7 @@ def _referenced_segment(
     slices = np.flatnonzero(segment.mask.any(axis=(1, 2)))
     if 0 < len(slices) <= MAX_SOURCE_IMAGES_PER_SEGMENT:
         images = [
-            _source_image_item(result, int(k), hd.sr.SourceImageForSegmentation)
-            for k in slices
+            _source_image_item(result, int(k), hd.sr.SourceImageForSegmentation) for k in slices
         ]
         return hd.sr.ReferencedSegment(
             sop_class_uid=segmentation.SOPClassUID,
@@ -231,9 +230,7 @@ def _finding_groups(
     if seg_number is not None and segmentation is not None and segment is not None:
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                referenced_segment=_referenced_segment(
-                    result, segmentation, seg_number, segment
-                ),
+                referenced_segment=_referenced_segment(result, segmentation, seg_number, segment),
                 measurements=measurements,
                 qualitative_evaluations=evaluations,
                 **common,
@@ -411,8 +408,9 @@ def write_sr(
     procedure = (
         to_code(result.procedure_reported)
         if result.procedure_reported is not None
-        else default_procedure_reported(result.volume.modality or
-                                        result.volume.source_datasets[0].get("Modality", ""))
+        else default_procedure_reported(
+            result.volume.modality or result.volume.source_datasets[0].get("Modality", "")
+        )
     )
     sources: Sequence[Dataset] = result.volume.source_datasets
     library = _library_images(result, groups)
@@ -433,13 +431,14 @@ def write_sr(
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report[0],
-        series_instance_uid=series_instance_uid or hd.UID(),
-        series_number=(
-            series_number if series_number is not None else DEFAULT_SERIES_NUMBERS["SR"]
+        **identity_kwargs(  # type: ignore[arg-type]
+            "SR",
+            algorithm,
+            series_instance_uid=series_instance_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_instance_uid,
+            instance_number=instance_number,
         ),
-        sop_instance_uid=sop_instance_uid or hd.UID(),
-        instance_number=instance_number if instance_number is not None else 1,
-        manufacturer=algorithm.manufacturer or "dicom-node",
         is_complete=False,
         is_final=False,
         is_verified=False,
