@@ -163,13 +163,19 @@ def orthanc(work: Path) -> Iterator[tuple[int, str]]:
         stop(proc)
 
 
-def send(port: int, aet: str, files: list[Path], associations: int) -> float:
+# A sender that leaves Nagle's algorithm on, as many scanners do.
+NAGLE_ENV = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+
+
+def send(
+    port: int, aet: str, files: list[Path], associations: int, env: dict[str, str] = ENV
+) -> float:
     parts = [files[k::associations] for k in range(associations)]
     t0 = time.perf_counter()
     procs = [
         subprocess.Popen(
             ["storescu", "-aec", aet, "127.0.0.1", str(port), *map(str, part)],
-            env=ENV,
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -202,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller series (smoke run)")
     ap.add_argument("--only", default="", help="comma-separated receivers to run")
     ap.add_argument("--series", default="ct,small", help="which series: ct, small or both")
+    ap.add_argument(
+        "--no-nagle-row", action="store_true", help="skip the sender-without-TCP_NODELAY table"
+    )
     ap.add_argument(
         "--receivers",
         type=int,
@@ -286,8 +295,31 @@ def main(argv: list[str] | None = None) -> int:
         )
     console.print(table)
     console.print("ratio = peer seconds / receiver seconds (above 1x: faster than the peer)")
+    if not args.no_nagle_row:
+        nagle_table(console, base, {k: v for k, v in receivers.items() if "(" not in k})
     shutil.rmtree(base, ignore_errors=True)
     return 0
+
+
+def nagle_table(console: Console, base: Path, receivers: dict[str, object]) -> None:
+    """300 small instances from a storescu that leaves Nagle on (no TCP_NODELAY).
+
+    Receivers that wait for the sender's delayed ACK stall on every instance;
+    dicom-node re-arms TCP_QUICKACK before each read.
+    """
+    files = write_ct_series(base / "nagle", n=300, rows=64, cols=64)
+    table = Table(title="300 small instances, sender WITHOUT TCP_NODELAY, one association")
+    for col in ("receiver", "seconds", "inst/s"):
+        table.add_column(col, justify="left" if col == "receiver" else "right")
+    for rname, factory in receivers.items():
+        work = base / "run" / f"nagle-{rname}".replace(" ", "_")
+        work.mkdir(parents=True)
+        with factory(work) as (port, aet):  # type: ignore[operator]
+            os.sync()
+            seconds = send(port, aet, files, 1, env=NAGLE_ENV)
+        table.add_row(rname, f"{seconds:.2f}", f"{len(files) / seconds:.0f}")
+        console.print(f"  {rname:22s} nagle sender: {seconds:6.2f} s")
+    console.print(table)
 
 
 if __name__ == "__main__":
