@@ -93,6 +93,12 @@ def check_config(state: _State) -> None:
     """Validate config.toml and print a summary (exit 2 on errors)."""
     settings = state.settings()
     source = settings.source_path or "built-in defaults"
+    problems = _unknown_pipelines(settings)
+    if problems:
+        err_console.print(f"invalid configuration in {source}:", markup=False)
+        for line in problems:
+            err_console.print(f"  {line}", markup=False)
+        sys.exit(2)
     console.print(f"[green]configuration OK[/] ({source})")
     n = settings.node
     console.print(f"  node      {n.ae_title} on {n.host}:{n.port}")
@@ -104,6 +110,22 @@ def check_config(state: _State) -> None:
     console.print(f"  destinations {', '.join(d.name for d in settings.destinations) or 'none'}")
     console.print(f"  rules     {', '.join(r.name for r in settings.rules) or 'none'}")
     console.print(f"  models    {', '.join(m.name for m in settings.models) or 'none'}")
+
+
+def _unknown_pipelines(settings: Settings) -> list[str]:
+    """Rules naming pipelines that are neither built in nor in ``[[models]]``."""
+    if not any(rule.pipelines for rule in settings.rules):
+        return []
+    from ai_models.pipelines import list_pipelines
+
+    known = {info.name for info in list_pipelines(settings.pipeline_specs())}
+    return [
+        f"rules.{i}.pipelines: rule {rule.name!r}: unknown pipeline {name!r} "
+        f"(known: {', '.join(sorted(known))})"
+        for i, rule in enumerate(settings.rules)
+        for name in rule.pipelines
+        if name not in known
+    ]
 
 
 def _redact(url: str) -> str:

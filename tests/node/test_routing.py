@@ -167,3 +167,17 @@ fallback = true
     assert "3 file(s)): ct-thin" in out  # the thin abdominal CT
     assert "28 file(s)): catch-all" in out  # the 5 mm head phantom
     assert "SliceThickness = 5, wanted in [, 3.0]" in out
+
+
+def test_check_config_knows_the_pipelines(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[[rules]]\nname = "r"\npipelines = ["ct-lungs", "ct-lung"]\n')
+    res = subprocess.run(
+        [sys.executable, "-m", "dicom_node.cli", "-c", str(cfg), "check-config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2
+    assert "rule 'r': unknown pipeline 'ct-lung'" in res.stderr
+    assert "'ct-lungs'" not in res.stderr.split("unknown pipeline", 1)[1].split("(known")[0]
