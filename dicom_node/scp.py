@@ -387,9 +387,9 @@ class _Association:
         return True
 
     def _serve(self) -> None:
-        max_pdu = self.scp.settings.node.max_pdu
-        limit = _MAX_INCOMING_PDU if max_pdu == 0 else max(max_pdu + 1024, 65536)
-        limit = min(limit, _MAX_INCOMING_PDU)
+        # Peers that exceed the negotiated maximum PDU length exist; be lenient
+        # (PS3.8 says they must not), and bound only what memory can take.
+        limit = _MAX_INCOMING_PDU
         sock = self.sock
         while True:
             if _QUICKACK is not None:
