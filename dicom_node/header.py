@@ -24,7 +24,7 @@ from dicom_node import status as st
 from dicom_node.errors import StoreRejected
 from storage.received import InstanceRecord
 
-__all__ = ["header_record", "parse_header", "routing_attributes"]
+__all__ = ["header_from_prefix", "header_record", "parse_header", "routing_attributes"]
 
 _PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
 """Float, Double Float and (plain) Pixel Data: the header ends before them."""
@@ -62,7 +62,13 @@ HEADER_KEYWORDS = (
 _HEADER_TAGS: list[BaseTag | int] = [BaseTag(tag_for_keyword(kw) or 0) for kw in HEADER_KEYWORDS]
 
 
-def parse_header(data: bytes, transfer_syntax_uid: str, *, record_only: bool = False) -> Dataset:
+def parse_header(
+    data: bytes,
+    transfer_syntax_uid: str,
+    *,
+    record_only: bool = False,
+    stop_when: Callable[[BaseTag, str | None, int], bool] = _before_pixels,
+) -> Dataset:
     """Parse the header of an encoded data set (no file meta) up to Pixel Data.
 
     ``record_only`` keeps just :data:`HEADER_KEYWORDS` (enough for
@@ -85,9 +91,41 @@ def parse_header(data: bytes, transfer_syntax_uid: str, *, record_only: bool = F
         BytesIO(data),
         implicit,
         little,
-        stop_when=_before_pixels,
+        stop_when=stop_when,
         specific_tags=_HEADER_TAGS if record_only else None,
     )
+
+
+def header_from_prefix(
+    prefix: bytes, total_size: int, transfer_syntax_uid: str, *, record_only: bool = False
+) -> Dataset | None:
+    """Parse the header from the first bytes of a data set, when they hold all of it.
+
+    The receiver keeps only a prefix of each data set in memory (the rest goes
+    to the spool file).  The header is complete when the prefix is the whole
+    data set or when parsing reached Pixel Data; otherwise ``None`` is
+    returned and the caller reads the header from the file.
+
+    Raises
+    ------
+    Exception
+        As :func:`parse_header`, for a prefix that is the whole data set.
+    """
+    if len(prefix) >= total_size:
+        return parse_header(prefix, transfer_syntax_uid, record_only=record_only)
+    reached: list[bool] = []
+
+    def stop(tag: BaseTag, vr: str | None, length: int) -> bool:
+        if _before_pixels(tag, vr, length):
+            reached.append(True)
+            return True
+        return False
+
+    try:
+        ds = parse_header(prefix, transfer_syntax_uid, record_only=record_only, stop_when=stop)
+    except Exception:  # cut in the middle of an element: not enough bytes
+        return None
+    return ds if reached else None
 
 
 def _value(ds: Dataset, keyword: str) -> Any:

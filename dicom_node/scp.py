@@ -44,7 +44,12 @@ from dicom_node.dimse_command import (
 )
 from dicom_node.errors import StoreRejected
 from dicom_node.file_meta import encode_file_meta
-from dicom_node.header import header_record, parse_header, routing_attributes
+from dicom_node.header import (
+    header_from_prefix,
+    header_record,
+    parse_header,
+    routing_attributes,
+)
 from dicom_node.upper_layer import (
     A_ABORT,
     A_ASSOCIATE_RQ_TYPE,
@@ -61,24 +66,19 @@ from dicom_node.upper_layer import (
     reject_pdu,
     release_rp_pdu,
 )
-from storage.received import DuplicateAction, InstanceRecord, ReceivedStore, StoreOutcome
+from storage.received import InstanceRecord, ReceivedStore, StoreOutcome
 from storage.spool import TempWriter
 
-__all__ = [
-    "AssociationStats",
-    "StorageSCP",
-    "header_record",
-    "routing_attributes",
-    "supported_contexts",
-]
+__all__ = ["AssociationStats", "StorageSCP", "supported_contexts"]
 
 LOGGER = logging.getLogger(__name__)
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 _MAX_INCOMING_PDU = 64 * 2**20
 """Hard cap on an incoming PDU body, whatever the peer claims (memory safety)."""
-_PARSE_IN_MEMORY = 16 * 2**20
-"""Data sets up to this size are parsed from memory, larger ones from the temp file."""
+_HEAD_BYTES = 256 * 2**10
+"""How much of each data set is kept in memory to parse its header from; the
+rest only goes to the spool file (headers longer than this are read back)."""
 
 
 @dataclass
@@ -162,7 +162,6 @@ class StorageSCP:
         self.store = store
         self.on_stored = on_stored
         self.reuse_port = reuse_port
-        self.store.duplicate_action = DuplicateAction(settings.node.duplicate_policy.value)
         self.contexts = supported_contexts()
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
@@ -293,6 +292,7 @@ class _Association:
         self._context_id = 0
         self._writer: TempWriter | None = None
         self._head: list[bytes] = []
+        self._head_size = 0
         self._data_size = 0
         self._meta = b""
 
@@ -443,8 +443,10 @@ class _Association:
                 LOGGER.error("cannot write to the spool: %s", exc)
                 self._writer.abort()
                 self._writer = None  # keep reading; answer a failure at the end
-        if self._data_size < _PARSE_IN_MEMORY:
-            self._head.append(bytes(data))
+        if self._head_size < _HEAD_BYTES:
+            chunk = bytes(data[: _HEAD_BYTES - self._head_size])
+            self._head.append(chunk)
+            self._head_size += len(chunk)
         self._data_size += len(data)
         if is_last:
             cmd, self._cmd = self._cmd, None
@@ -452,6 +454,7 @@ class _Association:
 
     def _begin_data(self, cmd: CommandSet, context_id: int) -> None:
         self._head = []
+        self._head_size = 0
         self._data_size = 0
         if cmd.command_field != C_STORE_RQ:
             self._writer = None  # a data set we do not keep (unexpected command)
@@ -534,14 +537,15 @@ class _Association:
         ts_uid = str(self.accepted[context_id].transfer_syntax[0])
         attributes = None
         try:
-            if self._data_size <= _PARSE_IN_MEMORY:
-                data = b"".join(head)
-                ds = parse_header(data, ts_uid, record_only=True)
+            prefix = b"".join(head)
+            parsed = header_from_prefix(prefix, self._data_size, ts_uid, record_only=True)
+            if parsed is not None:
+                ds = parsed
 
                 def attributes() -> dict[str, Any]:
                     # Only for the first instance of a series: a full header parse.
-                    return routing_attributes(parse_header(data, ts_uid))
-            else:
+                    return routing_attributes(parse_header(prefix, ts_uid))
+            else:  # a header longer than the kept prefix: read it from the file
                 ds = dcmread(spooled.temp_path, stop_before_pixels=True)
         except Exception as exc:
             raise StoreRejected(st.CANNOT_DECODE, f"cannot parse data set: {exc}") from exc

@@ -68,6 +68,10 @@ class StoreOutcome(str, enum.Enum):
     """Already recorded, but its file was lost (crash); restored from this copy."""
 
 
+_PLACED = frozenset({StoreOutcome.STORED, StoreOutcome.REPLACED, StoreOutcome.REPAIRED})
+"""Outcomes that moved the temporary file into the spool."""
+
+
 @dataclass
 class InstanceRecord:
     """What the receiver knows about one instance (no pixel data)."""
@@ -149,10 +153,12 @@ class ReceivedStore:
         Raises on database or file system errors; the caller answers a failure
         status then, and the sender may retry.
         """
+        placed = False
         try:
             for attempt in range(_ATTEMPTS):
                 try:
                     result = self._store_once(record, spooled)
+                    placed = result.outcome in _PLACED
                     if self.barrier is not None and result.outcome is not StoreOutcome.REJECTED:
                         self.barrier.wait()
                     return result
@@ -169,7 +175,8 @@ class ReceivedStore:
                     time.sleep(0.01 * (attempt + 1))
             raise AssertionError("unreachable")
         finally:
-            self.spool.discard(spooled)  # no-op once moved into place
+            if not placed:
+                self.spool.discard(spooled)
 
     def _forget_ids(self, record: InstanceRecord) -> None:
         """Drop cached row ids after a rollback (the rows may not exist)."""
