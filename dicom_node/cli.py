@@ -47,9 +47,16 @@ class _State:
             except ConfigError as exc:
                 err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
                 sys.exit(2)
-            level = "DEBUG" if self.verbose else self._settings.log.level
-            configure_logging(level, self.log_json or self._settings.log.json_format)
+            configure_logging(self.log_level, self.json_logs)
         return self._settings
+
+    @property
+    def log_level(self) -> str:
+        return "DEBUG" if self.verbose else self.settings().log.level
+
+    @property
+    def json_logs(self) -> bool:
+        return self.log_json or self.settings().log.json_format
 
     @property
     def pipeline_specs(self) -> list[object]:
@@ -83,7 +90,7 @@ def serve(state: _State) -> None:
     from dicom_node.node import Node
 
     settings = state.settings()
-    node = Node(settings)
+    node = Node(settings, log_level=state.log_level, json_logs=state.json_logs)
     node.run_forever()
 
 

@@ -11,7 +11,6 @@ import threading
 from types import FrameType
 
 from dicom_node.config import Settings
-from dicom_node.logs import JsonFormatter
 from dicom_node.receivers import ReceiverPool
 from dicom_node.scp import StorageSCP
 from storage.db import Database
@@ -61,10 +60,6 @@ def open_store(
     )
 
 
-def _json_logging() -> bool:
-    return any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)
-
-
 class Node:
     """The whole node in one process.
 
@@ -72,19 +67,18 @@ class Node:
     ----------
     settings:
         Validated settings.
+    log_level, json_logs:
+        How the CLI set up logging; extra receiver processes log the same way.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, log_level: str = "INFO", json_logs: bool = False
+    ) -> None:
         self.settings = settings
         self.store = open_store(settings)
         multi = settings.node.receivers > 1
         self.scp = StorageSCP(settings, self.store, reuse_port=multi)
-        root = logging.getLogger()
-        self.receivers = ReceiverPool(
-            settings,
-            logging.getLevelName(root.level) if root.handlers else settings.log.level,
-            settings.log.json_format or _json_logging(),
-        )
+        self.receivers = ReceiverPool(settings, log_level, json_logs)
         self._stop = threading.Event()
 
     def start(self) -> None:
