@@ -127,6 +127,8 @@ class StorageSettings(_Section):
     """Below this much free space on the spool's disk, C-STORE answers 0xA700."""
     fsync: bool = True
     """fsync each received file before acknowledging it (turn off only for tests)."""
+    results_dir: Path = Path("var/results")
+    """Result objects (SEG, SR, SC) wait here until every delivery is done."""
 
     @field_validator("database_url")
     @classmethod
@@ -157,6 +159,22 @@ class DestinationSettings(_Section):
     path: Path | None = None
     outputs: list[Literal["seg", "sr", "sc"]] | None = None
     """Narrow the outputs a rule sends here (``None`` = all the rule makes)."""
+    tls: bool = False
+    """DICOM over TLS (PS3.15 B.1) to a ``dicom`` destination."""
+    tls_ca_file: Path | None = None
+    """CA bundle to verify the peer (``None``: the system's)."""
+    tls_cert_file: Path | None = None
+    """Client certificate, when the peer asks for one."""
+    tls_key_file: Path | None = None
+    tls_check_hostname: bool = True
+    max_attempts: Annotated[int, Field(ge=1)] = 12
+    """Attempts per object before its delivery is marked failed (retryable by command)."""
+    retry_base_s: Annotated[float, Field(gt=0)] = 5.0
+    """Wait after the first failed attempt; doubled after each further one."""
+    retry_max_s: Annotated[float, Field(gt=0)] = 600.0
+    """Longest wait between attempts."""
+    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    """Network timeout of an association to a ``dicom`` destination."""
 
     @model_validator(mode="after")
     def _complete_for_type(self) -> DestinationSettings:
@@ -183,6 +201,8 @@ class RuleSettings(_Section):
     destinations: list[str] = Field(default_factory=list)
     trigger: Literal["series", "study"] = "series"
     quiet_period_s: Annotated[float, Field(ge=0)] = 30.0
+    """Seconds with no new instance before the series (study) counts as complete
+    (at least 1 s is waited)."""
     outputs: list[Literal["seg", "sr", "sc"]] = Field(
         default_factory=lambda: ["seg", "sr"]  # type: ignore[arg-type,return-value]
     )
@@ -282,11 +302,23 @@ class ModelSettings(_Section):
 
 
 class WorkerSettings(_Section):
-    """``[worker]``: the local worker pool."""
+    """``[worker]``: the local worker pool, the job queue and the collector."""
 
     concurrency: Annotated[int, Field(ge=0)] = 1
+    """Local worker threads; 0 leaves jobs to workers elsewhere."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    max_attempts: Annotated[int, Field(ge=1)] = 3
+    """Attempts per job (a worker that dies counts) before it is marked failed."""
+    lease_s: Annotated[float, Field(ge=2)] = 60.0
+    """How long a job stays with a worker that stopped heart-beating."""
+    retry_base_s: Annotated[float, Field(gt=0)] = 10.0
+    """Wait before a failed job's next attempt; doubled each time."""
+    retry_max_s: Annotated[float, Field(gt=0)] = 600.0
+    poll_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    """How often the collector, the workers and the sender look for work."""
+    sc_slices: Literal["mask", "all"] = "mask"
+    """Slices of the opt-in secondary-capture overlay: only those with a finding, or all."""
 
 
 class WebSettings(_Section):
@@ -380,14 +412,18 @@ class Settings(BaseSettings):
         """Make relative paths (spool, SQLite file, folder destinations) relative to *base*."""
         if not self.storage.spool_dir.is_absolute():
             self.storage.spool_dir = (base / self.storage.spool_dir).resolve()
+        if not self.storage.results_dir.is_absolute():
+            self.storage.results_dir = (base / self.storage.results_dir).resolve()
         url = self.storage.database_url
         if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
             rel = url[len("sqlite:///") :]
             if rel and rel != ":memory:":
                 self.storage.database_url = "sqlite:///" + str((base / rel).resolve())
         for dest in self.destinations:
-            if dest.path is not None and not dest.path.is_absolute():
-                dest.path = (base / dest.path).resolve()
+            for key in ("path", "tls_ca_file", "tls_cert_file", "tls_key_file"):
+                value = getattr(dest, key)
+                if value is not None and not value.is_absolute():
+                    setattr(dest, key, (base / value).resolve())
         for model in self.models:
             if not model.path.is_absolute():
                 model.path = (base / model.path).resolve()

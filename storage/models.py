@@ -1,11 +1,14 @@
-"""SQLAlchemy ORM models: what the node has received.
+"""SQLAlchemy ORM models: what the node has received, and what it does with it.
 
 The database is the source of truth (DESIGN.md): a row exists for every
-instance that was acknowledged, and its file is in the spool.
+instance that was acknowledged, and its file is in the spool; every step
+after that (completion, job, result, delivery) is a row written before the
+next step starts.
 
-Tables: ``study`` 1-n ``series`` 1-n ``instance``.  Attributes kept on the
-rows are the ones routing and the admin need (PS3.3 C.7.2.1 General Study,
-C.7.3.1 General Series, C.7.5.1 General Equipment, C.12.1 SOP Common).
+Tables: ``study`` 1-n ``series`` 1-n ``instance`` (received; attributes kept
+are the ones routing and the admin need: PS3.3 C.7.2.1 General Study,
+C.7.3.1 General Series, C.7.5.1 General Equipment, C.12.1 SOP Common);
+``completion`` 1-n ``job`` 1-n ``result`` 1-n ``delivery`` (routed).
 """
 
 from __future__ import annotations
@@ -13,7 +16,17 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 UID = String(64)
@@ -46,6 +59,8 @@ class Study(Base):
     last_received_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, index=True
     )
+    collected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """The ``last_received_at`` the collector last settled study-level rules for."""
 
     series: Mapped[list[Series]] = relationship(back_populates="study")
 
@@ -73,6 +88,8 @@ class Series(Base):
     last_received_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, index=True
     )
+    collected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """The ``last_received_at`` the collector last settled series-level rules for."""
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
@@ -101,3 +118,131 @@ class Instance(Base):
     """How many times this instance arrived (re-sends are recorded once)."""
 
     series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class Completion(Base):
+    """A series or study found complete for one rule (quiet period or forced).
+
+    ``instance_count`` and ``last_instance_at`` are the snapshot the jobs were
+    made from; an instance that arrives later changes them, and the next
+    completion raises ``revision`` (the new results supersede the old).
+    """
+
+    __tablename__ = "completion"
+    __table_args__ = (
+        UniqueConstraint("level", "uid", "rule", name="uq_completion_level_uid_rule"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    level: Mapped[str] = mapped_column(String(8))
+    """``series`` or ``study``."""
+    uid: Mapped[str] = mapped_column(UID)
+    """The Series or Study Instance UID."""
+    rule: Mapped[str] = mapped_column(String(64))
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    series_id: Mapped[int | None] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"))
+    instance_count: Mapped[int] = mapped_column(Integer)
+    last_instance_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    forced: Mapped[bool] = mapped_column(Boolean, default=False)
+    completed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    """One pipeline run on one completed series (or study), and its lifecycle.
+
+    ``queued`` -> ``running`` (leased by ``lease_owner`` until
+    ``lease_expires_at``, renewed by heartbeats) -> ``succeeded`` | ``failed``
+    | ``skipped`` (the pipeline does not apply) | ``superseded`` (a later
+    revision replaced it before it ran).  ``uid_seed`` fixes the UIDs of
+    every result object before anything is sent.
+    """
+
+    __tablename__ = "job"
+    __table_args__ = (
+        UniqueConstraint("completion_id", "revision", "pipeline", name="uq_job_completion_rev"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    completion_id: Mapped[int] = mapped_column(
+        ForeignKey("completion.id", ondelete="CASCADE"), index=True
+    )
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    rule: Mapped[str] = mapped_column(String(64))
+    pipeline: Mapped[str] = mapped_column(String(64))
+    level: Mapped[str] = mapped_column(String(8))
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    series_ids: Mapped[list[int]] = mapped_column(JSON)
+    """The series the pipeline runs on (one for a series-level rule)."""
+    outputs: Mapped[list[str]] = mapped_column(JSON)
+    """Result kinds to write (``seg``, ``sr``, ``sc``)."""
+    destinations: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """Destination name -> the result kinds it receives."""
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), index=True, default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    uid_seed: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)
+    timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """Seconds per stage of the last attempt (wait, read, load, infer, write, ...)."""
+
+    results: Mapped[list[Result]] = relationship(back_populates="job")
+
+
+class Result(Base):
+    """One DICOM object a job produced, stored as a file until delivered."""
+
+    __tablename__ = "result"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    """``seg``, ``sr`` or ``sc``."""
+    source_series_uid: Mapped[str] = mapped_column(UID)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    path: Mapped[str] = mapped_column(Text)
+    """File path relative to the results folder."""
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="results")
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="result")
+
+
+class Delivery(Base):
+    """One result object to one destination: ``pending`` -> ``sent`` | ``failed``.
+
+    ``cancelled`` when a later revision superseded the result before it was
+    sent.  ``last_status`` is the peer's last DIMSE status (PS3.7 Annex C).
+    """
+
+    __tablename__ = "delivery"
+    __table_args__ = (
+        UniqueConstraint("result_id", "destination", name="uq_delivery_result_destination"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("result.id", ondelete="CASCADE"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), index=True, default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    result: Mapped[Result] = relationship(back_populates="deliveries")

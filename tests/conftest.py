@@ -8,6 +8,8 @@ import shutil
 
 import pytest
 
+pytest_plugins = ["tests.support.orthanc"]
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DICOM_DATA = pathlib.Path(
     os.environ.get("DICOM_TEST_DATA", ROOT / ".." / "shared" / "data" / "dicom")

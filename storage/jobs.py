@@ -1,0 +1,739 @@
+"""The durable job and delivery queues: rows in the database, leased by workers.
+
+A job is ``queued`` until a worker claims it: the claim is a compare-and-set
+``UPDATE`` (only one worker can win it, on SQLite and PostgreSQL alike) that
+sets ``running``, the worker's name and a lease expiry.  The worker renews the
+lease with heartbeats; a worker that dies leaves a lease that expires, and
+the next claim takes the job over (counting an attempt).  A job ends
+``succeeded`` (its result and delivery rows written in the same transaction),
+``skipped`` (the pipeline does not apply), ``failed`` (after its last
+attempt; retryable by command) or ``superseded`` (a later revision of the
+same series replaced it).
+
+Deliveries (one per result object and destination) follow the same pattern,
+claimed in batches per destination so one association carries many objects,
+with an exponential backoff between attempts.
+
+Nothing here knows DICOM networking; callers pass plain values.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+
+from storage.db import Database
+from storage.models import Completion, Delivery, Job, Result, Series, Study, utcnow
+
+__all__ = [
+    "ClaimedDelivery",
+    "ClaimedJob",
+    "DeliveryOutcome",
+    "DeliveryQueue",
+    "DeliveryStatus",
+    "JobQueue",
+    "JobStatus",
+    "LeaseLost",
+    "NewResult",
+    "as_utc",
+    "backoff_s",
+    "worker_name",
+]
+
+LOGGER = logging.getLogger(__name__)
+
+
+class JobStatus(str, enum.Enum):
+    """The states of :class:`storage.models.Job`."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    SUPERSEDED = "superseded"
+
+
+class DeliveryStatus(str, enum.Enum):
+    """The states of :class:`storage.models.Delivery`."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class LeaseLost(RuntimeError):
+    """The worker no longer holds the lease of the job it is working on."""
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """A timezone-aware UTC datetime (SQLite returns naive UTC values)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
+    """Seconds to wait after failed attempt number *attempt* (1-based): base * 2^(n-1), capped."""
+    return float(min(max_s, base_s * 2 ** max(0, attempt - 1)))
+
+
+def worker_name(role: str = "worker") -> str:
+    """A name for a lease owner: ``host:pid:role:<random>``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{role}:{os.urandom(3).hex()}"
+
+
+def _owner_pid(owner: str) -> tuple[str, int] | None:
+    parts = owner.split(":")
+    if len(parts) >= 2 and parts[1].isdigit():
+        return parts[0], int(parts[1])
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """What a worker needs to run a job (a snapshot of its row)."""
+
+    id: int
+    pipeline: str
+    rule: str
+    level: str
+    revision: int
+    completion_id: int
+    study_id: int
+    series_ids: list[int]
+    outputs: list[str]
+    destinations: dict[str, list[str]]
+    uid_seed: str
+    attempts: int
+    max_attempts: int
+    created_at: datetime
+    owner: str
+
+
+@dataclass(frozen=True)
+class NewResult:
+    """A result object a job wrote (its file is already durable)."""
+
+    kind: str
+    source_series_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    path: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    """One object to send, with what the sender needs."""
+
+    id: int
+    result_id: int
+    destination: str
+    path: str
+    kind: str
+    sop_instance_uid: str
+    attempts: int
+
+
+@dataclass
+class DeliveryOutcome:
+    """What happened to one delivery attempt.
+
+    ``retry`` says whether a failure may succeed later (peer down, out of
+    resources); permanent failures (refused SOP class, bad data set) are
+    marked failed at once.
+    """
+
+    delivery_id: int
+    sent: bool
+    status: int | None = None
+    error: str | None = None
+    retry: bool = True
+
+
+@dataclass
+class JobFinish:
+    """What :meth:`JobQueue.complete` did."""
+
+    status: JobStatus
+    result_ids: list[int] = field(default_factory=list)
+    deliveries: int = 0
+
+
+class JobQueue:
+    """Claim, heartbeat and finish jobs stored in *db*.
+
+    Parameters
+    ----------
+    db:
+        The node's database (schema upgraded).
+    lease_s:
+        How long a claim or heartbeat holds a job.
+    retry_base_s, retry_max_s:
+        Backoff between attempts of a job that failed with a retryable error.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        lease_s: float = 60.0,
+        retry_base_s: float = 10.0,
+        retry_max_s: float = 600.0,
+    ) -> None:
+        self.db = db
+        self.lease = timedelta(seconds=lease_s)
+        self.retry_base_s = retry_base_s
+        self.retry_max_s = retry_max_s
+
+    # -- claiming ------------------------------------------------------------
+    @staticmethod
+    def _claimable(now: datetime) -> Any:
+        return or_(
+            and_(Job.status == JobStatus.QUEUED.value, Job.not_before <= now),
+            and_(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now),
+        )
+
+    def claim(
+        self, owner: str, now: datetime | None = None, *, job_id: int | None = None
+    ) -> ClaimedJob | None:
+        """Lease the next due job (highest priority, oldest first), or ``None``.
+
+        With *job_id*, only that job (when it is due).  A running job whose
+        lease expired is taken over; one that has used up its attempts that
+        way is marked failed instead.
+        """
+        now = now or utcnow()
+        query = (
+            select(Job.id, Job.status, Job.attempts, Job.max_attempts, Job.lease_owner)
+            .where(self._claimable(now))
+            .order_by(Job.priority.desc(), Job.id)
+            .limit(8)
+        )
+        if job_id is not None:
+            query = query.where(Job.id == job_id)
+        with self.db.engine.begin() as conn:
+            candidates = conn.execute(query).all()
+            for cand_id, status, attempts, max_attempts, previous in candidates:
+                if status == JobStatus.RUNNING.value and attempts >= max_attempts:
+                    conn.execute(
+                        update(Job)
+                        .where(Job.id == cand_id, self._claimable(now))
+                        .values(
+                            status=JobStatus.FAILED.value,
+                            finished_at=now,
+                            lease_owner=None,
+                            lease_expires_at=None,
+                            error=f"worker {previous} stopped heart-beating on the last "
+                            f"attempt ({attempts} of {max_attempts})",
+                        )
+                    )
+                    LOGGER.warning("job %d failed: its worker died on the last attempt", cand_id)
+                    continue
+                won = conn.execute(
+                    update(Job)
+                    .where(Job.id == cand_id, self._claimable(now))
+                    .values(
+                        status=JobStatus.RUNNING.value,
+                        lease_owner=owner,
+                        lease_expires_at=now + self.lease,
+                        heartbeat_at=now,
+                        started_at=now,
+                        attempts=Job.attempts + 1,
+                    )
+                ).rowcount
+                if won != 1:
+                    continue
+                if status == JobStatus.RUNNING.value:
+                    LOGGER.warning("job %d taken over from %s (lease expired)", cand_id, previous)
+                row = conn.execute(select(Job.__table__).where(Job.id == cand_id)).one()
+                return ClaimedJob(
+                    id=row.id,
+                    pipeline=row.pipeline,
+                    rule=row.rule,
+                    level=row.level,
+                    revision=row.revision,
+                    completion_id=row.completion_id,
+                    study_id=row.study_id,
+                    series_ids=list(row.series_ids),
+                    outputs=list(row.outputs),
+                    destinations={k: list(v) for k, v in row.destinations.items()},
+                    uid_seed=row.uid_seed,
+                    attempts=row.attempts,
+                    max_attempts=row.max_attempts,
+                    created_at=as_utc(row.created_at) or now,
+                    owner=owner,
+                )
+        return None
+
+    def heartbeat(self, job_id: int, owner: str, now: datetime | None = None) -> bool:
+        """Extend the lease; ``False`` when the job is no longer ours."""
+        now = now or utcnow()
+        with self.db.engine.begin() as conn:
+            n = conn.execute(
+                update(Job)
+                .where(
+                    Job.id == job_id,
+                    Job.lease_owner == owner,
+                    Job.status == JobStatus.RUNNING.value,
+                )
+                .values(heartbeat_at=now, lease_expires_at=now + self.lease)
+            ).rowcount
+        return n == 1
+
+    def release_dead(self, host: str | None = None) -> int:
+        """Expire the leases of workers on this host whose process is gone.
+
+        After a crash and restart the node need not wait out its own old
+        leases.  Returns how many jobs and deliveries were released.
+        """
+        host = host or socket.gethostname()
+        released = 0
+        with self.db.engine.begin() as conn:
+            for model, running in (
+                (Job, JobStatus.RUNNING.value),
+                (Delivery, DeliveryStatus.PENDING.value),
+            ):
+                owners = conn.execute(
+                    select(model.lease_owner)
+                    .where(model.status == running, model.lease_owner.is_not(None))
+                    .distinct()
+                ).scalars()
+                for owner in list(owners):
+                    parsed = _owner_pid(owner)
+                    if parsed is None or parsed[0] != host or _pid_alive(parsed[1]):
+                        continue
+                    released += conn.execute(
+                        update(model)
+                        .where(model.lease_owner == owner, model.status == running)
+                        .values(lease_expires_at=datetime(1970, 1, 1, tzinfo=timezone.utc))
+                    ).rowcount
+        if released:
+            LOGGER.warning("released %d lease(s) of workers that are gone", released)
+        return released
+
+    # -- finishing -------------------------------------------------------------
+    def _owned(self, conn: Any, job_id: int, owner: str) -> Any:
+        row = conn.execute(
+            select(Job.__table__).where(
+                Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.RUNNING.value
+            )
+        ).one_or_none()
+        if row is None:
+            raise LeaseLost(f"job {job_id} is no longer leased by {owner}")
+        return row
+
+    def complete(
+        self,
+        job: ClaimedJob,
+        results: Sequence[NewResult],
+        timings: dict[str, float],
+        now: datetime | None = None,
+    ) -> JobFinish:
+        """Record the results and their deliveries, and end the job, atomically.
+
+        A job whose completion has moved on to a later revision meanwhile ends
+        ``superseded``: its results are kept but not delivered.
+
+        Raises
+        ------
+        LeaseLost
+            The lease expired and another worker took the job over.
+        """
+        now = now or utcnow()
+        with self.db.engine.begin() as conn:
+            row = self._owned(conn, job.id, job.owner)
+            current = conn.execute(
+                select(Completion.revision).where(Completion.id == row.completion_id)
+            ).scalar_one()
+            superseded = current > row.revision
+            finish = JobFinish(JobStatus.SUPERSEDED if superseded else JobStatus.SUCCEEDED)
+            for res in results:
+                result_id = conn.execute(
+                    Result.__table__.insert()
+                    .values(
+                        job_id=job.id,
+                        kind=res.kind,
+                        source_series_uid=res.source_series_uid,
+                        study_instance_uid=res.study_instance_uid,
+                        series_instance_uid=res.series_instance_uid,
+                        sop_instance_uid=res.sop_instance_uid,
+                        sop_class_uid=res.sop_class_uid,
+                        path=res.path,
+                        size_bytes=res.size_bytes,
+                        created_at=now,
+                    )
+                    .returning(Result.__table__.c.id)
+                ).scalar_one()
+                finish.result_ids.append(int(result_id))
+                if superseded:
+                    continue
+                for destination, kinds in sorted(job.destinations.items()):
+                    if res.kind not in kinds:
+                        continue
+                    conn.execute(
+                        Delivery.__table__.insert().values(
+                            result_id=result_id,
+                            destination=destination,
+                            status=DeliveryStatus.PENDING.value,
+                            attempts=0,
+                            next_attempt_at=now,
+                            created_at=now,
+                        )
+                    )
+                    finish.deliveries += 1
+            conn.execute(
+                update(Job)
+                .where(Job.id == job.id)
+                .values(
+                    status=finish.status.value,
+                    finished_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    error="superseded by a later revision" if superseded else None,
+                    timings=timings,
+                )
+            )
+        return finish
+
+    def skip(self, job: ClaimedJob, reason: str, timings: dict[str, float]) -> None:
+        """End the job as ``skipped``: the pipeline does not apply (reason kept)."""
+        self._end(job, JobStatus.SKIPPED, reason, timings)
+
+    def fail(
+        self,
+        job: ClaimedJob,
+        error: str,
+        timings: dict[str, float],
+        *,
+        retryable: bool = True,
+        now: datetime | None = None,
+    ) -> JobStatus:
+        """Record a failed attempt: queued again after a backoff, or failed for good."""
+        now = now or utcnow()
+        if retryable and job.attempts < job.max_attempts:
+            delay = backoff_s(job.attempts, self.retry_base_s, self.retry_max_s)
+            with self.db.engine.begin() as conn:
+                self._owned(conn, job.id, job.owner)
+                conn.execute(
+                    update(Job)
+                    .where(Job.id == job.id)
+                    .values(
+                        status=JobStatus.QUEUED.value,
+                        not_before=now + timedelta(seconds=delay),
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        error=error,
+                        timings=timings,
+                    )
+                )
+            return JobStatus.QUEUED
+        self._end(job, JobStatus.FAILED, error, timings, now)
+        return JobStatus.FAILED
+
+    def _end(
+        self,
+        job: ClaimedJob,
+        status: JobStatus,
+        error: str | None,
+        timings: dict[str, float],
+        now: datetime | None = None,
+    ) -> None:
+        now = now or utcnow()
+        with self.db.engine.begin() as conn:
+            self._owned(conn, job.id, job.owner)
+            conn.execute(
+                update(Job)
+                .where(Job.id == job.id)
+                .values(
+                    status=status.value,
+                    finished_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    error=error,
+                    timings=timings,
+                )
+            )
+
+    # -- admin -----------------------------------------------------------------
+    def retry(self, job_id: int, now: datetime | None = None) -> tuple[str, int]:
+        """Make a job run again, or its failed deliveries be sent again.
+
+        A failed or skipped job is queued with fresh attempts.  A succeeded
+        job's failed deliveries go back to pending.  Returns ``(what, n)``:
+        ``("job", 1)`` or ``("deliveries", n)``.
+
+        Raises
+        ------
+        LookupError
+            No such job.
+        ValueError
+            The job is queued or running, or has nothing to retry.
+        """
+        now = now or utcnow()
+        with self.db.engine.begin() as conn:
+            row = conn.execute(select(Job.status).where(Job.id == job_id)).one_or_none()
+            if row is None:
+                raise LookupError(f"no job {job_id}")
+            status = row[0]
+            if status in (JobStatus.FAILED.value, JobStatus.SKIPPED.value):
+                conn.execute(
+                    update(Job)
+                    .where(Job.id == job_id)
+                    .values(
+                        status=JobStatus.QUEUED.value,
+                        attempts=0,
+                        not_before=now,
+                        error=None,
+                        finished_at=None,
+                    )
+                )
+                return "job", 1
+            if status in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
+                raise ValueError(f"job {job_id} is {status}; nothing to retry")
+            result_ids = select(Result.id).where(Result.job_id == job_id)
+            n = conn.execute(
+                update(Delivery)
+                .where(
+                    Delivery.result_id.in_(result_ids),
+                    Delivery.status == DeliveryStatus.FAILED.value,
+                )
+                .values(
+                    status=DeliveryStatus.PENDING.value,
+                    attempts=0,
+                    next_attempt_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            ).rowcount
+            if not n:
+                raise ValueError(f"job {job_id} is {status} and has no failed delivery")
+            return "deliveries", int(n)
+
+    def summaries(
+        self, status: str | None = None, limit: int = 50, job_ids: Iterable[int] = ()
+    ) -> list[dict[str, Any]]:
+        """Newest jobs first, with their series and delivery counts, for people."""
+        with self.db.sessions() as session:
+            query = select(Job).order_by(Job.id.desc()).limit(limit)
+            if status:
+                query = query.where(Job.status == status)
+            ids = list(job_ids)
+            if ids:
+                query = query.where(Job.id.in_(ids))
+            jobs = session.execute(query).scalars().all()
+            out = []
+            for job in jobs:
+                series_uids = (
+                    session.execute(
+                        select(Series.series_instance_uid).where(Series.id.in_(job.series_ids))
+                    )
+                    .scalars()
+                    .all()
+                )
+                study_uid = session.execute(
+                    select(Study.study_instance_uid).where(Study.id == job.study_id)
+                ).scalar_one_or_none()
+                counts: dict[str, int] = {}
+                for st, n in session.execute(
+                    select(Delivery.status, func.count())
+                    .join(Result, Result.id == Delivery.result_id)
+                    .where(Result.job_id == job.id)
+                    .group_by(Delivery.status)
+                ).all():
+                    counts[st] = int(n)
+                n_results = session.execute(
+                    select(func.count()).select_from(Result).where(Result.job_id == job.id)
+                ).scalar_one()
+                out.append(
+                    {
+                        "id": job.id,
+                        "status": job.status,
+                        "rule": job.rule,
+                        "pipeline": job.pipeline,
+                        "level": job.level,
+                        "revision": job.revision,
+                        "attempts": job.attempts,
+                        "max_attempts": job.max_attempts,
+                        "study_instance_uid": study_uid,
+                        "series_instance_uids": list(series_uids),
+                        "created_at": as_utc(job.created_at),
+                        "started_at": as_utc(job.started_at),
+                        "finished_at": as_utc(job.finished_at),
+                        "error": job.error,
+                        "timings": dict(job.timings or {}),
+                        "results": int(n_results),
+                        "deliveries": counts,
+                    }
+                )
+            return out
+
+
+class DeliveryQueue:
+    """Claim due deliveries per destination and record what the sender did.
+
+    Parameters
+    ----------
+    db:
+        The node's database.
+    lease_s:
+        How long a claimed batch is held before another sender may take it.
+    """
+
+    def __init__(self, db: Database, *, lease_s: float = 120.0) -> None:
+        self.db = db
+        self.lease = timedelta(seconds=lease_s)
+
+    @staticmethod
+    def _due(now: datetime) -> Any:
+        return and_(
+            Delivery.status == DeliveryStatus.PENDING.value,
+            Delivery.next_attempt_at <= now,
+            or_(Delivery.lease_owner.is_(None), Delivery.lease_expires_at < now),
+        )
+
+    def claim_batch(
+        self, owner: str, limit: int = 256, now: datetime | None = None
+    ) -> list[ClaimedDelivery]:
+        """Lease up to *limit* due deliveries of one destination (the longest waiting).
+
+        They come in job order and, within a job, SEG before SR before SC.
+        """
+        now = now or utcnow()
+        kind_order = {"seg": 0, "sr": 1, "sc": 2}
+        with self.db.engine.begin() as conn:
+            first = conn.execute(
+                select(Delivery.destination)
+                .where(self._due(now))
+                .order_by(Delivery.next_attempt_at, Delivery.id)
+                .limit(1)
+            ).scalar_one_or_none()
+            if first is None:
+                return []
+            rows = conn.execute(
+                select(
+                    Delivery.id,
+                    Delivery.result_id,
+                    Delivery.attempts,
+                    Result.path,
+                    Result.kind,
+                    Result.sop_instance_uid,
+                    Result.job_id,
+                )
+                .join(Result, Result.id == Delivery.result_id)
+                .where(self._due(now), Delivery.destination == first)
+                .order_by(Result.job_id, Delivery.id)
+                .limit(limit)
+            ).all()
+            claimed: list[ClaimedDelivery] = []
+            for row in rows:
+                won = conn.execute(
+                    update(Delivery)
+                    .where(Delivery.id == row.id, self._due(now))
+                    .values(lease_owner=owner, lease_expires_at=now + self.lease)
+                ).rowcount
+                if won == 1:
+                    claimed.append(
+                        ClaimedDelivery(
+                            id=row.id,
+                            result_id=row.result_id,
+                            destination=first,
+                            path=row.path,
+                            kind=row.kind,
+                            sop_instance_uid=row.sop_instance_uid,
+                            attempts=row.attempts,
+                        )
+                    )
+        by_id = {r.id: r.job_id for r in rows}
+        claimed.sort(key=lambda c: (by_id[c.id], kind_order.get(c.kind, 9), c.id))
+        return claimed
+
+    def record(
+        self,
+        owner: str,
+        outcomes: Iterable[DeliveryOutcome],
+        *,
+        max_attempts: int,
+        retry_base_s: float,
+        retry_max_s: float,
+        now: datetime | None = None,
+    ) -> dict[str, int]:
+        """Store the outcome of each attempt; returns counts by resulting status."""
+        now = now or utcnow()
+        counts: dict[str, int] = {}
+        with self.db.engine.begin() as conn:
+            for out in outcomes:
+                attempts = conn.execute(
+                    select(Delivery.attempts).where(
+                        Delivery.id == out.delivery_id, Delivery.lease_owner == owner
+                    )
+                ).scalar_one_or_none()
+                if attempts is None:
+                    LOGGER.warning("delivery %d: lease lost before recording", out.delivery_id)
+                    continue
+                attempts += 1
+                values: dict[str, Any] = {
+                    "attempts": attempts,
+                    "last_status": out.status,
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                }
+                if out.sent:
+                    values.update(status=DeliveryStatus.SENT.value, sent_at=now, error=None)
+                elif out.retry and attempts < max_attempts:
+                    delay = backoff_s(attempts, retry_base_s, retry_max_s)
+                    values.update(
+                        status=DeliveryStatus.PENDING.value,
+                        error=out.error,
+                        next_attempt_at=now + timedelta(seconds=delay),
+                    )
+                else:
+                    values.update(status=DeliveryStatus.FAILED.value, error=out.error)
+                conn.execute(
+                    update(Delivery).where(Delivery.id == out.delivery_id).values(**values)
+                )
+                counts[values["status"]] = counts.get(values["status"], 0) + 1
+        return counts
+
+    def release(self, owner: str, ids: Iterable[int]) -> None:
+        """Give claimed deliveries back untouched (e.g. at shutdown)."""
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(list(ids)), Delivery.lease_owner == owner)
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+
+    def next_due_in(self, now: datetime | None = None) -> float | None:
+        """Seconds until the next pending delivery is due (``None``: nothing pending)."""
+        now = now or utcnow()
+        with self.db.engine.connect() as conn:
+            nxt = conn.execute(
+                select(func.min(Delivery.next_attempt_at)).where(
+                    Delivery.status == DeliveryStatus.PENDING.value
+                )
+            ).scalar_one_or_none()
+        nxt = as_utc(nxt)
+        return None if nxt is None else max(0.0, (nxt - now).total_seconds())
