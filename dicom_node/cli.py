@@ -1,7 +1,8 @@
 """The ``dicom-node`` command: one click group, thin sub-commands.
 
 ``serve`` runs the node; the others cover the admin's day: ``check-config``,
-``echo``, ``send``, ``studies``, ``db upgrade``.
+``echo``, ``send``, ``studies``, ``rules test``, ``complete``, ``jobs``,
+``analyze``, ``pipelines``, ``db upgrade``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rich.table import Table
 
 from dicom_node import __version__
 from dicom_node.cli_analyze import analyze, pipelines
+from dicom_node.cli_jobs import complete, jobs
 from dicom_node.config import Settings, load_settings
 from dicom_node.errors import ConfigError, DeliveryError
 from dicom_node.logs import configure_logging
@@ -219,7 +221,7 @@ def studies(state: _State, limit: int) -> None:
     from dicom_node.node import open_store
 
     settings = state.settings()
-    store = open_store(settings)
+    store = open_store(settings, clean_temp=False)  # a running node may be writing them
     rows = store.study_summaries(limit)
     table = Table(title=f"received studies ({len(rows)})")
     for col in (
@@ -349,6 +351,8 @@ def db_upgrade(state: _State) -> None:
 
 main.add_command(analyze)
 main.add_command(pipelines)
+main.add_command(complete)
+main.add_command(jobs)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from dicom_node.config import RuleSettings, Settings
@@ -296,7 +296,7 @@ class Collector:
         ).one_or_none()
         if existing is None:
             completion_id = conn.execute(
-                Completion.__table__.insert()
+                insert(Completion)
                 .values(
                     level=level,
                     uid=uid,
@@ -309,7 +309,7 @@ class Collector:
                     forced=force,
                     completed_at=now,
                 )
-                .returning(Completion.__table__.c.id)
+                .returning(Completion.id)
             ).scalar_one()
             revision = 0
         else:
@@ -339,7 +339,7 @@ class Collector:
             destinations[dest] = [k for k in outputs if narrowed is None or k in narrowed]
         for pipeline in rule.pipelines:
             job_id = conn.execute(
-                Job.__table__.insert()
+                insert(Job)
                 .values(
                     completion_id=completion_id,
                     revision=revision,
@@ -359,7 +359,7 @@ class Collector:
                     created_at=now,
                     timings={},
                 )
-                .returning(Job.__table__.c.id)
+                .returning(Job.id)
             ).scalar_one()
             report.job_ids.append(int(job_id))
         what = f"{level} {uid} rule {rule.name} rev {revision}"

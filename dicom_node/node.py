@@ -1,4 +1,5 @@
-"""Assembling a running node from settings: database, spool, SCP.
+"""Assembling a running node from settings: database, spool, SCP, collector,
+worker pool and sender.
 
 ``dicom-node serve`` is a thin wrapper around :class:`Node`.
 """
@@ -10,9 +11,12 @@ import signal
 import threading
 from types import FrameType
 
+from dicom_node.collect import Collector
 from dicom_node.config import Settings
+from dicom_node.deliver import Sender
 from dicom_node.receivers import ReceiverPool
 from dicom_node.scp import StorageSCP
+from dicom_node.worker import WorkerPool
 from storage.db import Database
 from storage.durability import DurabilityBarrier, syncfs_available
 from storage.received import DuplicateAction, ReceivedStore
@@ -80,6 +84,13 @@ class Node:
         self.scp = StorageSCP(settings, self.store, reuse_port=multi)
         self.receivers = ReceiverPool(settings, log_level, json_logs)
         self._stop = threading.Event()
+        self.collector = Collector(self.store.db, settings, poll_s=settings.worker.poll_interval_s)
+        self.sender = Sender(settings, self.store.db)
+        self.workers = WorkerPool(settings, self.store.db, on_idle=self.sender.wake)
+        self._collector_stop = threading.Event()
+        self._collector_thread = threading.Thread(
+            target=self.collector.run, args=(self._collector_stop,), name="collector", daemon=True
+        )
 
     def start(self) -> None:
         """Start listening (non-blocking), with the extra receiver processes.
@@ -89,6 +100,9 @@ class Node:
         """
         self.receivers.start()
         self.scp.start()
+        self.workers.start()
+        self.sender.start()
+        self._collector_thread.start()
 
     def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
         """Ask the node to stop (signal handler)."""
@@ -114,5 +128,9 @@ class Node:
         stopper.start()
         self.scp.shutdown()
         stopper.join()
+        self._collector_stop.set()
+        self._collector_thread.join(timeout=10)
+        self.workers.stop()
+        self.sender.stop()
         self.store.db.dispose()
         LOGGER.info("stopped")

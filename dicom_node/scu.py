@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -32,10 +34,13 @@ __all__ = [
     "collect_dicom_files",
     "echo",
     "parse_peer",
+    "peer_of",
     "send_files",
 ]
 
 LOGGER = logging.getLogger(__name__)
+
+EXPLICIT_VR_LITTLE_ENDIAN = str(ExplicitVRLittleEndian)
 
 MAX_CONTEXTS = 128
 """PS3.8 9.3.2.2: at most 128 presentation contexts in one A-ASSOCIATE-RQ."""
@@ -48,6 +53,11 @@ class DicomPeer:
     ae_title: str
     host: str
     port: int
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_check_hostname: bool = True
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
@@ -65,14 +75,29 @@ def parse_peer(spec: str, destinations: Sequence[DestinationSettings] = ()) -> D
         if dest.name == spec:
             if dest.type != "dicom":
                 raise ValueError(f"destination {spec!r} is a {dest.type!r} destination, not DICOM")
-            assert dest.ae_title and dest.host and dest.port
-            return DicomPeer(dest.ae_title, dest.host, dest.port)
+            return peer_of(dest)
     parts = spec.rsplit(":", 2)
     if len(parts) == 3 and parts[1].isdigit():
         host, port, aet = parts
         return DicomPeer(aet, host, int(port))
     known = ", ".join(d.name for d in destinations if d.type == "dicom") or "none configured"
     raise ValueError(f"unknown destination {spec!r}: use a name ({known}) or HOST:PORT:AET")
+
+
+def peer_of(dest: DestinationSettings) -> DicomPeer:
+    """The peer a ``dicom`` destination names."""
+    if dest.type != "dicom" or not (dest.ae_title and dest.host and dest.port):
+        raise ValueError(f"destination {dest.name!r} is not a complete DICOM destination")
+    return DicomPeer(
+        dest.ae_title,
+        dest.host,
+        dest.port,
+        tls=dest.tls,
+        tls_ca_file=str(dest.tls_ca_file) if dest.tls_ca_file else None,
+        tls_cert_file=str(dest.tls_cert_file) if dest.tls_cert_file else None,
+        tls_key_file=str(dest.tls_key_file) if dest.tls_key_file else None,
+        tls_check_hostname=dest.tls_check_hostname,
+    )
 
 
 def _make_ae(calling_ae: str, timeout_s: float) -> AE:
@@ -104,7 +129,7 @@ def echo(peer: DicomPeer, calling_ae: str = "DICOM_NODE", timeout_s: float = 10.
     ae = _make_ae(calling_ae, timeout_s)
     ae.add_requested_context(Verification)
     t0 = time.perf_counter()
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=_tls_args(peer))
     if not assoc.is_established:
         raise AssociationRejectedError(f"association with {peer} rejected or failed")
     try:
@@ -147,6 +172,9 @@ class SendReport:
     sent: int = 0
     failed: list[tuple[Path, str]] = field(default_factory=list)
     warnings: list[tuple[Path, int]] = field(default_factory=list)
+    statuses: dict[Path, int | None] = field(default_factory=dict)
+    """Per file: the peer's C-STORE status, ``None`` when it was never sent
+    (unreadable, refused presentation context, association kept failing)."""
     bytes: int = 0
     seconds: float = 0.0
     associations: int = 0
@@ -195,8 +223,10 @@ def send_files(
         batch, contexts = _next_batch(pending)
         ae = _make_ae(calling_ae, timeout_s)
         for sop_class, syntax in contexts:
-            ae.add_requested_context(sop_class, [syntax])
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+            ae.add_requested_context(sop_class, _proposed_syntaxes(syntax))
+        assoc = ae.associate(
+            peer.host, peer.port, ae_title=peer.ae_title, tls_args=_tls_args(peer)
+        )
         report.associations += 1
         if not assoc.is_established:
             raise AssociationRejectedError(f"association with {peer} rejected or failed")
@@ -209,7 +239,8 @@ def send_files(
                 try:
                     rsp = assoc.send_c_store(info.path)
                 except ValueError as exc:  # no accepted context for this SOP class / syntax
-                    report.failed.append((info.path, str(exc)))
+                    report.failed.append((info.path, f"presentation context refused: {exc}"))
+                    report.statuses[info.path] = None
                     done += 1
                     if progress:
                         progress(info.path, None)
@@ -219,6 +250,7 @@ def send_files(
                 if not rsp or "Status" not in rsp:
                     break  # reply lost: re-associate and resend this one
                 status = int(rsp.Status)
+                report.statuses[info.path] = status
                 done += 1
                 if status == st.SUCCESS or status & 0xF000 == 0xB000:
                     report.sent += 1
@@ -241,10 +273,31 @@ def send_files(
             if attempts > max_reassociations:
                 for info in pending:
                     report.failed.append((info.path, "association kept failing"))
+                    report.statuses[info.path] = None
                 break
             LOGGER.warning("association with %s ended early; re-associating", peer)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _proposed_syntaxes(syntax: str) -> list[str]:
+    """A file's own transfer syntax, then Explicit VR Little Endian (PS3.5 10.1).
+
+    The object goes as it is when the peer accepts its syntax; Explicit VR
+    Little Endian is the fallback every storage SCP should accept.
+    """
+    return [syntax] if syntax == EXPLICIT_VR_LITTLE_ENDIAN else [syntax, EXPLICIT_VR_LITTLE_ENDIAN]
+
+
+def _tls_args(peer: DicomPeer) -> tuple[ssl.SSLContext, str] | None:
+    """The (context, server name) pynetdicom needs for DICOM over TLS (PS3.15 B.1)."""
+    if not peer.tls:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=peer.tls_ca_file)
+    if peer.tls_cert_file:
+        context.load_cert_chain(peer.tls_cert_file, peer.tls_key_file)
+    context.check_hostname = peer.tls_check_hostname
+    return context, peer.host
 
 
 def _next_batch(pending: list[_FileInfo]) -> tuple[list[_FileInfo], list[tuple[str, str]]]:

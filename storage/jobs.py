@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 
 from storage.db import Database
 from storage.models import Completion, Delivery, Job, Result, Series, Study, utcnow
@@ -322,7 +322,7 @@ class JobQueue:
                     .distinct()
                 ).scalars()
                 for owner in list(owners):
-                    parsed = _owner_pid(owner)
+                    parsed = _owner_pid(owner or "")
                     if parsed is None or parsed[0] != host or _pid_alive(parsed[1]):
                         continue
                     released += conn.execute(
@@ -372,7 +372,7 @@ class JobQueue:
             finish = JobFinish(JobStatus.SUPERSEDED if superseded else JobStatus.SUCCEEDED)
             for res in results:
                 result_id = conn.execute(
-                    Result.__table__.insert()
+                    insert(Result)
                     .values(
                         job_id=job.id,
                         kind=res.kind,
@@ -385,7 +385,7 @@ class JobQueue:
                         size_bytes=res.size_bytes,
                         created_at=now,
                     )
-                    .returning(Result.__table__.c.id)
+                    .returning(Result.id)
                 ).scalar_one()
                 finish.result_ids.append(int(result_id))
                 if superseded:
@@ -394,7 +394,7 @@ class JobQueue:
                     if res.kind not in kinds:
                         continue
                     conn.execute(
-                        Delivery.__table__.insert().values(
+                        insert(Delivery).values(
                             result_id=result_id,
                             destination=destination,
                             status=DeliveryStatus.PENDING.value,

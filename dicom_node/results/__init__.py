@@ -11,6 +11,13 @@ All land in the source study, each kind in its own new series, with a
 SeriesDescription that says what made it and the algorithm in Contributing
 Equipment.  :func:`write_results` runs the writers a caller asked for;
 :func:`save_datasets` stores them as files named ``<kind>_<SOPInstanceUID>.dcm``.
+
+Idempotent retries: with a job's ``uid_seed`` every UID the caller does not
+fix is derived from the seed (:func:`~dicom_node.results.common.derive_uid`),
+so a retried job re-sends objects with the same UIDs.  Revisions: a result
+that supersedes an earlier one (``revision`` > 0) says so in each
+SeriesDescription, and its SR names the earlier SR(s) (:class:`PreviousVersion`)
+in the Predecessor Documents Sequence.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import dataclasses
 import logging
 import os
 import pathlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
@@ -27,12 +34,22 @@ from pydicom.dataset import Dataset
 from dicom_node.results.common import (
     DEFAULT_SERIES_NUMBERS,
     OutputUIDs,
+    check_revision,
+    check_seed,
+    derive_uid,
     device_uid,
+    revision_parts,
+    seeded_uids,
     with_type2_attributes,
 )
-from dicom_node.results.sc import SECONDARY_CAPTURE_SOP_CLASS_UID, write_sc
+from dicom_node.results.sc import SECONDARY_CAPTURE_SOP_CLASS_UID, frame_key, write_sc
 from dicom_node.results.seg import SEGMENTATION_SOP_CLASS_UID, segment_number_map, write_seg
-from dicom_node.results.sr import COMPREHENSIVE_3D_SR_SOP_CLASS_UID, write_sr
+from dicom_node.results.sr import (
+    COMPREHENSIVE_3D_SR_SOP_CLASS_UID,
+    PreviousVersion,
+    previous_versions_of,
+    write_sr,
+)
 
 if TYPE_CHECKING:
     from ai_models.types import PipelineResult
@@ -46,6 +63,8 @@ __all__ = [
     "SECONDARY_CAPTURE_SOP_CLASS_UID",
     "SEGMENTATION_SOP_CLASS_UID",
     "OutputUIDs",
+    "PreviousVersion",
+    "derive_uid",
     "device_uid",
     "kind_of",
     "parse_outputs",
@@ -98,6 +117,9 @@ def write_results(
     uids: Mapping[str, OutputUIDs] | None = None,
     *,
     sc_slices: str = "mask",
+    uid_seed: str | None = None,
+    previous_sr: Sequence[PreviousVersion | Dataset] | None = None,
+    revision: int = 0,
 ) -> list[Dataset]:
     """Write the requested result objects for one pipeline result.
 
@@ -115,6 +137,22 @@ def write_results(
         (:func:`dicom_node.results.sc.frame_key`).
     sc_slices:
         ``"mask"`` or ``"all"`` (see :func:`~dicom_node.results.sc.write_sc`).
+    uid_seed:
+        The job's seed (e.g. a hex string stored when the job was created).
+        When given, every UID that ``uids`` leaves open is derived from it
+        (:func:`~dicom_node.results.common.seeded_uids`): Series and SOP
+        Instance UIDs of each kind, each SC image's SOP Instance UID keyed by
+        its source frame, and the SEG's Dimension Organization UID.  A retry
+        with the same seed, result and arguments writes objects with the same
+        UIDs.  Without it they are random.
+    previous_sr:
+        The SR(s) this result supersedes (:class:`PreviousVersion`, or
+        datasets); the new SR lists them in its Predecessor Documents
+        Sequence.  Ignored when no SR is written.
+    revision:
+        0 for a first result; N > 0 for the Nth revision: each
+        SeriesDescription ends in ``" (rev N)"`` and it is part of the
+        seeded UIDs.
 
     Returns
     -------
@@ -137,8 +175,19 @@ def write_results(
         if not isinstance(value, OutputUIDs):
             raise TypeError(f"uids[{kind!r}] must be an OutputUIDs, got {type(value).__name__}.")
 
+    check_revision(revision)
+    if uid_seed is not None:
+        check_seed(uid_seed)
+    predecessors = previous_versions_of(previous_sr)
+    if predecessors and "sr" not in kinds:
+        logger.info("previous_sr given but no SR requested: no predecessor is recorded")
+
     def fixed(kind: str) -> OutputUIDs:
-        return uids.get(kind) or OutputUIDs()
+        u = uids.get(kind) or OutputUIDs()
+        if uid_seed is None:
+            return u
+        keys = [frame_key(f) for f in result.volume.frames] if kind == "sc" else ()
+        return seeded_uids(u, uid_seed, kind, frame_keys=keys, revision=revision)
 
     sources = [with_type2_attributes(ds) for ds in result.volume.source_datasets]
     if any(a is not b for a, b in zip(sources, result.volume.source_datasets, strict=True)):
@@ -158,6 +207,12 @@ def write_results(
                 sop_instance_uid=u.sop_instance_uid,
                 series_number=u.series_number,
                 instance_number=u.instance_number,
+                dimension_organization_uid=(
+                    derive_uid(uid_seed, "seg", "dimension-organization", *revision_parts(revision))
+                    if uid_seed is not None
+                    else None
+                ),
+                revision=revision,
             )
             out.append(seg_ds)
         else:
@@ -173,6 +228,8 @@ def write_results(
                     sop_instance_uid=u.sop_instance_uid,
                     series_number=u.series_number,
                     instance_number=u.instance_number,
+                    previous_versions=predecessors or None,
+                    revision=revision,
                 )
             )
         else:
@@ -186,6 +243,7 @@ def write_results(
             series_number=u.series_number,
             instance_number=u.instance_number,
             slices=sc_slices,
+            revision=revision,
         )
         if not images:
             logger.info("no SC overlay written: no slice has a segment")

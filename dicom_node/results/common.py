@@ -5,15 +5,17 @@
   Contributing Equipment Sequence (PS3.3 C.7.5.1, Enhanced General Equipment);
 * a Device UID derived from the weights' sha256, so that it changes whenever
   the weights change;
-* series descriptions that say what made an object;
-* the UIDs and numbers of a result object, fixed by the caller or generated.
+* series descriptions that say what made an object (and which revision);
+* the UIDs and numbers of a result object, fixed by the caller, derived from
+  a job's seed (:func:`derive_uid`, so a retried job repeats them) or
+  generated at random.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -36,7 +38,11 @@ __all__ = [
     "algorithm_identification",
     "algorithm_identification_sequence",
     "contributing_equipment",
+    "derive_uid",
     "device_uid",
+    "revision_parts",
+    "revision_suffix",
+    "seeded_uids",
     "series_description",
     "to_code",
     "default_procedure_reported",
@@ -186,18 +192,74 @@ def _clip(text: str, length: int) -> str:
     return text if len(text) <= length else text[: length - 1].rstrip() + "~"
 
 
-def series_description(pipeline: str, algorithm: AlgorithmInfo, kind: str) -> str:
+def check_revision(revision: int) -> int:
+    """Return ``revision`` when it is an int >= 0, else raise."""
+    if isinstance(revision, bool) or not isinstance(revision, int):
+        raise TypeError(f'Argument "revision" must be an int, got {revision!r}.')
+    if not 0 <= revision < 2**31:
+        raise ValueError(f'Argument "revision" must be >= 0, got {revision!r}.')
+    return revision
+
+
+def revision_suffix(revision: int) -> str:
+    """``" (rev 2)"`` for a revision, ``""`` for the first version (0)."""
+    return f" (rev {check_revision(revision)})" if revision else ""
+
+
+def series_description(
+    pipeline: str, algorithm: AlgorithmInfo, kind: str, revision: int = 0
+) -> str:
     """SeriesDescription (LO, max 64 chars) that says what made the object.
 
-    Example: ``"ct-lungs 0.1 SEG (AI, not for diagnosis)"``.  When the text
-    is too long the pipeline name is shortened first, never the disclaimer.
+    Example: ``"ct-lungs 0.1 SEG (AI, not for diagnosis)"``, and for a
+    revision (a result that supersedes an earlier one of the same series)
+    ``"ct-lungs 0.1 SEG (AI, not for diagnosis) (rev 2)"``.  When the text is
+    too long the pipeline name is shortened first, then the version left
+    out; never the disclaimer or the revision.
     """
-    tail = f" {algorithm.version} {kind} ({NOT_FOR_DIAGNOSIS})"
+    suffix = f" ({NOT_FOR_DIAGNOSIS}){revision_suffix(revision)}"
+    tail = f" {algorithm.version} {kind}{suffix}"
     head = pipeline or algorithm.name
     room = 64 - len(tail)
     if room < 4:
-        return _clip(f"{head} {kind} ({NOT_FOR_DIAGNOSIS})", 64)
+        tail = f" {kind}{suffix}"
+        room = 64 - len(tail)
+        if room < 4:
+            return _clip(f"{head}{tail}", 64)
     return _clip(head, room) + tail
+
+
+#: Separates the parts hashed by :func:`derive_uid`; pydicom concatenates its
+#: entropy sources, so without it ``("ab", "c")`` and ``("a", "bc")`` collide.
+_PART_SEPARATOR = "\x1f"
+
+
+def check_seed(seed: str) -> str:
+    """Return ``seed`` when it is a non-empty ``str``, else raise."""
+    if not isinstance(seed, str):
+        raise TypeError(f'Argument "uid_seed" must be a str, got {type(seed).__name__}.')
+    if not seed.strip():
+        raise ValueError('Argument "uid_seed" must not be empty.')
+    return seed
+
+
+def derive_uid(seed: str, *parts: str) -> str:
+    """A UID derived deterministically from a job's ``seed`` and ``parts``.
+
+    ``pydicom.uid.generate_uid(entropy_srcs=[seed, *parts])`` (each part
+    prefixed with a separator so that parts cannot run into each other): a
+    SHA-512 hash below pydicom's UID root, at most 64 characters.  The same
+    seed and parts always give the same UID, so a job retried after a crash
+    writes objects with the UIDs of its first attempt.
+
+    The result writers use ``(kind, role)`` and ``(kind, "sop", frame_key)``
+    parts, e.g. ``derive_uid(seed, "seg", "series")``,
+    ``derive_uid(seed, "sc", "sop", "1.2.3#4")``, followed by
+    ``"revision N"`` for a revision N > 0 (see :func:`seeded_uids`).
+    """
+    check_seed(seed)
+    sources = [seed, *(_PART_SEPARATOR + str(p) for p in parts)]
+    return str(generate_uid(entropy_srcs=sources))
 
 
 def default_procedure_reported(modality: str) -> hd.sr.CodedConcept:
@@ -269,6 +331,47 @@ class OutputUIDs:
             instance_number=self.instance_number if self.instance_number is not None else 1,
             sop_instance_uids=dict(self.sop_instance_uids),
         )
+
+
+def revision_parts(revision: int) -> tuple[str, ...]:
+    """Parts that :func:`derive_uid` adds for a revision N > 0: ``("revision N",)``."""
+    return (f"revision {check_revision(revision)}",) if revision else ()
+
+
+def seeded_uids(
+    fixed: OutputUIDs,
+    seed: str,
+    kind: str,
+    *,
+    frame_keys: Iterable[str] = (),
+    revision: int = 0,
+) -> OutputUIDs:
+    """``fixed`` with every UID it leaves open derived from ``seed``.
+
+    Series Instance UID: ``derive_uid(seed, kind, "series")``; SOP Instance
+    UID: ``derive_uid(seed, kind, "sop")``; for each of ``frame_keys`` (SC
+    images, :func:`dicom_node.results.sc.frame_key`) not in
+    ``fixed.sop_instance_uids``: ``derive_uid(seed, kind, "sop", key)``, so
+    each image's UID depends on its source frame only, not on which or how
+    many images are written.  A revision > 0 adds ``"revision N"`` to the
+    parts, so that a seed reused by mistake for a revision never repeats the
+    UIDs of the version it supersedes.  Numbers are left as they are.
+    """
+    check_seed(seed)
+    extra = revision_parts(revision)
+    per_image = dict(fixed.sop_instance_uids)
+    for key in frame_keys:
+        if key not in per_image:
+            per_image[key] = derive_uid(seed, kind, "sop", key, *extra)
+    return OutputUIDs(
+        series_instance_uid=(
+            fixed.series_instance_uid or derive_uid(seed, kind, "series", *extra)
+        ),
+        sop_instance_uid=fixed.sop_instance_uid or derive_uid(seed, kind, "sop", *extra),
+        series_number=fixed.series_number,
+        instance_number=fixed.instance_number,
+        sop_instance_uids=per_image,
+    )
 
 
 #: Default Series Numbers of the result series, by kind (the router may fix

@@ -42,6 +42,7 @@ from dicom_node.results.common import (
     MANUFACTURER_MODEL_NAME,
     SOFTWARE_VERSION,
     check_result,
+    check_revision,
     check_uid,
     contributing_equipment,
     series_description,
@@ -151,6 +152,7 @@ def write_sc(
     window: tuple[float, float] | None = None,
     thickness: int | None = None,
     series_description_text: str | None = None,
+    revision: int = 0,
 ) -> list[hd.sc.SCImage]:
     """Render the segment outlines onto the source slices as SC images.
 
@@ -174,6 +176,9 @@ def write_sc(
         Outline thickness in pixels (default 1, 2 from 384 columns up).
     series_description_text:
         Overrides the default SeriesDescription.
+    revision:
+        Revision number for the default SeriesDescription (``" (rev N)"``
+        when > 0); 0 for a first version.
 
     Returns
     -------
@@ -190,6 +195,7 @@ def write_sc(
         raise ValueError(f'Argument "slices" must be one of {_SLICE_CHOICES}, got {slices!r}.')
     if series_instance_uid is not None:
         check_uid(series_instance_uid, "series_instance_uid")
+    check_revision(revision)
     fixed = dict(sop_instance_uids or {})
     for key, uid in fixed.items():
         check_uid(uid, f"sop_instance_uids[{key!r}]")
@@ -219,7 +225,7 @@ def write_sc(
     number = series_number if series_number is not None else DEFAULT_SERIES_NUMBERS["SC"]
     first = instance_number if instance_number is not None else 1
     description = series_description_text or series_description(
-        result.pipeline, result.algorithm, "overlay"
+        result.pipeline, result.algorithm, "overlay", revision
     )
     orientation = (
         _orientation_letter(volume.direction[:, 2]),  # along a row (j)

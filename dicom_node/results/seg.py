@@ -36,6 +36,7 @@ from dicom_node.results.common import (
     SOFTWARE_VERSION,
     algorithm_identification_sequence,
     check_result,
+    check_revision,
     check_uid,
     contributing_equipment,
     identity_kwargs,
@@ -255,6 +256,17 @@ def _pixel_array(masks: list[np.ndarray], keep: np.ndarray) -> np.ndarray:
     return stacked
 
 
+def _set_dimension_organization_uid(seg: Dataset, uid: str) -> None:
+    """Replace highdicom's Dimension Organization UID (a random one) in the
+    Dimension Organization and Dimension Index Sequences."""
+    old = {str(item.DimensionOrganizationUID) for item in seg.DimensionOrganizationSequence}
+    for item in seg.DimensionOrganizationSequence:
+        item.DimensionOrganizationUID = uid
+    for item in seg.get("DimensionIndexSequence", []):
+        if str(item.get("DimensionOrganizationUID", "")) in old:
+            item.DimensionOrganizationUID = uid
+
+
 def write_seg(
     result: PipelineResult,
     *,
@@ -265,6 +277,8 @@ def write_seg(
     transfer_syntax_uid: str = ExplicitVRLittleEndian,
     omit_empty_frames: bool = True,
     series_description_text: str | None = None,
+    dimension_organization_uid: str | None = None,
+    revision: int = 0,
 ) -> hd.seg.Segmentation:
     """Write the segments of ``result`` as a BINARY DICOM Segmentation.
 
@@ -287,6 +301,12 @@ def write_seg(
     series_description_text:
         Overrides the default SeriesDescription (e.g. "ct-lungs 0.1 SEG (AI,
         not for diagnosis)").
+    dimension_organization_uid:
+        Dimension Organization UID (PS3.3 C.7.6.17) in place of the random
+        one highdicom generates, so that a retried job writes the same SEG.
+    revision:
+        Revision number for the default SeriesDescription (``" (rev N)"``
+        when > 0); 0 for a first version.
 
     Returns
     -------
@@ -313,6 +333,9 @@ def write_seg(
         check_uid(series_instance_uid, "series_instance_uid")
     if sop_instance_uid is not None:
         check_uid(sop_instance_uid, "sop_instance_uid")
+    if dimension_organization_uid is not None:
+        check_uid(dimension_organization_uid, "dimension_organization_uid")
+    check_revision(revision)
     volume = result.volume
 
     number_map = segment_number_map(result)
@@ -428,12 +451,15 @@ def write_seg(
         omit_empty_frames=omit_empty_frames,
         contributing_equipment=[contributing_equipment(algorithm)],
         series_description=(
-            series_description_text or series_description(result.pipeline, algorithm, "SEG")
+            series_description_text
+            or series_description(result.pipeline, algorithm, "SEG", revision)
         ),
         **kwargs,
     )
     if not any(multiframe):
         _reference_all_sources(out, volume.source_datasets)
+    if dimension_organization_uid is not None:
+        _set_dimension_organization_uid(out, dimension_organization_uid)
     logger.debug(
         "SEG %s: %d segment(s), %d frame(s)",
         out.SOPInstanceUID,

@@ -20,6 +20,11 @@ Content tree (PS3.16 TID 1500)::
             tracking identifier + UID, measurements, evaluations, source
             images
 
+A revision (the result of a re-run after a late instance) names the SR(s) it
+supersedes in the Predecessor Documents Sequence (PS3.3 C.17.2, SR Document
+General module): Study Instance UID > Referenced Series Sequence > Series
+Instance UID > Referenced SOP Sequence > SOP Class / Instance UID.
+
 Document flags: CompletionFlag PARTIAL, PreliminaryFlag PRELIMINARY,
 VerificationFlag UNVERIFIED -- an AI result is never final or verified.
 
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import highdicom as hd
@@ -54,6 +60,7 @@ from dicom_node.results.common import (
     SOFTWARE_VERSION,
     algorithm_identification,
     check_result,
+    check_revision,
     check_uid,
     contributing_equipment,
     default_procedure_reported,
@@ -68,10 +75,79 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["COMPREHENSIVE_3D_SR_SOP_CLASS_UID", "write_sr"]
+__all__ = ["COMPREHENSIVE_3D_SR_SOP_CLASS_UID", "PreviousVersion", "write_sr"]
 
 #: Comprehensive 3D SR Storage (PS3.4 B.5).
 COMPREHENSIVE_3D_SR_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+@dataclass(frozen=True)
+class PreviousVersion:
+    """An earlier SR that a new one supersedes (Predecessor Documents Sequence).
+
+    The four UIDs the job runner keeps in its database for each SR it sent;
+    the dataset itself is not needed.
+    """
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+
+    def __post_init__(self) -> None:
+        for name in (
+            "study_instance_uid",
+            "series_instance_uid",
+            "sop_class_uid",
+            "sop_instance_uid",
+        ):
+            check_uid(getattr(self, name), name)
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset) -> PreviousVersion:
+        """The UIDs of an SR dataset (e.g. one read back from the archive)."""
+        try:
+            return cls(
+                study_instance_uid=str(ds.StudyInstanceUID),
+                series_instance_uid=str(ds.SeriesInstanceUID),
+                sop_class_uid=str(ds.SOPClassUID),
+                sop_instance_uid=str(ds.SOPInstanceUID),
+            )
+        except AttributeError as exc:
+            raise ValueError(f"Previous version lacks a UID: {exc}") from exc
+
+    def as_dataset(self) -> Dataset:
+        """A minimal dataset with the four UIDs (what highdicom reads)."""
+        ds = Dataset()
+        ds.StudyInstanceUID = self.study_instance_uid
+        ds.SeriesInstanceUID = self.series_instance_uid
+        ds.SOPClassUID = self.sop_class_uid
+        ds.SOPInstanceUID = self.sop_instance_uid
+        return ds
+
+
+def previous_versions_of(
+    items: Sequence[PreviousVersion | Dataset] | None,
+) -> list[PreviousVersion]:
+    """Normalise ``previous_versions`` (dataclasses or datasets), in order,
+    without repeats."""
+    out: list[PreviousVersion] = []
+    if items is None:
+        return out
+    if isinstance(items, (str, Dataset, PreviousVersion)):
+        raise TypeError('Argument "previous_versions" must be a sequence.')
+    for item in items:
+        if isinstance(item, Dataset):
+            item = PreviousVersion.from_dataset(item)
+        elif not isinstance(item, PreviousVersion):
+            raise TypeError(
+                "Items of previous_versions must be PreviousVersion or Dataset, "
+                f"got {type(item).__name__}."
+            )
+        if item not in out:
+            out.append(item)
+    return out
+
 
 _ImageItem = TypeVar(
     "_ImageItem",
@@ -348,6 +424,8 @@ def write_sr(
     instance_number: int | None = None,
     planar_regions: bool = True,
     series_description_text: str | None = None,
+    previous_versions: Sequence[PreviousVersion | Dataset] | None = None,
+    revision: int = 0,
 ) -> hd.sr.Comprehensive3DSR:
     """Write the findings of ``result`` as a TID 1500 Comprehensive 3D SR.
 
@@ -369,6 +447,13 @@ def write_sr(
         needed by OHIF to draw the finding).
     series_description_text:
         Overrides the default SeriesDescription.
+    previous_versions:
+        Earlier SR(s) this one supersedes (:class:`PreviousVersion`, or
+        datasets with the four UIDs), listed in the Predecessor Documents
+        Sequence (PS3.3 C.17.2).
+    revision:
+        Revision number for the default SeriesDescription (``" (rev N)"``
+        when > 0); 0 for a first version.
 
     Returns
     -------
@@ -395,6 +480,8 @@ def write_sr(
         check_uid(series_instance_uid, "series_instance_uid")
     if sop_instance_uid is not None:
         check_uid(sop_instance_uid, "sop_instance_uid")
+    check_revision(revision)
+    predecessors = previous_versions_of(previous_versions)
 
     algorithm = result.algorithm
     algo_id = algorithm_identification(algorithm)
@@ -444,10 +531,19 @@ def write_sr(
         is_verified=False,
         contributing_equipment=[contributing_equipment(algorithm)],
         series_description=(
-            series_description_text or series_description(result.pipeline, algorithm, "SR")
+            series_description_text
+            or series_description(result.pipeline, algorithm, "SR", revision)
         ),
         manufacturer_model_name=MANUFACTURER_MODEL_NAME,
         software_versions=SOFTWARE_VERSION,
+        previous_versions=[p.as_dataset() for p in predecessors] or None,
     )
-    logger.debug("SR %s: %d measurement group(s)", sr.SOPInstanceUID, len(groups))
+    if any(p.sop_instance_uid == sr.SOPInstanceUID for p in predecessors):
+        raise ValueError("The SR cannot supersede itself: a previous version has its SOP UID.")
+    logger.debug(
+        "SR %s: %d measurement group(s), %d predecessor(s)",
+        sr.SOPInstanceUID,
+        len(groups),
+        len(predecessors),
+    )
     return sr

@@ -1,0 +1,237 @@
+"""``dicom-node complete`` and ``dicom-node jobs list|show|retry`` (click commands).
+
+They work on the database directly, so they act on a running node too: a
+forced completion or a retried job is picked up by the node's collector,
+workers and sender at their next poll.  The CLI group registers them with
+``main.add_command``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from storage.db import Database
+from storage.jobs import DeliveryStatus, JobQueue, JobStatus
+
+__all__ = ["complete", "jobs"]
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _database(ctx: click.Context) -> tuple[Any, Database]:
+    settings = ctx.obj.settings()
+    database = Database(settings.storage.database_url)
+    database.upgrade()
+    return settings, database
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def _short(uid: str | None) -> str:
+    if not uid:
+        return ""
+    return uid if len(uid) <= 24 else f"...{uid[-21:]}"
+
+
+@click.command("complete")
+@click.argument("uid")
+@click.pass_context
+def complete(ctx: click.Context, uid: str) -> None:
+    """Force completion of a series or study now (its rules run without the quiet period).
+
+    UID is a SeriesInstanceUID (that series' series-level rules) or a
+    StudyInstanceUID (every series of the study, and study-level rules).
+    """
+    from dicom_node.collect import Collector
+
+    settings, database = _database(ctx)
+    try:
+        report = Collector(database, settings).complete(uid)
+    except LookupError as exc:
+        err_console.print(f"error: {exc}", markup=False)
+        sys.exit(1)
+    finally:
+        database.dispose()
+    for line in report.completed:
+        console.print(f"completed {line}", markup=False)
+    for line in report.unchanged:
+        console.print(f"already complete with the same instances: {line}", markup=False)
+    if report.job_ids:
+        console.print(f"queued job(s): {', '.join(map(str, report.job_ids))}")
+    elif not report.unchanged:
+        console.print("no rule matches; nothing queued")
+
+
+@click.group("jobs")
+def jobs() -> None:
+    """Jobs and their deliveries: list, show, retry."""
+
+
+@jobs.command("list")
+@click.option(
+    "--status",
+    type=click.Choice([s.value for s in JobStatus]),
+    help="Only jobs in this state.",
+)
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+@click.pass_context
+def jobs_list(ctx: click.Context, status: str | None, limit: int, as_json: bool) -> None:
+    """Newest jobs first, with their deliveries (sent / pending / failed)."""
+    _settings, database = _database(ctx)
+    try:
+        rows = JobQueue(database).summaries(status=status, limit=limit)
+    finally:
+        database.dispose()
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, default=str))
+        return
+    table = Table(title=f"jobs ({len(rows)})")
+    for col in (
+        "id",
+        "status",
+        "rule",
+        "pipeline",
+        "series",
+        "rev",
+        "try",
+        "created",
+        "took",
+        "results",
+        "deliveries",
+        "error",
+    ):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        took = ""
+        if row["finished_at"] and row["started_at"]:
+            took = f"{(row['finished_at'] - row['started_at']).total_seconds():.1f} s"
+        deliveries = ", ".join(f"{n} {s}" for s, n in sorted(row["deliveries"].items()))
+        style = {"failed": "red", "succeeded": "green", "running": "cyan"}.get(row["status"])
+        table.add_row(
+            str(row["id"]),
+            f"[{style}]{row['status']}[/]" if style else row["status"],
+            row["rule"],
+            row["pipeline"],
+            "\n".join(_short(u) for u in row["series_instance_uids"]),
+            str(row["revision"]),
+            f"{row['attempts']}/{row['max_attempts']}",
+            _when(row["created_at"]),
+            took,
+            str(row["results"]),
+            deliveries,
+            (row["error"] or "")[:200],
+        )
+    console.print(table)
+
+
+@jobs.command("show")
+@click.argument("job_id", type=int)
+@click.pass_context
+def jobs_show(ctx: click.Context, job_id: int) -> None:
+    """One job: its state, timings, result objects and each delivery."""
+    from sqlalchemy import select
+
+    from storage.models import Delivery, Result
+
+    _settings, database = _database(ctx)
+    try:
+        rows = JobQueue(database).summaries(job_ids=[job_id], limit=1)
+        if not rows:
+            err_console.print(f"error: no job {job_id}", markup=False)
+            sys.exit(1)
+        job = rows[0]
+        with database.engine.connect() as conn:
+            results = conn.execute(
+                select(Result.id, Result.kind, Result.sop_instance_uid)
+                .where(Result.job_id == job_id)
+                .order_by(Result.id)
+            ).all()
+            deliveries = conn.execute(
+                select(
+                    Delivery.result_id,
+                    Delivery.destination,
+                    Delivery.status,
+                    Delivery.attempts,
+                    Delivery.last_status,
+                    Delivery.error,
+                )
+                .join(Result, Result.id == Delivery.result_id)
+                .where(Result.job_id == job_id)
+                .order_by(Delivery.id)
+            ).all()
+    finally:
+        database.dispose()
+    console.print(
+        f"job {job['id']}: {job['status']} ({job['pipeline']}, rule {job['rule']}, "
+        f"revision {job['revision']}, attempt {job['attempts']}/{job['max_attempts']})",
+        markup=False,
+    )
+    console.print(f"study {job['study_instance_uid']}", markup=False)
+    for uid in job["series_instance_uids"]:
+        console.print(f"series {uid}", markup=False)
+    if job["timings"]:
+        console.print(
+            "timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in job["timings"].items()),
+            markup=False,
+        )
+    if job["error"]:
+        console.print(f"error: {job['error']}", markup=False)
+    by_result: dict[int, list[Any]] = {}
+    for d in deliveries:
+        by_result.setdefault(d.result_id, []).append(d)
+    table = Table(title="results and deliveries")
+    for col in ("kind", "SOP Instance UID", "destination", "status", "tries", "DIMSE", "error"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        ds = by_result.get(r.id) or [None]
+        for d in ds:
+            table.add_row(
+                r.kind,
+                r.sop_instance_uid,
+                d.destination if d else "",
+                d.status if d else "",
+                str(d.attempts) if d else "",
+                f"0x{d.last_status:04X}" if d and d.last_status is not None else "",
+                (d.error or "") if d else "",
+            )
+    console.print(table)
+
+
+@jobs.command("retry")
+@click.argument("job_ids", type=int, nargs=-1, required=True)
+@click.pass_context
+def jobs_retry(ctx: click.Context, job_ids: tuple[int, ...]) -> None:
+    """Run failed or skipped jobs again, or re-send a finished job's failed deliveries."""
+    _settings, database = _database(ctx)
+    failed = False
+    try:
+        queue = JobQueue(database)
+        for job_id in job_ids:
+            try:
+                what, n = queue.retry(job_id)
+            except (LookupError, ValueError) as exc:
+                err_console.print(f"job {job_id}: {exc}", markup=False)
+                failed = True
+                continue
+            if what == "job":
+                console.print(f"job {job_id}: queued again")
+            else:
+                console.print(
+                    f"job {job_id}: {n} failed deliverie(s) set to {DeliveryStatus.PENDING.value}"
+                )
+    finally:
+        database.dispose()
+    if failed:
+        sys.exit(1)

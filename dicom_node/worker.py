@@ -1,0 +1,400 @@
+"""Running jobs: load the series -> pipeline -> result objects -> deliveries.
+
+:func:`run_job` is the job function: a plain callable taking a job ID, so an
+executor elsewhere (a Celery task on a GPU machine sharing the database and
+the spool volume) can run it as it is.  :class:`WorkerPool` is the embedded
+default: threads in ``serve`` that claim due jobs from the database.
+
+A job's result objects are written under ``storage.results_dir`` with UIDs
+derived from the seed stored in the job row when it was made, so running it
+again after a crash produces the same objects and a re-send is idempotent at
+the archive.  Result files are flushed before the rows that point at them are
+committed, and the delivery rows are written in that same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from dicom_node.config import Settings
+from dicom_node.results import PreviousVersion, kind_of, save_datasets, write_results
+from storage.db import Database
+from storage.jobs import ClaimedJob, JobQueue, JobStatus, LeaseLost, NewResult, worker_name
+from storage.models import Instance, Job, Result, Series, utcnow
+
+__all__ = ["JobRunner", "WorkerPool", "job_queue", "run_job"]
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class _SeriesOutcome:
+    uid: str
+    results: list[NewResult] = field(default_factory=list)
+    skipped: str | None = None
+
+
+class JobRunner:
+    """Runs claimed jobs with the node's settings.
+
+    Parameters
+    ----------
+    settings:
+        The node's settings (pipelines, device, results folder).
+    db:
+        The node's database.
+    queue:
+        The job queue (for heartbeats and the final state).
+    """
+
+    def __init__(self, settings: Settings, db: Database, queue: JobQueue) -> None:
+        self.settings = settings
+        self.db = db
+        self.queue = queue
+        self.spool_root = settings.storage.spool_dir
+        self.results_root = settings.storage.results_dir
+        self._pipelines: dict[str, Any] = {}
+        self._pipeline_locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    # -- pipelines -------------------------------------------------------------
+    def _pipeline(self, name: str) -> tuple[Any, threading.Lock]:
+        from ai_models.pipelines import get_pipeline
+
+        with self._lock:
+            if name not in self._pipelines:
+                device = self.settings.worker.device
+                options: dict[str, Any] = {} if device == "auto" else {"device": device}
+                self._pipelines[name] = get_pipeline(
+                    name, configured=self.settings.pipeline_specs(), **options
+                )
+                self._pipeline_locks[name] = threading.Lock()
+            return self._pipelines[name], self._pipeline_locks[name]
+
+    # -- one job -----------------------------------------------------------------
+    def run(self, job: ClaimedJob) -> JobStatus:
+        """Run a claimed job to its end state (heart-beating meanwhile)."""
+        from ai_models.errors import AIModelsError, PipelineNotApplicable, VolumeError
+        from ai_models.pipelines import UnknownPipelineError
+
+        timings: dict[str, float] = {"wait": max(0.0, (utcnow() - job.created_at).total_seconds())}
+        LOGGER.info(
+            "job %d started: %s on %d series (rule %s, attempt %d of %d)",
+            job.id,
+            job.pipeline,
+            len(job.series_ids),
+            job.rule,
+            job.attempts,
+            job.max_attempts,
+        )
+        beat = _Heartbeat(self.queue, job)
+        beat.start()
+        outcomes: list[_SeriesOutcome] = []
+        try:
+            pipeline, lock = self._pipeline(job.pipeline)
+            for series_id in job.series_ids:
+                outcomes.append(self._run_series(job, series_id, pipeline, lock, timings))
+            results = [r for o in outcomes for r in o.results]
+            skipped = [o for o in outcomes if o.skipped]
+            if skipped and len(skipped) == len(outcomes):
+                reason = "; ".join(f"{o.uid}: {o.skipped}" for o in skipped)
+                self.queue.skip(job, reason, timings)
+                LOGGER.info("job %d skipped: %s", job.id, reason)
+                return JobStatus.SKIPPED
+            finish = self.queue.complete(job, results, timings)
+        except LeaseLost as exc:
+            LOGGER.warning("job %d: %s; another worker has it", job.id, exc)
+            return JobStatus.RUNNING
+        except UnknownPipelineError as exc:
+            return self._fail(job, f"{exc}", timings, retryable=False)
+        except (VolumeError, PipelineNotApplicable) as exc:  # pragma: no cover - per series
+            return self._fail(job, f"{type(exc).__name__}: {exc}", timings, retryable=False)
+        except (AIModelsError, ValueError, TypeError, RuntimeError, OSError, MemoryError) as exc:
+            LOGGER.exception("job %d failed", job.id)
+            return self._fail(job, f"{type(exc).__name__}: {exc}", timings, retryable=True)
+        finally:
+            beat.stop()
+        LOGGER.info(
+            "job %d %s: %d result object(s), %d deliverie(s) queued, %s",
+            job.id,
+            finish.status.value,
+            len(finish.result_ids),
+            finish.deliveries,
+            ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()),
+        )
+        return finish.status
+
+    def _fail(
+        self, job: ClaimedJob, error: str, timings: dict[str, float], *, retryable: bool
+    ) -> JobStatus:
+        try:
+            status = self.queue.fail(job, error, timings, retryable=retryable)
+        except LeaseLost as exc:
+            LOGGER.warning("job %d: %s", job.id, exc)
+            return JobStatus.RUNNING
+        LOGGER.warning(
+            "job %d attempt %d failed (%s): %s",
+            job.id,
+            job.attempts,
+            "will retry" if status is JobStatus.QUEUED else "no attempts left",
+            error,
+        )
+        return status
+
+    def _series_files(self, series_id: int) -> tuple[str, list[Path]]:
+        with self.db.engine.connect() as conn:
+            uid = conn.execute(
+                select(Series.series_instance_uid).where(Series.id == series_id)
+            ).scalar_one()
+            rels = (
+                conn.execute(
+                    select(Instance.path)
+                    .where(Instance.series_id == series_id)
+                    .order_by(Instance.id)
+                )
+                .scalars()
+                .all()
+            )
+        return uid, [self.spool_root / rel for rel in rels]
+
+    def _previous_versions(self, job: ClaimedJob, source_series_uid: str) -> list[PreviousVersion]:
+        """The SRs of the latest earlier revision of this job that produced one."""
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    Result.study_instance_uid,
+                    Result.series_instance_uid,
+                    Result.sop_class_uid,
+                    Result.sop_instance_uid,
+                    Job.revision,
+                )
+                .join(Job, Job.id == Result.job_id)
+                .where(
+                    Job.completion_id == job.completion_id,
+                    Job.pipeline == job.pipeline,
+                    Job.revision < job.revision,
+                    Result.kind == "sr",
+                    Result.source_series_uid == source_series_uid,
+                )
+                .order_by(Job.revision.desc(), Result.id)
+            ).all()
+        if not rows:
+            return []
+        latest = rows[0].revision
+        return [PreviousVersion(r[0], r[1], r[2], r[3]) for r in rows if r.revision == latest]
+
+    def _run_series(
+        self,
+        job: ClaimedJob,
+        series_id: int,
+        pipeline: Any,
+        lock: threading.Lock,
+        timings: dict[str, float],
+    ) -> _SeriesOutcome:
+        from ai_models.dicom_files import discover_series
+        from ai_models.errors import PipelineNotApplicable, VolumeError
+        from ai_models.volume import load_series
+
+        uid, paths = self._series_files(series_id)
+        outcome = _SeriesOutcome(uid)
+        t0 = time.perf_counter()
+        found = discover_series(paths)
+        files = found.get(uid) or next(iter(found.values()), None)
+        if not files:
+            outcome.skipped = "no image instances"
+            return outcome
+        modalities = tuple(getattr(pipeline, "modalities", ()) or ())
+        modality = files[0].modality
+        if modalities and modality not in modalities:
+            outcome.skipped = (
+                f"modality {modality or '(none)'} is not one of {', '.join(modalities)}"
+            )
+            return outcome
+        try:
+            volume = load_series(files)
+        except VolumeError as exc:
+            outcome.skipped = f"not one volume: {exc}"
+            return outcome
+        _add(timings, "read", time.perf_counter() - t0)
+        try:
+            pipeline.check(volume)
+        except PipelineNotApplicable as exc:
+            outcome.skipped = str(exc)
+            return outcome
+        with lock:
+            result = pipeline.run(volume)
+        for stage, seconds in result.timings.items():
+            if stage not in ("read", "write"):
+                _add(timings, stage, float(seconds))
+        t1 = time.perf_counter()
+        datasets = write_results(
+            result,
+            job.outputs,
+            uid_seed=f"{job.uid_seed}:{uid}",
+            previous_sr=self._previous_versions(job, uid) if job.revision else None,
+            revision=job.revision,
+            sc_slices=self.settings.worker.sc_slices,
+        )
+        folder = self.results_root / f"job-{job.id}"
+        paths_out = save_datasets(datasets, folder)
+        _flush(paths_out, folder)
+        for ds, path in zip(datasets, paths_out, strict=True):
+            outcome.results.append(
+                NewResult(
+                    kind=kind_of(ds),
+                    source_series_uid=uid,
+                    study_instance_uid=str(ds.StudyInstanceUID),
+                    series_instance_uid=str(ds.SeriesInstanceUID),
+                    sop_instance_uid=str(ds.SOPInstanceUID),
+                    sop_class_uid=str(ds.SOPClassUID),
+                    path=str(path.relative_to(self.results_root)),
+                    size_bytes=path.stat().st_size,
+                )
+            )
+        _add(timings, "write", time.perf_counter() - t1)
+        return outcome
+
+
+def _add(timings: dict[str, float], stage: str, seconds: float) -> None:
+    timings[stage] = round(timings.get(stage, 0.0) + seconds, 4)
+
+
+def _flush(paths: list[Path], folder: Path) -> None:
+    """fsync the result files and their folder (they must outlive a crash)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Heartbeat:
+    """Renews a job's lease every quarter lease while it runs."""
+
+    def __init__(self, queue: JobQueue, job: ClaimedJob) -> None:
+        self.queue = queue
+        self.job = job
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job.id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        interval = max(0.5, self.queue.lease.total_seconds() / 4)
+        while not self._stop.wait(interval):
+            try:
+                if not self.queue.heartbeat(self.job.id, self.job.owner):
+                    LOGGER.warning("job %d: lease lost", self.job.id)
+                    return
+            except Exception:
+                LOGGER.exception("job %d: heartbeat failed", self.job.id)
+
+
+def job_queue(settings: Settings, db: Database) -> JobQueue:
+    """The job queue with the ``[worker]`` settings."""
+    w = settings.worker
+    return JobQueue(db, lease_s=w.lease_s, retry_base_s=w.retry_base_s, retry_max_s=w.retry_max_s)
+
+
+def run_job(job_id: int, settings: Settings, db: Database | None = None) -> str:
+    """The job function: claim job *job_id* and run it; returns its state after.
+
+    For executors other than the local pool.  A job that is not due (already
+    running with a live lease, finished, or waiting for its retry time)
+    is left alone and its current state returned.
+    """
+    own_db = db is None
+    database = db or Database(settings.storage.database_url)
+    try:
+        queue = job_queue(settings, database)
+        job = queue.claim(worker_name("job"), job_id=job_id)
+        if job is None:
+            with database.engine.connect() as conn:
+                status = conn.execute(select(Job.status).where(Job.id == job_id)).scalar_one()
+            return str(status)
+        return JobRunner(settings, database, queue).run(job).value
+    finally:
+        if own_db:
+            database.dispose()
+
+
+class WorkerPool:
+    """``[worker] concurrency`` threads that claim and run due jobs.
+
+    Parameters
+    ----------
+    settings, db:
+        The node's settings and database.
+    on_idle:
+        Called after each job (tests and the sender use it to wake up).
+    """
+
+    def __init__(
+        self, settings: Settings, db: Database, on_idle: Callable[[], None] | None = None
+    ) -> None:
+        self.settings = settings
+        self.queue = job_queue(settings, db)
+        self.runner = JobRunner(settings, db, self.queue)
+        self.on_idle = on_idle
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Release leases of dead local workers, then start the threads."""
+        self.queue.release_dead()
+        for i in range(self.settings.worker.concurrency):
+            t = threading.Thread(target=self._loop, name=f"worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        if self._threads:
+            LOGGER.info(
+                "worker pool started: %d thread(s), device %s",
+                len(self._threads),
+                self.settings.worker.device,
+            )
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop claiming; a running job keeps its lease and is resumed later if cut off."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=timeout_s)
+
+    def _loop(self) -> None:
+        owner = worker_name("worker")
+        poll = self.settings.worker.poll_interval_s
+        while not self._stop.is_set():
+            try:
+                job = self.queue.claim(owner)
+            except Exception:
+                LOGGER.exception("claiming a job failed")
+                self._stop.wait(poll * 4)
+                continue
+            if job is None:
+                self._stop.wait(poll)
+                continue
+            try:
+                self.runner.run(job)
+            except Exception:
+                LOGGER.exception("job %d: unexpected error", job.id)
+            if self.on_idle is not None:
+                self.on_idle()
