@@ -132,7 +132,6 @@ def analyze_paths(
         An unknown output kind.
     """
     from ai_models.pipelines import get_pipeline  # heavy (torch); load on use
-    from ai_models.volume import load_series
 
     kinds = parse_outputs(outputs)
     options: dict[str, Any] = {"device": device} if device else {}
@@ -154,7 +153,7 @@ def analyze_paths(
             continue
         t0 = time.perf_counter()
         try:
-            volume = load_series(files)
+            volume = pipeline.read_series(files)
         except VolumeError as exc:
             entry.reason = f"not one volume: {exc}"
             logger.info("series skipped: %s", type(exc).__name__)

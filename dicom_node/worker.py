@@ -202,7 +202,6 @@ class JobRunner:
     ) -> _SeriesOutcome:
         from ai_models.dicom_files import discover_series
         from ai_models.errors import PipelineNotApplicable, VolumeError
-        from ai_models.volume import load_series
 
         uid, paths = self._series_files(series_id)
         outcome = _SeriesOutcome(uid)
@@ -220,7 +219,7 @@ class JobRunner:
             )
             return outcome
         try:
-            volume = load_series(files)
+            volume = pipeline.read_series(files)
         except VolumeError as exc:
             outcome.skipped = f"not one volume: {exc}"
             return outcome

@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.uid import generate_uid
 
 from ai_models.errors import AIModelsError, PipelineNotApplicable
 from ai_models.types import CodedConcept, Measurement, PipelineResult, Volume
+
+if TYPE_CHECKING:
+    from ai_models.dicom_files import DicomFile
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +102,18 @@ class Pipeline(abc.ABC):
         return PipelineInfo(
             self.name, self.description, tuple(self.modalities), self.version, self.source
         )
+
+    def read_series(self, files: Sequence[DicomFile]) -> Volume:
+        """Read one series' files into the :class:`Volume` :meth:`run` takes.
+
+        The default builds a 3D volume (:func:`ai_models.volume.load_series`),
+        refusing localizers, gantry tilt and missing or duplicate slices with a
+        :class:`~ai_models.errors.VolumeError`.  Pipelines that take other
+        inputs (a single radiograph, a mammogram) override it.
+        """
+        from ai_models.volume import load_series
+
+        return load_series(files)
 
     def check(self, volume: Volume) -> None:
         """Raise :class:`PipelineNotApplicable` (with the reason) if out of scope.
