@@ -222,8 +222,8 @@ def send_files(
     while pending:
         batch, contexts = _next_batch(pending)
         ae = _make_ae(calling_ae, timeout_s)
-        for sop_class, syntax in contexts:
-            ae.add_requested_context(sop_class, _proposed_syntaxes(syntax))
+        for sop_class, syntaxes in contexts:
+            ae.add_requested_context(sop_class, syntaxes)
         assoc = ae.associate(
             peer.host, peer.port, ae_title=peer.ae_title, tls_args=_tls_args(peer)
         )
@@ -280,15 +280,6 @@ def send_files(
     return report
 
 
-def _proposed_syntaxes(syntax: str) -> list[str]:
-    """A file's own transfer syntax, then Explicit VR Little Endian (PS3.5 10.1).
-
-    The object goes as it is when the peer accepts its syntax; Explicit VR
-    Little Endian is the fallback every storage SCP should accept.
-    """
-    return [syntax] if syntax == EXPLICIT_VR_LITTLE_ENDIAN else [syntax, EXPLICIT_VR_LITTLE_ENDIAN]
-
-
 def _tls_args(peer: DicomPeer) -> tuple[ssl.SSLContext, str] | None:
     """The (context, server name) pynetdicom needs for DICOM over TLS (PS3.15 B.1)."""
     if not peer.tls:
@@ -300,15 +291,25 @@ def _tls_args(peer: DicomPeer) -> tuple[ssl.SSLContext, str] | None:
     return context, peer.host
 
 
-def _next_batch(pending: list[_FileInfo]) -> tuple[list[_FileInfo], list[tuple[str, str]]]:
-    """The longest prefix of *pending* whose (SOP class, transfer syntax) pairs fit."""
-    contexts: list[tuple[str, str]] = []
+def _next_batch(
+    pending: list[_FileInfo],
+) -> tuple[list[_FileInfo], list[tuple[str, list[str]]]]:
+    """The longest prefix of *pending* whose presentation contexts fit (PS3.8 9.3.2.2).
+
+    Each (SOP class, transfer syntax) pair of the files gets a context of its
+    own, so every file can go as it is; each SOP class also gets one context
+    offering Explicit VR Little Endian (PS3.5 10.1), the fallback a peer
+    that refuses a compressed or big-endian syntax may accept.
+    """
+    contexts: list[tuple[str, list[str]]] = []
     batch: list[_FileInfo] = []
     for info in pending:
-        key = (info.sop_class_uid, info.transfer_syntax_uid)
-        if key not in contexts:
-            if len(contexts) >= MAX_CONTEXTS:
-                break
-            contexts.append(key)
+        wanted = [(info.sop_class_uid, [info.transfer_syntax_uid])]
+        if info.transfer_syntax_uid != EXPLICIT_VR_LITTLE_ENDIAN:
+            wanted.append((info.sop_class_uid, [EXPLICIT_VR_LITTLE_ENDIAN]))
+        new = [c for c in wanted if c not in contexts]
+        if len(contexts) + len(new) > MAX_CONTEXTS:
+            break
+        contexts.extend(new)
         batch.append(info)
     return batch, contexts
