@@ -95,7 +95,7 @@ Modality = "CT"
 def wait_delivered(db: Database, study_uid: str, timeout_s: float = 900) -> None:
     deadline = time.monotonic() + timeout_s
     query = (
-        select(func.count(), func.sum(Delivery.status == "sent"))
+        select(func.count(), func.count().filter(Delivery.status == "sent"))
         .join(Result, Result.id == Delivery.result_id)
         .where(Result.study_instance_uid == study_uid)
     )
