@@ -181,6 +181,83 @@ class Finding:
     qualitative_evaluations: list[QualitativeEvaluation] = field(default_factory=list)
 
 
+@dataclass
+class ClassificationFinding(Finding):
+    """An image-level classification: presence and probability of a finding.
+
+    Reported as a TID 1500 measurement group without a segment (TID 1501):
+    the writer adds the probability as a measurement (UCUM ``%``) and the
+    presence (probability >= ``threshold``) as a qualitative evaluation, to
+    any ``measurements`` and ``qualitative_evaluations`` given, and
+    references the classified image(s) as the group's source images.
+
+    Attributes
+    ----------
+    probability:
+        The classifier's output for the finding, ``0..1``.
+    threshold:
+        Operating point: the finding is reported present when
+        ``probability >= threshold``.
+    source_frames:
+        Volume slices ``k`` the classification was made on (the writer
+        references their source frames); empty: the writer's default
+        (all slices of a small series).
+    """
+
+    probability: float = 0.0
+    threshold: float = 0.5
+    source_frames: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        p, t = float(self.probability), float(self.threshold)
+        if not (np.isfinite(p) and 0.0 <= p <= 1.0):
+            raise ValueError(f"probability of {self.tracking_id!r} must be in 0..1, got {p!r}")
+        if not (np.isfinite(t) and 0.0 <= t <= 1.0):
+            raise ValueError(f"threshold of {self.tracking_id!r} must be in 0..1, got {t!r}")
+
+    @property
+    def present(self) -> bool:
+        """``probability >= threshold``."""
+        return float(self.probability) >= float(self.threshold)
+
+
+@dataclass
+class HeatMap:
+    """An explanation map (e.g. Grad-CAM) of one finding on one source slice.
+
+    Turned into an opt-in overlay (Secondary Capture with the map blended
+    over the image) by ``dicom_node.results.heatmap``.
+
+    Attributes
+    ----------
+    label:
+        Human-readable finding name, e.g. ``"Pleural effusion"``.
+    tracking_id, tracking_uid:
+        Those of the finding it explains (same as its :class:`Finding`).
+    frame_index:
+        The volume slice ``k`` it lies on.
+    map:
+        ``(rows, columns)`` float32 in ``0..1`` on that slice's grid
+        (1 = most relevant to the finding's score).
+    probability:
+        The finding's probability, for the overlay's caption (``None``: not
+        shown).
+    present:
+        Whether the finding was reported present (``None``: not shown).
+    method:
+        How the map was made, e.g. ``"Grad-CAM"``.
+    """
+
+    label: str
+    tracking_id: str
+    tracking_uid: str
+    frame_index: int
+    map: np.ndarray
+    probability: float | None = None
+    present: bool | None = None
+    method: str = "Grad-CAM"
+
+
 @dataclass(frozen=True)
 class AlgorithmInfo:
     """Who made the result (TID 4019 "Algorithm Identification").
@@ -209,3 +286,5 @@ class PipelineResult:
     procedure_reported: CodedConcept | None = None
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    heatmaps: list[HeatMap] = field(default_factory=list)
+    """Explanation maps (opt-in Secondary Capture overlays, output kind ``"sc"``)."""

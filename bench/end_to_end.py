@@ -215,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                             .all()
                         )
                     result_files = [work / "node" / "results" / p for p in paths]
-                    send_dcmtk.append(send(peer_port, peer_aet, result_files, 1))
+                    send_dcmtk.append(
+                        send(peer_port, peer_aet, result_files, 1, extra_args=("-R",))
+                    )
             finally:
                 stop(proc)
                 db.dispose()

@@ -168,13 +168,18 @@ NAGLE_ENV = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
 
 
 def send(
-    port: int, aet: str, files: list[Path], associations: int, env: dict[str, str] = ENV
+    port: int,
+    aet: str,
+    files: list[Path],
+    associations: int,
+    env: dict[str, str] = ENV,
+    extra_args: tuple[str, ...] = (),
 ) -> float:
     parts = [files[k::associations] for k in range(associations)]
     t0 = time.perf_counter()
     procs = [
         subprocess.Popen(
-            ["storescu", "-aec", aet, "127.0.0.1", str(port), *map(str, part)],
+            ["storescu", *extra_args, "-aec", aet, "127.0.0.1", str(port), *map(str, part)],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

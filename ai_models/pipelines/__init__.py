@@ -6,6 +6,11 @@ Built-in pipelines (names are an interface: routing rules and docs use them):
     :data:`CT_LUNGS` -- lungs (per side), bone and lung nodules on CT, with
     lung volumes and per-nodule volume and longest diameter.
 
+``cxr-findings``
+    :data:`CXR_FINDINGS` -- lung opacity, pleural effusion, cardiomegaly and
+    pneumothorax on a frontal chest radiograph (CR / DX): presence and
+    probability per finding, with Grad-CAM explanation maps.
+
 A site adds its own segmentation models from config as
 :class:`SegmentationSpec` objects (TorchScript, MONAI bundle or state dict);
 pass them to :func:`list_pipelines` / :func:`get_pipeline` as ``configured``.
@@ -13,7 +18,7 @@ pass them to :func:`list_pipelines` / :func:`get_pipeline` as ``configured``.
 Examples
 --------
 >>> [p.name for p in list_pipelines()]
-['ct-lungs']
+['ct-lungs', 'cxr-findings']
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CODES",
     "CT_LUNGS",
+    "CXR_FINDINGS",
     "ConfiguredSegmentationPipeline",
     "LabelSpec",
     "Pipeline",
@@ -61,6 +67,9 @@ __all__ = [
 CT_LUNGS = "ct-lungs"
 """Name of the built-in CT lungs / bone / nodules pipeline."""
 
+CXR_FINDINGS = "cxr-findings"
+"""Name of the built-in chest radiograph findings pipeline (CR / DX)."""
+
 
 def _ct_lungs(**options: Any) -> Pipeline:
     from ai_models.pipelines.ct_lungs import CtLungsPipeline
@@ -74,8 +83,21 @@ def _ct_lungs_info() -> PipelineInfo:
     return CtLungsPipeline.static_info()
 
 
+def _cxr_findings(**options: Any) -> Pipeline:
+    from ai_models.pipelines.cxr_findings import CxrFindingsPipeline
+
+    return CxrFindingsPipeline(**options)
+
+
+def _cxr_findings_info() -> PipelineInfo:
+    from ai_models.pipelines.cxr_findings import CxrFindingsPipeline
+
+    return CxrFindingsPipeline.static_info()
+
+
 _BUILTIN: dict[str, tuple[Callable[..., Pipeline], Callable[[], PipelineInfo]]] = {
     CT_LUNGS: (_ct_lungs, _ct_lungs_info),
+    CXR_FINDINGS: (_cxr_findings, _cxr_findings_info),
 }
 
 

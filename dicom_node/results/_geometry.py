@@ -19,7 +19,7 @@ _INDEX = {d: i for i, d in enumerate(_NEIGHBOURS)}
 
 def largest_cross_section(mask: np.ndarray) -> int | None:
     """Index ``k`` of the slice of a ``(k, i, j)`` mask with the most pixels."""
-    areas = mask.reshape(mask.shape[0], -1).sum(axis=1)
+    areas = np.count_nonzero(mask.reshape(mask.shape[0], -1), axis=1)
     if not areas.any():
         return None
     return int(np.argmax(areas))
