@@ -1,5 +1,5 @@
 """Assembling a running node from settings: database, spool, SCP, collector,
-worker pool and sender.
+worker pool, sender and the web server (dashboard, REST API, /metrics).
 
 ``dicom-node serve`` is a thin wrapper around :class:`Node`.
 """
@@ -16,6 +16,7 @@ from dicom_node.config import Settings
 from dicom_node.deliver import Sender
 from dicom_node.receivers import ReceiverPool
 from dicom_node.scp import StorageSCP
+from dicom_node.web import WebServer
 from dicom_node.worker import WorkerPool
 from storage.db import Database
 from storage.durability import DurabilityBarrier, syncfs_available
@@ -87,6 +88,9 @@ class Node:
         self.collector = Collector(self.store.db, settings, poll_s=settings.worker.poll_interval_s)
         self.sender = Sender(settings, self.store.db)
         self.workers = WorkerPool(settings, self.store.db, on_idle=self.sender.wake)
+        self.web = (
+            WebServer(settings, self.store.db, store=self.store) if settings.web.enabled else None
+        )
         self._collector_stop = threading.Event()
         self._collector_thread = threading.Thread(
             target=self.collector.run, args=(self._collector_stop,), name="collector", daemon=True
@@ -96,8 +100,11 @@ class Node:
         """Start listening (non-blocking), with the extra receiver processes.
 
         The extra receivers come up first, so that once the port answers
-        every receiver is ready.
+        every receiver is ready.  The web server starts first, so a busy web
+        port fails before any DICOM port opens.
         """
+        if self.web is not None:
+            self.web.start()
         self.receivers.start()
         self.scp.start()
         self.workers.start()
@@ -123,6 +130,8 @@ class Node:
 
     def stop(self) -> None:
         """Stop accepting, let associations finish (bounded), close the database."""
+        if self.web is not None:
+            self.web.stop()
         grace = self.settings.node.shutdown_grace.total_seconds()
         stopper = threading.Thread(target=self.receivers.stop, args=(grace + 5,))
         stopper.start()

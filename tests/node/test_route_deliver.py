@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -175,7 +176,10 @@ def test_ct_series_comes_back_as_seg_and_sr(
 ) -> None:
     files = ct_files(dicom_data)
     study_uid, series_uid = source_study(files)
-    node = node_factory(node_config(orthanc_server))
+    web_port = free_port()
+    config = node_config(orthanc_server)
+    config["web"] = {"enabled": True, "host": "127.0.0.1", "port": web_port}
+    node = node_factory(config)
     push(node, files)
     found = wait_for(
         "a SEG and an SR in Orthanc",
@@ -228,6 +232,12 @@ def test_ct_series_comes_back_as_seg_and_sr(
     (listed,) = [json.loads(line) for line in listing.stdout.splitlines()]
     assert listed["status"] == "succeeded" and listed["deliveries"] == {"sent": 2}
     assert listed["series_instance_uids"] == [series_uid]
+    # The running node's REST API and metrics say the same.
+    base = f"http://127.0.0.1:{web_port}"
+    job = json.loads(urllib.request.urlopen(f"{base}/api/jobs/{listed['id']}", timeout=10).read())
+    assert job["status"] == "succeeded"
+    metrics = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
+    assert 'dicom_node_deliveries{destination="pacs",status="sent"} 2.0' in metrics
 
 
 def test_sigkill_while_the_job_runs_then_restart(

@@ -1,0 +1,95 @@
+"""The FastAPI application: REST API under ``/api/``, ``/metrics``, dashboard at ``/``.
+
+No authentication in this version: the default bind address is loopback
+(``[web] host = "127.0.0.1"``); expose it further only behind an
+authenticating reverse proxy.  Browser POSTs from other sites are refused
+(see :func:`dicom_node.web.deps.same_origin`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client.exposition import choose_encoder
+from sqlalchemy.exc import OperationalError
+
+from dicom_node import __version__
+from dicom_node.collect import Collector
+from dicom_node.config import Settings
+from dicom_node.web.api import completion, health, jobs, studies
+from dicom_node.web.dashboard import dashboard
+from dicom_node.web.deps import Context, WebContext
+from dicom_node.web.metrics import metrics_registry
+from storage.db import Database
+from storage.received import ReceivedStore
+from storage.spool import Spool
+
+__all__ = ["create_app"]
+
+LOGGER = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, db: Database, *, store: ReceivedStore | None = None) -> FastAPI:
+    """Build the web application of a node.
+
+    Parameters
+    ----------
+    settings:
+        The node's settings (rules for forced completion, destinations for
+        the metrics).
+    db:
+        The node's database, schema upgraded; shared, not disposed here.
+    store:
+        The node's :class:`~storage.received.ReceivedStore`; by default one
+        over ``settings.storage.spool_dir`` (only its queries are used).
+    """
+    if store is None:
+        store = ReceivedStore(db, Spool(settings.storage.spool_dir, fsync=False))
+    app = FastAPI(
+        title="dicom-node",
+        version=__version__,
+        description="REST API of a dicom-node. No authentication in this version.",
+        openapi_url="/api/openapi.json",
+        docs_url=None,  # Swagger UI and ReDoc load assets from a CDN; the node works offline
+        redoc_url=None,
+    )
+    app.state.web = WebContext(
+        settings=settings,
+        db=db,
+        store=store,
+        collector=Collector(db, settings),
+        registry=metrics_registry(db, destinations=[d.name for d in settings.destinations]),
+        schema_head=db.head_revision(),
+    )
+    for router in (health, studies, jobs, completion, dashboard):
+        app.include_router(router)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics(ctx: Context, request: Request) -> Response:
+        """Prometheus metrics, read from the database now (see :mod:`dicom_node.web.metrics`)."""
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encoder(ctx.registry), media_type=content_type)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("path", "query"))
+            problems.append(f"{where}: {err.get('msg', 'invalid')}" if where else err["msg"])
+        return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, 422)
+
+    @app.exception_handler(OperationalError)
+    async def database_down(_request: Request, exc: OperationalError) -> JSONResponse:
+        LOGGER.warning("web: database error: %s", exc.__class__.__name__)
+        LOGGER.debug("web: database error", exc_info=exc)
+        return JSONResponse({"detail": "database unavailable; try again"}, 503)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, _exc: Exception) -> JSONResponse:
+        # Starlette logs the exception (with traceback) after this answer.
+        return JSONResponse({"detail": "internal error (see the node's log)"}, 500)
+
+    return app
