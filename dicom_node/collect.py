@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -86,8 +86,17 @@ class Collector:
         Rules, destinations (to narrow outputs) and ``[worker]`` limits.
     """
 
-    def __init__(self, db: Database, settings: Settings, *, poll_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        *,
+        poll_s: float = 0.5,
+        on_jobs: Callable[[], None] | None = None,
+    ) -> None:
         self.db = db
+        self.on_jobs = on_jobs
+        """Called after a pass that queued jobs (the local pool wakes at once)."""
         self.rules: list[RuleSettings] = list(settings.rules)
         self.by_name = {r.name: r for r in self.rules}
         self.destination_outputs = {d.name: d.outputs for d in settings.destinations}
@@ -105,7 +114,8 @@ class Collector:
         LOGGER.info("collector started: %d rule(s)", len(self.rules))
         while not stop.wait(self.poll_s):
             try:
-                self.tick()
+                if self.tick().job_ids and self.on_jobs is not None:
+                    self.on_jobs()
             except (IntegrityError, OperationalError) as exc:
                 LOGGER.debug("collector pass retried next time: %s", exc)
             except Exception:

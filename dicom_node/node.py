@@ -85,9 +85,14 @@ class Node:
         self.scp = StorageSCP(settings, self.store, reuse_port=multi)
         self.receivers = ReceiverPool(settings, log_level, json_logs)
         self._stop = threading.Event()
-        self.collector = Collector(self.store.db, settings, poll_s=settings.worker.poll_interval_s)
         self.sender = Sender(settings, self.store.db)
         self.workers = WorkerPool(settings, self.store.db, on_idle=self.sender.wake)
+        self.collector = Collector(
+            self.store.db,
+            settings,
+            poll_s=settings.worker.poll_interval_s,
+            on_jobs=self.workers.wake,
+        )
         self.web = (
             WebServer(settings, self.store.db, store=self.store) if settings.web.enabled else None
         )

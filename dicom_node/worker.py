@@ -356,7 +356,13 @@ class WorkerPool:
         self.runner = JobRunner(settings, db, self.queue)
         self.on_idle = on_idle
         self._stop = threading.Event()
+        self._wake = threading.Condition()
         self._threads: list[threading.Thread] = []
+
+    def wake(self) -> None:
+        """Look for due jobs now (the collector just queued some)."""
+        with self._wake:
+            self._wake.notify_all()
 
     def start(self) -> None:
         """Release leases of dead local workers, then start the threads."""
@@ -375,6 +381,7 @@ class WorkerPool:
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop claiming; a running job keeps its lease and is resumed later if cut off."""
         self._stop.set()
+        self.wake()
         for t in self._threads:
             t.join(timeout=timeout_s)
 
@@ -389,7 +396,9 @@ class WorkerPool:
                 self._stop.wait(poll * 4)
                 continue
             if job is None:
-                self._stop.wait(poll)
+                with self._wake:
+                    if not self._stop.is_set():
+                        self._wake.wait(poll)
                 continue
             try:
                 self.runner.run(job)
