@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test setup system-deps bench lint clean
+.PHONY: run test setup system-deps viewer-deps bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,14 @@ setup: $(STAMP)
 system-deps:
 	bash scripts/install-system-deps.sh
 
+# The OHIF web viewer (npm package @ohif/app, prebuilt) for tests/viewer/, cached in .cache/ohif/.
+viewer-deps: system-deps
+	bash scripts/fetch-ohif.sh
+
 run: setup
 	$(VENV)/bin/dicom-node --config config.toml serve
 
-test: setup system-deps lint
+test: setup system-deps viewer-deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup system-deps

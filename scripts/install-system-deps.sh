@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system programs the tests and benchmarks use as real peers:
-# DCMTK (storescu, echoscu, storescp) and Orthanc with its DICOMweb plugin.
+# DCMTK (storescu, echoscu, storescp) and Orthanc with its DICOMweb plugin;
+# for the viewer tests (tests/viewer/), Chromium (driven headless by
+# Playwright) and npm (scripts/fetch-ohif.sh fetches the OHIF viewer with it).
 # Does nothing when they are already there; needs root (or sudo) otherwise.
 set -euo pipefail
 
@@ -8,6 +10,9 @@ need=()
 command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
 command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0

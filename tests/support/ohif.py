@@ -95,7 +95,9 @@ def chromium_executable() -> str:
             return path
     found = shutil.which("chromium")
     if found is None:
-        _missing("Chromium not installed (Debian package chromium); run scripts/install-system-deps.sh")
+        _missing(
+            "Chromium not installed (Debian package chromium); run scripts/install-system-deps.sh"
+        )
     assert found is not None
     return found
 
@@ -300,9 +302,7 @@ def orthanc_dicomweb_config() -> dict[str, Any]:
 
 
 @contextmanager
-def chromium_page(
-    user_data_dir: Path, *, width: int = 1440, height: int = 900
-) -> Iterator[Any]:
+def chromium_page(user_data_dir: Path, *, width: int = 1440, height: int = 900) -> Iterator[Any]:
     """A Playwright page in headless Debian Chromium with an empty profile."""
     exe = chromium_executable()
     start = sync_playwright()
