@@ -619,10 +619,10 @@ class DeliveryQueue:
     ) -> list[ClaimedDelivery]:
         """Lease up to *limit* due deliveries of one destination (the longest waiting).
 
-        They come in job order and, within a job, SEG before SR before SC.
+        They come in job order and, within a job, SEG, SR, GSPS, then SC.
         """
         now = now or utcnow()
-        kind_order = {"seg": 0, "sr": 1, "sc": 2}
+        kind_order = {"seg": 0, "sr": 1, "gsps": 2, "sc": 3}
         with self.db.engine.begin() as conn:
             first = conn.execute(
                 select(Delivery.destination)
