@@ -222,6 +222,65 @@ class ClassificationFinding(Finding):
 
 
 @dataclass
+class DetectionFinding(Finding):
+    """A finding located by a box on one source image (object detection).
+
+    Reported as a TID 1500 planar ROI group (TID 1410) whose region is the
+    box as a closed POLYLINE of 5 points on the source image, with the score
+    as a measurement (122157, DCM, "Probability"), UCUM ``1``; drawn by the
+    presentation state writer (GSPS) as the box with a text label
+    (:attr:`display_label`).
+
+    Attributes
+    ----------
+    frame_index:
+        The volume slice ``k`` the box lies on.
+    box:
+        ``(x0, y0, x1, y1)`` image coordinates on that slice (PS3.3
+        C.18.6.1.1: column, row; ``(0, 0)`` is the top left corner of the top
+        left pixel, ``(columns, rows)`` the bottom right corner of the bottom
+        right pixel), ``x0 < x1``, ``y0 < y1``.
+    score:
+        The detector's confidence, ``0..1``.
+    label:
+        Display name, e.g. ``"Mass 1"`` (default: the tracking identifier).
+    laterality:
+        Modifier of the finding site (CID 244 "Laterality"), e.g.
+        (7771000, SCT, "Left"); ``None`` when unknown.
+    """
+
+    frame_index: int = 0
+    box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    score: float = 0.0
+    label: str = ""
+    laterality: CodedConcept | None = None
+
+    def __post_init__(self) -> None:
+        s = float(self.score)
+        if not (np.isfinite(s) and 0.0 <= s <= 1.0):
+            raise ValueError(f"score of {self.tracking_id!r} must be in 0..1, got {s!r}")
+        box = tuple(float(v) for v in self.box)
+        if len(box) != 4 or not all(np.isfinite(box)):
+            raise ValueError(f"box of {self.tracking_id!r} must be 4 finite numbers, got {box!r}")
+        if not (box[0] < box[2] and box[1] < box[3]):
+            raise ValueError(f"box of {self.tracking_id!r} must have x0 < x1 and y0 < y1: {box!r}")
+        if int(self.frame_index) < 0:
+            raise ValueError(f"frame_index of {self.tracking_id!r} must be >= 0")
+        self.box = box  # type: ignore[assignment]
+
+    @property
+    def display_label(self) -> str:
+        """``"Mass 1 (0.87)"``: label (or tracking identifier) and score."""
+        return f"{self.label or self.tracking_id} ({float(self.score):.2f})"
+
+    def polyline(self) -> np.ndarray:
+        """``(5, 2)`` float32 ``(column, row)``: the box as a closed polyline,
+        clockwise on screen from the top left corner."""
+        x0, y0, x1, y1 = self.box
+        return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float32)
+
+
+@dataclass
 class HeatMap:
     """An explanation map (e.g. Grad-CAM) of one finding on one source slice.
 

@@ -1,17 +1,24 @@
 """Analysis benchmark: time per stage and peak memory of a pipeline, end to end.
 
-For ``ct-lungs`` it writes a 300-slice 512x512 synthetic chest CT as a DICOM
-series (the same phantom family the demo model was trained on), then runs the
-offline path the node runs for a job -- read the series into a volume, run
-the pipeline (model load, preprocess, inference, postprocess), write SEG + SR
--- and prints seconds and peak resident memory per stage, cold (first run in
-the process: model loading included) and warm.  On a machine with CUDA the
-pipeline runs on the GPU (``--device`` overrides) and GPU peak memory is
-reported too.
+It runs the path the node runs for a job -- read the series
+(``pipeline.read_series``), run the pipeline (model load, preprocess,
+inference, postprocess), write the result objects -- and prints seconds and
+peak resident memory per stage, cold (first run in the process: model
+loading included) and warm.  Inputs, unless ``--input`` names a folder:
+
+* ``ct-lungs``: a 300-slice 512x512 synthetic chest CT written as DICOM (the
+  phantom family the demo model was trained on);
+* ``cxr-findings``: the real chest CR of the shared test data (1955x1841);
+* ``mg-masses``: the real mammogram of the shared test data (4664x3064);
+* ``mr-brain-lesion``: the real enhanced MR series of the shared test data.
+
+On a machine with CUDA the pipeline runs on the GPU (``--device`` overrides)
+and GPU peak memory is reported too.
 
 Usage::
 
-    python -m bench.analyze [--device cpu] [--repeats 2] [--outputs seg,sr]
+    python -m bench.analyze [--pipeline ct-lungs] [--device cpu] [--repeats 2]
+                            [--outputs seg,sr] [--input FOLDER]
 """
 
 from __future__ import annotations
@@ -104,28 +111,56 @@ def write_volume_series(volume: object, folder: Path) -> list[Path]:
     return paths
 
 
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom"
+"""The shared real-DICOM test set, beside the project."""
+
+REAL_INPUTS = {
+    "cxr-findings": ("nema_wg04/RG1_chest_CR/RG1_UNCR.dcm", "sr,sc"),
+    "mg-masses": ("nema_wg04/MG1_mammo", "sr,gsps"),
+    "mr-brain-lesion": ("dcm_qa_enh/Philips_Achieva_enhanced", "seg,sr"),
+}
+"""Per pipeline: the real input (relative to the shared data) and default outputs."""
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pipeline", default="ct-lungs")
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: automatic)")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--outputs", default="seg,sr")
+    ap.add_argument("--outputs", default=None, help="default: seg,sr (or the pipeline's)")
+    ap.add_argument("--input", type=Path, default=None, help="a DICOM file or folder")
     args = ap.parse_args(argv)
-    if args.pipeline != "ct-lungs":
-        ap.error("only ct-lungs has a synthetic input generator so far")
 
     import torch
 
+    from ai_models.dicom_files import discover_series
     from ai_models.pipelines import get_pipeline
     from ai_models.training.evaluate import full_size_volume
-    from ai_models.volume import load_series
     from dicom_node.results import parse_outputs, save_datasets, write_results
 
     console = Console(width=140)
     work = Path(tempfile.mkdtemp(prefix="bench-analyze-"))
-    console.print("writing a 300-slice 512x512 synthetic chest CT ...")
-    files = write_volume_series(full_size_volume(), work / "ct")
-    outputs = parse_outputs(args.outputs)
+    default_outputs = "seg,sr"
+    if args.input is not None:
+        files = [args.input]
+        what = str(args.input)
+    elif args.pipeline == "ct-lungs":
+        console.print("writing a 300-slice 512x512 synthetic chest CT ...")
+        files = write_volume_series(full_size_volume(), work / "ct")
+        what = f"{len(files)} x 512x512 CT"
+    elif args.pipeline in REAL_INPUTS:
+        rel, default_outputs = REAL_INPUTS[args.pipeline]
+        files = [SHARED_DATA / rel]
+        what = rel
+        if not files[0].exists():
+            ap.error(f"{files[0]} not found: pass --input")
+    else:
+        ap.error(f"no default input for {args.pipeline!r}: pass --input")
+    series = list(discover_series(files).values())
+    if not series:
+        ap.error(f"no DICOM image series under {files[0]}")
+    series_files = series[0]
+    outputs = parse_outputs(args.outputs or default_outputs)
     options = {"device": args.device} if args.device else {}
 
     runs: list[dict[str, tuple[float, float]]] = []
@@ -134,10 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         timings: dict[str, tuple[float, float]] = {}
         t_all = time.perf_counter()
         with PeakMemory() as total_mem:
+            pipe = get_pipeline(args.pipeline, **options)
             with stage(timings, "read"):
-                volume = load_series(files)
+                volume = pipe.read_series(series_files)
             with stage(timings, "pipeline (load+infer)"):
-                pipe = get_pipeline(args.pipeline, **options)
                 pipe.check(volume)
                 result = pipe.run(volume)
             with stage(timings, "write"):
@@ -150,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         device_name = str(getattr(pipe, "device", options.get("device", "auto")))
         console.print(f"run {run + 1}: {timings['total'][0]:.2f} s")
 
-    table = Table(title=f"{args.pipeline} on {len(files)} x 512x512 CT, device {device_name}")
+    table = Table(title=f"{args.pipeline} on {what}, device {device_name}")
     table.add_column("stage")
     for i in range(len(runs)):
         label = "cold" if i == 0 else f"warm {i}"

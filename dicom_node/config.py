@@ -157,7 +157,7 @@ class DestinationSettings(_Section):
     host: str | None = None
     port: Port | None = None
     path: Path | None = None
-    outputs: list[Literal["seg", "sr", "sc"]] | None = None
+    outputs: list[Literal["seg", "sr", "gsps", "sc"]] | None = None
     """Narrow the outputs a rule sends here (``None`` = all the rule makes)."""
     tls: bool = False
     """DICOM over TLS (PS3.15 B.1) to a ``dicom`` destination."""
@@ -203,7 +203,7 @@ class RuleSettings(_Section):
     quiet_period_s: Annotated[float, Field(ge=0)] = 30.0
     """Seconds with no new instance before the series (study) counts as complete
     (at least 1 s is waited)."""
-    outputs: list[Literal["seg", "sr", "sc"]] = Field(
+    outputs: list[Literal["seg", "sr", "gsps", "sc"]] = Field(
         default_factory=lambda: ["seg", "sr"]  # type: ignore[arg-type,return-value]
     )
     priority: int = 0

@@ -11,6 +11,16 @@ Built-in pipelines (names are an interface: routing rules and docs use them):
     pneumothorax on a frontal chest radiograph (CR / DX): presence and
     probability per finding, with Grad-CAM explanation maps.
 
+``mr-brain-lesion``
+    :data:`MR_BRAIN_LESION` -- brain, lesions and surrounding edema on
+    anatomical brain MR, with brain, per-lesion (volume, longest diameter)
+    and edema volumes.
+
+``mg-masses``
+    :data:`MG_MASSES` -- masses on a mammogram (MG, or a breast image sent as
+    RG / DX / CR / OT): a box and a score per mass, with the image's
+    laterality and view.
+
 A site adds its own segmentation models from config as
 :class:`SegmentationSpec` objects (TorchScript, MONAI bundle or state dict);
 pass them to :func:`list_pipelines` / :func:`get_pipeline` as ``configured``.
@@ -18,7 +28,7 @@ pass them to :func:`list_pipelines` / :func:`get_pipeline` as ``configured``.
 Examples
 --------
 >>> [p.name for p in list_pipelines()]
-['ct-lungs', 'cxr-findings']
+['ct-lungs', 'cxr-findings', 'mr-brain-lesion', 'mg-masses']
 """
 
 from __future__ import annotations
@@ -51,6 +61,8 @@ __all__ = [
     "CXR_FINDINGS",
     "ConfiguredSegmentationPipeline",
     "LabelSpec",
+    "MG_MASSES",
+    "MR_BRAIN_LESION",
     "Pipeline",
     "PipelineInfo",
     "SegmentationSpec",
@@ -69,6 +81,12 @@ CT_LUNGS = "ct-lungs"
 
 CXR_FINDINGS = "cxr-findings"
 """Name of the built-in chest radiograph findings pipeline (CR / DX)."""
+
+MR_BRAIN_LESION = "mr-brain-lesion"
+"""Name of the built-in MR brain / lesion / edema pipeline."""
+
+MG_MASSES = "mg-masses"
+"""Name of the built-in mammography mass detection pipeline."""
 
 
 def _ct_lungs(**options: Any) -> Pipeline:
@@ -95,9 +113,35 @@ def _cxr_findings_info() -> PipelineInfo:
     return CxrFindingsPipeline.static_info()
 
 
+def _mr_brain_lesion(**options: Any) -> Pipeline:
+    from ai_models.pipelines.mr_brain_lesion import MrBrainLesionPipeline
+
+    return MrBrainLesionPipeline(**options)
+
+
+def _mr_brain_lesion_info() -> PipelineInfo:
+    from ai_models.pipelines.mr_brain_lesion import MrBrainLesionPipeline
+
+    return MrBrainLesionPipeline.static_info()
+
+
+def _mg_masses(**options: Any) -> Pipeline:
+    from ai_models.pipelines.mg_masses import MgMassesPipeline
+
+    return MgMassesPipeline(**options)
+
+
+def _mg_masses_info() -> PipelineInfo:
+    from ai_models.pipelines.mg_masses import MgMassesPipeline
+
+    return MgMassesPipeline.static_info()
+
+
 _BUILTIN: dict[str, tuple[Callable[..., Pipeline], Callable[[], PipelineInfo]]] = {
     CT_LUNGS: (_ct_lungs, _ct_lungs_info),
     CXR_FINDINGS: (_cxr_findings, _cxr_findings_info),
+    MR_BRAIN_LESION: (_mr_brain_lesion, _mr_brain_lesion_info),
+    MG_MASSES: (_mg_masses, _mg_masses_info),
 }
 
 

@@ -4,8 +4,14 @@
   (PS3.3 A.51), one segment per finding / organ;
 * :func:`~dicom_node.results.sr.write_sr` -- TID 1500 Measurement Report in a
   Comprehensive 3D SR (PS3.3 A.35.13), referencing the SEG segments;
+* :func:`~dicom_node.results.gsps.write_gsps` -- Grayscale Softcopy
+  Presentation State (PS3.3 A.33.1): boxes / outlines and labels drawn over
+  the source images (output kind ``"gsps"``);
 * :func:`~dicom_node.results.sc.write_sc` -- opt-in burned-in overlay series
-  (Secondary Capture, PS3.3 A.8.1) for viewers that show neither.
+  (Secondary Capture, PS3.3 A.8.1) for viewers that show neither;
+* :func:`~dicom_node.results.heatmap.write_heatmaps` -- explanation maps
+  (e.g. Grad-CAM of a classifier's findings) blended over the source image,
+  as Secondary Capture images in the same opt-in ``"sc"`` series.
 
 All land in the source study, each kind in its own new series, with a
 SeriesDescription that says what made it and the algorithm in Contributing
@@ -42,6 +48,13 @@ from dicom_node.results.common import (
     seeded_uids,
     with_type2_attributes,
 )
+from dicom_node.results.gsps import (
+    GRAYSCALE_SOFTCOPY_PRESENTATION_STATE_SOP_CLASS_UID,
+    marks_of,
+    with_box_segments,
+    write_gsps,
+)
+from dicom_node.results.heatmap import heatmap_key, write_heatmaps
 from dicom_node.results.sc import SECONDARY_CAPTURE_SOP_CLASS_UID, frame_key, write_sc
 from dicom_node.results.seg import SEGMENTATION_SOP_CLASS_UID, segment_number_map, write_seg
 from dicom_node.results.sr import (
@@ -60,16 +73,20 @@ __all__ = [
     "OUTPUT_KINDS",
     "COMPREHENSIVE_3D_SR_SOP_CLASS_UID",
     "DEFAULT_SERIES_NUMBERS",
+    "GRAYSCALE_SOFTCOPY_PRESENTATION_STATE_SOP_CLASS_UID",
     "SECONDARY_CAPTURE_SOP_CLASS_UID",
     "SEGMENTATION_SOP_CLASS_UID",
     "OutputUIDs",
     "PreviousVersion",
     "derive_uid",
     "device_uid",
+    "heatmap_key",
     "kind_of",
     "parse_outputs",
     "save_datasets",
     "segment_number_map",
+    "write_gsps",
+    "write_heatmaps",
     "write_results",
     "write_sc",
     "write_seg",
@@ -77,12 +94,13 @@ __all__ = [
 ]
 
 #: Output kinds in the order they are written (the SR references the SEG).
-OUTPUT_KINDS = ("seg", "sr", "sc")
+OUTPUT_KINDS = ("seg", "sr", "gsps", "sc")
 
 _KIND_BY_SOP_CLASS = {
     SEGMENTATION_SOP_CLASS_UID: "seg",
     COMPREHENSIVE_3D_SR_SOP_CLASS_UID: "sr",
     SECONDARY_CAPTURE_SOP_CLASS_UID: "sc",
+    GRAYSCALE_SOFTCOPY_PRESENTATION_STATE_SOP_CLASS_UID: "gsps",
 }
 
 
@@ -107,7 +125,7 @@ def parse_outputs(outputs: str | Iterable[str]) -> tuple[str, ...]:
 
 
 def kind_of(dataset: Dataset) -> str:
-    """``"seg"``, ``"sr"`` or ``"sc"`` for a dataset these writers made."""
+    """``"seg"``, ``"sr"``, ``"gsps"`` or ``"sc"`` for a dataset these writers made."""
     return _KIND_BY_SOP_CLASS.get(str(dataset.SOPClassUID), "dcm")
 
 
@@ -128,8 +146,8 @@ def write_results(
     result:
         What a pipeline produced for one series.
     outputs:
-        Kinds to write, from ``"seg"``, ``"sr"``, ``"sc"`` (a set, a list or a
-        comma-separated string).
+        Kinds to write, from ``"seg"``, ``"sr"``, ``"gsps"``, ``"sc"`` (a set,
+        a list or a comma-separated string).
     uids:
         Per kind, the UIDs and numbers fixed by the caller
         (:class:`OutputUIDs`); anything not given is generated.  For ``"sc"``,
@@ -157,9 +175,16 @@ def write_results(
     Returns
     -------
     list of pydicom.Dataset
-        SEG, then SR, then the SC images.  A kind with nothing to show is
-        skipped with a log line: no SEG when every mask is empty, no SR without
-        findings, no SC images when no slice has a segment.
+        SEG, then SR, then the GSPS, then the SC images.  A kind with nothing
+        to show is skipped with a log line: no SEG when every mask is empty, no
+        SR without findings, no GSPS without a box or segment to draw
+        (:func:`~dicom_node.results.gsps.marks_of`), no SC images when no slice
+        has a segment or a detection box (boxes are burned in as outlines,
+        :func:`~dicom_node.results.gsps.with_box_segments`).  With ``"sc"``,
+        the result's heat maps (``result.heatmaps``) follow the outline
+        images in the same SC series
+        (:func:`~dicom_node.results.heatmap.write_heatmaps`; seeded UIDs keyed
+        by :func:`~dicom_node.results.heatmap.heatmap_key`).
 
     Raises
     ------
@@ -179,6 +204,7 @@ def write_results(
     if uid_seed is not None:
         check_seed(uid_seed)
     predecessors = previous_versions_of(previous_sr)
+    heatmaps = list(getattr(result, "heatmaps", None) or ())
     if predecessors and "sr" not in kinds:
         logger.info("previous_sr given but no SR requested: no predecessor is recorded")
 
@@ -187,6 +213,8 @@ def write_results(
         if uid_seed is None:
             return u
         keys = [frame_key(f) for f in result.volume.frames] if kind == "sc" else ()
+        if kind == "sc":
+            keys = [*keys, *(heatmap_key(result, h) for h in heatmaps)]
         return seeded_uids(u, uid_seed, kind, frame_keys=keys, revision=revision)
 
     sources = [with_type2_attributes(ds) for ds in result.volume.source_datasets]
@@ -234,10 +262,27 @@ def write_results(
             )
         else:
             logger.info("no SR written: the %s result has no findings", result.pipeline)
+    if "gsps" in kinds:
+        if marks_of(result):
+            u = fixed("gsps")
+            out.append(
+                write_gsps(
+                    result,
+                    series_instance_uid=u.series_instance_uid,
+                    sop_instance_uid=u.sop_instance_uid,
+                    series_number=u.series_number,
+                    instance_number=u.instance_number,
+                    revision=revision,
+                )
+            )
+        else:
+            logger.info(
+                "no GSPS written: no finding of the %s result can be drawn", result.pipeline
+            )
     if "sc" in kinds:
         u = fixed("sc")
         images = write_sc(
-            result,
+            with_box_segments(result),  # detection boxes burned in too
             series_instance_uid=u.series_instance_uid,
             sop_instance_uids=u.sop_instance_uids,
             series_number=u.series_number,
@@ -245,9 +290,27 @@ def write_results(
             slices=sc_slices,
             revision=revision,
         )
-        if not images:
+        if not images and not heatmaps:
             logger.info("no SC overlay written: no slice has a segment")
         out.extend(images)
+        if heatmaps:
+            out.extend(
+                write_heatmaps(
+                    result,
+                    series_instance_uid=(
+                        images[0].SeriesInstanceUID if images else u.series_instance_uid
+                    ),
+                    sop_instance_uids=u.sop_instance_uids,
+                    series_number=u.series_number,
+                    instance_number=(
+                        u.instance_number if u.instance_number is not None else 1
+                    ) + len(images),
+                    series_description_text=(
+                        str(images[0].SeriesDescription) if images else None
+                    ),
+                    revision=revision,
+                )
+            )
     return out
 
 

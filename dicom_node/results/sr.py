@@ -20,6 +20,23 @@ Content tree (PS3.16 TID 1500)::
             tracking identifier + UID, measurements, evaluations, source
             images
 
+Classification findings (:class:`ai_models.types.ClassificationFinding`,
+e.g. ``cxr-findings``) are TID 1501 groups whose first measurement is the
+probability (:data:`PROBABILITY`, (122157, DCM, "Probability"), UCUM ``%``)
+and whose first qualitative evaluation is the presence: the finding's own
+code as concept name (e.g. (60046008, SCT, "Pleural effusion")) with the
+value :data:`PRESENT` (52101004, SCT, "Present") or :data:`ABSENT`
+(272519000, SCT, "Absent"), from probability >= threshold.  ((121071, DCM,
+"Finding") is not used as that concept name: TID 1501 already uses it for
+the finding type.)  Their source images are the classified image(s)
+(``source_frames``).
+
+Detection findings (:class:`ai_models.types.DetectionFinding`, e.g.
+``mg-masses``) are TID 1410 planar ROI groups (next to a TID 1411 group when
+they also have a SEG segment): the box as a closed POLYLINE of 5 points on its
+source image, the score as (122157, DCM, "Probability") in UCUM ``1``
+(:data:`UNITY`), and the laterality as the finding site's modifier.
+
 A revision (the result of a re-run after a late instance) names the SR(s) it
 supersedes in the Predecessor Documents Sequence (PS3.3 C.17.2, SR Document
 General module): Study Instance UID > Referenced Series Sequence > Series
@@ -54,6 +71,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from ai_models.types import ClassificationFinding, DetectionFinding
 from dicom_node.results._geometry import largest_cross_section, outline
 from dicom_node.results.common import (
     MANUFACTURER_MODEL_NAME,
@@ -75,10 +93,34 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["COMPREHENSIVE_3D_SR_SOP_CLASS_UID", "PreviousVersion", "write_sr"]
+__all__ = [
+    "ABSENT",
+    "COMPREHENSIVE_3D_SR_SOP_CLASS_UID",
+    "PERCENT",
+    "PRESENT",
+    "PROBABILITY",
+    "PreviousVersion",
+    "UNITY",
+    "write_sr",
+]
 
 #: Comprehensive 3D SR Storage (PS3.4 B.5).
 COMPREHENSIVE_3D_SR_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.88.34"
+
+#: Concept name of a classification finding's probability (NUM, TID 300).
+PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
+
+#: Unit of :data:`PROBABILITY` (UCUM).
+PERCENT = hd.sr.CodedConcept("%", "UCUM", "Percent")
+
+#: Values of a classification finding's presence (CID 240 "Present-Absent"); the
+#: concept name of that qualitative evaluation is the finding type itself.
+PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
+ABSENT = hd.sr.CodedConcept("272519000", "SCT", "Absent")
+
+#: Unit of a detection finding's score (:data:`PROBABILITY`, ``0..1``): UCUM ``1``
+#: (CID 7181 "Abstract Multi-dimensional Image Model Component Units").
+UNITY = hd.sr.CodedConcept("1", "UCUM", "no units")
 
 
 @dataclass(frozen=True)
@@ -190,7 +232,8 @@ def _observation_context(result: PipelineResult) -> hd.sr.ObservationContext:
 def _measurements(
     finding: Finding, algo_id: hd.sr.AlgorithmIdentification
 ) -> list[hd.sr.Measurement]:
-    out = []
+    out = _classification_measurements(finding, algo_id)
+    out += _detection_measurements(finding, algo_id)
     for m in finding.measurements:
         if not np.isfinite(m.value):
             raise ValueError(
@@ -211,10 +254,105 @@ def _measurements(
 
 
 def _evaluations(finding: Finding) -> list[hd.sr.QualitativeEvaluation]:
-    return [
+    return _classification_evaluations(finding) + [
         hd.sr.QualitativeEvaluation(name=to_code(q.name), value=to_code(q.value))
         for q in finding.qualitative_evaluations
     ]
+
+
+def _classification_measurements(
+    finding: Finding, algo_id: hd.sr.AlgorithmIdentification
+) -> list[hd.sr.Measurement]:
+    """The probability of a :class:`ClassificationFinding` as a NUM (UCUM %)."""
+    if not isinstance(finding, ClassificationFinding):
+        return []
+    p = float(finding.probability)
+    if not (np.isfinite(p) and 0.0 <= p <= 1.0):
+        raise ValueError(
+            f"Probability of finding {finding.tracking_id!r} must be in 0..1, got {p!r}."
+        )
+    return [
+        hd.sr.Measurement(
+            name=PROBABILITY, value=round(100.0 * p, 3), unit=PERCENT, algorithm_id=algo_id
+        )
+    ]
+
+
+def _classification_evaluations(finding: Finding) -> list[hd.sr.QualitativeEvaluation]:
+    """Presence of a :class:`ClassificationFinding`: <finding type> = Present / Absent."""
+    if not isinstance(finding, ClassificationFinding):
+        return []
+    return [
+        hd.sr.QualitativeEvaluation(
+            name=to_code(finding.finding_type), value=PRESENT if finding.present else ABSENT
+        )
+    ]
+
+
+def _detection_measurements(
+    finding: Finding, algo_id: hd.sr.AlgorithmIdentification
+) -> list[hd.sr.Measurement]:
+    """The score of a :class:`DetectionFinding` as a NUM (0..1, UCUM ``1``)."""
+    if not isinstance(finding, DetectionFinding):
+        return []
+    return [
+        hd.sr.Measurement(
+            name=PROBABILITY,
+            value=round(float(finding.score), 4),
+            unit=UNITY,
+            algorithm_id=algo_id,
+        )
+    ]
+
+
+def _finding_sites(finding: Finding) -> list[hd.sr.FindingSite] | None:
+    """Finding site, with a detection finding's laterality as its modifier."""
+    if finding.finding_site is None:
+        return None
+    laterality = finding.laterality if isinstance(finding, DetectionFinding) else None
+    return [
+        hd.sr.FindingSite(
+            anatomic_location=to_code(finding.finding_site),
+            laterality=to_code(laterality) if laterality is not None else None,
+        )
+    ]
+
+
+def _box_region(result: PipelineResult, finding: DetectionFinding) -> hd.sr.ImageRegion:
+    """A detection's box as a closed 5-point POLYLINE on its source image (TID 1410)."""
+    n, rows, cols = result.volume.shape
+    k = int(finding.frame_index)
+    if not 0 <= k < n:
+        raise ValueError(
+            f"Finding {finding.tracking_id!r} lies on slice {k}; the volume has {n}."
+        )
+    x0, y0, x1, y1 = finding.box
+    if x0 < 0 or y0 < 0 or x1 > cols or y1 > rows:
+        raise ValueError(
+            f"Box of finding {finding.tracking_id!r} {finding.box} is outside the "
+            f"{cols}x{rows} image."
+        )
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=finding.polyline(),
+        source_image=_source_image_item(result, k, hd.sr.SourceImageForRegion),
+    )
+
+
+def _finding_slices(result: PipelineResult, finding: Finding) -> list[int]:
+    """Slices whose source frames a TID 1501 group references.
+
+    A classification finding's own ``source_frames`` (those in range), else
+    :func:`_representative_slices`.
+    """
+    frames = finding.source_frames if isinstance(finding, ClassificationFinding) else ()
+    n = result.volume.shape[0]
+    chosen = sorted({int(k) for k in frames if 0 <= int(k) < n})
+    if frames and not chosen:
+        raise ValueError(
+            f"Finding {finding.tracking_id!r} refers to slices {list(frames)} outside the volume."
+        )
+    return chosen or _representative_slices(result)
 
 
 def _source_image_item(result: PipelineResult, k: int, cls: type[_ImageItem]) -> _ImageItem:
@@ -286,11 +424,7 @@ def _finding_groups(
         tracking_identifier=tracking,
         finding_type=to_code(finding.finding_type),
         algorithm_id=algo_id,
-        finding_sites=(
-            [hd.sr.FindingSite(anatomic_location=to_code(finding.finding_site))]
-            if finding.finding_site is not None
-            else None
-        ),
+        finding_sites=_finding_sites(finding),
     )
     measurements = _measurements(finding, algo_id) or None
     evaluations = _evaluations(finding) or None
@@ -303,6 +437,8 @@ def _finding_groups(
         else None
     )
     region = _planar_region(result, segment) if segment is not None else None
+    if isinstance(finding, DetectionFinding):
+        region = _box_region(result, finding)
     if seg_number is not None and segmentation is not None and segment is not None:
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
@@ -332,7 +468,7 @@ def _finding_groups(
         # TID 1501: measurements of the series as a whole.
         sources = [
             _source_image_item(result, k, hd.sr.SourceImageForMeasurementGroup)
-            for k in _representative_slices(result)
+            for k in _finding_slices(result, finding)
         ]
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -404,6 +540,15 @@ def _plain_image_library(
     )
     library.ContentSequence = hd.sr.ContentSequence([group])
     return library
+
+
+def _has_library_descriptors(ds: Dataset) -> bool:
+    """Whether highdicom can describe ``ds`` in the Image Library (TID 1602)."""
+    try:
+        hd.sr.ImageLibraryEntryDescriptors(ds)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _representative_slices(result: PipelineResult) -> list[int]:
@@ -502,6 +647,10 @@ def write_sr(
     sources: Sequence[Dataset] = result.volume.source_datasets
     library = _library_images(result, groups)
     enhanced = any("PerFrameFunctionalGroupsSequence" in ds for ds in library)
+    # Radiographs without the attributes of highdicom's TID 1603 descriptors
+    # (Patient Orientation, Imager Pixel Spacing: optional in CR) are listed
+    # the same way.
+    enhanced = enhanced or any(not _has_library_descriptors(ds) for ds in library)
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(result),
         procedure_reported=procedure,

@@ -118,8 +118,8 @@ def test_cli_analyze(dicom_data: pathlib.Path, tmp_path) -> None:
 def test_cli_analyze_bad_arguments(dicom_data: pathlib.Path, tmp_path) -> None:
     runner = CliRunner()
     bad_kind = runner.invoke(analyze, [str(dicom_data / CT), "--pipeline", "test-threshold",
-                                       "--out", str(tmp_path), "--outputs", "seg,gsps"])
-    assert bad_kind.exit_code == 2 and "gsps" in bad_kind.output
+                                       "--out", str(tmp_path), "--outputs", "seg,pdf"])
+    assert bad_kind.exit_code == 2 and "pdf" in bad_kind.output
     unknown = runner.invoke(analyze, [str(dicom_data / CT), "--pipeline", "ct-lung",
                                       "--out", str(tmp_path)])
     assert unknown.exit_code == 2 and "ct-lungs" in unknown.output

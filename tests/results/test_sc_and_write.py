@@ -119,7 +119,7 @@ def test_parse_outputs_and_uids() -> None:
     assert parse_outputs("sr, seg") == ("seg", "sr")
     assert parse_outputs(["SC"]) == ("sc",)
     with pytest.raises(ValueError, match="Unknown output"):
-        parse_outputs("seg,gsps")
+        parse_outputs("seg,pdf")
     with pytest.raises(ValueError, match="not a valid UID"):
         OutputUIDs(sop_instance_uid="1.02.3")
     with pytest.raises(TypeError):

@@ -1,0 +1,600 @@
+"""``cxr-findings``: findings on a frontal chest radiograph (CR / DX).
+
+A demonstration pipeline trained only on synthetic phantoms
+(:mod:`ai_models.training.cxr_phantoms`); not for clinical use.
+
+How it works
+------------
+1. **Input** -- :meth:`CxrFindingsPipeline.read_series` reads the series'
+   frontal image (:func:`ai_models.radiograph.load_radiograph`);
+   :func:`ai_models.radiograph.presentation_image` applies the Modality LUT,
+   the first VOI LUT / window and the polarity (MONOCHROME1 inverted), so the
+   network always sees dense tissue bright, whatever the bit depth.
+2. **Scope** (:meth:`CxrFindingsPipeline.check`) -- modality CR or DX; Body
+   Part Examined a chest term (a different body part is refused; without one
+   the descriptions are searched for "chest"/"thorax", and failing that an
+   image check asks for two enclosed lung fields); View Position frontal
+   (PA/AP; lateral, decubitus and oblique views are refused: the model has
+   only seen frontal views); at least 256 pixels on the short side.
+3. **Model input** (:func:`model_input`) -- area-averaged down to fit
+   ``input_size`` (192) pixels, contrast stretched between its 1st and 99th
+   percentiles, letterboxed to a square, standardised.
+4. **Network** -- a ResNet-18 layout (BasicBlock, 2-2-2-2, quarter width:
+   16-32-64-128 channels; MONAI ``ResNet`` with ``spatial_dims=2``; 0.7 M
+   parameters, stored in float16) with one logit per finding; sigmoid
+   probabilities; a per-finding threshold from the weights' sidecar.
+5. **Explanation** -- Grad-CAM on the last residual stage, per explained
+   finding, mapped back to the image grid (:class:`~ai_models.types.HeatMap`).
+   By default the findings reported present are explained, or the most
+   probable one when none is.
+
+Every finding of the model is reported, present or absent
+(:class:`~ai_models.types.ClassificationFinding`), with its tracking
+identifier (the finding's name) and a tracking UID derived from the series.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from ai_models import runtime
+from ai_models.errors import ModelLoadError, PipelineNotApplicable
+from ai_models.pipelines import CXR_FINDINGS
+from ai_models.pipelines.base import Pipeline, PipelineInfo, tracking_uid
+from ai_models.radiograph import (
+    FRONTAL_VIEWS,
+    RADIOGRAPH_MODALITIES,
+    body_part,
+    load_radiograph,
+    presentation_image,
+    view_position,
+)
+from ai_models.types import (
+    AlgorithmInfo,
+    ClassificationFinding,
+    CodedConcept,
+    HeatMap,
+    PipelineResult,
+    Volume,
+)
+
+if TYPE_CHECKING:
+    from ai_models.dicom_files import DicomFile
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ARCHITECTURE",
+    "CHEST_BODY_PARTS",
+    "CODES",
+    "CxrFindingsPipeline",
+    "DEFAULT_WEIGHTS",
+    "FindingLabel",
+    "INPUT_SIZE",
+    "Letterbox",
+    "VERSION",
+    "build_network",
+    "grad_cam",
+    "labels_from_metadata",
+    "model_input",
+]
+
+VERSION = "0.1.0"
+"""Algorithm version reported in TID 4019 (the weights have their own sha256)."""
+
+DEFAULT_WEIGHTS = pathlib.Path(__file__).resolve().parents[1] / "weights" / "cxr_findings.pt"
+"""Shipped weights (float16 state dict; architecture and labels in the ``.json``)."""
+
+INPUT_SIZE = 192
+"""Side of the square network input (pixels) unless the sidecar says otherwise."""
+
+MIN_MATRIX = 256
+"""Smallest accepted rows/columns of a radiograph."""
+
+ARCHITECTURE: dict[str, Any] = {
+    "name": "monai.networks.nets.ResNet",
+    "kwargs": {
+        "block": "basic",
+        "layers": [2, 2, 2, 2],
+        "block_inplanes": [16, 32, 64, 128],
+        "spatial_dims": 2,
+        "n_input_channels": 1,
+        "conv1_t_size": 7,
+        "conv1_t_stride": 2,
+        "num_classes": 4,
+    },
+}
+"""The network: ResNet-18 layout at quarter width, 2D, one grey input channel."""
+
+CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "CHEST_LAT", "TORAX", "THORAX_LAT"})
+"""Body Part Examined values taken as a chest (PS3.16 Annex L defined terms and
+common vendor spellings)."""
+
+_CHEST_WORDS = re.compile(r"\b(chest|thorax|thoracic|lungs?|cxr|torax|poumon)\b", re.I)
+
+
+def _c(value: str, scheme: str, meaning: str) -> CodedConcept:
+    return CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
+
+
+class CODES:
+    """Coded concepts of the findings (values and meanings as in
+    ``pydicom.sr.codedict.codes``, i.e. PS3.16)."""
+
+    OPACITY = _c("112001", "DCM", "Opacity")  # CID 6102 chest finding or feature
+    PLEURAL_EFFUSION = _c("60046008", "SCT", "Pleural effusion")
+    CARDIOMEGALY = _c("287272002", "SCT", "Cardiomegaly")  # CID 12248
+    PNEUMOTHORAX = _c("36118008", "SCT", "Pneumothorax")  # CID 6102
+    LUNG = _c("39607008", "SCT", "Lung")
+    HEART = _c("80891009", "SCT", "Heart")
+    PLAIN_CHEST_XRAY = _c("399208008", "SCT", "Plain chest X-ray")
+
+
+@dataclass(frozen=True)
+class FindingLabel:
+    """One output of the classifier: its name, codes and operating threshold."""
+
+    name: str
+    """Tracking identifier and caption, e.g. ``"Pleural effusion"``."""
+    finding_type: CodedConcept
+    finding_site: CodedConcept | None
+    threshold: float = 0.5
+
+
+DEFAULT_LABELS: tuple[FindingLabel, ...] = (
+    FindingLabel("Lung opacity", CODES.OPACITY, CODES.LUNG),
+    FindingLabel("Pleural effusion", CODES.PLEURAL_EFFUSION, None),
+    FindingLabel("Cardiomegaly", CODES.CARDIOMEGALY, CODES.HEART),
+    FindingLabel("Pneumothorax", CODES.PNEUMOTHORAX, None),
+)
+"""Outputs of the shipped model, in order (thresholds come from the sidecar)."""
+
+
+def _concept(value: Any, what: str) -> CodedConcept | None:
+    if value is None:
+        return None
+    try:
+        code, scheme, meaning = (str(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{what} must be [value, scheme, meaning], got {value!r}") from exc
+    return _c(code, scheme, meaning)
+
+
+def labels_from_metadata(meta: dict[str, Any]) -> tuple[FindingLabel, ...]:
+    """The outputs described by a weights sidecar (``"labels"`` list).
+
+    Each entry: ``{"name": ..., "code": [value, scheme, meaning],
+    "site": [value, scheme, meaning] | null, "threshold": 0.5}``.  Without a
+    ``"labels"`` entry: :data:`DEFAULT_LABELS`.
+
+    Raises
+    ------
+    ModelLoadError
+        For a malformed entry.
+    """
+    entries = meta.get("labels")
+    if not entries:
+        return DEFAULT_LABELS
+    out = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or "name" not in e or "code" not in e:
+            raise ModelLoadError(f"labels[{i}] needs 'name' and 'code'")
+        code = _concept(e["code"], f"labels[{i}].code")
+        assert code is not None
+        threshold = float(e.get("threshold", 0.5))
+        if not 0.0 <= threshold <= 1.0:
+            raise ModelLoadError(f"labels[{i}].threshold must be in 0..1")
+        out.append(
+            FindingLabel(
+                str(e["name"]), code, _concept(e.get("site"), f"labels[{i}].site"), threshold
+            )
+        )
+    return tuple(out)
+
+
+def build_network(kwargs: dict[str, Any] | None = None) -> torch.nn.Module:
+    """The (untrained) classifier of :data:`ARCHITECTURE` (or with ``kwargs``)."""
+    from monai.networks.nets import ResNet
+
+    return ResNet(**(kwargs or ARCHITECTURE["kwargs"]))
+
+
+# --------------------------------------------------------------------------- input
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where the image sits in the square network input: rows ``r0:r0+h``,
+    columns ``c0:c0+w`` of a ``size`` x ``size`` array."""
+
+    size: int
+    r0: int
+    c0: int
+    h: int
+    w: int
+
+
+def model_input(image: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray, Letterbox]:
+    """Network input from a presentation image (``0..1``, dense bright).
+
+    Area-averaged so that the longer side is ``size``, stretched between its
+    1st and 99th percentiles to ``0..1``, centred in a ``size`` x ``size``
+    square padded with 0 (black) and standardised as ``(x - 0.5) / 0.25``.
+
+    Returns
+    -------
+    (array, letterbox)
+        ``(size, size)`` float32 and where the image lies in it.
+    """
+    rows, cols = image.shape
+    scale = size / max(rows, cols)
+    h, w = max(1, int(round(rows * scale))), max(1, int(round(cols * scale)))
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    small = F.adaptive_avg_pool2d(t, (h, w))[0, 0].numpy()
+    lo, hi = np.percentile(small, [1.0, 99.0])
+    small = np.clip((small - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
+    out = np.zeros((size, size), np.float32)
+    r0, c0 = (size - h) // 2, (size - w) // 2
+    out[r0 : r0 + h, c0 : c0 + w] = small
+    return (out - 0.5) / 0.25, Letterbox(size, r0, c0, h, w)
+
+
+def looks_like_chest(x: np.ndarray, box: Letterbox, contrast: float = 0.08) -> tuple[bool, str]:
+    """Coarse image check for a frontal chest radiograph (used without metadata).
+
+    On the network input (``0..1`` before standardisation), the median
+    column profile of the rows at 30-60 % of the height must show a bright
+    middle (mediastinum, spine), a darker valley on each side (the lungs,
+    searched at 10-45 % and 55-90 % of the width) that is not open-field
+    background (above 0.1), and a brighter chest wall within a quarter of the
+    width lateral to each valley; each step at least ``contrast``.  A limb or
+    other body part against open-field background fails (its "valleys" are
+    background).  It is deliberately coarse: an atypical chest radiograph
+    without Body Part Examined can fail it, which the reason says.
+
+    Returns
+    -------
+    (ok, reason)
+    """
+    img = x[box.r0 : box.r0 + box.h, box.c0 : box.c0 + box.w] * 0.25 + 0.5
+    h, w = img.shape
+    if h < 16 or w < 16:
+        return False, "the image is too small to check"
+    band = img[int(0.30 * h) : int(0.60 * h)]
+    prof = ndimage.uniform_filter1d(np.median(band, axis=0), max(3, w // 40))
+    middle = float(prof[int(0.40 * w) : int(0.60 * w)].max())
+    li = int(0.10 * w) + int(np.argmin(prof[int(0.10 * w) : int(0.45 * w)]))
+    ri = int(0.55 * w) + int(np.argmin(prof[int(0.55 * w) : int(0.90 * w)]))
+    lv, rv = float(prof[li]), float(prof[ri])
+    reach = int(0.25 * w)
+    lw = float(prof[max(0, li - reach) : li + 1].max())
+    rw = float(prof[ri : ri + reach + 1].max())
+    if min(lv, rv) <= 0.1:
+        return False, "the darkest regions beside the midline are open-field background, not lungs"
+    if min(middle - lv, middle - rv) <= contrast or min(lw - lv, rw - rv) <= contrast:
+        return False, (
+            "the image does not show two lung fields between a bright mediastinum and "
+            "the chest walls"
+        )
+    return True, ""
+
+
+# --------------------------------------------------------------------------- model
+
+
+_CACHE: dict[tuple[str, float, str], tuple[runtime.LoadedModel, tuple[FindingLabel, ...]]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _load(
+    path: pathlib.Path, device: str | None
+) -> tuple[runtime.LoadedModel, tuple[FindingLabel, ...]]:
+    """Load the state dict + sidecar once per process (weights_only=True)."""
+    p = path.expanduser().resolve()
+    if not p.is_file():
+        raise ModelLoadError(f"cxr-findings weights not found: {p}")
+    dev = runtime.select_device(device)
+    key = (str(p), p.stat().st_mtime, str(dev))
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        t0 = time.perf_counter()
+        side = p.with_suffix(".json")
+        try:
+            meta = json.loads(side.read_text()) if side.is_file() else {}
+        except json.JSONDecodeError as exc:
+            raise ModelLoadError(f"bad JSON sidecar {side.name}: {exc}") from exc
+        arch = meta.get("architecture") or ARCHITECTURE
+        if arch.get("name") not in (ARCHITECTURE["name"], "ResNet"):
+            raise ModelLoadError(
+                f"{p.name}: architecture {arch.get('name')!r} is not supported; "
+                f"use {ARCHITECTURE['name']!r}"
+            )
+        labels = labels_from_metadata(meta)
+        kwargs = dict(ARCHITECTURE["kwargs"])
+        kwargs.update(arch.get("kwargs") or {})
+        if int(kwargs.get("num_classes", 0)) != len(labels):
+            raise ModelLoadError(
+                f"{p.name}: {kwargs.get('num_classes')} outputs but {len(labels)} labels"
+            )
+        try:
+            net = build_network(kwargs)
+        except TypeError as exc:
+            raise ModelLoadError(f"bad architecture arguments in {side.name}: {exc}") from exc
+        try:
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many kinds for a bad file
+            raise ModelLoadError(f"cannot read state dict {p.name}: {exc}") from exc
+        try:
+            net.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+        except (RuntimeError, AttributeError) as exc:
+            raise ModelLoadError(
+                f"state dict {p.name} does not fit the architecture: {exc}"
+            ) from exc
+        for param in net.parameters():
+            param.requires_grad_(False)
+        net = net.to(dev).eval()
+        model = runtime.LoadedModel(
+            network=net,
+            device=dev,
+            kind=runtime.ModelKind.STATE_DICT,
+            path=p,
+            weights_path=p,
+            sha256=runtime.file_sha256(p),
+            load_seconds=time.perf_counter() - t0,
+            metadata=meta,
+        )
+        _CACHE[key] = (model, labels)
+    logger.info("loaded cxr-findings model %s on %s in %.2f s", p.name, dev, model.load_seconds)
+    return model, labels
+
+
+def grad_cam(
+    network: torch.nn.Module, x: torch.Tensor, classes: Sequence[int], layer: str = "layer4"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities and Grad-CAM maps (Selvaraju et al., ICCV 2017).
+
+    Parameters
+    ----------
+    network:
+        The classifier (eval mode), with a sub-module called ``layer``.
+    x:
+        ``(1, 1, H, W)`` input on the network's device.
+    classes:
+        Output indices to explain.
+    layer:
+        Name of the feature layer (the last residual stage).
+
+    Returns
+    -------
+    (probabilities, maps)
+        ``(n_outputs,)`` sigmoid probabilities and ``(len(classes), H, W)``
+        maps in ``0..1`` (each scaled by its own maximum; all-zero when the
+        gradient-weighted activations are nowhere positive).
+    """
+    module = dict(network.named_modules()).get(layer)
+    if module is None:
+        raise ValueError(f"the network has no layer {layer!r}")
+    feats: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _i, out: feats.append(out))
+    try:
+        with torch.enable_grad():
+            xi = x.detach().clone().requires_grad_(True)
+            logits = network(xi)
+            probs = torch.sigmoid(logits[0]).detach().float().cpu().numpy()
+            maps: list[np.ndarray] = []
+            for c in classes:
+                (grad,) = torch.autograd.grad(logits[0, int(c)], feats[0], retain_graph=True)
+                weights = grad.mean(dim=(2, 3), keepdim=True)
+                cam = F.relu((weights * feats[0]).sum(dim=1, keepdim=True))
+                cam = F.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False)
+                cam_np = cam[0, 0].detach().float().cpu().numpy()
+                peak = float(cam_np.max())
+                maps.append(cam_np / peak if peak > 0 else np.zeros_like(cam_np))
+    finally:
+        handle.remove()
+    shape = (len(maps),) + tuple(x.shape[2:])
+    return probs, (np.stack(maps) if maps else np.zeros(shape, np.float32))
+
+
+def _to_image_grid(cam: np.ndarray, box: Letterbox, shape: tuple[int, int]) -> np.ndarray:
+    """A map on the network input back onto the image's own grid."""
+    crop = cam[box.r0 : box.r0 + box.h, box.c0 : box.c0 + box.w]
+    t = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None, None]
+    up = F.interpolate(t, size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+    return np.clip(up, 0.0, 1.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- pipeline
+
+_EXPLAIN = ("positive", "all", "none")
+
+
+class CxrFindingsPipeline(Pipeline):
+    """Findings on a frontal chest radiograph (see the module docstring).
+
+    Parameters
+    ----------
+    weights:
+        State dict with its JSON sidecar; default :data:`DEFAULT_WEIGHTS`.
+        A site model of the same architecture with its own labels, codes
+        and thresholds plugs in here (see ``ai_models/README.md``).
+    device:
+        ``None``/``"auto"``, ``"cpu"``, ``"cuda"``...
+    explain:
+        Which findings get a Grad-CAM map: ``"positive"`` (those reported
+        present, else the most probable one; default), ``"all"`` or
+        ``"none"``.
+    """
+
+    name = CXR_FINDINGS
+    description = (
+        "CR/DX frontal chest radiograph: lung opacity, pleural effusion, cardiomegaly, "
+        "pneumothorax (demo model, synthetic training)"
+    )
+    modalities = RADIOGRAPH_MODALITIES
+    version = VERSION
+
+    def __init__(
+        self,
+        weights: str | pathlib.Path | None = None,
+        device: str | None = None,
+        explain: str = "positive",
+    ) -> None:
+        if explain not in _EXPLAIN:
+            raise ValueError(f"explain must be one of {_EXPLAIN}, got {explain!r}")
+        self.weights = pathlib.Path(weights) if weights is not None else DEFAULT_WEIGHTS
+        self.device = device
+        self.explain = explain
+
+    @classmethod
+    def static_info(cls) -> PipelineInfo:
+        """Listing info without instantiating (no model load)."""
+        return PipelineInfo(cls.name, cls.description, cls.modalities, cls.version, "built-in")
+
+    def read_series(self, files: Sequence[DicomFile]) -> Volume:
+        """The series' radiograph as a one-slice volume (frontal view first)."""
+        return load_radiograph(files)
+
+    def load(self) -> tuple[runtime.LoadedModel, tuple[FindingLabel, ...]]:
+        """The warm model and its output labels (loaded once per process)."""
+        return _load(self.weights, self.device)
+
+    def input_size(self) -> int:
+        """Side of the network input, from the sidecar (default :data:`INPUT_SIZE`)."""
+        model, _ = self.load()
+        return int(model.metadata.get("input_size", INPUT_SIZE))
+
+    def check(self, volume: Volume) -> None:
+        """CR/DX, one frontal chest image of at least 256 x 256 pixels."""
+        super().check(volume)
+        n, rows, cols = volume.shape
+        if n != 1 or not volume.source_datasets:
+            raise PipelineNotApplicable(f"{self.name}: expects one radiograph, got {n} image(s)")
+        ds = volume.source_datasets[0]
+        part = body_part(ds)
+        if part and part not in CHEST_BODY_PARTS:
+            raise PipelineNotApplicable(
+                f"{self.name}: Body Part Examined is {part!r}, not a chest radiograph"
+            )
+        view = view_position(ds)
+        if view and view not in FRONTAL_VIEWS:
+            raise PipelineNotApplicable(
+                f"{self.name}: View Position {view!r} is out of scope; the model reads frontal "
+                "(PA/AP) chest views only"
+            )
+        if min(rows, cols) < MIN_MATRIX:
+            raise PipelineNotApplicable(
+                f"{self.name}: matrix {rows}x{cols} is smaller than {MIN_MATRIX}x{MIN_MATRIX}"
+            )
+        if not part:
+            text = " ".join(
+                str(ds.get(kw, "") or "")
+                for kw in ("StudyDescription", "SeriesDescription", "ProtocolName")
+            )
+            if not _CHEST_WORDS.search(text):
+                x, box = model_input(presentation_image(ds, volume.array[0]), INPUT_SIZE)
+                ok, reason = looks_like_chest(x, box)
+                if not ok:
+                    raise PipelineNotApplicable(
+                        f"{self.name}: no Body Part Examined and {reason}; not taken for a "
+                        "frontal chest radiograph"
+                    )
+
+    def preprocess(self, volume: Volume, size: int | None = None) -> tuple[np.ndarray, Letterbox]:
+        """The network input ``(size, size)`` for the volume's radiograph."""
+        image = presentation_image(volume.source_datasets[0], volume.array[0])
+        return model_input(image, size or self.input_size())
+
+    def run(self, volume: Volume) -> PipelineResult:
+        """Classify the radiograph and explain the findings (Grad-CAM)."""
+        self.check(volume)
+        timer = runtime.StageTimer()
+        with timer("load"):
+            model, labels = self.load()
+        with timer("preprocess"):
+            x, box = self.preprocess(volume, int(model.metadata.get("input_size", INPUT_SIZE)))
+            xt = torch.from_numpy(x)[None, None].to(model.device)
+        layer = str(model.metadata.get("cam_layer", "layer4"))
+        with timer("infer"):
+            with torch.inference_mode():
+                probs = torch.sigmoid(model.network(xt)[0]).float().cpu().numpy()
+        present = [float(p) >= lab.threshold for p, lab in zip(probs, labels, strict=True)]
+        if self.explain == "all":
+            explain = list(range(len(labels)))
+        elif self.explain == "positive":
+            explain = [i for i, v in enumerate(present) if v] or [int(np.argmax(probs))]
+        else:
+            explain = []
+        with timer("explain"):
+            maps: np.ndarray | list[np.ndarray] = (
+                grad_cam(model.network, xt, explain, layer)[1] if explain else []
+            )
+        with timer("postprocess"):
+            series_uid = volume.series_instance_uid
+            findings = []
+            for p, lab in zip(probs, labels, strict=True):
+                findings.append(
+                    ClassificationFinding(
+                        tracking_id=lab.name,
+                        tracking_uid=tracking_uid(series_uid, self.name, lab.name),
+                        finding_type=lab.finding_type,
+                        finding_site=lab.finding_site,
+                        probability=float(np.clip(p, 0.0, 1.0)),
+                        threshold=lab.threshold,
+                        source_frames=(0,),
+                    )
+                )
+            heatmaps = [
+                HeatMap(
+                    label=labels[c].name,
+                    tracking_id=findings[c].tracking_id,
+                    tracking_uid=findings[c].tracking_uid,
+                    frame_index=0,
+                    map=_to_image_grid(m, box, volume.shape[1:]),
+                    probability=findings[c].probability,
+                    present=findings[c].present,
+                    method=f"Grad-CAM ({layer})",
+                )
+                for c, m in zip(explain, maps, strict=True)
+            ]
+        notes = []
+        if not view_position(volume.source_datasets[0]):
+            notes.append("View Position not recorded; read as a frontal view")
+        logger.info(
+            "%s: %s; %s",
+            self.name,
+            ", ".join(f"{lab.name} {p:.2f}" for p, lab in zip(probs, labels, strict=True)),
+            ", ".join(f"{k} {v:.2f}s" for k, v in timer.timings.items()),
+        )
+        return PipelineResult(
+            pipeline=self.name,
+            volume=volume,
+            algorithm=AlgorithmInfo(
+                name=self.name,
+                version=self.version,
+                weights_sha256=model.sha256,
+                parameters=(
+                    f"input_size={box.size}",
+                    *(f"threshold {lab.name}={lab.threshold:.3f}" for lab in labels),
+                ),
+            ),
+            findings=list(findings),
+            procedure_reported=CODES.PLAIN_CHEST_XRAY,
+            timings=timer.timings,
+            notes=notes,
+            heatmaps=heatmaps,
+        )

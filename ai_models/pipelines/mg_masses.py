@@ -1,0 +1,636 @@
+"""``mg-masses``: mass detection on a mammogram (MG, or a breast image sent as RG/DX/CR/OT).
+
+A demonstration pipeline trained only on synthetic phantoms
+(:mod:`ai_models.training.mammo_phantoms`); not for clinical use.
+
+How it works
+------------
+1. **Input** -- :meth:`MgMassesPipeline.read_series` reads one image of the
+   series (:func:`ai_models.radiograph.load_radiograph`: the lowest Instance
+   Number when there are several; the others are not analysed, which is
+   logged).  :func:`ai_models.radiograph.presentation_image` applies the
+   Modality LUT, the first VOI LUT / window and the polarity (MONOCHROME1
+   inverted), so the network always sees dense tissue bright.
+2. **Scope** (:meth:`MgMassesPipeline.check`) -- Digital Mammography X-Ray
+   Image Storage - For Presentation, or Modality MG, or a radiograph
+   (RG, DX, CR, OT: e.g. a digitised film sent as Secondary Capture) whose
+   Body Part Examined (or Anatomic Region Sequence, or descriptions) says
+   breast.  Refused with the reason: another body part, "For Processing"
+   images (raw detector data, not meant for display), colour or multi-frame
+   images, a matrix below 256 pixels.
+3. **Working image** -- area-averaged to :data:`WORK_SIZE` (256) pixels on
+   the longer side (about 0.8-1 mm per pixel for a 20-26 cm image), divided
+   by its 99.5th percentile.
+4. **Network** -- a RetinaNet (torchvision) with a small backbone trained
+   from scratch: five stride-2 stages (16-24-48-64-96 channels, batch norm),
+   a feature pyramid (48 channels) on strides 8, 16 and 32, anchors of 6-96
+   pixels (3 sizes x 3 aspect ratios per level), classification and box
+   heads of two convolutions with group norm, focal loss; 0.42 M parameters,
+   stored in float16 (0.86 MB).
+5. **Output** -- boxes with a score at or above the operating threshold
+   from the weights' sidecar (chosen on validation phantoms), at most
+   :data:`MAX_MASSES`, mapped back onto the source image grid.  Each mass is
+   a :class:`~ai_models.types.DetectionFinding` ("Mass 1" is the highest
+   score) with the image's laterality as the finding site modifier and its
+   view as a qualitative evaluation.  No segments: the SR's planar ROI and
+   the GSPS draw the box, and the opt-in SC overlay burns it in
+   (:func:`dicom_node.results.gsps.with_box_segments`).
+
+Laterality comes from Image Laterality, else Laterality (else the Frame
+Anatomy macro); the view from View Position, else the View Code Sequence
+(CID 4014).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ai_models import runtime
+from ai_models.errors import ModelLoadError, PipelineNotApplicable
+from ai_models.pipelines import MG_MASSES
+from ai_models.pipelines.base import Pipeline, PipelineInfo, tracking_uid
+from ai_models.radiograph import load_radiograph, presentation_image
+from ai_models.types import (
+    AlgorithmInfo,
+    CodedConcept,
+    DetectionFinding,
+    PipelineResult,
+    QualitativeEvaluation,
+    Volume,
+)
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from ai_models.dicom_files import DicomFile
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ARCHITECTURE",
+    "BREAST_BODY_PARTS",
+    "DEFAULT_WEIGHTS",
+    "MAMMO_CODES",
+    "MAX_MASSES",
+    "MG_FOR_PRESENTATION",
+    "MG_FOR_PROCESSING",
+    "MODALITIES",
+    "MgMassesPipeline",
+    "VERSION",
+    "WORK_SIZE",
+    "build_detector",
+    "detect",
+    "image_laterality",
+    "is_breast_image",
+    "mammo_view",
+    "model_input",
+]
+
+NAME = MG_MASSES
+
+VERSION = "0.1.0"
+"""Algorithm version reported in TID 4019 (the weights have their own sha256)."""
+
+DEFAULT_WEIGHTS = pathlib.Path(__file__).resolve().parents[1] / "weights" / "mg_masses.pt"
+"""Shipped weights (float16 state dict; architecture and threshold in the ``.json``)."""
+
+WORK_SIZE = 256
+"""Longer side (pixels) of the working image the network sees."""
+
+MIN_MATRIX = 256
+"""Smallest accepted rows/columns."""
+
+MAX_MASSES = 5
+"""At most this many masses (the highest scores) are reported per image."""
+
+DEFAULT_THRESHOLD = 0.5
+"""Operating threshold on the score when the sidecar names none."""
+
+MODALITIES = ("MG", "RG", "DX", "CR", "OT")
+"""Modalities looked at (other than MG only with a breast body part)."""
+
+MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
+"""Digital Mammography X-Ray Image Storage - For Presentation."""
+
+MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
+"""Digital Mammography X-Ray Image Storage - For Processing (refused)."""
+
+BREAST_BODY_PARTS = ("BREAST",)
+"""Body Part Examined values of a breast image (PS3.16 Annex L)."""
+
+_BREAST_WORDS = re.compile(r"mammo|breast|\bmamma\b|\bbrust\b|\bsein\b", re.IGNORECASE)
+
+ARCHITECTURE: dict[str, Any] = {
+    "name": "dicom-node.TinyRetinaNet",
+    "kwargs": {
+        "channels": [16, 24, 48, 64, 96],
+        "fpn_channels": 48,
+        "head_convs": 2,
+        "anchor_sizes": [[6, 9, 13], [18, 26, 36], [48, 68, 96]],
+        "aspect_ratios": [0.6, 1.0, 1.6],
+        "num_classes": 1,
+        "work_size": WORK_SIZE,
+    },
+}
+"""The network: torchvision RetinaNet with a small from-scratch backbone."""
+
+
+def _c(value: str, scheme: str, meaning: str) -> CodedConcept:
+    return CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
+
+
+class MAMMO_CODES:
+    """Coded concepts of ``mg-masses`` (``pydicom.sr.codedict`` values)."""
+
+    MASS = _c("4147007", "SCT", "Mass")  # CID 7151 / 6102
+    BREAST = _c("76752008", "SCT", "Breast")
+    LEFT = _c("7771000", "SCT", "Left")  # CID 244
+    RIGHT = _c("24028007", "SCT", "Right")
+    IMAGE_VIEW = _c("111031", "DCM", "Image View")
+    # LOINC mammography procedures (CID 6050 / 6083)
+    MAMMOGRAM_LEFT = _c("36627-8", "LN", "breast - left mammogram")
+    MAMMOGRAM_RIGHT = _c("37774-7", "LN", "breast - right mammogram")
+    MAMMOGRAM = _c("46339-8", "LN", "breast - unilateral mammogram")
+
+
+# View Position (0018,5101) terms -> CID 4014 "View for Mammography" codes.
+_VIEWS: dict[str, CodedConcept] = {
+    "CC": _c("399162004", "SCT", "cranio-caudal"),
+    "MLO": _c("399368009", "SCT", "medio-lateral oblique"),
+    "ML": _c("399260004", "SCT", "medial-lateral"),
+    "LM": _c("399352003", "SCT", "latero-medial"),
+    "LMO": _c("399099002", "SCT", "latero-medial oblique"),
+    "XCCL": _c("399192008", "SCT", "cranio-caudal exaggerated laterally"),
+    "XCCM": _c("399101009", "SCT", "cranio-caudal exaggerated medially"),
+    "FB": _c("399196006", "SCT", "caudo-cranial"),
+    "SIO": _c("399188001", "SCT", "superolateral to inferomedial oblique"),
+    "ISO": _c("441555000", "SCT", "inferomedial to superolateral oblique"),
+}
+_VIEW_BY_CODE = {c.value: term for term, c in _VIEWS.items()}
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def image_laterality(ds: Dataset) -> str:
+    """``"L"``, ``"R"``, ``"B"`` or ``""``: Image Laterality, else Laterality,
+    else the Frame Anatomy macro's Frame Laterality (PS3.3 C.7.6.16.2.8)."""
+    values = [ds.get("ImageLaterality"), ds.get("Laterality")]
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared and "FrameAnatomySequence" in shared[0]:
+        values.append(shared[0].FrameAnatomySequence[0].get("FrameLaterality"))
+    for value in values:
+        v = str(value or "").strip().upper()
+        if v in ("L", "R", "B"):
+            return v
+    return ""
+
+
+def mammo_view(ds: Dataset) -> tuple[str, CodedConcept | None]:
+    """The view as a View Position term and a CID 4014 code (``("", None)`` unknown).
+
+    View Position first, then the View Code Sequence.
+    """
+    term = str(ds.get("ViewPosition", "") or "").strip().upper()
+    if term:
+        return term, _VIEWS.get(term)
+    seq = ds.get("ViewCodeSequence")
+    if seq:
+        item = seq[0]
+        code = str(item.get("CodeValue", "") or "")
+        if code in _VIEW_BY_CODE:
+            return _VIEW_BY_CODE[code], _VIEWS[_VIEW_BY_CODE[code]]
+        meaning = str(item.get("CodeMeaning", "") or "")
+        if meaning:
+            scheme = str(item.get("CodingSchemeDesignator", "") or "SCT")
+            return meaning.upper(), _c(code or meaning, scheme, meaning) if code else None
+    return "", None
+
+
+def is_breast_image(ds: Dataset) -> tuple[bool, str]:
+    """Whether ``ds`` is a breast image; ``(ok, reason)``.
+
+    MG For Presentation or Modality MG: yes unless Body Part Examined names
+    something else.  Other modalities: Body Part Examined BREAST, an Anatomic
+    Region Sequence item (76752008, SCT, "Breast"), or "mammo"/"breast" in
+    the study/series descriptions or protocol name.
+    """
+    part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    sop = str(ds.get("SOPClassUID", "") or "")
+    if part:
+        if part in BREAST_BODY_PARTS:
+            return True, ""
+        return False, f"Body Part Examined is {part!r}, not a breast image"
+    if modality == "MG" or sop == MG_FOR_PRESENTATION:
+        return True, ""
+    for item in ds.get("AnatomicRegionSequence", None) or []:
+        if str(item.get("CodeValue", "")) in ("76752008", "T-04000"):
+            return True, ""
+    text = " ".join(
+        str(ds.get(kw, "") or "")
+        for kw in ("StudyDescription", "SeriesDescription", "ProtocolName")
+    )
+    if _BREAST_WORDS.search(text):
+        return True, ""
+    return False, (
+        f"a {modality or 'non-MG'} image with no Body Part Examined and nothing that says "
+        "breast or mammography"
+    )
+
+
+# --------------------------------------------------------------------------- network
+
+
+class _Backbone(nn.Module):
+    """Five stride-2 stages and a feature pyramid on strides 8, 16 and 32."""
+
+    def __init__(self, channels: Sequence[int], fpn_channels: int) -> None:
+        from torchvision.ops import FeaturePyramidNetwork
+
+        super().__init__()
+        c = [int(v) for v in channels]
+        if len(c) != 5:
+            raise ValueError(f"channels needs 5 values, got {c}")
+
+        def stage(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, 2, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            )
+
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, c[0], 3, 2, 1, bias=False), nn.BatchNorm2d(c[0]), nn.ReLU(inplace=True)
+        )
+        self.layer2 = stage(c[0], c[1])
+        self.layer3 = stage(c[1], c[2])
+        self.layer4 = stage(c[2], c[3])
+        self.layer5 = stage(c[3], c[4])
+        self.fpn = FeaturePyramidNetwork([c[2], c[3], c[4]], int(fpn_channels))
+        self.out_channels = int(fpn_channels)
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        c3 = self.layer3(self.layer2(self.stem(x)))
+        c4 = self.layer4(c3)
+        c5 = self.layer5(c4)
+        out: OrderedDict[str, torch.Tensor] = self.fpn(
+            OrderedDict([("p3", c3), ("p4", c4), ("p5", c5)])
+        )
+        return out
+
+
+def build_detector(kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """The RetinaNet of :data:`ARCHITECTURE` (``kwargs`` override its arguments).
+
+    Inputs are lists of ``(1, H, W)`` float tensors in ``0..1`` whose longer
+    side is ``work_size`` (no resizing inside); outputs (eval mode) are
+    ``{"boxes": (n, 4) x0 y0 x1 y1, "scores": (n,), "labels": (n,)}`` per
+    image, in input pixel coordinates.
+    """
+    from torchvision.models.detection import RetinaNet
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.retinanet import RetinaNetHead
+
+    kw = dict(ARCHITECTURE["kwargs"])
+    kw.update(kwargs or {})
+    sizes = tuple(tuple(int(s) for s in level) for level in kw["anchor_sizes"])
+    ratios = tuple(float(r) for r in kw["aspect_ratios"])
+    anchors = AnchorGenerator(sizes, (ratios,) * len(sizes))
+    n_anchors = anchors.num_anchors_per_location()[0]
+    fpn = int(kw["fpn_channels"])
+    head = RetinaNetHead(
+        fpn,
+        n_anchors,
+        int(kw["num_classes"]),
+        norm_layer=partial(nn.GroupNorm, max(1, fpn // 4)),
+    )
+    n_convs = int(kw["head_convs"])
+    head.classification_head.conv = head.classification_head.conv[:n_convs]
+    head.regression_head.conv = head.regression_head.conv[:n_convs]
+    size = int(kw["work_size"])
+    return RetinaNet(
+        _Backbone(kw["channels"], fpn),
+        num_classes=int(kw["num_classes"]),
+        min_size=size,
+        max_size=size,
+        image_mean=[0.5],
+        image_std=[0.25],
+        anchor_generator=anchors,
+        head=head,
+        score_thresh=0.05,
+        nms_thresh=0.3,
+        detections_per_img=20,
+        topk_candidates=300,
+    )
+
+
+def model_input(image: np.ndarray, size: int = WORK_SIZE) -> tuple[np.ndarray, tuple[float, float]]:
+    """The working image of a presentation image ``(rows, cols)`` in ``0..1``.
+
+    Area-averaged so that the longer side is ``size``, then divided by its
+    99.5th percentile (clipped to ``0..1``).
+
+    Returns
+    -------
+    (x, (fy, fx))
+        ``(h, w)`` float32 and the scale factors (working pixels per source
+        pixel) along rows and columns.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    rows, cols = img.shape
+    f = size / float(max(rows, cols))
+    h, w = max(1, int(round(rows * f))), max(1, int(round(cols * f)))
+    if (h, w) != (rows, cols):
+        t = torch.from_numpy(np.ascontiguousarray(img))[None, None]
+        img = F.interpolate(t, size=(h, w), mode="area")[0, 0].numpy()
+    hi = float(np.percentile(img, 99.5))
+    x = np.clip(img / max(hi, 1e-3), 0.0, 1.0).astype(np.float32)
+    return x, (h / float(rows), w / float(cols))
+
+
+def detect(
+    network: nn.Module, x: np.ndarray, device: torch.device | str = "cpu"
+) -> dict[str, np.ndarray]:
+    """Run the detector on one working image ``(h, w)``; boxes and scores (numpy)."""
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(device)
+    with torch.inference_mode():
+        out = network([t])[0]
+    return {
+        "boxes": out["boxes"].float().cpu().numpy().reshape(-1, 4),
+        "scores": out["scores"].float().cpu().numpy().reshape(-1),
+    }
+
+
+# --------------------------------------------------------------------------- model
+
+
+_CACHE: dict[tuple[str, float, str], runtime.LoadedModel] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _load(path: pathlib.Path, device: str | None) -> runtime.LoadedModel:
+    """Load the state dict + sidecar once per process (``weights_only=True``)."""
+    p = path.expanduser().resolve()
+    if not p.is_file():
+        raise ModelLoadError(f"mg-masses weights not found: {p}")
+    dev = runtime.select_device(device)
+    key = (str(p), p.stat().st_mtime, str(dev))
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        t0 = time.perf_counter()
+        side = p.with_suffix(".json")
+        try:
+            meta = json.loads(side.read_text()) if side.is_file() else {}
+        except json.JSONDecodeError as exc:
+            raise ModelLoadError(f"bad JSON sidecar {side.name}: {exc}") from exc
+        arch = meta.get("architecture") or ARCHITECTURE
+        if arch.get("name") != ARCHITECTURE["name"]:
+            raise ModelLoadError(
+                f"{p.name}: architecture {arch.get('name')!r} is not supported; "
+                f"use {ARCHITECTURE['name']!r}"
+            )
+        try:
+            net = build_detector(arch.get("kwargs") or {})
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"bad architecture arguments in {side.name}: {exc}") from exc
+        try:
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
+            raise ModelLoadError(f"cannot read state dict {p.name}: {exc}") from exc
+        try:
+            net.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+        except (RuntimeError, AttributeError) as exc:
+            raise ModelLoadError(
+                f"state dict {p.name} does not fit the architecture: {exc}"
+            ) from exc
+        for param in net.parameters():
+            param.requires_grad_(False)
+        net = net.to(dev).eval()
+        model = runtime.LoadedModel(
+            network=net,
+            device=dev,
+            kind=runtime.ModelKind.STATE_DICT,
+            path=p,
+            weights_path=p,
+            sha256=runtime.file_sha256(p),
+            load_seconds=time.perf_counter() - t0,
+            metadata=meta,
+        )
+        _CACHE[key] = model
+    logger.info("loaded mg-masses model %s on %s in %.2f s", p.name, dev, model.load_seconds)
+    return model
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+class MgMassesPipeline(Pipeline):
+    """Mass detection on a mammogram (see the module docstring).
+
+    Parameters
+    ----------
+    weights:
+        State dict with its JSON sidecar; default :data:`DEFAULT_WEIGHTS`.
+        A site's detector of the same architecture plugs in here (see
+        ``ai_models/README.md``).
+    device:
+        ``None``/``"auto"``, ``"cpu"``, ``"cuda"``...
+    threshold:
+        Score threshold overriding the sidecar's operating point.
+    max_masses:
+        At most this many masses are reported (highest scores first).
+    """
+
+    name = NAME
+    description = (
+        "MG (or a breast image sent as RG/DX/CR/OT): mass detection, boxes with scores "
+        "(demo model, synthetic training)"
+    )
+    modalities = MODALITIES
+    version = VERSION
+
+    def __init__(
+        self,
+        weights: str | pathlib.Path | None = None,
+        device: str | None = None,
+        threshold: float | None = None,
+        max_masses: int = MAX_MASSES,
+    ) -> None:
+        if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold must be in 0..1, got {threshold!r}")
+        if int(max_masses) < 1:
+            raise ValueError(f"max_masses must be >= 1, got {max_masses!r}")
+        self.weights = pathlib.Path(weights) if weights is not None else DEFAULT_WEIGHTS
+        self.device = device
+        self.threshold = None if threshold is None else float(threshold)
+        self.max_masses = int(max_masses)
+
+    @classmethod
+    def static_info(cls) -> PipelineInfo:
+        """Listing info without instantiating (no model load)."""
+        return PipelineInfo(cls.name, cls.description, cls.modalities, cls.version, "built-in")
+
+    def read_series(self, files: Sequence[DicomFile]) -> Volume:
+        """One image of the series as a one-slice volume (lowest Instance Number)."""
+        return load_radiograph(files)
+
+    def load(self) -> runtime.LoadedModel:
+        """The warm model (loaded once per process)."""
+        return _load(self.weights, self.device)
+
+    def operating_threshold(self) -> float:
+        """The score threshold in use (argument, else sidecar, else 0.5)."""
+        if self.threshold is not None:
+            return self.threshold
+        meta = self.load().metadata
+        return float(meta.get("threshold", DEFAULT_THRESHOLD))
+
+    def check(self, volume: Volume) -> None:
+        """One grey breast image of at least 256 x 256 pixels, not For Processing."""
+        super().check(volume)
+        n, rows, cols = volume.shape
+        if n != 1 or not volume.source_datasets:
+            raise PipelineNotApplicable(f"{self.name}: expects one image, got {n}")
+        ds = volume.source_datasets[0]
+        if str(ds.get("SOPClassUID", "")) == MG_FOR_PROCESSING:
+            raise PipelineNotApplicable(
+                f"{self.name}: a 'For Processing' mammogram (raw detector data, not meant for "
+                "display); send the 'For Presentation' image"
+            )
+        ok, reason = is_breast_image(ds)
+        if not ok:
+            raise PipelineNotApplicable(f"{self.name}: {reason}")
+        if min(rows, cols) < MIN_MATRIX:
+            raise PipelineNotApplicable(
+                f"{self.name}: matrix {rows}x{cols} is smaller than {MIN_MATRIX}x{MIN_MATRIX}"
+            )
+
+    def preprocess(self, volume: Volume) -> tuple[np.ndarray, tuple[float, float]]:
+        """The working image and its scale factors (see :func:`model_input`)."""
+        image = presentation_image(volume.source_datasets[0], volume.array[0])
+        size = int(self.load().metadata.get("architecture", ARCHITECTURE)["kwargs"].get(
+            "work_size", WORK_SIZE
+        ))
+        return model_input(image, size)
+
+    def run(self, volume: Volume) -> PipelineResult:
+        """Detect masses on the image: findings with boxes and scores."""
+        self.check(volume)
+        timer = runtime.StageTimer()
+        with timer("load"):
+            model = self.load()
+            threshold = self.operating_threshold()
+        with timer("preprocess"):
+            x, (fy, fx) = self.preprocess(volume)
+        with timer("infer"):
+            out = detect(model.network, x, model.device)
+        with timer("postprocess"):
+            findings = self._findings(volume, out, fy, fx, threshold)
+        ds = volume.source_datasets[0]
+        lat = image_laterality(ds)
+        view, _ = mammo_view(ds)
+        notes = []
+        if not lat:
+            notes.append("laterality not recorded")
+        if not view:
+            notes.append("view not recorded")
+        logger.info(
+            "%s: %d mass(es) at threshold %.2f (%s); %s",
+            self.name,
+            len(findings),
+            threshold,
+            ", ".join(f"{f.score:.2f}" for f in findings) or "none",
+            ", ".join(f"{k} {v:.2f}s" for k, v in timer.timings.items()),
+        )
+        procedure = {
+            "L": MAMMO_CODES.MAMMOGRAM_LEFT,
+            "R": MAMMO_CODES.MAMMOGRAM_RIGHT,
+        }.get(lat, MAMMO_CODES.MAMMOGRAM)
+        return PipelineResult(
+            pipeline=self.name,
+            volume=volume,
+            algorithm=AlgorithmInfo(
+                name=self.name,
+                version=self.version,
+                weights_sha256=model.sha256,
+                parameters=(
+                    f"work_size={max(x.shape)}",
+                    f"threshold={threshold:.3f}",
+                    f"max_masses={self.max_masses}",
+                ),
+            ),
+            findings=list(findings),
+            procedure_reported=procedure,
+            timings=timer.timings,
+            notes=notes,
+        )
+
+    def _findings(
+        self,
+        volume: Volume,
+        out: dict[str, np.ndarray],
+        fy: float,
+        fx: float,
+        threshold: float,
+    ) -> list[DetectionFinding]:
+        _, rows, cols = volume.shape
+        ds = volume.source_datasets[0]
+        lat = image_laterality(ds)
+        laterality = {"L": MAMMO_CODES.LEFT, "R": MAMMO_CODES.RIGHT}.get(lat)
+        _, view_code = mammo_view(ds)
+        evaluations = (
+            [QualitativeEvaluation(MAMMO_CODES.IMAGE_VIEW, view_code)] if view_code else []
+        )
+        order = np.argsort(-out["scores"], kind="stable")
+        findings: list[DetectionFinding] = []
+        sop_uid = volume.frames[0].sop_instance_uid
+        for idx in order:
+            score = float(out["scores"][idx])
+            if score < threshold or len(findings) >= self.max_masses:
+                break
+            x0, y0, x1, y1 = (float(v) for v in out["boxes"][idx])
+            box = (
+                float(np.clip(x0 / fx, 0.0, cols)),
+                float(np.clip(y0 / fy, 0.0, rows)),
+                float(np.clip(x1 / fx, 0.0, cols)),
+                float(np.clip(y1 / fy, 0.0, rows)),
+            )
+            if not (box[2] - box[0] >= 1.0 and box[3] - box[1] >= 1.0):
+                continue
+            number = len(findings) + 1
+            label = f"Mass {number}"
+            uid = tracking_uid(volume.series_instance_uid, self.name, f"{sop_uid}/{label}")
+            findings.append(
+                DetectionFinding(
+                    tracking_id=label,
+                    tracking_uid=uid,
+                    finding_type=MAMMO_CODES.MASS,
+                    finding_site=MAMMO_CODES.BREAST,
+                    qualitative_evaluations=list(evaluations),
+                    frame_index=0,
+                    box=box,
+                    score=score,
+                    label=label,
+                    laterality=laterality,
+                )
+            )
+        return findings

@@ -1,0 +1,746 @@
+"""``mr-brain-lesion``: brain, lesion(s) and surrounding edema on brain MR.
+
+A demonstration pipeline trained only on synthetic phantoms
+(:mod:`ai_models.training.brain_phantoms`); not for clinical use.
+
+How it works
+------------
+1. **Scope** -- :meth:`MrBrainLesionPipeline.check` accepts one anatomical
+   MR volume of the head: it refuses diffusion (DWI, trace, ADC, FA, a
+   DiffusionBValue above 0), localizers, phase / field-map / real /
+   imaginary images, mosaics, perfusion and parametric maps, series whose
+   BodyPartExamined is not a head part, and volumes too small or too coarse
+   (see the constants below).  Mixed orientations (3-plane localizers) are
+   already refused by the volume loader.  When an enhanced MR object holds
+   magnitude frames and other frames at the same positions (a field-map
+   acquisition), :meth:`~MrBrainLesionPipeline.read_series` keeps the one
+   magnitude stack.
+2. **Canonical orientation** -- the volume is permuted/flipped (a view, no
+   copy) so that its axes run towards superior, posterior and patient left;
+   oblique series map to the nearest such axes.
+3. **Working grid** -- the intensities are averaged onto a 3 mm isotropic
+   grid and divided by the median of the foreground (voxels above the mean),
+   so that T1-, T2- or FLAIR-like series of any scanner scale look
+   alike (:func:`mr_features`).  A 256x256x180 1 mm series becomes about
+   60x85x85 voxels.
+4. **Network** -- a 4-level MONAI 3D ``UNet`` predicts background / brain /
+   lesion / edema on the working grid, in overlapping windows of the
+   training patch size (48x64x64 voxels, :data:`ROI_SIZE`).
+5. **Back to the source grid** -- class probabilities are interpolated
+   trilinearly to the source resolution (slab by slab) and the most likely
+   class taken; the brain is the largest connected component; lesion
+   components below :data:`MIN_LESION_ML` become brain; edema that touches
+   no lesion becomes brain.  Each lesion is its own segment (largest first,
+   at most :data:`MAX_LESIONS`) with its volume and longest diameter; the
+   edema is one segment with its volume; the brain segment (whole brain,
+   lesions and edema included, so it overlaps them) carries the brain
+   volume.
+
+Masks are returned on the volume's own ``(k, i, j)`` grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import re
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from ai_models import runtime
+from ai_models.errors import DuplicateSlicesError, PipelineNotApplicable
+from ai_models.pipelines._grid import Orientation, orientation_from_direction, working_shape
+from ai_models.pipelines.base import (
+    CODES,
+    Pipeline,
+    PipelineInfo,
+    longest_diameter_mm,
+    tracking_uid,
+    volume_measurement,
+)
+from ai_models.types import (
+    AlgorithmInfo,
+    CodedConcept,
+    Finding,
+    Measurement,
+    PipelineResult,
+    Segment,
+    Volume,
+)
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from ai_models.dicom_files import DicomFile
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "MR_BRAIN_CODES",
+    "MrBrainLesionPipeline",
+    "NAME",
+    "VERSION",
+    "mr_features",
+    "non_anatomical_reasons",
+    "working_kij",
+]
+
+NAME = "mr-brain-lesion"
+"""Pipeline name (an interface: routing rules use it)."""
+
+VERSION = "0.1.0"
+"""Algorithm version reported in TID 4019 (the weights have their own sha256)."""
+
+DEFAULT_WEIGHTS = pathlib.Path(__file__).resolve().parents[1] / "weights" / "mr_brain_lesion.pt"
+"""Shipped weights (state dict; architecture in the ``.json`` beside it)."""
+
+WORKING_SPACING_MM = 3.0
+"""Isotropic spacing of the network's working grid (the weights' sidecar may override)."""
+
+ROI_SIZE = (48, 64, 64)
+"""Sliding-window patch on the working grid (144 x 192 x 192 mm): the training patch.
+
+The network has instance normalisation, so it is run on windows of the size
+it was trained on (smaller inputs are zero-padded to it, as in training),
+never on the whole volume at once: on the held-out working-grid phantoms
+whole-volume inference loses about 0.05 (brain) to 0.2 (lesion) Dice."""
+
+OVERLAP = 0.5
+"""Overlap of neighbouring windows (Gaussian blending)."""
+
+MAX_INTENSITY = 5.0
+"""Normalised intensities are clipped to ``[0, MAX_INTENSITY]`` (fat, vessels, artefacts)."""
+
+MIN_SLICES = 8
+"""Fewer slices than this: not applicable (the network needs 3D context)."""
+
+MIN_EXTENT_MM = 40.0
+"""Smallest accepted extent along the slice normal, in mm."""
+
+MIN_MATRIX = 64
+"""Smallest accepted rows/columns."""
+
+MAX_SLICE_SPACING_MM = 8.0
+"""Coarser slice spacing: not applicable (lesions of 1 cm would fall between slices)."""
+
+MAX_PIXEL_MM = 4.0
+"""Coarser pixels: not applicable."""
+
+MIN_LESION_ML = 0.1
+"""Lesion components smaller than this (about 6 mm across) are dropped (become brain)."""
+
+MAX_LESIONS = 10
+"""At most this many lesions are reported (the largest)."""
+
+HEAD_BODY_PARTS = frozenset({"HEAD", "BRAIN", "SKULL", "HEADNECK", "NECKHEAD", "CEREBRUM"})
+"""BodyPartExamined values accepted (spaces, ``_`` and ``-`` removed, upper case);
+a series without BodyPartExamined is accepted."""
+
+#: Image/Frame Type values (whole values, any position from the third on) that
+#: mean "not an anatomical magnitude image", with the reason given.
+NON_ANATOMICAL_IMAGE_TYPES: dict[str, str] = {
+    "DIFFUSION": "diffusion-weighted image",
+    "DWI": "diffusion-weighted image",
+    "ISODWI": "diffusion-weighted image",
+    "TRACEW": "diffusion trace-weighted image",
+    "TRACE": "diffusion trace-weighted image",
+    "ADC": "ADC map",
+    "EADC": "exponential ADC map",
+    "FA": "fractional anisotropy map",
+    "DTI": "diffusion tensor image",
+    "TENSOR": "diffusion tensor image",
+    "LOCALIZER": "localizer",
+    "SCOUT": "localizer",
+    "P": "phase image",
+    "PHASE": "phase image",
+    "PHASE MAP": "phase image",
+    "FIELD_MAP": "field map",
+    "B0 MAP": "field map",
+    "R": "real-part image",
+    "REAL": "real-part image",
+    "I": "imaginary-part image",
+    "IMAGINARY": "imaginary-part image",
+    "MOSAIC": "mosaic (multi-slice EPI) image",
+    "PERFUSION": "perfusion image",
+    "CBF": "perfusion map",
+    "CBV": "perfusion map",
+    "MTT": "perfusion map",
+    "TTP": "perfusion map",
+    "T1 MAP": "parametric (T1) map",
+    "T2 MAP": "parametric (T2) map",
+    "T2_MAP": "parametric (T2) map",
+    "T1_MAP": "parametric (T1) map",
+    "MIP": "projection (MIP) image",
+    "PROJECTION IMAGE": "projection image",
+}
+
+#: Enhanced MR Acquisition Contrast values (PS3.3 C.8.13.1) that are refused.
+NON_ANATOMICAL_CONTRASTS: dict[str, str] = {
+    "DIFFUSION": "diffusion-weighted image",
+    "PERFUSION": "perfusion image",
+    "FLOW_ENCODED": "flow-encoded (phase contrast) image",
+}
+
+#: SeriesDescription patterns (case-insensitive) that are refused, with the reason.
+NON_ANATOMICAL_DESCRIPTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"apparent\s+diffusion|\badc\b|\beadc\b", re.I), "ADC map"),
+    (
+        re.compile(
+            r"diffusion|\bdwi\b|\bdti\b|\btrace\w?\b|ep2d_diff|\bresolve\b|\bb\s*=?\s*\d{3,4}\b",
+            re.I,
+        ),
+        "diffusion-weighted image",
+    ),
+    (
+        re.compile(r"locali[sz]er|\bscout\b|\bsurvey\b|3[\s_-]?plane|tri[\s_-]?pilot|aahead", re.I),
+        "localizer",
+    ),
+    (re.compile(r"field\s*map|\bb0\s*map\b", re.I), "field map"),
+)
+
+
+def _c(value: str, scheme: str, meaning: str) -> CodedConcept:
+    return CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
+
+
+class MR_BRAIN_CODES:  # noqa: N801 - a namespace of constants, like CODES
+    """Coded concepts of this pipeline (values as ``pydicom.sr.codedict.codes``).
+
+    All SNOMED CT concepts are members of CID 7151 "Segmentation Property
+    Types"; lesion and edema also of CID 7159 "Lesion Segmentation Types".
+    """
+
+    BRAIN = _c("12738006", "SCT", "Brain")  # Brain structure (body structure)
+    LESION = _c("52988006", "SCT", "Lesion")  # Lesion (morphologic abnormality)
+    EDEMA = _c("79654002", "SCT", "Edema")  # Edema (morphologic abnormality)
+    MRI_UNSPECIFIED = _c("25056-3", "LN", "MRI unspecified body region")  # CID 100
+
+
+BACKGROUND, BRAIN, LESION, EDEMA = 0, 1, 2, 3
+N_CLASSES = 4
+
+COLORS = {BRAIN: (70, 130, 180), LESION: (230, 25, 75), EDEMA: (255, 225, 25)}
+"""Recommended display colours (RGB) of brain, lesions and edema."""
+
+_BALL = ndimage.generate_binary_structure(3, 3)
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def mr_features(arr: np.ndarray, out_shape: tuple[int, int, int]) -> torch.Tensor:
+    """Mean intensity per working voxel, normalised to the foreground median.
+
+    Parameters
+    ----------
+    arr:
+        ``(z, y, x)`` MR intensities at the source resolution (any strides).
+    out_shape:
+        ``(z', y', x')`` working grid size.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(1, z', y', x')`` float32 in ``[0, MAX_INTENSITY]``; air about 0,
+        brain tissue about 1.
+    """
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
+    t = t.clamp_min(0.0)
+    mid = tuple(min(a, b) for a, b in zip(t.shape[2:], out_shape, strict=False))
+    x = F.adaptive_avg_pool3d(t, mid)  # type: ignore[arg-type]
+    if tuple(mid) != tuple(out_shape):
+        x = F.interpolate(x, size=out_shape, mode="trilinear", align_corners=False)
+    v = x.flatten()
+    fg = v[v > v.mean()]
+    scale = float(fg.median()) if fg.numel() else 0.0
+    if not np.isfinite(scale) or scale <= 0:
+        scale = float(v.max()) or 1.0
+    return (x[0] / scale).clamp(0.0, MAX_INTENSITY).contiguous()
+
+
+def working_kij(
+    orient: Orientation, shape_kij: tuple[int, int, int], wshape: tuple[int, int, int]
+) -> np.ndarray:
+    """Source ``(k, i, j)`` fractional indices of every working-grid voxel centre.
+
+    The working grid covers the same extent as the canonical source grid
+    (cell-centred).  Returns ``(prod(wshape), 3)`` in C order of ``wshape``
+    (canonical ``z, y, x``).  The training script evaluates reference labels
+    there.
+    """
+    shape_c = tuple(int(shape_kij[p]) for p in orient.perm)
+    pos = [(np.arange(m) + 0.5) * (n / m) - 0.5 for n, m in zip(shape_c, wshape, strict=True)]
+    src = []
+    for ax in range(3):
+        pa = pos[ax]
+        if orient.flip[ax]:
+            pa = shape_c[ax] - 1 - pa
+        src.append(pa)
+    grids = np.meshgrid(*src, indexing="ij")
+    kij = np.zeros((int(np.prod(wshape)), 3))
+    for ax in range(3):
+        kij[:, orient.perm[ax]] = grids[ax].ravel()
+    return kij
+
+
+def upsample_labels(
+    logits: torch.Tensor, fine_shape: tuple[int, int, int], slab: int = 16
+) -> np.ndarray:
+    """Most likely class after trilinear interpolation of the class probabilities.
+
+    Separable: first along ``z`` for the whole volume (cheap at working
+    resolution in-plane), then bilinear in-plane slab by slab, so the
+    full-resolution probabilities never exist at once.
+
+    Parameters
+    ----------
+    logits:
+        ``(1, C, z', y', x')``.
+    fine_shape:
+        ``(z, y, x)`` source shape (canonical order).
+
+    Returns
+    -------
+    np.ndarray
+        ``fine_shape`` uint8 labels.
+    """
+    prob = torch.softmax(logits.float(), dim=1)
+    nz, ny, nx = fine_shape
+    prob = F.interpolate(
+        prob, size=(nz, prob.shape[3], prob.shape[4]), mode="trilinear", align_corners=False
+    )[0]  # (C, nz, y', x')
+    out = np.empty(fine_shape, np.uint8)
+    for z0 in range(0, nz, slab):
+        p = prob[:, z0 : z0 + slab].permute(1, 0, 2, 3)  # (s, C, y', x')
+        p = F.interpolate(p, size=(ny, nx), mode="bilinear", align_corners=False)
+        out[z0 : z0 + slab] = p.argmax(1).numpy().astype(np.uint8)
+    return out
+
+
+# --------------------------------------------------------------------------- scope checks
+
+
+def _frame_type_items(ds: Dataset, frame_numbers: Iterable[int | None]) -> list[Dataset]:
+    """The MR Image Frame Type items (shared, then per-frame) for the given frames."""
+    items: list[Dataset] = []
+    groups = []
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        groups.append(shared[0])
+    per = ds.get("PerFrameFunctionalGroupsSequence")
+    if per:
+        for f in frame_numbers:
+            if f is not None and 1 <= f <= len(per):
+                groups.append(per[f - 1])
+    for g in groups:
+        for kw in ("MRImageFrameTypeSequence", "MRDiffusionSequence"):
+            seq = g.get(kw)
+            if seq:
+                items.append(seq[0])
+    return items
+
+
+def _tokens(value: Any) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [value.strip().upper()]
+    return [str(v).strip().upper() for v in value]
+
+
+def non_anatomical_reasons(volume: Volume) -> list[str]:
+    """Why the volume's source images are not an anatomical brain MR (empty: fine).
+
+    Looks at ImageType / Frame Type (from value 3 on), Acquisition Contrast and
+    Complex Image Component of enhanced MR frames, DiffusionBValue (top level
+    and MR Diffusion Sequence), SeriesDescription and BodyPartExamined of the
+    source datasets (a volume without source datasets has no reasons).
+    """
+    reasons: list[str] = []
+
+    def add(text: str) -> None:
+        if text not in reasons:
+            reasons.append(text)
+
+    frames_by_uid: dict[str, list[int | None]] = {}
+    for f in volume.frames:
+        frames_by_uid.setdefault(f.sop_instance_uid, []).append(f.frame_number)
+    for ds in volume.source_datasets:
+        uid = str(ds.get("SOPInstanceUID", ""))
+        items: list[Any] = [ds, *_frame_type_items(ds, frames_by_uid.get(uid, []))]
+        for it in items:
+            for kw in ("ImageType", "FrameType"):
+                toks = _tokens(it.get(kw))
+                for t in toks[2:]:
+                    if t in NON_ANATOMICAL_IMAGE_TYPES:
+                        add(f"{NON_ANATOMICAL_IMAGE_TYPES[t]} ({kw} contains {t})")
+            ac = str(it.get("AcquisitionContrast", "") or "").upper()
+            if ac in NON_ANATOMICAL_CONTRASTS:
+                add(f"{NON_ANATOMICAL_CONTRASTS[ac]} (AcquisitionContrast {ac})")
+            cic = str(it.get("ComplexImageComponent", "") or "").upper()
+            if cic and cic not in ("MAGNITUDE", "MIXED"):  # MIXED: the frames decide
+                add(f"not a magnitude image (ComplexImageComponent {cic})")
+            b = it.get("DiffusionBValue")
+            try:
+                bval = float(b) if b not in (None, "") else 0.0
+            except (TypeError, ValueError):
+                bval = 0.0
+            if bval > 0:
+                add(f"diffusion-weighted image (DiffusionBValue {bval:g})")
+        desc = str(ds.get("SeriesDescription", "") or "")
+        for pattern, why in NON_ANATOMICAL_DESCRIPTIONS:
+            if pattern.search(desc):
+                add(f"{why} (SeriesDescription {desc!r})")
+                break
+        part = str(ds.get("BodyPartExamined", "") or "")
+        norm = re.sub(r"[\s_\-]", "", part.upper())
+        if norm and norm not in HEAD_BODY_PARTS:
+            add(f"BodyPartExamined {part!r} is not the head")
+    return reasons
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+class MrBrainLesionPipeline(Pipeline):
+    """Brain, lesions and edema on anatomical brain MR (see the module docstring).
+
+    Parameters
+    ----------
+    weights:
+        State-dict file with its JSON sidecar; default :data:`DEFAULT_WEIGHTS`.
+    device:
+        ``None``/``"auto"``, ``"cpu"``, ``"cuda"``...
+    sw_batch_size:
+        Sliding-window batch size (windows of :data:`ROI_SIZE` per forward pass).
+    """
+
+    name = NAME
+    description = (
+        "MR brain: brain, lesions and surrounding edema with volumes "
+        "(demo model, synthetic training)"
+    )
+    modalities = ("MR",)
+    version = VERSION
+
+    def __init__(
+        self,
+        weights: str | pathlib.Path | None = None,
+        device: str | None = None,
+        sw_batch_size: int = runtime.DEFAULT_SW_BATCH_SIZE,
+    ) -> None:
+        self.weights = pathlib.Path(weights) if weights is not None else DEFAULT_WEIGHTS
+        self.device = device
+        self.sw_batch_size = int(sw_batch_size)
+
+    @classmethod
+    def static_info(cls) -> PipelineInfo:
+        """Listing info without instantiating (no model load)."""
+        return PipelineInfo(cls.name, cls.description, cls.modalities, cls.version, "built-in")
+
+    def read_series(self, files: Sequence[DicomFile]) -> Volume:
+        """One volume, as the default loader builds it.
+
+        When the loader finds several stacks at the same positions
+        (:class:`~ai_models.errors.DuplicateSlicesError`) and exactly one of
+        them is an anatomical magnitude image (the others phase, field map,
+        real/imaginary, ...), that stack is returned; otherwise the error
+        stands (time series, several echoes or contrasts are not one volume).
+        """
+        from ai_models.volume import load_series, load_volumes
+
+        try:
+            return load_series(files)
+        except DuplicateSlicesError:
+            stacks = load_volumes(files)
+            good = [(k, v) for k, v in stacks.items() if not non_anatomical_reasons(v)]
+            if len(good) != 1:
+                raise
+            logger.info(
+                "%s: using the magnitude stack %s of %d stacks", self.name, good[0][0], len(stacks)
+            )
+            return good[0][1]
+
+    def check(self, volume: Volume) -> None:
+        """An anatomical MR volume of the head, large and fine enough."""
+        super().check(volume)
+        reasons = non_anatomical_reasons(volume)
+        if reasons:
+            raise PipelineNotApplicable(
+                f"{self.name}: not an anatomical brain MR volume: {'; '.join(reasons)}"
+            )
+        n, rows, cols = volume.shape
+        if n < MIN_SLICES:
+            raise PipelineNotApplicable(
+                f"{self.name}: {n} slice(s); at least {MIN_SLICES} are needed for 3D analysis"
+            )
+        sp = np.asarray(volume.spacing, dtype=float)
+        if float(sp[0]) > MAX_SLICE_SPACING_MM:
+            raise PipelineNotApplicable(
+                f"{self.name}: slices are {sp[0]:.1f} mm apart; at most "
+                f"{MAX_SLICE_SPACING_MM:.0f} mm is supported"
+            )
+        extent = float(n * sp[0])
+        if extent < MIN_EXTENT_MM:
+            raise PipelineNotApplicable(
+                f"{self.name}: the series covers {extent:.0f} mm along the slice normal; "
+                f"at least {MIN_EXTENT_MM:.0f} mm are needed"
+            )
+        if min(rows, cols) < MIN_MATRIX:
+            raise PipelineNotApplicable(
+                f"{self.name}: matrix {rows}x{cols} is smaller than {MIN_MATRIX}x{MIN_MATRIX}"
+            )
+        if float(max(sp[1], sp[2])) > MAX_PIXEL_MM:
+            raise PipelineNotApplicable(
+                f"{self.name}: pixels of {max(sp[1], sp[2]):.1f} mm are coarser than "
+                f"{MAX_PIXEL_MM:.0f} mm"
+            )
+
+    def load(self) -> runtime.LoadedModel:
+        """The warm model (loaded once per process)."""
+        return runtime.load_model(self.weights, runtime.ModelKind.STATE_DICT, device=self.device)
+
+    # -- the stages ---------------------------------------------------------
+
+    def predict_logits(
+        self, volume: Volume, timer: runtime.StageTimer | None = None
+    ) -> tuple[torch.Tensor, Orientation, runtime.LoadedModel]:
+        """Network output on the working grid (canonical orientation), ``(1, 4, z', y', x')``."""
+        timer = timer or runtime.StageTimer()
+        with timer("load"):
+            model = self.load()
+        ws = float(model.metadata.get("working_spacing_mm", WORKING_SPACING_MM))
+        with timer("preprocess"):
+            orient = orientation_from_direction(volume.direction)
+            arr = orient.to_canonical(volume.array)
+            wshape = working_shape(arr.shape, orient.spacing(volume.spacing), ws)
+            feats = mr_features(arr, wshape)
+        with timer("infer"):
+            shape = tuple(int(n) for n in feats.shape[1:])
+            pad = [max(r - n, 0) for r, n in zip(ROI_SIZE, shape, strict=True)]
+            if any(pad):  # zero (air) at the far ends, as the training crops were padded
+                feats = F.pad(feats, [v for p in reversed(pad) for v in (0, p)])
+            logits = runtime.run_network(
+                model,
+                feats,
+                roi_size=ROI_SIZE,
+                sw_batch_size=self.sw_batch_size,
+                overlap=OVERLAP,
+            )
+            logits = logits[(slice(None), slice(None)) + tuple(slice(0, n) for n in shape)]
+        return logits, orient, model
+
+    def run(self, volume: Volume) -> PipelineResult:
+        """Segment brain, lesions and edema and measure them."""
+        self.check(volume)
+        timer = runtime.StageTimer()
+        logits, orient, model = self.predict_logits(volume, timer)
+        with timer("postprocess"):
+            fine_shape = tuple(int(volume.shape[p]) for p in orient.perm)
+            labels = upsample_labels(logits, fine_shape)  # type: ignore[arg-type]
+            segments, findings, notes = self._postprocess(volume, labels, orient)
+        logger.info(
+            "%s: %d segment(s), %d finding(s); %s",
+            self.name,
+            len(segments),
+            len(findings),
+            ", ".join(f"{k} {v:.2f}s" for k, v in timer.timings.items()),
+        )
+        return PipelineResult(
+            pipeline=self.name,
+            volume=volume,
+            algorithm=AlgorithmInfo(
+                name=self.name,
+                version=self.version,
+                weights_sha256=model.sha256,
+                parameters=(
+                    f"working_spacing_mm={model.metadata.get('working_spacing_mm', 3.0)}",
+                    f"min_lesion_ml={MIN_LESION_ML:g}",
+                ),
+            ),
+            segments=segments,
+            findings=findings,
+            procedure_reported=MR_BRAIN_CODES.MRI_UNSPECIFIED,
+            timings=timer.timings,
+            notes=notes,
+        )
+
+    # -- postprocessing -----------------------------------------------------
+
+    @staticmethod
+    def clean_labels(
+        labels: np.ndarray, voxel_ml: float
+    ) -> tuple[np.ndarray, list[np.ndarray], list[str]]:
+        """Largest brain component, lesions by size, edema attached to a lesion.
+
+        Parameters
+        ----------
+        labels:
+            Canonical ``(z, y, x)`` uint8 labels (changed in place).
+        voxel_ml:
+            Volume of one voxel in mL.
+
+        Returns
+        -------
+        (labels, lesions, notes)
+            The cleaned labels, one boolean mask per reported lesion (largest
+            first), and notes for the result.
+        """
+        notes: list[str] = []
+        fg = labels > 0
+        if not fg.any():
+            return labels, [], notes
+        lab, n = ndimage.label(fg)
+        if n > 1:
+            sizes = np.bincount(lab.ravel(), minlength=n + 1)
+            sizes[0] = 0
+            labels[lab != int(np.argmax(sizes))] = BACKGROUND
+        del lab
+        les = labels == LESION
+        lab, n = ndimage.label(les, structure=_BALL)
+        lesions: list[np.ndarray] = []
+        if n:
+            sizes = np.bincount(lab.ravel(), minlength=n + 1)
+            sizes[0] = 0
+            order = [int(i) for i in np.argsort(-sizes) if sizes[i] > 0]
+            keep = [i for i in order if sizes[i] * voxel_ml >= MIN_LESION_ML]
+            if len(keep) > MAX_LESIONS:
+                notes.append(
+                    f"{len(keep)} lesion candidates; the {MAX_LESIONS} largest are reported"
+                )
+                keep = keep[:MAX_LESIONS]
+            keep_set = set(keep)
+            drop = [i for i in order if i not in keep_set]
+            if drop:
+                labels[np.isin(lab, drop)] = BRAIN
+            lesions = [lab == i for i in keep]
+        del lab
+        ed = labels == EDEMA
+        if ed.any():
+            any_les = labels == LESION
+            near = ndimage.binary_dilation(any_les, _BALL) if any_les.any() else any_les
+            elab, en = ndimage.label(ed, structure=_BALL)
+            touching = np.unique(elab[near & ed])
+            touching = touching[touching > 0]
+            orphan = ed & ~np.isin(elab, touching)
+            labels[orphan] = BRAIN
+        return labels, lesions, notes
+
+    def _postprocess(
+        self, volume: Volume, labels: np.ndarray, orient: Orientation
+    ) -> tuple[list[Segment], list[Finding], list[str]]:
+        spacing_c = orient.spacing(volume.spacing)
+        voxel_ml = volume.voxel_volume_mm3 / 1000.0
+        # work on the bounding box of the foreground (brain) only
+        fg = labels > 0
+        if not fg.any():
+            return [], [], ["no brain found"]
+        box = tuple(
+            slice(int(ix.min()), int(ix.max()) + 1)
+            for ix in (np.flatnonzero(fg.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
+        )
+        del fg
+        crop, lesions, notes = self.clean_labels(labels[box].copy(), voxel_ml)
+
+        def full(mask_crop: np.ndarray) -> np.ndarray:
+            out = np.zeros(labels.shape, bool)
+            out[box] = mask_crop
+            return np.ascontiguousarray(orient.from_canonical(out))
+
+        series_uid = volume.series_instance_uid
+        segments: list[Segment] = []
+        findings: list[Finding] = []
+
+        def add(
+            label: str,
+            mask_crop: np.ndarray,
+            category: CodedConcept,
+            type_: CodedConcept,
+            color: tuple[int, int, int],
+            measurements: list[Measurement],
+            region: CodedConcept | None = None,
+        ) -> None:
+            uid = tracking_uid(series_uid, self.name, label)
+            mask = full(mask_crop)
+            segments.append(
+                Segment(
+                    number=len(segments) + 1,
+                    label=label,
+                    category=category,
+                    type=type_,
+                    mask=mask,
+                    tracking_id=label,
+                    tracking_uid=uid,
+                    anatomic_region=region,
+                    color_rgb=color,
+                )
+            )
+            findings.append(
+                Finding(
+                    tracking_id=label,
+                    tracking_uid=uid,
+                    finding_type=type_,
+                    finding_site=region,
+                    segment_number=len(segments),
+                    measurements=measurements,
+                )
+            )
+
+        brain = crop > 0
+        if brain.any():
+            add(
+                "Brain",
+                brain,
+                CODES.ANATOMICAL_STRUCTURE,
+                MR_BRAIN_CODES.BRAIN,
+                COLORS[BRAIN],
+                [volume_measurement(brain, volume)],
+            )
+        for i, m in enumerate(lesions, start=1):
+            add(
+                f"Lesion {i}",
+                m,
+                CODES.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+                MR_BRAIN_CODES.LESION,
+                COLORS[LESION],
+                [
+                    volume_measurement(m, volume),
+                    Measurement(
+                        name=CODES.LONG_AXIS,
+                        value=longest_diameter_mm(_crop_to(m), spacing_c),
+                        unit=CODES.MM,
+                    ),
+                ],
+                region=MR_BRAIN_CODES.BRAIN,
+            )
+        edema = crop == EDEMA
+        if edema.any():
+            add(
+                "Edema",
+                edema,
+                CODES.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+                MR_BRAIN_CODES.EDEMA,
+                COLORS[EDEMA],
+                [volume_measurement(edema, volume)],
+                region=MR_BRAIN_CODES.BRAIN,
+            )
+        if not lesions:
+            notes.append("no lesion found")
+        return segments, findings, notes
+
+
+def _crop_to(mask: np.ndarray) -> np.ndarray:
+    """The mask cropped to its bounding box."""
+    idx = [np.flatnonzero(mask.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1))]
+    return mask[tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)]
+
+
+def run_mr_brain_lesion(volume: Volume, **options: Any) -> PipelineResult:
+    """Convenience: ``MrBrainLesionPipeline(**options).run(volume)``."""
+    return MrBrainLesionPipeline(**options).run(volume)
