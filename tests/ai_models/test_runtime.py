@@ -313,12 +313,14 @@ def test_configured_checks_and_validation(tmp_path):
 def test_registry_lists_and_suggests(tmp_path):
     spec = spec_for(tmp_path / "x.ts", "torchscript")
     infos = list_pipelines([spec])
-    assert [i.name for i in infos] == ["ct-lungs", "site-box"]
-    assert infos[0].source == "built-in" and infos[1].source == "configured"
+    builtins = ["ct-lungs", "cxr-findings", "mr-brain-lesion", "mg-masses"]
+    assert [i.name for i in infos] == [*builtins, "site-box"]
+    assert {i.source for i in infos[:-1]} == {"built-in"} and infos[-1].source == "configured"
     assert all(i.description for i in infos)
     with pytest.raises(UnknownPipelineError, match="did you mean 'ct-lungs'") as exc:
         get_pipeline("ct-lung")
-    with pytest.raises(UnknownPipelineError, match="valid pipelines: ct-lungs, site-box"):
+    valid = f"valid pipelines: {', '.join(sorted(builtins))}, site-box"
+    with pytest.raises(UnknownPipelineError, match=valid):
         get_pipeline("nothing-like-it", configured=[spec])
     assert isinstance(exc.value, LookupError)
 
