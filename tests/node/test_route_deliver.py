@@ -433,3 +433,61 @@ def test_forced_completion_to_a_folder(
     written = sorted(outbox.rglob("*.dcm"))
     classes = sorted(str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) for p in written)
     assert classes == sorted([SEG_CLASS, SR_CLASS])
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "path", "outputs", "expected"),
+    [
+        ("cxr-findings", "nema_wg04/RG1_chest_CR/RG1_UNCR.dcm", ["sr", "sc"], {SR_CLASS, SC_CLASS}),
+        (
+            "mg-masses",
+            "nema_wg04/MG1_mammo/MG1_J2KI.dcm",
+            ["sr", "gsps"],
+            {SR_CLASS, "1.2.840.10008.5.1.4.1.1.11.1"},
+        ),
+    ],
+)
+def test_radiograph_pipelines_through_routing(
+    dicom_data: Path,
+    node_factory: Callable[..., NodeProcess],
+    tmp_path: Path,
+    pipeline: str,
+    path: str,
+    outputs: list[str],
+    expected: set[str],
+) -> None:
+    from tests.support.peers import storescu_as_is
+
+    source = dicom_data / path
+    ds = pydicom.dcmread(source, stop_before_pixels=True)
+    outbox = tmp_path / "outbox"
+    config = node_config(None, quiet_s=1.0, folder=outbox)
+    config["rules"] = [
+        {
+            "name": pipeline,
+            "match": {"SOPInstanceUID": str(ds.SOPInstanceUID)},
+            "pipelines": [pipeline],
+            "destinations": ["outbox"],
+            "quiet_period_s": 1.0,
+            "outputs": outputs,
+        }
+    ]
+    node = node_factory(config)
+    done = storescu_as_is(
+        node.port, [source], str(ds.file_meta.TransferSyntaxUID), calling_ae="MODALITY"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    wait_for(
+        f"{pipeline} results in the outbox",
+        lambda: (
+            {
+                str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID)
+                for p in outbox.rglob("*.dcm")
+            }
+            >= expected
+        ),
+        timeout_s=240,
+    )
+    for p in outbox.rglob("*.dcm"):
+        out = pydicom.dcmread(p, stop_before_pixels=True)
+        assert out.StudyInstanceUID == ds.StudyInstanceUID
