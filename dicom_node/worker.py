@@ -83,10 +83,11 @@ class JobRunner:
     # -- one job -----------------------------------------------------------------
     def run(self, job: ClaimedJob) -> JobStatus:
         """Run a claimed job to its end state (heart-beating meanwhile)."""
+        timings: dict[str, float] = {"wait": max(0.0, (utcnow() - job.created_at).total_seconds())}
+        # Imported here: the first job pays for importing torch, not the node's start.
         from ai_models.errors import AIModelsError, PipelineNotApplicable, VolumeError
         from ai_models.pipelines import UnknownPipelineError
 
-        timings: dict[str, float] = {"wait": max(0.0, (utcnow() - job.created_at).total_seconds())}
         LOGGER.info(
             "job %d started: %s on %d series (rule %s, attempt %d of %d)",
             job.id,
