@@ -127,34 +127,31 @@ class Collector:
         report = CompletionReport()
         if not self.rules:
             return report
-        with self.db.engine.begin() as conn:
-            rows = conn.execute(
-                select(Series.__table__).where(
-                    Series.last_received_at <= now - timedelta(seconds=self._series_horizon),
-                    or_(
-                        Series.collected_at.is_(None),
-                        Series.last_received_at > Series.collected_at,
-                    ),
-                )
-            ).all()
-        for row in rows:
+        for row in self._unsettled(Series, self._series_horizon, now):
             with self.db.engine.begin() as conn:
                 self._settle_series(conn, row, now, False, report)
         if self._has_study_rules:
-            with self.db.engine.begin() as conn:
-                studies = conn.execute(
-                    select(Study.__table__).where(
-                        Study.last_received_at <= now - timedelta(seconds=self._study_horizon),
-                        or_(
-                            Study.collected_at.is_(None),
-                            Study.last_received_at > Study.collected_at,
-                        ),
-                    )
-                ).all()
-            for study in studies:
+            for study in self._unsettled(Study, self._study_horizon, now):
                 with self.db.engine.begin() as conn:
                     self._settle_study(conn, study, now, False, report)
         return report
+
+    def _unsettled(
+        self, model: type[Series] | type[Study], horizon_s: float, now: datetime
+    ) -> list[Any]:
+        """Rows with instances since the collector last settled them, quiet for *horizon_s*."""
+        with self.db.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(model.__table__).where(
+                        model.last_received_at <= now - timedelta(seconds=horizon_s),
+                        or_(
+                            model.collected_at.is_(None),
+                            model.last_received_at > model.collected_at,
+                        ),
+                    )
+                ).all()
+            )
 
     def complete(self, uid: str, now: datetime | None = None) -> CompletionReport:
         """Force completion of a series (its series-level rules) or a study (all its rules).
