@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["largest_cross_section", "outline", "edges"]
+__all__ = ["largest_component", "largest_cross_section", "outline", "edges"]
 
 # Moore neighbourhood, clockwise on screen (rows grow downwards), from west.
 _NEIGHBOURS = ((0, -1), (-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1))
@@ -25,7 +25,8 @@ def largest_cross_section(mask: np.ndarray) -> int | None:
     return int(np.argmax(areas))
 
 
-def _largest_component(mask2d: np.ndarray) -> np.ndarray:
+def largest_component(mask2d: np.ndarray) -> np.ndarray:
+    """The largest 8-connected region of a 2D boolean mask (the one :func:`outline` traces)."""
     labels, n = ndimage.label(mask2d, structure=np.ones((3, 3), dtype=bool))
     if n <= 1:
         return labels > 0
@@ -106,7 +107,7 @@ def outline(mask2d: np.ndarray, tolerance: float = 0.75) -> np.ndarray | None:
     mask2d = np.asarray(mask2d, dtype=bool)
     if not mask2d.any():
         return None
-    comp = _largest_component(mask2d)
+    comp = largest_component(mask2d)
     pad = np.pad(comp, 1)
     rc = np.asarray(_trace(pad), dtype=np.float64) - 1.0  # undo the padding
     if len(rc) < 3:

@@ -7,18 +7,18 @@ Content tree (PS3.16 TID 1500)::
     │   Device UID = the Contributing Equipment Device UID)
     ├── Procedure Reported (from the result, else a default per modality)
     ├── Image Library (TID 1600): the source images
-    └── Imaging Measurements
-        ├── Measurement Group (TID 1411) per finding with a SEG segment:
-        │   tracking identifier + UID, finding type / site, Referenced
-        │   Segment (SEG SOP Instance UID + segment number), measurements
-        │   (TID 300, UCUM units) and qualitative evaluations, algorithm
-        │   identification (TID 4019)
-        ├── Measurement Group (TID 1410), same tracking identifier + UID:
-        │   the finding's largest cross-section as a closed POLYLINE SCOORD
-        │   on its source image (see "Viewer compatibility")
-        └── Measurement Group (TID 1501) per finding without a segment:
-            tracking identifier + UID, measurements, evaluations, source
-            images
+    └── Imaging Measurements, per finding (one Tracking Identifier + UID):
+        ├── Measurement Group (TID 1410), first, when the finding has a
+        │   segment: its largest cross-section as a closed POLYLINE SCOORD
+        │   with area and (CT) HU statistics, labelled with a Comment
+        │   (:mod:`.sr_cross_section`; see "Viewer compatibility")
+        ├── Measurement Group (TID 1411) when there is a SEG segment:
+        │   finding type / site, Referenced Segment (SEG SOP Instance UID +
+        │   segment number), measurements (TID 300, UCUM units) and
+        │   qualitative evaluations, algorithm identification (TID 4019)
+        └── Measurement Group (TID 1501) otherwise: measurements and
+            evaluations of the finding, on its source images (the slices its
+            segment covers, or the classified images)
 
 Classification findings (:class:`ai_models.types.ClassificationFinding`,
 e.g. ``cxr-findings``) are TID 1501 groups whose first measurement is the
@@ -49,13 +49,14 @@ Viewer compatibility
 --------------------
 OHIF (``cornerstone-dicom-sr``) merges measurement groups that share a
 Tracking Unique Identifier and draws a finding only when the merged group has
-an SCOORD; a group without one is listed but not drawn, and its NUM items need
-a content sequence.  TID 1411 allows exactly one ROI reference (segment,
-regions or surface), so the planar outline goes in a second, TID 1410 group
-with the same tracking identifier and UID -- the standard's way of saying
-"the same finding" -- rather than being forced into the volumetric group.
-The outline is the closed polyline of the largest connected region on the
-slice where the finding has its largest area (an outline reads better than a
+an SCOORD (OHIF 3.12 stops with a TypeError on a Tracking UID without one);
+it lists findings in its measurement panel only for groups a Cornerstone
+adapter can take.  TID 1411 allows exactly one ROI reference (segment,
+regions or surface), so the outline goes in a TID 1410 group of its own with
+the same Tracking UID, written so that OHIF can list it
+(:mod:`dicom_node.results.sr_cross_section` explains each attribute).  The
+outline is the closed polyline of the largest connected region on the slice
+where the finding has its largest area (an outline reads better than a
 bounding box and stays small after simplification).
 """
 
@@ -72,7 +73,6 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from ai_models.types import ClassificationFinding, DetectionFinding
-from dicom_node.results._geometry import largest_cross_section, outline
 from dicom_node.results.common import (
     MANUFACTURER_MODEL_NAME,
     SOFTWARE_VERSION,
@@ -87,6 +87,7 @@ from dicom_node.results.common import (
     series_description,
     to_code,
 )
+from dicom_node.results.sr_cross_section import cross_section, cross_section_group
 
 if TYPE_CHECKING:
     from ai_models.types import Finding, PipelineResult, Segment
@@ -355,27 +356,24 @@ def _finding_slices(result: PipelineResult, finding: Finding) -> list[int]:
     return chosen or _representative_slices(result)
 
 
+def _segment_slices(result: PipelineResult, segment: Segment) -> list[int]:
+    """Slices a segment covers (TID 1501 source images of a finding without a SEG).
+
+    Every such slice up to :data:`MAX_SOURCE_IMAGES_PER_SEGMENT`, else the
+    first, middle and last of them.
+    """
+    slices = [int(k) for k in np.flatnonzero(segment.mask.any(axis=(1, 2)))]
+    if len(slices) <= MAX_SOURCE_IMAGES_PER_SEGMENT:
+        return slices
+    return sorted({slices[0], slices[len(slices) // 2], slices[-1]})
+
+
 def _source_image_item(result: PipelineResult, k: int, cls: type[_ImageItem]) -> _ImageItem:
     ref = result.volume.frames[k]
     return cls(
         referenced_sop_class_uid=ref.sop_class_uid,
         referenced_sop_instance_uid=ref.sop_instance_uid,
         referenced_frame_numbers=[ref.frame_number] if ref.frame_number is not None else None,
-    )
-
-
-def _planar_region(result: PipelineResult, segment: Segment) -> hd.sr.ImageRegion | None:
-    """Closed POLYLINE of the segment's largest cross-section (TID 1410)."""
-    k = largest_cross_section(segment.mask)
-    if k is None:
-        return None
-    points = outline(segment.mask[k])
-    if points is None:
-        return None
-    return hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=points,
-        source_image=_source_image_item(result, k, hd.sr.SourceImageForRegion),
     )
 
 
@@ -436,9 +434,7 @@ def _finding_groups(
         if segment is not None and segmentation is not None
         else None
     )
-    region = _planar_region(result, segment) if segment is not None else None
-    if isinstance(finding, DetectionFinding):
-        region = _box_region(result, finding)
+    section = cross_section(result, segment) if segment is not None else None
     if seg_number is not None and segmentation is not None and segment is not None:
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
@@ -448,27 +444,30 @@ def _finding_groups(
                 **common,
             )
         )
-        if planar_regions and region is not None:
+        if planar_regions and isinstance(finding, DetectionFinding):
             groups.append(
                 hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                    referenced_region=region, **common
+                    referenced_region=_box_region(result, finding), **common
                 )
             )
-    elif region is not None:
-        # No SEG to point at: the outline is the ROI (TID 1410).
+    elif isinstance(finding, DetectionFinding):
+        # A box on one image is the ROI (TID 1410).
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                referenced_region=region,
+                referenced_region=_box_region(result, finding),
                 measurements=measurements,
                 qualitative_evaluations=evaluations,
                 **common,
             )
         )
     else:
-        # TID 1501: measurements of the series as a whole.
+        # TID 1501: measurements of the finding as a whole, on its source images.
+        slices = (
+            _segment_slices(result, segment) if segment is not None and section is not None
+            else _finding_slices(result, finding)
+        )
         sources = [
-            _source_image_item(result, k, hd.sr.SourceImageForMeasurementGroup)
-            for k in _finding_slices(result, finding)
+            _source_image_item(result, k, hd.sr.SourceImageForMeasurementGroup) for k in slices
         ]
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -477,6 +476,20 @@ def _finding_groups(
                 source_images=sources,
                 **common,
             )
+        )
+    if planar_regions and section is not None and not isinstance(finding, DetectionFinding):
+        # First: OHIF takes the Tracking Identifier of a finding's first group.
+        groups.insert(
+            0,
+            cross_section_group(
+                result,
+                finding,
+                section,
+                _source_image_item(result, section.k, hd.sr.SourceImageForRegion),
+                algo_id,
+                common["finding_sites"],
+                common["finding_type"],
+            ),
         )
     return groups
 
@@ -581,15 +594,15 @@ def write_sr(
     segmentation:
         The SEG written for the same result (:func:`~.seg.write_seg`); findings
         with a segment reference it (SEG SOP Instance UID + segment number,
-        found by tracking UID).  Without it such findings get a planar ROI
-        group only.  The SEG is recorded as evidence.
+        found by tracking UID).  Without it such findings get a TID 1501 group
+        on the slices their segment covers.  The SEG is recorded as evidence.
     series_instance_uid, sop_instance_uid:
         UIDs fixed by the caller; generated when ``None``.
     series_number, instance_number:
         Defaults 9002 and 1.
     planar_regions:
-        Add the TID 1410 outline group next to each TID 1411 group (default;
-        needed by OHIF to draw the finding).
+        Add the TID 1410 cross-section group of each finding with a segment
+        (default; OHIF needs it to draw the finding and to list it).
     series_description_text:
         Overrides the default SeriesDescription.
     previous_versions:
