@@ -8,10 +8,11 @@ Content tree (PS3.16 TID 1500)::
     ├── Procedure Reported (from the result, else a default per modality)
     ├── Image Library (TID 1600): the source images
     └── Imaging Measurements, per finding (one Tracking Identifier + UID):
-        ├── Measurement Group (TID 1410), first, when the finding has a
-        │   segment: its largest cross-section as a closed POLYLINE SCOORD
-        │   with area and (CT) HU statistics, labelled with a Comment
-        │   (:mod:`.sr_cross_section`; see "Viewer compatibility")
+        ├── Measurement Group (TID 1410), first: the finding drawn on its
+        │   image, labelled with a Comment (:mod:`.sr_regions`; see "Viewer
+        │   compatibility") -- a segment's largest cross-section with its
+        │   area and (CT) HU statistics, a classification's explained region
+        │   or image, a detection's box
         ├── Measurement Group (TID 1411) when there is a SEG segment:
         │   finding type / site, Referenced Segment (SEG SOP Instance UID +
         │   segment number), measurements (TID 300, UCUM units) and
@@ -54,7 +55,7 @@ it lists findings in its measurement panel only for groups a Cornerstone
 adapter can take.  TID 1411 allows exactly one ROI reference (segment,
 regions or surface), so the outline goes in a TID 1410 group of its own with
 the same Tracking UID, written so that OHIF can list it
-(:mod:`dicom_node.results.sr_cross_section` explains each attribute).  The
+(:mod:`dicom_node.results.sr_regions` explains each attribute).  The
 outline is the closed polyline of the largest connected region on the slice
 where the finding has its largest area (an outline reads better than a
 bounding box and stays small after simplification).
@@ -87,10 +88,19 @@ from dicom_node.results.common import (
     series_description,
     to_code,
 )
-from dicom_node.results.sr_cross_section import cross_section, cross_section_group
+from dicom_node.results.sr_regions import (
+    Region,
+    add_label,
+    classification_label,
+    classification_region,
+    cross_section,
+    detection_label,
+    finding_label,
+    region_group,
+)
 
 if TYPE_CHECKING:
-    from ai_models.types import Finding, PipelineResult, Segment
+    from ai_models.types import Finding, HeatMap, PipelineResult, Segment
 
 logger = logging.getLogger(__name__)
 
@@ -414,6 +424,7 @@ def _finding_groups(
     segments: dict[int, Segment],
     algo_id: hd.sr.AlgorithmIdentification,
     planar_regions: bool,
+    heatmaps: Sequence[HeatMap],
 ) -> list[MeasurementGroup]:
     tracking = hd.sr.TrackingIdentifier(
         uid=finding.tracking_uid, identifier=finding.tracking_id[:64]
@@ -427,14 +438,25 @@ def _finding_groups(
     measurements = _measurements(finding, algo_id) or None
     evaluations = _evaluations(finding) or None
     segment = segments.get(finding.segment_number) if finding.segment_number is not None else None
+    if segment is not None and not segment.mask.any():
+        segment = None
     groups: list[MeasurementGroup] = []
+
+    # The finding drawn on its image (sr_regions): first among its groups.
+    region: Region | None = None
+    label = finding.tracking_id
+    if planar_regions and isinstance(finding, ClassificationFinding):
+        region, label = classification_region(result, finding, heatmaps), classification_label(
+            finding
+        )
+    elif planar_regions and segment is not None and not isinstance(finding, DetectionFinding):
+        region, label = cross_section(result, segment, algo_id), finding_label(finding)
 
     seg_number = (
         _seg_segment_number(segmentation, segment)
         if segment is not None and segmentation is not None
         else None
     )
-    section = cross_section(result, segment) if segment is not None else None
     if seg_number is not None and segmentation is not None and segment is not None:
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
@@ -445,25 +467,26 @@ def _finding_groups(
             )
         )
         if planar_regions and isinstance(finding, DetectionFinding):
-            groups.append(
-                hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                    referenced_region=_box_region(result, finding), **common
-                )
+            box = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                referenced_region=_box_region(result, finding), **common
             )
+            add_label(box, detection_label(finding))
+            groups.insert(0, box)
     elif isinstance(finding, DetectionFinding):
         # A box on one image is the ROI (TID 1410).
-        groups.append(
-            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                referenced_region=_box_region(result, finding),
-                measurements=measurements,
-                qualitative_evaluations=evaluations,
-                **common,
-            )
+        box = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            referenced_region=_box_region(result, finding),
+            measurements=measurements,
+            qualitative_evaluations=evaluations,
+            **common,
         )
+        add_label(box, detection_label(finding))
+        groups.append(box)
     else:
         # TID 1501: measurements of the finding as a whole, on its source images.
         slices = (
-            _segment_slices(result, segment) if segment is not None and section is not None
+            _segment_slices(result, segment)
+            if segment is not None
             else _finding_slices(result, finding)
         )
         sources = [
@@ -477,18 +500,18 @@ def _finding_groups(
                 **common,
             )
         )
-    if planar_regions and section is not None and not isinstance(finding, DetectionFinding):
+    if region is not None:
         # First: OHIF takes the Tracking Identifier of a finding's first group.
         groups.insert(
             0,
-            cross_section_group(
-                result,
+            region_group(
                 finding,
-                section,
-                _source_image_item(result, section.k, hd.sr.SourceImageForRegion),
+                region,
+                _source_image_item(result, region.k, hd.sr.SourceImageForRegion),
                 algo_id,
-                common["finding_sites"],
                 common["finding_type"],
+                common["finding_sites"],
+                label,
             ),
         )
     return groups
@@ -644,10 +667,13 @@ def write_sr(
     algorithm = result.algorithm
     algo_id = algorithm_identification(algorithm)
     segments = {s.number: s for s in result.segments}
+    heatmaps = list(getattr(result, "heatmaps", None) or ())
     groups: list[MeasurementGroup] = []
     for finding in result.findings:
         groups.extend(
-            _finding_groups(result, finding, segmentation, segments, algo_id, planar_regions)
+            _finding_groups(
+                result, finding, segmentation, segments, algo_id, planar_regions, heatmaps
+            )
         )
 
     procedure = (

@@ -13,6 +13,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from pydicom.sr.codedict import codes
 
 from ai_models.radiograph import load_radiograph
 from ai_models.types import (
@@ -34,6 +35,10 @@ from dicom_node.results import (
 )
 from dicom_node.results.common import to_code
 from dicom_node.results.sr import ABSENT, PERCENT, PRESENT, PROBABILITY
+from dicom_node.results.sr_regions import (
+    EXPLANATION_LEVEL,
+    classification_label,
+)
 from tests.results.helpers import LUNG, algorithm, assert_valid, dciodvfy, make_result, unexplained
 
 CHEST = "nema_wg04/RG1_chest_CR/RG1_UNCR.dcm"
@@ -131,6 +136,67 @@ def test_sr_groups_for_classification(cr: Volume, tmp_path: pathlib.Path) -> Non
         for i in g.get("ContentSequence", [])
         if i.ValueType == "IMAGE"
     }
+
+
+def test_each_classification_finding_is_drawn_first_for_viewers(
+    cr: Volume, tmp_path: pathlib.Path
+) -> None:
+    """A TID 1410 region group precedes each TID 1501 group under its Tracking UID
+    (OHIF cannot show a Tracking UID without an SCOORD): the explained finding
+    boxes its heat map's high region, the other one frames the classified image."""
+    result = _result(cr)
+    sr = write_sr(result)
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path)
+    _valid(path)
+    back = hd.sr.srread(path)
+    planar = back.content.get_planar_roi_measurement_groups()
+    whole = back.content.get_image_measurement_groups()
+    assert [g.tracking_uid for g in planar] == [f.tracking_uid for f in result.findings]
+    order = [
+        str(next(i.UID for i in g.ContentSequence if i.ValueType == "UIDREF"))
+        for c in back.ContentSequence
+        if c.ConceptNameCodeSequence[0].CodeValue == "126010"
+        for g in c.ContentSequence
+    ]
+    effusion, pneumothorax = result.findings
+    assert order == [effusion.tracking_uid] * 2 + [pneumothorax.tracking_uid] * 2
+    assert len(whole) == 2
+    _, rows, cols = cr.shape
+    for group, finding in zip(planar, result.findings, strict=True):
+        assert isinstance(finding, ClassificationFinding)
+        (comment,) = [i for i in group[0].ContentSequence if i.name == codes.DCM.Comment]
+        assert comment.value == classification_label(finding)
+        region = group.roi
+        assert region is not None and region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        points = region.value
+        np.testing.assert_array_equal(points[0], points[-1])
+        assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
+            cr.frames[0].sop_instance_uid
+        )
+    assert comment_of(planar[0]).startswith("Pleural effusion: Present (Probability 82.00 %)")
+    assert comment_of(planar[1]) == "Pneumothorax: Absent (Probability 10.00 %)"
+    # The explained finding: the box around its heat map's high region.
+    heat = result.heatmaps[0].map
+    r, c = np.nonzero(heat >= EXPLANATION_LEVEL * heat.max())
+    np.testing.assert_array_equal(
+        planar[0].roi.value,
+        [
+            [c.min(), r.min()], [c.max() + 1, r.min()], [c.max() + 1, r.max() + 1],
+            [c.min(), r.max() + 1], [c.min(), r.min()],
+        ],
+    )  # fmt: skip
+    # The unexplained one: the image's edges.
+    np.testing.assert_array_equal(
+        planar[1].roi.value, [[0, 0], [cols, 0], [cols, rows], [0, rows], [0, 0]]
+    )
+    # Rectangles: OHIF takes them by their shape, under the finding's own name.
+    assert [g.tracking_identifier for g in planar] == ["Pleural effusion", "Pneumothorax"]
+
+
+def comment_of(group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations) -> str:
+    (comment,) = [i for i in group[0].ContentSequence if i.name == codes.DCM.Comment]
+    return str(comment.value)
 
 
 def test_plain_findings_unchanged(ct_volume: Volume) -> None:

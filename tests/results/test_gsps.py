@@ -25,6 +25,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from pydicom.sr.codedict import codes
 
 from ai_models.radiograph import load_radiograph
 from ai_models.types import (
@@ -49,6 +50,7 @@ from dicom_node.results.gsps import (
     marks_of,
     with_box_segments,
 )
+from dicom_node.results.sr_regions import detection_label
 from tests.results.helpers import algorithm, assert_valid, dciodvfy, make_result, unexplained
 
 CHEST = "nema_wg04/RG1_chest_CR/RG1_UNCR.dcm"
@@ -196,6 +198,11 @@ def test_sr_of_detections(chest: Volume, tmp_path: pathlib.Path) -> None:
         (site,) = g.finding_sites
         assert site.value.value == "39607008"
         assert site.laterality is not None and site.laterality.value == "7771000"
+        # The label viewers show (OHIF's measurement panel): name and score.
+        (comment,) = [i for i in g[0].ContentSequence if i.name == codes.DCM.Comment]
+        assert comment.value == detection_label(f) == (
+            f"{f.tracking_id} (Probability {f.score:.2f})"
+        )
     # a box outside the image is refused
     bad = _detections(chest)
     f0 = bad.findings[0]

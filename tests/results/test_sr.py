@@ -11,7 +11,7 @@ from ai_models.types import Volume
 from dicom_node.results import segment_number_map, write_seg, write_sr
 from dicom_node.results._geometry import largest_component
 from dicom_node.results.common import device_uid
-from dicom_node.results.sr_cross_section import (
+from dicom_node.results.sr_regions import (
     FREEHAND_ROI_TRACKING_IDENTIFIER,
     finding_label,
 )

@@ -22,20 +22,15 @@ Screenshots go to ``<pytest tmp>/viewer-screenshots*/`` and, when
 from __future__ import annotations
 
 import io
-import os
 import re
-import shutil
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
 from scipy import ndimage
 from sqlalchemy import func, select
 
@@ -55,18 +50,16 @@ from tests.node.test_route_deliver import (
 from tests.support.ohif import (
     ViewerServer,
     chromium_executable,
-    chromium_page,
     ohif_dist,
     orthanc_dicomweb_config,
     sync_playwright,
 )
 from tests.support.orthanc import OrthancServer
 from tests.support.peers import NodeProcess, free_port, storescu
+from tests.viewer.page import Viewer, open_viewer
+from tests.viewer.sr_content import SR_ANNOTATIONS_JS, listed_labels, sr_findings
 
 pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(600)]
-
-UI_TIMEOUT_MS = 90_000
-"""Bound on each wait for the viewer's UI (2 shared cores: OHIF needs ~5 s idle)."""
 
 VIEWPORT_MARGINS_PX = (40, 100, 40, 40)
 """Bands along the viewport's left, top, right and bottom edges left out of pixel
@@ -168,85 +161,7 @@ def _fetch(orthanc: OrthancServer, sop_uid: str) -> pydicom.Dataset:
     return pydicom.dcmread(io.BytesIO(orthanc.instance_file(hit["ID"])))
 
 
-# -- screenshots -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, bytes], Path]:
-    """``save(name, png)``: into the pytest tmp dir and ``$DICOM_NODE_TEST_ARTIFACTS/viewer``."""
-    folder = tmp_path_factory.mktemp("viewer-screenshots")
-    extra = os.environ.get("DICOM_NODE_TEST_ARTIFACTS")
-
-    def save(name: str, data: bytes) -> Path:
-        path = folder / name
-        path.write_bytes(data)
-        if extra:
-            target = Path(extra) / "viewer"
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target / name)
-        return path
-
-    return save
-
-
-class Viewer:
-    """One OHIF page in a fresh Chromium profile, with the helpers the checks need."""
-
-    def __init__(self, page: Any, stack: Stack, save: Callable[[str, bytes], Path]) -> None:
-        self.page = page
-        self.stack = stack
-        self.save = save
-        self.console: list[str] = []
-        page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
-        page.on("pageerror", lambda e: self.console.append(f"pageerror: {e}"))
-        page.set_default_timeout(UI_TIMEOUT_MS)
-
-    def open(self, query: str = "") -> None:
-        """Open the study; get past the first-run tour and the investigational-use notice."""
-        url = f"{self.stack.viewer.url}/viewer?StudyInstanceUIDs={self.stack.study_uid}{query}"
-        self.page.goto(url, timeout=UI_TIMEOUT_MS)
-        self.page.get_by_text("Skip all", exact=True).click()
-        self.page.get_by_text("Confirm and hide", exact=True).click()
-
-    def thumbnail(self, description: str) -> Any:
-        """The study browser's entry of the series with this SeriesDescription."""
-        entries = self.page.locator('[data-cy^="study-browser-thumbnail"]')
-        return entries.filter(has_text=description).first
-
-    def overlay_text(self) -> str:
-        return str(self.page.locator('[data-cy="viewport-overlay-top-left"]').first.inner_text())
-
-    def wait_js(self, what: str, expression: str, timeout_s: float = 60.0) -> Any:
-        return wait_for(
-            what, lambda: self.page.evaluate(expression), timeout_s=timeout_s, poll_s=0.5
-        )
-
-    def show(self, sop_instance_uid: str | None = None) -> dict[str, Any]:
-        """Scroll the viewport to *sop_instance_uid* (if given); its image-to-screen transform."""
-        result = self.page.evaluate(_SHOW_JS, sop_instance_uid)
-        assert "error" not in result, result
-        return dict(result)
-
-    def stable_screenshot(self, name: str, timeout_s: float = 30.0) -> np.ndarray:
-        """A screenshot once rendering has settled (two equal frames in a row); saved."""
-        deadline = time.monotonic() + timeout_s
-        previous: np.ndarray | None = None
-        while True:
-            time.sleep(0.5)
-            png = self.page.screenshot()
-            frame = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-            if previous is not None and np.array_equal(frame, previous):
-                self.save(name, png)
-                return frame
-            if time.monotonic() > deadline:
-                self.save(name, png)
-                raise AssertionError(f"the viewer did not settle within {timeout_s} s ({name})")
-            previous = frame
-
-    def log_tail(self) -> str:
-        """The browser console's last warnings and errors."""
-        notable = [line for line in self.console if not line.startswith(("log:", "timeEnd:"))]
-        return "\n".join(line[:300] for line in notable[-20:])
+# -- the viewer page ------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -256,51 +171,11 @@ def viewer(
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> Iterator[Viewer]:
-    """A fresh Chromium profile on an OHIF page; its last screen and console are kept."""
-    with chromium_page(tmp_path / "chromium-profile") as page:
-        view = Viewer(page, stack, artifacts)
-        try:
-            yield view
-        finally:
-            name = request.node.name.removeprefix("test_")
-            try:
-                artifacts(f"{name}-last.png", page.screenshot(timeout=10_000))
-            finally:
-                artifacts(f"{name}-console.txt", "\n".join(view.console).encode())
+    """A fresh Chromium profile on an OHIF page of the stack's study."""
+    with open_viewer(stack.viewer, stack.study_uid, artifacts, tmp_path, request) as view:
+        yield view
 
 
-# Scroll the single viewport to a SOP Instance UID and return Cornerstone's
-# transform from image pixel indices (column, row) to page (CSS) pixels.
-_SHOW_JS = """
-async (sop) => {
-  const cs = window.cornerstone;
-  const elements = cs.getEnabledElements();
-  const el = elements.find(e => e.viewportId === 'default') || elements[0];
-  if (!el) return {error: 'no viewport'};
-  const vp = el.viewport;
-  const ids = vp.getImageIds();
-  if (sop) {
-    const idx = ids.findIndex(i => i.includes('/instances/' + sop + '/'));
-    if (idx < 0) return {error: 'image not in viewport: ' + sop};
-    if (vp.getCurrentImageIdIndex() !== idx) {
-      await vp.setImageIdIndex(idx);
-    }
-  }
-  const imageId = vp.getCurrentImageId();
-  const toPage = (p) => {
-    const c = vp.worldToCanvas(cs.utilities.imageToWorldCoords(imageId, p));
-    return c;
-  };
-  const r = vp.canvas.getBoundingClientRect();
-  const o = toPage([0, 0]), x = toPage([1, 0]), y = toPage([0, 1]);
-  return {
-    imageId, index: vp.getCurrentImageIdIndex(), count: ids.length,
-    origin: [o[0] + r.left, o[1] + r.top],
-    col: [x[0] - o[0], x[1] - o[1]], row: [y[0] - o[0], y[1] - o[1]],
-    rect: [r.left, r.top, r.width, r.height],
-  };
-}
-"""
 
 
 # -- pixel arithmetic ----------------------------------------------------------------------
@@ -491,81 +366,8 @@ def test_seg_overlay_is_drawn_exactly_where_the_mask_is(stack: Stack, viewer: Vi
 # -- SR ----------------------------------------------------------------------------------
 
 
-def _items(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
-    return list(ds.get("ContentSequence", []))
-
-
-def _code(item: pydicom.Dataset) -> str:
-    return str(item.ConceptNameCodeSequence[0].CodeValue)
-
-
-@dataclass
-class Finding:
-    """A finding of the SR as OHIF groups it: every Measurement Group with its tracking UID."""
-
-    tracking_uid: str
-    tracking_id: str
-    lines: list[str]
-    """``<concept>: <value> <unit>`` of each NUM, formatted as OHIF does (2 decimals)."""
-    outline: np.ndarray | None
-    """The first SCOORD's points (column, row), as the viewer draws it."""
-    outline_image: str | None
-
-
-def sr_findings(sr: pydicom.Dataset) -> list[Finding]:
-    """The findings of a TID 1500 report, read from the SR the node wrote."""
-    (measurements,) = [i for i in _items(sr) if _code(i) == "126010"]  # Imaging Measurements
-    by_uid: dict[str, Finding] = {}
-    for group in _items(measurements):
-        items = _items(group)
-        uid = next(str(i.UID) for i in items if _code(i) == "112040")
-        # The finding's name: a cross-section group's Comment, else a Tracking Identifier.
-        comment = next((str(i.TextValue) for i in items if _code(i) == "121106"), None)
-        identifier = next(str(i.TextValue) for i in items if _code(i) == "112039")
-        finding = by_uid.setdefault(uid, Finding(uid, comment or identifier, [], None, None))
-        if comment:
-            finding.tracking_id = comment
-        for item in items:
-            if item.ValueType == "NUM" and "MeasuredValueSequence" in item:
-                measured = item.MeasuredValueSequence[0]
-                value = Decimal(float(measured.NumericValue)).quantize(
-                    Decimal("0.01"), rounding=ROUND_HALF_UP
-                )
-                unit = measured.MeasurementUnitsCodeSequence[0].CodeValue
-                finding.lines.append(
-                    f"{item.ConceptNameCodeSequence[0].CodeMeaning}: {value} {unit}"
-                )
-            if item.ValueType == "SCOORD" and finding.outline is None:
-                finding.outline = np.asarray(item.GraphicData, dtype=float).reshape(-1, 2)
-                ref = item.ContentSequence[0].ReferencedSOPSequence[0]
-                finding.outline_image = str(ref.ReferencedSOPInstanceUID)
-    return list(by_uid.values())
-
-
-_SR_ANNOTATIONS_JS = """
-() => {
-  const out = {};
-  for (const g of document.querySelectorAll('svg.svg-layer g[data-annotation-uid]')) {
-    const uid = g.getAttribute('data-annotation-uid');
-    const lines = [...g.querySelectorAll('tspan')].map(t => t.textContent);
-    out[uid] = {lines};
-  }
-  const polylines = [...document.querySelectorAll('svg.svg-layer polyline')].map(p => {
-    const r = p.ownerSVGElement.getBoundingClientRect();
-    const n = p.getAttribute('points').trim().split(/[\\s,]+/).map(Number);
-    const points = [];
-    for (let i = 0; i + 1 < n.length; i += 2) points.push([n[i] + r.left, n[i + 1] + r.top]);
-    return points;
-  });
-  return {annotations: out, polylines};
-}
-"""
-
-
 def _open_sr(viewer: Viewer, sr: pydicom.Dataset) -> None:
-    viewer.open()
-    viewer.thumbnail(str(sr.SeriesDescription)).dblclick()
-    viewer.page.locator('[data-cy="ModalityLoadBadge-default"]').filter(has_text="SR").wait_for()
+    viewer.open_series(str(sr.SeriesDescription), "SR")
 
 
 def test_sr_findings_are_drawn_with_the_values_the_node_wrote(stack: Stack, viewer: Viewer) -> None:
@@ -582,7 +384,7 @@ def test_sr_findings_are_drawn_with_the_values_the_node_wrote(stack: Stack, view
         viewer.stable_screenshot(frame_name)
         what = f"the SR annotation of {finding.tracking_id!r}"
         probe = (
-            f"() => {{ const a = ({_SR_ANNOTATIONS_JS})(); "
+            f"() => {{ const a = ({SR_ANNOTATIONS_JS})(); "
             f"return a.annotations[{finding.tracking_uid!r}] ? a : null; }}"
         )
         for attempt in range(3):
@@ -619,17 +421,6 @@ def test_sr_findings_are_drawn_with_the_values_the_node_wrote(stack: Stack, view
     assert not problems, "\n".join(problems) + "\n" + viewer.log_tail()
 
 
-def listed_labels(sr: pydicom.Dataset) -> list[str]:
-    """Labels of the groups a Cornerstone adapter hydrates: their Comment (DCM 121106)."""
-    (measurements,) = [i for i in _items(sr) if _code(i) == "126010"]
-    return [
-        str(i.TextValue)
-        for group in _items(measurements)
-        for i in _items(group)
-        if _code(i) == "121106"
-    ]
-
-
 def test_sr_findings_are_listed_in_the_measurement_panel(stack: Stack, viewer: Viewer) -> None:
     labels = listed_labels(stack.sr)
     # One row per finding, labelled with its name and the values the node measured.
@@ -644,14 +435,10 @@ def test_sr_findings_are_listed_in_the_measurement_panel(stack: Stack, viewer: V
     # Labels wrap in the panel: compare with whitespace collapsed.
     wait_for(
         "the measurement panel to list every finding by the node's label",
-        lambda: all(label in _panel_text(viewer) for label in labels),
+        lambda: all(label in viewer.body_text() for label in labels),
         timeout_s=60,
     )
     viewer.stable_screenshot("sr-measurement-panel.png")
-
-
-def _panel_text(viewer: Viewer) -> str:
-    return " ".join(str(viewer.page.locator("body").inner_text()).split())
 
 
 # -- secondary capture ---------------------------------------------------------------------

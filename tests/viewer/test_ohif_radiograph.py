@@ -1,0 +1,132 @@
+"""A classification report in the radiologist's viewer: the chest radiograph.
+
+``dicom-node analyze --pipeline cxr-findings`` classifies the real chest CR
+of the shared data (NEMA WG-04 RG1, MONOCHROME1); DCMTK ``storescu`` puts
+the radiograph and the node's SR into Orthanc, and the OHIF viewer opens the
+SR in headless Chromium.  A classification SR holds no outline of its own:
+OHIF 3.12 stops with a TypeError (and shows an empty viewer) on a Tracking
+UID without an SCOORD, so every finding needs its TID 1410 region group
+(``dicom_node/results/sr_regions.py``).  The checks: the SR opens, each
+finding is drawn on the radiograph with the probability the node wrote, and
+OHIF's measurement panel lists every finding under the node's label.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from tests.node.test_route_deliver import SR_CLASS, by_class, results_in_orthanc
+from tests.support.ohif import (
+    ViewerServer,
+    chromium_executable,
+    ohif_dist,
+    orthanc_dicomweb_config,
+    sync_playwright,
+)
+from tests.support.orthanc import OrthancServer
+from tests.support.peers import storescu
+from tests.viewer.page import Viewer, open_viewer
+from tests.viewer.sr_content import SR_ANNOTATIONS_JS, listed_labels, sr_findings
+
+pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(600)]
+
+CHEST_CR = "nema_wg04/RG1_chest_CR/RG1_UNCR.dcm"
+
+
+@dataclass
+class RadiographStack:
+    study_uid: str
+    sr: pydicom.Dataset
+    viewer: ViewerServer
+
+
+@pytest.fixture(scope="module")
+def radiograph(
+    dicom_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RadiographStack]:
+    dist = ohif_dist()
+    chromium_executable()
+    sync_playwright()
+    work = tmp_path_factory.mktemp("viewer-radiograph")
+    series = work / "series"
+    series.mkdir()
+    source = shutil.copy2(dicom_data / CHEST_CR, series / "chest.dcm")
+    results = work / "results"
+    analyzed = subprocess.run(
+        [
+            sys.executable, "-m", "dicom_node.cli", "analyze",
+            "--pipeline", "cxr-findings", "--outputs", "sr", "--out", str(results), str(series),
+        ],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert analyzed.returncode == 0, analyzed.stdout + analyzed.stderr
+    written = sorted(results.glob("*.dcm"))
+    assert written, analyzed.stdout
+    study_uid = str(pydicom.dcmread(source, stop_before_pixels=True).StudyInstanceUID)
+    orthanc = OrthancServer(work / "orthanc", dicomweb=True, extra=orthanc_dicomweb_config())
+    with orthanc:
+        sent = storescu(orthanc.dicom_port, [source, *written], called_ae=orthanc.ae_title)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        (sr_uid,) = by_class(results_in_orthanc(orthanc, study_uid), SR_CLASS)
+        (hit,) = orthanc.lookup(sr_uid)
+        sr = pydicom.dcmread(io.BytesIO(orthanc.instance_file(hit["ID"])))
+        with ViewerServer(dist, orthanc.http_port) as viewer:
+            yield RadiographStack(study_uid, sr, viewer)
+
+
+@pytest.fixture
+def viewer(
+    radiograph: RadiographStack,
+    artifacts: Callable[[str, bytes], Path],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[Viewer]:
+    with open_viewer(radiograph.viewer, radiograph.study_uid, artifacts, tmp_path, request) as v:
+        yield v
+
+
+def test_classification_sr_draws_each_finding_with_its_probability(
+    radiograph: RadiographStack, viewer: Viewer
+) -> None:
+    findings = sr_findings(radiograph.sr)
+    assert len(findings) == 4 and all(f.outline is not None for f in findings)
+    viewer.open_series(str(radiograph.sr.SeriesDescription), "SR")
+    probe = (
+        f"() => {{ const a = ({SR_ANNOTATIONS_JS})(); "
+        f"return {[f.tracking_uid for f in findings]!r}.every(u => a.annotations[u]) ? a : null; }}"
+    )
+    drawn = viewer.wait_js("the SR's four findings drawn on the radiograph", probe)
+    viewer.stable_screenshot("cxr-sr.png")
+    problems = []
+    for finding in findings:
+        lines = drawn["annotations"][finding.tracking_uid]["lines"]
+        if lines != finding.lines:
+            problems.append(f"{finding.tracking_id}: drawn {lines}, the SR says {finding.lines}")
+        if not any(line.startswith("Probability: ") for line in lines):
+            problems.append(f"{finding.tracking_id}: no probability drawn ({lines})")
+    assert not problems, "\n".join(problems) + "\n" + viewer.log_tail()
+    assert not [line for line in viewer.console if "Error Boundary" in line], viewer.log_tail()
+
+
+def test_classification_findings_are_listed_in_the_measurement_panel(
+    radiograph: RadiographStack, viewer: Viewer
+) -> None:
+    labels = listed_labels(radiograph.sr)
+    assert len(labels) == 4 and all("(Probability " in x for x in labels), labels
+    viewer.open_series(str(radiograph.sr.SeriesDescription), "SR")
+    viewer.page.get_by_text("Do you want to continue tracking measurements", exact=False).wait_for()
+    viewer.page.get_by_role("button", name="Yes", exact=True).click()
+    viewer.page.locator('[data-cy="trackedMeasurements-btn"]').click()
+    viewer.page.get_by_text(f"Measurements ({len(labels)})", exact=True).wait_for()
+    missing = [x for x in labels if x not in viewer.body_text()]
+    viewer.stable_screenshot("cxr-measurement-panel.png")
+    assert not missing, f"not in the measurement panel: {missing}\n{viewer.body_text()}"
