@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
@@ -47,8 +48,13 @@ __all__ = [
     "to_code",
     "default_procedure_reported",
     "MANUFACTURER_MODEL_NAME",
+    "RADIOGRAPH_MODALITIES",
     "SOFTWARE_VERSION",
+    "presentation_grey",
 ]
+
+#: Modalities whose grey levels follow the radiograph presentation pipeline.
+RADIOGRAPH_MODALITIES = ("CR", "DX", "MG", "RG", "IO", "PX", "RF", "XA")
 
 #: Prefix of the deterministic Device UIDs (pydicom's registered root for
 #: generated UIDs; :func:`pydicom.uid.generate_uid` hashes the sources below it).
@@ -470,3 +476,21 @@ def identity_kwargs(
         "instance_number": instance_number if instance_number is not None else 1,
         "manufacturer": algorithm.manufacturer or "dicom-node",
     }
+
+
+def presentation_grey(result: PipelineResult, k: int) -> np.ndarray | None:
+    """Slice ``k`` of a radiograph as it is displayed, ``0..1``; ``None`` otherwise.
+
+    PS3.3 C.11 (VOI LUT or window, then MONOCHROME1 inverted), through
+    :func:`ai_models.radiograph.presentation_image`, for the modalities in
+    :data:`RADIOGRAPH_MODALITIES` with one source instance per slice.  Other
+    images have no single presentation; the writers choose a window.
+    """
+    volume = result.volume
+    if (volume.modality or "").upper() not in RADIOGRAPH_MODALITIES:
+        return None
+    if len(volume.source_datasets) != volume.shape[0]:
+        return None
+    from ai_models.radiograph import presentation_image
+
+    return np.asarray(presentation_image(volume.source_datasets[k], volume.array[k]))

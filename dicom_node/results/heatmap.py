@@ -44,11 +44,13 @@ from pydicom.sequence import Sequence as DicomSequence
 from dicom_node.results.common import (
     DEFAULT_SERIES_NUMBERS,
     MANUFACTURER_MODEL_NAME,
+    RADIOGRAPH_MODALITIES,
     SOFTWARE_VERSION,
     check_result,
     check_revision,
     check_uid,
     contributing_equipment,
+    presentation_grey,
     series_description,
 )
 from dicom_node.results.sc import (
@@ -67,9 +69,6 @@ __all__ = ["MAP_FLOOR", "RADIOGRAPH_MODALITIES", "colorize", "heatmap_key", "wri
 
 #: Map values at or below this are not coloured.
 MAP_FLOOR = 0.2
-
-#: Modalities whose grey levels follow the radiograph presentation pipeline.
-RADIOGRAPH_MODALITIES = ("CR", "DX", "MG", "RG", "IO", "PX", "RF", "XA")
 
 # Anchor colours of a turbo-like map (value, r, g, b).
 _ANCHORS = np.array(
@@ -109,14 +108,10 @@ def colorize(values: np.ndarray) -> np.ndarray:
 
 def _grey(result: PipelineResult, k: int) -> np.ndarray:
     """The source slice as displayed, ``0..1``."""
+    shown = presentation_grey(result, k)
+    if shown is not None:
+        return shown
     volume = result.volume
-    src = volume.source_datasets[min(k, len(volume.source_datasets) - 1)]
-    if (volume.modality or "").upper() in RADIOGRAPH_MODALITIES and len(
-        volume.source_datasets
-    ) == volume.shape[0]:
-        from ai_models.radiograph import presentation_image
-
-        return presentation_image(src, volume.array[k])
     lo, hi = np.percentile(volume.array[k], [0.5, 99.5])
     return np.clip((volume.array[k] - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
 

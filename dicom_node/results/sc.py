@@ -17,9 +17,12 @@ Decisions
   Instance Number in slice order, and Source / Referenced Image Sequences
   pointing at the source frame each image was made from, so viewers can
   link each image to its slice.
-* **Windowing:** CT uses the source's first WindowCenter/WindowWidth, else
-  a soft-tissue window (40/400 HU); other modalities use the 0.5-99.5
-  percentiles of the volume.  The window is baked in (no VOI LUT).
+* **Windowing:** radiographs (CR, DX, MG, ...) are shown as their own
+  presentation pipeline shows them (VOI LUT or window, MONOCHROME1
+  inverted; :func:`.common.presentation_grey`); CT uses the source's first
+  WindowCenter/WindowWidth, else a soft-tissue window (40/400 HU); other
+  modalities use the 0.5-99.5 percentiles of the volume.  An explicit
+  ``window`` overrides all of these.  The result is baked in (no VOI LUT).
 * **Labelling:** BurnedInAnnotation YES; ImageComments and
   SeriesDescription say "not for diagnostic use"; the top-left corner
   carries the same text and a legend of the segment colours.
@@ -45,6 +48,7 @@ from dicom_node.results.common import (
     check_revision,
     check_uid,
     contributing_equipment,
+    presentation_grey,
     series_description,
 )
 from dicom_node.results.seg import segment_color
@@ -235,7 +239,11 @@ def write_sc(
     out: list[hd.sc.SCImage] = []
     for t, k_ in enumerate(ks):
         k = int(k_)
-        grey = _to_grey(volume.array[k], center, width)
+        shown = presentation_grey(result, k) if window is None else None
+        if shown is not None:
+            grey = np.clip(np.rint(shown * 255.0), 0, 255).astype(np.uint8)
+        else:
+            grey = _to_grey(volume.array[k], center, width)
         rgb = np.repeat(grey[..., None], 3, axis=2)
         present = []
         for seg, colour in zip(segments, colours, strict=True):
@@ -287,9 +295,14 @@ def write_sc(
         sc.ImageComments = NOT_FOR_DIAGNOSTIC_USE
         sc.ConversionType = "WSD"
         sc.ImageType = ["DERIVED", "SECONDARY"]
+        shown_as = (
+            "as presented (VOI, MONOCHROME1 inverted)"
+            if shown is not None
+            else f"(window {center:g}/{width:g})"
+        )
         sc.DerivationDescription = (
             f"Segment outlines of {result.pipeline} {result.algorithm.version} "
-            f"burned into the source image (window {center:g}/{width:g})"
+            f"burned into the source image {shown_as}"
         )[:1024]
         ref_item = Dataset()
         ref_item.ReferencedSOPClassUID = ref.sop_class_uid

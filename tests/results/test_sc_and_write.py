@@ -7,7 +7,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from ai_models.types import CodedConcept, PipelineResult, Volume
+from ai_models.types import CodedConcept, PipelineResult, Segment, Volume
 from dicom_node.results import (
     OutputUIDs,
     parse_outputs,
@@ -17,7 +17,7 @@ from dicom_node.results import (
 )
 from dicom_node.results.common import series_description, to_code
 from dicom_node.results.sc import frame_key
-from tests.results.helpers import algorithm, assert_valid, make_result
+from tests.results.helpers import ANATOMY, LUNG, algorithm, assert_valid, make_result
 
 
 @pytest.mark.parametrize("name", ["ct", "mr", "enh_ct"])
@@ -61,6 +61,38 @@ def test_sc_overlay(name: str, dicom_data, tmp_path) -> None:  # type: ignore[no
             legend = np.zeros_like(red)
             legend[:40, :200] = True
             assert not (red & ~seg1 & ~legend).any()
+
+
+def test_sc_of_a_monochrome1_radiograph_is_shown_as_presented(dicom_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The chest CR is MONOCHROME1 with a window: the overlay shows it the way a
+    viewer does (air dark), not its raw values (air bright)."""
+    from ai_models.radiograph import load_radiograph, presentation_image
+
+    volume = load_radiograph(dicom_data / "nema_wg04/RG1_chest_CR")
+    assert volume.source_datasets[0].PhotometricInterpretation == "MONOCHROME1"
+    _, rows, cols = volume.shape
+    mask = np.zeros(volume.shape, dtype=bool)
+    mask[0, rows // 3 : rows // 2, cols // 3 : cols // 2] = True
+    result = PipelineResult(
+        "test-cr",
+        volume,
+        algorithm(),
+        segments=[
+            Segment(1, "Box", ANATOMY, LUNG, mask, "Box", hd.UID(), color_rgb=(255, 0, 0))
+        ],
+    )
+    (image,) = write_sc(result)
+    (path,) = save_datasets([image], tmp_path)
+    ds = pydicom.dcmread(path)
+    assert "as presented" in ds.DerivationDescription
+    grey = ds.pixel_array[..., 1].astype(float)
+    expected = np.rint(presentation_image(volume.source_datasets[0], volume.array[0]) * 255)
+    away = np.ones((rows, cols), dtype=bool)
+    away[:60, :] = False  # the banner
+    away[rows // 3 - 5 : rows // 2 + 5, cols // 3 - 5 : cols // 2 + 5] = False  # the outline
+    np.testing.assert_array_equal(grey[away], expected[away])
+    # Raw MONOCHROME1 values would put bright air in the corners; presented, it is dark.
+    assert grey[rows - 50 :, :50].mean() < 128 or grey[rows - 50 :, cols - 50 :].mean() < 128
 
 
 def test_sc_all_slices_fixed_uids(ct_volume: Volume) -> None:
