@@ -51,6 +51,7 @@ __all__ = [
     "RADIOGRAPH_MODALITIES",
     "SOFTWARE_VERSION",
     "presentation_grey",
+    "recorded_pixel_spacing",
 ]
 
 #: Modalities whose grey levels follow the radiograph presentation pipeline.
@@ -494,3 +495,16 @@ def presentation_grey(result: PipelineResult, k: int) -> np.ndarray | None:
     from ai_models.radiograph import presentation_image
 
     return np.asarray(presentation_image(volume.source_datasets[k], volume.array[k]))
+
+
+def recorded_pixel_spacing(ds: Dataset) -> list[float] | None:
+    """Pixel Spacing, else Imager Pixel Spacing (mm, row then column), when both
+    values are > 0; ``None`` for an image with no recorded spacing (PS3.3 10.7.1)."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        try:
+            values = [float(v) for v in ds.get(keyword) or ()]
+        except (TypeError, ValueError):
+            continue
+        if len(values) == 2 and min(values) > 0:
+            return values
+    return None

@@ -40,6 +40,7 @@ from dicom_node.results.common import (
     check_uid,
     contributing_equipment,
     identity_kwargs,
+    recorded_pixel_spacing,
     series_description,
     to_code,
 )
@@ -196,6 +197,10 @@ def _same_orientation(datasets: Sequence[Dataset]) -> dict[str, Dataset]:
     first image's value is given to the others (copies; the caller's
     datasets are not modified).
     """
+    if any("ImageOrientationPatient" not in ds for ds in datasets):
+        # Images without a patient coordinate system (e.g. CR, DX): highdicom
+        # writes the SEG without Plane Orientation / Position (PS3.3 C.8.20.2).
+        return {ds.SOPInstanceUID: ds for ds in datasets}
     iop = list(datasets[0].ImageOrientationPatient)
     out: dict[str, Dataset] = {}
     for ds in datasets:
@@ -206,6 +211,27 @@ def _same_orientation(datasets: Sequence[Dataset]) -> dict[str, Dataset]:
             ds.ImageOrientationPatient = iop
         out[ds.SOPInstanceUID] = ds
     return out
+
+
+def _without_patient_geometry(seg: Dataset, source: Dataset) -> None:
+    """A SEG of images without a patient coordinate system (CR, DX, ...).
+
+    General Image Patient Orientation (Type 2C, PS3.3 C.7.6.1) is required
+    without Image Orientation (Patient): copied from the source, empty
+    (unknown) when it has none.  Pixel Measures (C.7.6.16.2.1) carries the
+    source's Pixel Spacing or Imager Pixel Spacing; without either it is
+    left out, rather than claiming a spacing of zero.
+    """
+    if "PatientOrientation" not in seg:
+        seg.PatientOrientation = source.get("PatientOrientation") or ""
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if "PixelMeasuresSequence" not in shared:
+        return
+    spacing = recorded_pixel_spacing(source)
+    if spacing is None:
+        del shared.PixelMeasuresSequence
+    else:
+        shared.PixelMeasuresSequence[0].PixelSpacing = spacing
 
 
 def _reference_all_sources(seg: Dataset, datasets: Sequence[Dataset]) -> None:
@@ -458,6 +484,8 @@ def write_seg(
     )
     if not any(multiframe):
         _reference_all_sources(out, volume.source_datasets)
+    if "ImageOrientationPatient" not in volume.source_datasets[0] and not any(multiframe):
+        _without_patient_geometry(out, volume.source_datasets[0])
     if dimension_organization_uid is not None:
         _set_dimension_organization_uid(out, dimension_organization_uid)
     logger.debug(

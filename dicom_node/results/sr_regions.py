@@ -21,7 +21,9 @@ The regions (:class:`Region`):
   8-connected region of its mask on the slice where the mask has the most
   pixels, with its Area (SCT 42798000; pixel count times PixelSpacing,
   PS3.3 C.7.6.2.1.1) and, for CT, the Mean, Maximum and Standard Deviation
-  of the source pixels in it (Hounsfield units, modality LUT applied);
+  of the source pixels in it (Hounsfield units, modality LUT applied); on a
+  radiograph with no recorded spacing, the box around that region instead
+  (no area can be stated);
 * a classification finding: the box around the region its **explanation
   map** marks (heat map >= :data:`EXPLANATION_LEVEL` of its maximum, largest
   region) when the pipeline explained it, else the **classified image**
@@ -64,6 +66,7 @@ import numpy as np
 from pydicom.sr.codedict import codes
 
 from dicom_node.results._geometry import largest_component, largest_cross_section, outline
+from dicom_node.results.common import RADIOGRAPH_MODALITIES, recorded_pixel_spacing
 
 if TYPE_CHECKING:
     from ai_models.types import (
@@ -146,6 +149,11 @@ def cross_section(
     if points is None:
         return None
     region = largest_component(np.asarray(segment.mask[k], dtype=bool))
+    if not _calibrated(result):
+        # No recorded spacing (a radiograph without Pixel Spacing): no area to
+        # state, and the freehand adapter needs one; the region's box instead.
+        r, c = np.nonzero(region)
+        return Region(k, _rectangle(c.min(), r.min(), c.max() + 1, r.max() + 1))
     spacing = np.asarray(result.volume.spacing, dtype=float)
     area = float(region.sum()) * float(spacing[1]) * float(spacing[2])
     measurements = [
@@ -247,3 +255,10 @@ def add_label(group: hd.sr.templates.Template, label: str) -> None:
 
 def _modality(result: PipelineResult) -> str:
     return result.volume.modality or str(result.volume.source_datasets[0].get("Modality", ""))
+
+
+def _calibrated(result: PipelineResult) -> bool:
+    """Whether the volume's pixel spacing is recorded (radiographs may have none)."""
+    if _modality(result).upper() not in RADIOGRAPH_MODALITIES:
+        return True
+    return recorded_pixel_spacing(result.volume.source_datasets[0]) is not None

@@ -57,6 +57,8 @@ ALLOWED_WARNINGS: dict[str, str] = {
 SOURCE_COPIED_WARNINGS: dict[str, str] = {
     r"Value dubious for this VR - \(0x0010,0x0010\) PN Patient's Name .*Retired Person Name":
         "single-component Patient's Name copied from the source",
+    r"Value dubious for this VR - \(0x0008,0x0090\) PN Referring Physician's Name .*Retired":
+        "single-component Referring Physician's Name copied from the source (RG1 'ward')",
     r"Missing attribute or value that would be needed to build DICOMDIR - Study ID":
         "Study ID is empty in the (de-identified) source; copied as it is",
     r"Unrecognized defined term <GEIIS> for value 1 of attribute <Coding Scheme Designator>":

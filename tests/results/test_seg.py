@@ -10,12 +10,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from ai_models.types import FrameRef, PipelineResult, Segment, Volume
+from ai_models.types import Finding, FrameRef, PipelineResult, Segment, Volume
 from dicom_node.results import segment_number_map, write_seg
 from dicom_node.results.common import device_uid
 from tests.results.helpers import (
     ANATOMY,
     BONE,
+    LUNG,
     algorithm,
     assert_valid,
     frame_key_of,
@@ -216,3 +217,39 @@ def test_big_series_seg_is_fast(ct_volume: Volume) -> None:
     assert seg.SegmentsOverlap == "YES"
     print(f"SEG 512x512x300, {seg.NumberOfFrames} frames: {elapsed:.2f} s")
     assert elapsed < 5.0  # ~0.3-0.6 s here; generous for shared CI runners
+
+
+def test_seg_and_sr_of_a_radiograph_without_patient_geometry(dicom_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The chest CR has no Image Orientation (Patient), no Frame of Reference and no
+    recorded pixel spacing: the SEG is written without plane geometry or Pixel
+    Measures (rather than a zero spacing), and the SR outlines the segment with
+    its box (no area can be stated)."""
+    from ai_models.radiograph import load_radiograph
+    from dicom_node.results import save_datasets, write_sr
+
+    volume = load_radiograph(dicom_data / "nema_wg04/RG1_chest_CR")
+    src = volume.source_datasets[0]
+    assert "ImageOrientationPatient" not in src
+    assert [float(v) for v in src.PixelSpacing] == [0.0, 0.0]  # recorded as unknown
+    mask = np.zeros(volume.shape, dtype=bool)
+    mask[0, 600:900, 500:800] = True
+    segment = Segment(1, "Box", ANATOMY, LUNG, mask, "Box", hd.UID())
+    result = PipelineResult("test-cr", volume, algorithm(), segments=[segment], findings=[
+        Finding("Box", segment.tracking_uid, ANATOMY, segment_number=1),
+    ])  # fmt: skip
+    seg = write_seg(result)
+    sr = write_sr(result, segmentation=seg)
+    seg_path, sr_path = save_datasets([seg, sr], tmp_path)
+    assert_valid(seg_path)
+    assert_valid(sr_path)
+    back = pydicom.dcmread(seg_path)
+    assert "PixelMeasuresSequence" not in back.SharedFunctionalGroupsSequence[0]
+    assert "PatientOrientation" in back
+    np.testing.assert_array_equal(back.pixel_array.astype(bool), mask[0])
+    assert back.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    groups = hd.sr.srread(sr_path).content.get_planar_roi_measurement_groups()
+    (box,) = groups
+    np.testing.assert_array_equal(
+        box.roi.value, [[500, 600], [800, 600], [800, 900], [500, 900], [500, 600]]
+    )
+    assert box.tracking_identifier == "Box" and not box.get_measurements()
