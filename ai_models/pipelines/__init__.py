@@ -65,6 +65,7 @@ __all__ = [
     "MR_BRAIN_LESION",
     "Pipeline",
     "PipelineInfo",
+    "SHIPPED_PIPELINES",
     "SegmentationSpec",
     "UnknownPipelineError",
     "build_configured_pipeline",
@@ -160,9 +161,19 @@ def register_pipeline(
     _BUILTIN[name] = (factory, info)
 
 
+#: The pipelines shipped with the node; :func:`unregister_pipeline` keeps them.
+SHIPPED_PIPELINES = frozenset(_BUILTIN)
+
+
 def unregister_pipeline(name: str) -> None:
-    """Remove a pipeline added with :func:`register_pipeline` (built-ins stay)."""
-    if name == CT_LUNGS:
+    """Remove a pipeline added with :func:`register_pipeline` (shipped ones stay).
+
+    Raises
+    ------
+    ValueError
+        ``name`` is one of :data:`SHIPPED_PIPELINES`.
+    """
+    if name in SHIPPED_PIPELINES:
         raise ValueError(f"{name!r} is built in and cannot be removed")
     _BUILTIN.pop(name, None)
 

@@ -13,8 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from ai_models.pipelines import (
+    SHIPPED_PIPELINES,
     Pipeline,
     PipelineInfo,
+    list_pipelines,
     register_pipeline,
     unregister_pipeline,
 )
@@ -63,6 +65,14 @@ def _test_pipelines() -> Iterator[None]:
     yield
     for cls in (_Threshold, _AnyModality):
         unregister_pipeline(cls.name)
+
+
+def test_shipped_pipelines_cannot_be_unregistered() -> None:
+    assert SHIPPED_PIPELINES == {"ct-lungs", "cxr-findings", "mg-masses", "mr-brain-lesion"}
+    for name in sorted(SHIPPED_PIPELINES):
+        with pytest.raises(ValueError, match="built in"):
+            unregister_pipeline(name)
+    assert {p.name for p in list_pipelines()} >= SHIPPED_PIPELINES
 
 
 def test_analyze_paths_writes_and_skips(dicom_data: pathlib.Path, tmp_path) -> None:
