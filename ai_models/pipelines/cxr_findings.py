@@ -19,10 +19,11 @@ How it works
 3. **Model input** (:func:`model_input`) -- area-averaged down to fit
    ``input_size`` (192) pixels, contrast stretched between its 1st and 99th
    percentiles, letterboxed to a square, standardised.
-4. **Network** -- a ResNet-18 layout (BasicBlock, 2-2-2-2, quarter width:
-   16-32-64-128 channels; MONAI ``ResNet`` with ``spatial_dims=2``; 0.7 M
-   parameters, stored in float16) with one logit per finding; sigmoid
-   probabilities; a per-finding threshold from the weights' sidecar.
+4. **Network** -- a ResNet-10 (torchvision ``ResNet`` with BasicBlock, one
+   block per stage, 64-128-256-512 channels, the first convolution taking
+   one grey channel; 4.9 M parameters, stored in float16) with one logit per
+   finding; sigmoid probabilities; a per-finding threshold from the weights'
+   sidecar.
 5. **Explanation** -- Grad-CAM on the last residual stage, per explained
    finding, mapped back to the image grid (:class:`~ai_models.types.HeatMap`).
    By default the findings reported present are explained, or the most
@@ -78,6 +79,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ARCHITECTURE",
+    "ARCHITECTURES",
     "CHEST_BODY_PARTS",
     "CODES",
     "CxrFindingsPipeline",
@@ -85,6 +87,7 @@ __all__ = [
     "FindingLabel",
     "INPUT_SIZE",
     "Letterbox",
+    "MONAI_RESNET",
     "VERSION",
     "build_network",
     "grad_cam",
@@ -105,6 +108,19 @@ MIN_MATRIX = 256
 """Smallest accepted rows/columns of a radiograph."""
 
 ARCHITECTURE: dict[str, Any] = {
+    "name": "torchvision.models.resnet.ResNet",
+    "kwargs": {
+        "block": "basic",
+        "layers": [1, 1, 1, 1],
+        "num_classes": 4,
+        "in_channels": 1,
+    },
+}
+"""The network: torchvision ``ResNet`` with BasicBlock and one block per stage
+(a ResNet-10, 64-128-256-512 channels), its first convolution taking
+``in_channels`` grey channels."""
+
+MONAI_RESNET: dict[str, Any] = {
     "name": "monai.networks.nets.ResNet",
     "kwargs": {
         "block": "basic",
@@ -117,7 +133,15 @@ ARCHITECTURE: dict[str, Any] = {
         "num_classes": 4,
     },
 }
-"""The network: ResNet-18 layout at quarter width, 2D, one grey input channel."""
+"""The earlier sidecar architecture (MONAI ``ResNet``, quarter-width ResNet-18,
+2D), still loaded for site state dicts written for it; its ``kwargs`` are the
+defaults of such a sidecar."""
+
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    ARCHITECTURE["name"]: ARCHITECTURE,
+    MONAI_RESNET["name"]: MONAI_RESNET,
+}
+"""Architecture names a weights sidecar may give, with their default arguments."""
 
 CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "CHEST_LAT", "TORAX", "THORAX_LAT"})
 """Body Part Examined values taken as a chest (PS3.16 Annex L defined terms and
@@ -205,11 +229,53 @@ def labels_from_metadata(meta: dict[str, Any]) -> tuple[FindingLabel, ...]:
     return tuple(out)
 
 
-def build_network(kwargs: dict[str, Any] | None = None) -> torch.nn.Module:
-    """The (untrained) classifier of :data:`ARCHITECTURE` (or with ``kwargs``)."""
-    from monai.networks.nets import ResNet
+def build_network(kwargs: dict[str, Any] | None = None, name: str | None = None) -> torch.nn.Module:
+    """The (untrained) classifier of :data:`ARCHITECTURE` (or with ``kwargs``).
 
-    return ResNet(**(kwargs or ARCHITECTURE["kwargs"]))
+    Parameters
+    ----------
+    kwargs:
+        Arguments of the architecture; default ``ARCHITECTURE["kwargs"]``.
+        For torchvision's ``ResNet``: ``block`` (``"basic"`` or
+        ``"bottleneck"``), ``layers`` (blocks per stage), ``num_classes``,
+        ``in_channels`` (channels of the first convolution, default 1) and
+        any other keyword argument of ``torchvision.models.resnet.ResNet``
+        (e.g. ``width_per_group``).  For MONAI's ``ResNet``: its own
+        arguments.
+    name:
+        A key of :data:`ARCHITECTURES`; default ``ARCHITECTURE["name"]``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown architecture or block.
+    TypeError
+        For arguments the architecture does not take.
+    """
+    name = name or ARCHITECTURE["name"]
+    kw = dict(kwargs if kwargs is not None else ARCHITECTURES.get(name, {}).get("kwargs", {}))
+    if name == MONAI_RESNET["name"]:
+        from monai.networks.nets import ResNet as MonaiResNet
+
+        return MonaiResNet(**kw)
+    if name != ARCHITECTURE["name"]:
+        raise ValueError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}")
+    from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+    blocks: dict[str, type[BasicBlock] | type[Bottleneck]] = {
+        "basic": BasicBlock,
+        "bottleneck": Bottleneck,
+    }
+    block = str(kw.pop("block", "basic"))
+    if block not in blocks:
+        raise ValueError(f"block must be one of {sorted(blocks)}, got {block!r}")
+    in_channels = int(kw.pop("in_channels", 1))
+    layers = [int(n) for n in kw.pop("layers")]
+    net = ResNet(blocks[block], layers, **kw)
+    if in_channels != net.conv1.in_channels:
+        net.conv1 = torch.nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        torch.nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    return net
 
 
 # --------------------------------------------------------------------------- input
@@ -318,21 +384,22 @@ def _load(
         except json.JSONDecodeError as exc:
             raise ModelLoadError(f"bad JSON sidecar {side.name}: {exc}") from exc
         arch = meta.get("architecture") or ARCHITECTURE
-        if arch.get("name") not in (ARCHITECTURE["name"], "ResNet"):
+        name = arch.get("name") if isinstance(arch, dict) else arch
+        if not isinstance(name, str) or name not in ARCHITECTURES:
             raise ModelLoadError(
-                f"{p.name}: architecture {arch.get('name')!r} is not supported; "
-                f"use {ARCHITECTURE['name']!r}"
+                f"{p.name}: architecture {name!r} is not supported; "
+                f"use {ARCHITECTURE['name']!r} (or {MONAI_RESNET['name']!r})"
             )
         labels = labels_from_metadata(meta)
-        kwargs = dict(ARCHITECTURE["kwargs"])
+        kwargs = dict(ARCHITECTURES[name]["kwargs"])
         kwargs.update(arch.get("kwargs") or {})
         if int(kwargs.get("num_classes", 0)) != len(labels):
             raise ModelLoadError(
                 f"{p.name}: {kwargs.get('num_classes')} outputs but {len(labels)} labels"
             )
         try:
-            net = build_network(kwargs)
-        except TypeError as exc:
+            net = build_network(kwargs, name)
+        except (TypeError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"bad architecture arguments in {side.name}: {exc}") from exc
         try:
             sd = torch.load(p, map_location="cpu", weights_only=True)

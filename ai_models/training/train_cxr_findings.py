@@ -4,11 +4,14 @@ Reproduces ``ai_models/weights/cxr_findings.pt`` (a float16 state dict) and
 ``ai_models/weights/cxr_findings.json`` (architecture, input size, labels
 with codes and thresholds, seed, held-out metrics, sha256)::
 
-    python -m ai_models.training.train_cxr_findings --seed 20240607
+    python -m ai_models.training.train_cxr_findings --seed 20240607 --threads 1
 
 Everything random comes from generators seeded by ``--seed`` and torch runs
 with deterministic algorithms, so the same command on the same software
-stack and thread count gives the same weights.
+stack and thread count gives the same weights (the shipped ones were trained
+on one thread; the sidecar records the thread count).  The network is
+:func:`~ai_models.pipelines.cxr_findings.build_network` (torchvision
+``ResNet``, one block per stage, one grey input channel).
 
 Data
 ----
