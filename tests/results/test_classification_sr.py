@@ -105,13 +105,17 @@ def test_classification_finding_validates() -> None:
     assert f.present and f.segment_number is None
 
 
+def _written(result: PipelineResult, tmp_path: pathlib.Path) -> hd.sr.Comprehensive3DSR:
+    """The result's SR, saved, validated with dciodvfy and read back."""
+    path = tmp_path / "sr.dcm"
+    write_sr(result).save_as(path)
+    _valid(path)
+    return hd.sr.srread(path)
+
+
 def test_sr_groups_for_classification(cr: Volume, tmp_path: pathlib.Path) -> None:
     result = _result(cr)
-    sr = write_sr(result)
-    path = tmp_path / "sr.dcm"
-    sr.save_as(path)
-    _valid(path)
-    back = hd.sr.srread(path)
+    back = _written(result, tmp_path)
     groups = back.content.get_image_measurement_groups()
     assert [g.tracking_identifier for g in groups] == ["Pleural effusion", "Pneumothorax"]
     src = cr.source_datasets[0]
@@ -145,11 +149,7 @@ def test_each_classification_finding_is_drawn_first_for_viewers(
     (OHIF cannot show a Tracking UID without an SCOORD): the explained finding
     boxes its heat map's high region, the other one frames the classified image."""
     result = _result(cr)
-    sr = write_sr(result)
-    path = tmp_path / "sr.dcm"
-    sr.save_as(path)
-    _valid(path)
-    back = hd.sr.srread(path)
+    back = _written(result, tmp_path)
     planar = back.content.get_planar_roi_measurement_groups()
     whole = back.content.get_image_measurement_groups()
     assert [g.tracking_uid for g in planar] == [f.tracking_uid for f in result.findings]

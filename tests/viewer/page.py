@@ -123,6 +123,15 @@ class Viewer:
         badge = self.page.locator('[data-cy="ModalityLoadBadge-default"]')
         badge.filter(has_text=modality).wait_for()
 
+    def track_report(self, expected: int) -> None:
+        """Accept the viewer's offer to track the open SR's measurements, open its
+        measurement panel and wait until it counts ``expected`` of them."""
+        prompt = "Do you want to continue tracking measurements"
+        self.page.get_by_text(prompt, exact=False).wait_for()
+        self.page.get_by_role("button", name="Yes", exact=True).click()
+        self.page.locator('[data-cy="trackedMeasurements-btn"]').click()
+        self.page.get_by_text(f"Measurements ({expected})", exact=True).wait_for()
+
     def body_text(self) -> str:
         """The page's text, whitespace collapsed (labels wrap in the panels)."""
         return " ".join(str(self.page.locator("body").inner_text()).split())

@@ -428,10 +428,7 @@ def test_sr_findings_are_listed_in_the_measurement_panel(stack: Stack, viewer: V
     _open_sr(viewer, stack.sr)
     # The viewer offers to track (hydrate) the SR's measurements only when it finds a
     # group it can take; "Yes" turns them into its own measurements, listed in its panel.
-    viewer.page.get_by_text("Do you want to continue tracking measurements", exact=False).wait_for()
-    viewer.page.get_by_role("button", name="Yes", exact=True).click()
-    viewer.page.locator('[data-cy="trackedMeasurements-btn"]').click()
-    viewer.page.get_by_text(f"Measurements ({len(labels)})", exact=True).wait_for()
+    viewer.track_report(len(labels))
     # Labels wrap in the panel: compare with whitespace collapsed.
     wait_for(
         "the measurement panel to list every finding by the node's label",

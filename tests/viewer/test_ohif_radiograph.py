@@ -123,10 +123,7 @@ def test_classification_findings_are_listed_in_the_measurement_panel(
     labels = listed_labels(radiograph.sr)
     assert len(labels) == 4 and all("(Probability " in x for x in labels), labels
     viewer.open_series(str(radiograph.sr.SeriesDescription), "SR")
-    viewer.page.get_by_text("Do you want to continue tracking measurements", exact=False).wait_for()
-    viewer.page.get_by_role("button", name="Yes", exact=True).click()
-    viewer.page.locator('[data-cy="trackedMeasurements-btn"]').click()
-    viewer.page.get_by_text(f"Measurements ({len(labels)})", exact=True).wait_for()
+    viewer.track_report(len(labels))
     missing = [x for x in labels if x not in viewer.body_text()]
     viewer.stable_screenshot("cxr-measurement-panel.png")
     assert not missing, f"not in the measurement panel: {missing}\n{viewer.body_text()}"
