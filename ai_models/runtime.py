@@ -189,7 +189,7 @@ class LoadedModel:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-_CACHE: dict[tuple[str, float, str, str, str], LoadedModel] = {}
+_CACHE: dict[tuple[str, float, float, str, str, str], LoadedModel] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -225,8 +225,9 @@ def load_model(
     Returns
     -------
     LoadedModel
-        The cached instance when the same path (unchanged on disk), kind,
-        device and architecture were loaded before.
+        The cached instance when the same path (unchanged on disk, its
+        sidecar or bundle metadata too), kind, device and architecture were
+        loaded before.
 
     Raises
     ------
@@ -243,7 +244,10 @@ def load_model(
         raise ModelLoadError(f"{kind.value} model not found: {p}")
     dev = select_device(device)
     arch_key = json.dumps([architecture, architecture_kwargs], sort_keys=True, default=str)
-    key = (str(p), p.stat().st_mtime, kind.value, str(dev), arch_key)
+    # The metadata counts too: a changed sidecar (labels, thresholds) reloads.
+    meta_file = p / "configs" / "metadata.json" if p.is_dir() else p.with_suffix(".json")
+    meta_mtime = meta_file.stat().st_mtime if meta_file.is_file() else 0.0
+    key = (str(p), p.stat().st_mtime, meta_mtime, kind.value, str(dev), arch_key)
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
         if cached is not None:

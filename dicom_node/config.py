@@ -226,18 +226,28 @@ class ModelLabelSettings(_Section):
 
 
 class ModelSettings(_Section):
-    """``[[models]]``: a site's own segmentation model, plugged in with no code.
+    """``[[models]]``: a site's own model, plugged in with no code.
 
     ``kind`` says how ``path`` is loaded: a TorchScript file, a MONAI bundle
     folder (``configs/`` + ``models/``; only trusted bundles: MONAI evaluates
     expressions in them) or a state dict for a built-in ``architecture``.
     The model becomes a pipeline named ``name`` that rules can use.
+
+    Two forms:
+
+    * a **segmentation model** described here (``labels``, spacing,
+      normalization, ...), run by the generic segmentation pipeline;
+    * a **shipped pipeline with the site's weights** (``pipeline =
+      "cxr-findings"`` etc.): the pipeline's own pre- and post-processing,
+      with the labels, codes and thresholds of the weights' sidecar JSON (or
+      the bundle's ``configs/metadata.json``); ``labels`` is then not used.
     """
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
     kind: Literal["torchscript", "bundle", "state_dict"]
     path: Path
-    labels: Annotated[list[ModelLabelSettings], Field(min_length=1)]
+    pipeline: Literal["ct-lungs", "cxr-findings", "mg-masses", "mr-brain-lesion"] | None = None
+    labels: list[ModelLabelSettings] = Field(default_factory=list)
     description: str = ""
     modalities: list[str] = Field(default_factory=list)
     version: str = "1"
@@ -255,15 +265,39 @@ class ModelSettings(_Section):
 
     @model_validator(mode="after")
     def _architecture_for_state_dict(self) -> ModelSettings:
+        if self.pipeline is None and not self.labels:
+            raise ValueError(
+                f"model {self.name!r}: a segmentation model needs at least one [[models.labels]] "
+                "(or set pipeline = a shipped pipeline to use its sidecar's labels)"
+            )
+        if self.pipeline is not None and self.labels:
+            raise ValueError(
+                f"model {self.name!r}: labels come from the weights' metadata when "
+                f"pipeline = {self.pipeline!r}; remove [[models.labels]]"
+            )
         values = [lab.value for lab in self.labels]
         if len(set(values)) != len(values):
             raise ValueError(f"model {self.name!r}: label values must be unique")
         return self
 
     def to_spec(self, device: str | None = None) -> Any:
-        """The :class:`ai_models.pipelines.SegmentationSpec` this describes."""
+        """The :class:`ai_models.pipelines.SegmentationSpec` (or, with ``pipeline``,
+        :class:`ai_models.pipelines.SiteWeightsSpec`) this describes."""
         from ai_models.pipelines.configured import LabelSpec, SegmentationSpec
         from ai_models.types import CodedConcept
+
+        if self.pipeline is not None:
+            from ai_models.pipelines import SiteWeightsSpec
+
+            return SiteWeightsSpec(
+                name=self.name,
+                pipeline=self.pipeline,
+                kind=self.kind,
+                path=self.path,
+                description=self.description,
+                version="" if "version" not in self.model_fields_set else self.version,
+                device=None if device in (None, "auto") else device,
+            )
 
         def code(c: Code | None) -> CodedConcept | None:
             return None if c is None else CodedConcept(*c)

@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import difflib
 import logging
+import pathlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from ai_models.pipelines.base import (
@@ -67,6 +69,7 @@ __all__ = [
     "PipelineInfo",
     "SHIPPED_PIPELINES",
     "SegmentationSpec",
+    "SiteWeightsSpec",
     "UnknownPipelineError",
     "build_configured_pipeline",
     "get_pipeline",
@@ -161,6 +164,57 @@ def register_pipeline(
     _BUILTIN[name] = (factory, info)
 
 
+@dataclass(frozen=True)
+class SiteWeightsSpec:
+    """A shipped pipeline run with a site's own weights, under a name of its own.
+
+    Attributes
+    ----------
+    name:
+        Pipeline name (routing rules refer to it).
+    pipeline:
+        The shipped pipeline whose pre- and post-processing it uses
+        (:data:`SHIPPED_PIPELINES`).
+    kind:
+        ``"torchscript"``, ``"bundle"`` or ``"state_dict"``.
+    path:
+        Model file or bundle directory; its sidecar JSON (or the bundle's
+        ``configs/metadata.json``) holds what the shipped weights' sidecar
+        holds (e.g. labels and thresholds).
+    description, version:
+        For listings and TID 4019 (default: the shipped pipeline's).
+    device:
+        ``None`` (automatic), ``"cpu"``, ``"cuda"``...
+    """
+
+    name: str
+    pipeline: str
+    kind: str
+    path: pathlib.Path
+    description: str = ""
+    version: str = ""
+    device: str | None = None
+
+
+def _site_weights_pipeline(spec: SiteWeightsSpec) -> Pipeline:
+    if spec.pipeline not in SHIPPED_PIPELINES:
+        raise UnknownPipelineError(
+            f"model {spec.name!r}: {spec.pipeline!r} is not a shipped pipeline; "
+            f"shipped: {', '.join(sorted(SHIPPED_PIPELINES))}"
+        )
+    options: dict[str, Any] = {"weights": spec.path, "weights_kind": spec.kind}
+    if spec.device is not None:
+        options["device"] = spec.device
+    pipe = _BUILTIN[spec.pipeline][0](**options)
+    pipe.name = spec.name
+    pipe.source = "configured"
+    if spec.version:
+        pipe.version = spec.version
+    if spec.description:
+        pipe.description = spec.description
+    return pipe
+
+
 #: The pipelines shipped with the node; :func:`unregister_pipeline` keeps them.
 SHIPPED_PIPELINES = frozenset(_BUILTIN)
 
@@ -178,16 +232,31 @@ def unregister_pipeline(name: str) -> None:
     _BUILTIN.pop(name, None)
 
 
-def list_pipelines(configured: Iterable[SegmentationSpec] = ()) -> list[PipelineInfo]:
+def list_pipelines(
+    configured: Iterable[SegmentationSpec | SiteWeightsSpec] = (),
+) -> list[PipelineInfo]:
     """One :class:`PipelineInfo` per available pipeline, built-in first.
 
     Parameters
     ----------
     configured:
-        The site's configured segmentation models.
+        The site's configured models.
     """
     out = [info() for _, info in _BUILTIN.values()]
     for spec in configured:
+        if isinstance(spec, SiteWeightsSpec):
+            base = _BUILTIN[spec.pipeline][1]() if spec.pipeline in _BUILTIN else None
+            out.append(
+                PipelineInfo(
+                    spec.name,
+                    spec.description
+                    or f"{spec.pipeline} with site weights ({spec.kind})",
+                    tuple(base.modalities) if base is not None else (),
+                    spec.version or (base.version if base is not None else ""),
+                    "configured",
+                )
+            )
+            continue
         out.append(
             PipelineInfo(
                 spec.name,
@@ -201,7 +270,7 @@ def list_pipelines(configured: Iterable[SegmentationSpec] = ()) -> list[Pipeline
 
 
 def get_pipeline(
-    name: str, configured: Iterable[SegmentationSpec] = (), **options: Any
+    name: str, configured: Iterable[SegmentationSpec | SiteWeightsSpec] = (), **options: Any
 ) -> Pipeline:
     """The pipeline called ``name``.
 
@@ -210,7 +279,8 @@ def get_pipeline(
     name:
         A built-in name (e.g. :data:`CT_LUNGS`) or a configured one.
     configured:
-        The site's configured segmentation models; a configured name that
+        The site's configured models (its own segmentation models, and
+        shipped pipelines with its own weights); a configured name that
         equals a built-in one shadows nothing: built-ins win and a warning
         is logged.
     **options:
@@ -228,7 +298,10 @@ def get_pipeline(
             logger.warning("configured pipeline %r is shadowed by the built-in one", name)
         return _BUILTIN[name][0](**options)
     if name in specs:
-        return build_configured_pipeline(specs[name])
+        spec = specs[name]
+        if isinstance(spec, SiteWeightsSpec):
+            return _site_weights_pipeline(spec)
+        return build_configured_pipeline(spec)
     valid = sorted(_BUILTIN) + sorted(specs)
     close = difflib.get_close_matches(name, valid, n=1)
     msg = f"unknown pipeline {name!r}"

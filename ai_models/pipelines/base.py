@@ -36,6 +36,7 @@ __all__ = [
     "UnknownPipelineError",
     "tracking_uid",
     "volume_measurement",
+    "weights_kind_of",
 ]
 
 
@@ -144,6 +145,25 @@ class Pipeline(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} v{self.version}>"
+
+
+def weights_kind_of(kind: str) -> str:
+    """A pipeline's ``weights_kind`` checked: ``state_dict``, ``torchscript`` or ``bundle``.
+
+    The three ways :func:`ai_models.runtime.load_model` loads weights, so
+    that a site's own weights (in any of them) plug into a shipped pipeline.
+
+    Raises
+    ------
+    ValueError
+        For any other value (the message lists the valid ones).
+    """
+    from ai_models.runtime import ModelKind
+
+    valid = [k.value for k in ModelKind]
+    if kind not in valid:
+        raise ValueError(f"weights_kind must be one of {valid}, got {kind!r}")
+    return str(kind)
 
 
 def tracking_uid(series_instance_uid: str, pipeline: str, tracking_id: str) -> str:

@@ -59,6 +59,7 @@ from ai_models.pipelines.base import (
     longest_diameter_mm,
     tracking_uid,
     volume_measurement,
+    weights_kind_of,
 )
 from ai_models.types import (
     AlgorithmInfo,
@@ -174,12 +175,17 @@ class CtLungsPipeline(Pipeline):
     ----------
     weights:
         State-dict file with its JSON sidecar; default :data:`DEFAULT_WEIGHTS`.
+        A site's own network of the same inputs and outputs plugs in here.
     device:
         ``None``/``"auto"``, ``"cpu"``, ``"cuda"``...
     sw_batch_size:
         Sliding-window batch size (only for inputs beyond :data:`ROI_SIZE`).
     nodules:
         Detect nodules (default ``True``).
+    weights_kind:
+        How ``weights`` is loaded: ``state_dict`` (default), ``torchscript``
+        or ``bundle`` (:func:`ai_models.runtime.load_model`; the sidecar or the
+        bundle's ``configs/metadata.json`` gives ``working_spacing_mm``).
     """
 
     name = CT_LUNGS
@@ -193,8 +199,10 @@ class CtLungsPipeline(Pipeline):
         device: str | None = None,
         sw_batch_size: int = runtime.DEFAULT_SW_BATCH_SIZE,
         nodules: bool = True,
+        weights_kind: str = "state_dict",
     ) -> None:
         self.weights = pathlib.Path(weights) if weights is not None else DEFAULT_WEIGHTS
+        self.weights_kind = weights_kind_of(weights_kind)
         self.device = device
         self.sw_batch_size = int(sw_batch_size)
         self.nodules = bool(nodules)
@@ -225,7 +233,7 @@ class CtLungsPipeline(Pipeline):
 
     def load(self) -> runtime.LoadedModel:
         """The warm model (loaded once per process)."""
-        return runtime.load_model(self.weights, runtime.ModelKind.STATE_DICT, device=self.device)
+        return runtime.load_model(self.weights, self.weights_kind, device=self.device)
 
     # -- the stages ---------------------------------------------------------
 

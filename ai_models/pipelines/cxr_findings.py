@@ -54,7 +54,7 @@ from scipy import ndimage
 from ai_models import runtime
 from ai_models.errors import ModelLoadError, PipelineNotApplicable
 from ai_models.pipelines import CXR_FINDINGS
-from ai_models.pipelines.base import Pipeline, PipelineInfo, tracking_uid
+from ai_models.pipelines.base import Pipeline, PipelineInfo, tracking_uid, weights_kind_of
 from ai_models.radiograph import (
     FRONTAL_VIEWS,
     RADIOGRAPH_MODALITIES,
@@ -90,6 +90,7 @@ __all__ = [
     "MONAI_RESNET",
     "VERSION",
     "build_network",
+    "explainable",
     "grad_cam",
     "labels_from_metadata",
     "model_input",
@@ -429,6 +430,13 @@ def _load(
     return model, labels
 
 
+def explainable(network: torch.nn.Module, layer: str) -> bool:
+    """Whether :func:`grad_cam` can hook ``layer`` (not in a TorchScript network)."""
+    if isinstance(network, torch.jit.ScriptModule):
+        return False
+    return layer in dict(network.named_modules())
+
+
 def grad_cam(
     network: torch.nn.Module, x: torch.Tensor, classes: Sequence[int], layer: str = "layer4"
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -505,6 +513,13 @@ class CxrFindingsPipeline(Pipeline):
         Which findings get a Grad-CAM map: ``"positive"`` (those reported
         present, else the most probable one; default), ``"all"`` or
         ``"none"``.
+    weights_kind:
+        How ``weights`` is loaded: ``state_dict`` (default; the sidecar names
+        the architecture), ``torchscript`` or ``bundle``
+        (:func:`ai_models.runtime.load_model`).  The sidecar, or the bundle's
+        ``configs/metadata.json``, gives ``labels`` (and ``input_size``,
+        ``cam_layer``).  A TorchScript network cannot be hooked, so its
+        findings come without Grad-CAM maps (the result says so).
     """
 
     name = CXR_FINDINGS
@@ -520,10 +535,12 @@ class CxrFindingsPipeline(Pipeline):
         weights: str | pathlib.Path | None = None,
         device: str | None = None,
         explain: str = "positive",
+        weights_kind: str = "state_dict",
     ) -> None:
         if explain not in _EXPLAIN:
             raise ValueError(f"explain must be one of {_EXPLAIN}, got {explain!r}")
         self.weights = pathlib.Path(weights) if weights is not None else DEFAULT_WEIGHTS
+        self.weights_kind = weights_kind_of(weights_kind)
         self.device = device
         self.explain = explain
 
@@ -538,6 +555,14 @@ class CxrFindingsPipeline(Pipeline):
 
     def load(self) -> tuple[runtime.LoadedModel, tuple[FindingLabel, ...]]:
         """The warm model and its output labels (loaded once per process)."""
+        if self.weights_kind != runtime.ModelKind.STATE_DICT.value:
+            model = runtime.load_model(self.weights, self.weights_kind, device=self.device)
+            if not model.metadata.get("labels"):
+                raise ModelLoadError(
+                    f"{model.path.name}: a {self.weights_kind} model needs 'labels' in its "
+                    "metadata (the sidecar JSON, or configs/metadata.json of a bundle)"
+                )
+            return model, labels_from_metadata(model.metadata)
         return _load(self.weights, self.device)
 
     def input_size(self) -> int:
@@ -599,12 +624,21 @@ class CxrFindingsPipeline(Pipeline):
         with timer("infer"):
             with torch.inference_mode():
                 probs = torch.sigmoid(model.network(xt)[0]).float().cpu().numpy()
+        if probs.shape != (len(labels),):
+            raise ModelLoadError(
+                f"{model.path.name}: the network gives {probs.size} output(s) for "
+                f"{len(labels)} label(s)"
+            )
         present = [float(p) >= lab.threshold for p, lab in zip(probs, labels, strict=True)]
         if self.explain == "all":
             explain = list(range(len(labels)))
         elif self.explain == "positive":
             explain = [i for i, v in enumerate(present) if v] or [int(np.argmax(probs))]
         else:
+            explain = []
+        notes = []
+        if explain and not explainable(model.network, layer):
+            notes.append(f"no explanation maps: the network has no hookable layer {layer!r}")
             explain = []
         with timer("explain"):
             maps: np.ndarray | list[np.ndarray] = (
@@ -638,7 +672,6 @@ class CxrFindingsPipeline(Pipeline):
                 )
                 for c, m in zip(explain, maps, strict=True)
             ]
-        notes = []
         if not view_position(volume.source_datasets[0]):
             notes.append("View Position not recorded; read as a frontal view")
         logger.info(

@@ -78,7 +78,10 @@ def test_models_section_validates(tmp_path: Path) -> None:
     bad.write_text('[[models]]\nname = "x"\nkind = "onnx"\npath = "m"\nlabels = []\n')
     with pytest.raises(ConfigError) as info:
         load_settings(bad)
-    assert "models.0.kind" in str(info.value) and "models.0.labels" in str(info.value)
+    assert "models.0.kind" in str(info.value)
+    bad.write_text('[[models]]\nname = "x"\nkind = "torchscript"\npath = "m"\nlabels = []\n')
+    with pytest.raises(ConfigError, match=r"models\.0.*needs at least one \[\[models\.labels\]\]"):
+        load_settings(bad)
 
 
 def test_site_model_listed_and_run(tmp_path: Path, dicom_data: Path) -> None:
@@ -111,3 +114,64 @@ def test_site_model_listed_and_run(tmp_path: Path, dicom_data: Path) -> None:
     assert desc.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"
     assert len(seg.PerFrameFunctionalGroupsSequence) > 5  # the phantom's skull
     assert sorted(out.glob("sr_*.dcm"))
+
+
+def test_shipped_pipeline_with_site_weights(tmp_path: Path, dicom_data: Path) -> None:
+    """``pipeline = "cxr-findings"``: the shipped pipeline with a site's TorchScript
+    weights, its labels from the weights' sidecar, under the site's own name."""
+    from ai_models.pipelines import SHIPPED_PIPELINES, get_pipeline
+    from ai_models.pipelines.cxr_findings import DEFAULT_WEIGHTS
+    from dicom_node.config import ModelSettings
+
+    shipped_model, _ = get_pipeline("cxr-findings", device="cpu").load()  # type: ignore[attr-defined]
+    size = int(shipped_model.metadata["input_size"])
+    with torch.no_grad():
+        traced = torch.jit.trace(shipped_model.network, torch.zeros(1, 1, size, size))
+    traced.save(str(tmp_path / "chest.ts"))
+    (tmp_path / "chest.json").write_text(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        """
+[storage]
+spool_dir = "spool"
+database_url = "sqlite:///node.db"
+
+[[models]]
+name = "site-chest"
+pipeline = "cxr-findings"
+kind = "torchscript"
+path = "chest.ts"
+version = "2.1"
+"""
+    )
+    (spec,) = load_settings(cfg).pipeline_specs()
+    assert (spec.name, spec.pipeline, spec.kind, spec.version) == (
+        "site-chest", "cxr-findings", "torchscript", "2.1"
+    )
+    # The config offers exactly the shipped pipelines.
+    allowed = ModelSettings.model_fields["pipeline"].annotation
+    assert set(getattr(allowed, "__args__", ())[0].__args__) == SHIPPED_PIPELINES
+    listed = cli("-c", str(cfg), "pipelines")
+    assert listed.returncode == 0, listed.stderr
+    assert "site-chest" in listed.stdout
+    out = tmp_path / "out"
+    run = cli(
+        "-c", str(cfg), "analyze", str(dicom_data / "nema_wg04/RG1_chest_CR/RG1_UNCR.dcm"),
+        "--pipeline", "site-chest", "--out", str(out), "--outputs", "sr", "--device", "cpu",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    (sr_path,) = sorted(out.glob("sr_*.dcm"))
+    sr = hd.sr.srread(sr_path)
+    assert sr.SeriesDescription.startswith("site-chest 2.1")
+    groups = sr.content.get_image_measurement_groups()
+    assert [g.tracking_identifier for g in groups] == [
+        "Lung opacity", "Pleural effusion", "Cardiomegaly", "Pneumothorax"
+    ]
+    both = tmp_path / "both.toml"
+    both.write_text(
+        cfg.read_text()
+        + '\n[[models.labels]]\nvalue = 1\nlabel = "x"\n'
+        + 'category = ["1", "SCT", "x"]\ntype = ["1", "SCT", "x"]\n'
+    )
+    with pytest.raises(ConfigError, match="labels come from the weights"):
+        load_settings(both)
