@@ -26,6 +26,7 @@ from ai_models.types import CodedConcept, Measurement, PipelineResult, Volume
 
 if TYPE_CHECKING:
     from ai_models.dicom_files import DicomFile
+    from ai_models.runtime import ModelKind
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class Pipeline(abc.ABC):
         return f"<{type(self).__name__} {self.name!r} v{self.version}>"
 
 
-def weights_kind_of(kind: str) -> str:
+def weights_kind_of(kind: str) -> ModelKind:
     """A pipeline's ``weights_kind`` checked: ``state_dict``, ``torchscript`` or ``bundle``.
 
     The three ways :func:`ai_models.runtime.load_model` loads weights, so
@@ -160,10 +161,11 @@ def weights_kind_of(kind: str) -> str:
     """
     from ai_models.runtime import ModelKind
 
-    valid = [k.value for k in ModelKind]
-    if kind not in valid:
-        raise ValueError(f"weights_kind must be one of {valid}, got {kind!r}")
-    return str(kind)
+    try:
+        return ModelKind(kind)
+    except ValueError:
+        valid = ", ".join(k.value for k in ModelKind)
+        raise ValueError(f"weights_kind must be one of {valid}; got {kind!r}") from None
 
 
 def tracking_uid(series_instance_uid: str, pipeline: str, tracking_id: str) -> str:

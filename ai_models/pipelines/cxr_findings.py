@@ -555,7 +555,7 @@ class CxrFindingsPipeline(Pipeline):
 
     def load(self) -> tuple[runtime.LoadedModel, tuple[FindingLabel, ...]]:
         """The warm model and its output labels (loaded once per process)."""
-        if self.weights_kind != runtime.ModelKind.STATE_DICT.value:
+        if self.weights_kind is not runtime.ModelKind.STATE_DICT:
             model = runtime.load_model(self.weights, self.weights_kind, device=self.device)
             if not model.metadata.get("labels"):
                 raise ModelLoadError(

@@ -62,7 +62,7 @@ from torch import nn
 from ai_models import runtime
 from ai_models.errors import ModelLoadError, PipelineNotApplicable
 from ai_models.pipelines import MG_MASSES
-from ai_models.pipelines.base import Pipeline, PipelineInfo, tracking_uid
+from ai_models.pipelines.base import Pipeline, PipelineInfo, tracking_uid, weights_kind_of
 from ai_models.radiograph import load_radiograph, presentation_image
 from ai_models.types import (
     AlgorithmInfo,
@@ -97,6 +97,7 @@ __all__ = [
     "image_laterality",
     "is_breast_image",
     "mammo_view",
+    "metadata_settings",
     "model_input",
 ]
 
@@ -287,13 +288,11 @@ class _Backbone(nn.Module):
         self.fpn = FeaturePyramidNetwork([c[2], c[3], c[4]], int(fpn_channels))
         self.out_channels = int(fpn_channels)
 
-    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         c3 = self.layer3(self.layer2(self.stem(x)))
         c4 = self.layer4(c3)
         c5 = self.layer5(c4)
-        out: OrderedDict[str, torch.Tensor] = self.fpn(
-            OrderedDict([("p3", c3), ("p4", c4), ("p5", c5)])
-        )
+        out: dict[str, torch.Tensor] = self.fpn(OrderedDict([("p3", c3), ("p4", c4), ("p5", c5)]))
         return out
 
 
@@ -369,10 +368,17 @@ def model_input(image: np.ndarray, size: int = WORK_SIZE) -> tuple[np.ndarray, t
 def detect(
     network: nn.Module, x: np.ndarray, device: torch.device | str = "cpu"
 ) -> dict[str, np.ndarray]:
-    """Run the detector on one working image ``(h, w)``; boxes and scores (numpy)."""
+    """Run the detector on one working image ``(h, w)``; boxes and scores (numpy).
+
+    ``network`` is an eager torchvision detector (a list of detections per
+    image) or a TorchScript one (a ``(losses, detections)`` tuple).
+    """
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(device)
     with torch.inference_mode():
-        out = network([t])[0]
+        res = network([t])
+    if isinstance(res, tuple):  # scripted torchvision detection models
+        res = res[1]
+    out = res[0]
     return {
         "boxes": out["boxes"].float().cpu().numpy().reshape(-1, 4),
         "scores": out["scores"].float().cpu().numpy().reshape(-1),
@@ -382,22 +388,26 @@ def detect(
 # --------------------------------------------------------------------------- model
 
 
-_CACHE: dict[tuple[str, float, str], runtime.LoadedModel] = {}
+_CACHE: dict[tuple[str, float, float, str], runtime.LoadedModel] = {}
 _CACHE_LOCK = threading.Lock()
 
 
 def _load(path: pathlib.Path, device: str | None) -> runtime.LoadedModel:
-    """Load the state dict + sidecar once per process (``weights_only=True``)."""
+    """Load the state dict + sidecar once per process (``weights_only=True``).
+
+    Reloaded when the weights or the sidecar change on disk.
+    """
     p = path.expanduser().resolve()
     if not p.is_file():
         raise ModelLoadError(f"mg-masses weights not found: {p}")
     dev = runtime.select_device(device)
-    key = (str(p), p.stat().st_mtime, str(dev))
+    side = p.with_suffix(".json")
+    side_mtime = side.stat().st_mtime if side.is_file() else 0.0
+    key = (str(p), p.stat().st_mtime, side_mtime, str(dev))
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
         t0 = time.perf_counter()
-        side = p.with_suffix(".json")
         try:
             meta = json.loads(side.read_text()) if side.is_file() else {}
         except json.JSONDecodeError as exc:
@@ -440,6 +450,60 @@ def _load(path: pathlib.Path, device: str | None) -> runtime.LoadedModel:
     return model
 
 
+def metadata_settings(
+    metadata: dict[str, Any], kind: runtime.ModelKind | str, threshold: float | None = None
+) -> tuple[int, float]:
+    """Working-image size and score threshold from a model's metadata.
+
+    For ``state_dict`` weights the size is the sidecar's
+    ``architecture.kwargs.work_size`` (default :data:`WORK_SIZE`) and the
+    threshold its ``threshold`` (default :data:`DEFAULT_THRESHOLD`).  A
+    TorchScript file or bundle carries no architecture, so its metadata must
+    give ``work_size`` (in ``architecture.kwargs`` or at the top level) and
+    ``threshold`` (unless ``threshold`` is given here).
+
+    Raises
+    ------
+    ModelLoadError
+        A required key is missing or not a valid value.
+    """
+    required = runtime.ModelKind(kind) is not runtime.ModelKind.STATE_DICT
+    arch = metadata.get("architecture")
+    arch_kwargs = arch.get("kwargs") if isinstance(arch, dict) else None
+    size: Any = arch_kwargs.get("work_size") if isinstance(arch_kwargs, dict) else None
+    if size is None:
+        size = metadata.get("work_size")
+    if size is None:
+        if required:
+            raise ModelLoadError(
+                f"{NAME}: the model metadata has no 'work_size' (longer side of the working "
+                "image in pixels)"
+            )
+        size = WORK_SIZE
+    try:
+        size = int(size)
+    except (TypeError, ValueError):
+        size = 0
+    if size < 32:
+        raise ModelLoadError(f"{NAME}: bad 'work_size' in the model metadata: {size!r}")
+    if threshold is not None:
+        return size, float(threshold)
+    thr: Any = metadata.get("threshold")
+    if thr is None:
+        if required:
+            raise ModelLoadError(
+                f"{NAME}: the model metadata has no 'threshold' (operating point on the score)"
+            )
+        thr = DEFAULT_THRESHOLD
+    try:
+        value = float(thr)
+    except (TypeError, ValueError):
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise ModelLoadError(f"{NAME}: bad 'threshold' in the model metadata: {thr!r}")
+    return size, value
+
+
 # --------------------------------------------------------------------------- pipeline
 
 
@@ -449,9 +513,15 @@ class MgMassesPipeline(Pipeline):
     Parameters
     ----------
     weights:
-        State dict with its JSON sidecar; default :data:`DEFAULT_WEIGHTS`.
-        A site's detector of the same architecture plugs in here (see
-        ``ai_models/README.md``).
+        Model file or bundle directory; default :data:`DEFAULT_WEIGHTS`.
+        A site's detector plugs in here (see ``ai_models/README.md``).
+    weights_kind:
+        How ``weights`` is stored, a :class:`~ai_models.runtime.ModelKind`
+        value: ``"state_dict"`` (a state dict of :data:`ARCHITECTURE` with its
+        JSON sidecar), ``"torchscript"`` (a scripted torchvision detector,
+        ``<stem>.json`` beside it) or ``"bundle"`` (a MONAI bundle directory,
+        ``configs/metadata.json``).  TorchScript and bundle metadata must give
+        ``work_size`` and ``threshold`` (see :func:`metadata_settings`).
     device:
         ``None``/``"auto"``, ``"cpu"``, ``"cuda"``...
     threshold:
@@ -471,15 +541,18 @@ class MgMassesPipeline(Pipeline):
     def __init__(
         self,
         weights: str | pathlib.Path | None = None,
+        weights_kind: str = "state_dict",
         device: str | None = None,
         threshold: float | None = None,
         max_masses: int = MAX_MASSES,
     ) -> None:
+        kind = weights_kind_of(weights_kind)
         if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must be in 0..1, got {threshold!r}")
         if int(max_masses) < 1:
             raise ValueError(f"max_masses must be >= 1, got {max_masses!r}")
         self.weights = pathlib.Path(weights) if weights is not None else DEFAULT_WEIGHTS
+        self.weights_kind = kind
         self.device = device
         self.threshold = None if threshold is None else float(threshold)
         self.max_masses = int(max_masses)
@@ -494,15 +567,25 @@ class MgMassesPipeline(Pipeline):
         return load_radiograph(files)
 
     def load(self) -> runtime.LoadedModel:
-        """The warm model (loaded once per process)."""
-        return _load(self.weights, self.device)
+        """The warm model (loaded once per process).
+
+        Raises
+        ------
+        ModelLoadError
+            Unreadable weights, or metadata without a required key.
+        """
+        if self.weights_kind is runtime.ModelKind.STATE_DICT:
+            return _load(self.weights, self.device)
+        model = runtime.load_model(self.weights, self.weights_kind, device=self.device)
+        metadata_settings(model.metadata, self.weights_kind, self.threshold)
+        return model
 
     def operating_threshold(self) -> float:
-        """The score threshold in use (argument, else sidecar, else 0.5)."""
+        """The score threshold in use (argument, else the metadata's; for state
+        dict weights without one 0.5)."""
         if self.threshold is not None:
             return self.threshold
-        meta = self.load().metadata
-        return float(meta.get("threshold", DEFAULT_THRESHOLD))
+        return metadata_settings(self.load().metadata, self.weights_kind)[1]
 
     def check(self, volume: Volume) -> None:
         """One grey breast image of at least 256 x 256 pixels, not For Processing."""
@@ -527,9 +610,7 @@ class MgMassesPipeline(Pipeline):
     def preprocess(self, volume: Volume) -> tuple[np.ndarray, tuple[float, float]]:
         """The working image and its scale factors (see :func:`model_input`)."""
         image = presentation_image(volume.source_datasets[0], volume.array[0])
-        size = int(self.load().metadata.get("architecture", ARCHITECTURE)["kwargs"].get(
-            "work_size", WORK_SIZE
-        ))
+        size, _ = metadata_settings(self.load().metadata, self.weights_kind, self.threshold)
         return model_input(image, size)
 
     def run(self, volume: Volume) -> PipelineResult:

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ai_models import runtime
-from ai_models.errors import DuplicateSlicesError, PipelineNotApplicable
+from ai_models.errors import DuplicateSlicesError, ModelLoadError, PipelineNotApplicable
 from ai_models.pipelines._grid import Orientation, orientation_from_direction, working_shape
 from ai_models.pipelines.base import (
     CODES,
@@ -62,6 +62,7 @@ from ai_models.pipelines.base import (
     longest_diameter_mm,
     tracking_uid,
     volume_measurement,
+    weights_kind_of,
 )
 from ai_models.types import (
     AlgorithmInfo,
@@ -86,9 +87,11 @@ __all__ = [
     "MrBrainLesionPipeline",
     "NAME",
     "VERSION",
+    "class_channels",
     "mr_features",
     "non_anatomical_reasons",
     "working_kij",
+    "working_spacing",
 ]
 
 NAME = "mr-brain-lesion"
@@ -225,10 +228,91 @@ class MR_BRAIN_CODES:  # noqa: N801 - a namespace of constants, like CODES
 BACKGROUND, BRAIN, LESION, EDEMA = 0, 1, 2, 3
 N_CLASSES = 4
 
+CLASS_NAMES = ("background", "brain", "lesion", "edema")
+"""Class names in the order of the class values; the model metadata's ``labels``
+(``{"<channel>": "<name>"}``) must name each once, in any channel order."""
+
 COLORS = {BRAIN: (70, 130, 180), LESION: (230, 25, 75), EDEMA: (255, 225, 25)}
 """Recommended display colours (RGB) of brain, lesions and edema."""
 
 _BALL = ndimage.generate_binary_structure(3, 3)
+
+
+# --------------------------------------------------------------------------- model metadata
+
+
+def working_spacing(metadata: dict[str, Any], kind: runtime.ModelKind | str) -> float:
+    """The working-grid spacing in mm from a model's metadata (``working_spacing_mm``).
+
+    State-dict weights without it use :data:`WORKING_SPACING_MM`; a
+    TorchScript file or bundle must give it.
+
+    Raises
+    ------
+    ModelLoadError
+        The key is missing (TorchScript, bundle) or not a number of 0.2-20 mm.
+    """
+    value: Any = metadata.get("working_spacing_mm")
+    if value is None:
+        if runtime.ModelKind(kind) is not runtime.ModelKind.STATE_DICT:
+            raise ModelLoadError(
+                f"{NAME}: the model metadata has no 'working_spacing_mm' (isotropic spacing "
+                "of the network's working grid in mm)"
+            )
+        return WORKING_SPACING_MM
+    try:
+        mm = float(value)
+    except (TypeError, ValueError):
+        mm = 0.0
+    if not (np.isfinite(mm) and 0.2 <= mm <= 20.0):
+        raise ModelLoadError(f"{NAME}: bad 'working_spacing_mm' in the model metadata: {value!r}")
+    return mm
+
+
+def class_channels(metadata: dict[str, Any], kind: runtime.ModelKind | str) -> list[int]:
+    """The output channel of each class (in :data:`CLASS_NAMES` order).
+
+    Read from the metadata's ``labels`` (``{"0": "background", "1": "brain",
+    ...}``, channel -> name, as in the shipped sidecar), else from a MONAI
+    bundle's ``network_data_format.outputs.pred.channel_def`` (same form).
+    State-dict weights without either use channels 0-3 in that order; a
+    TorchScript file or bundle must give them.
+
+    Raises
+    ------
+    ModelLoadError
+        The labels are missing (TorchScript, bundle), malformed, or do not
+        name background, brain, lesion and edema once each.
+    """
+    labels: Any = metadata.get("labels")
+    if labels is None:
+        try:
+            labels = metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
+        except (KeyError, TypeError):
+            labels = None
+    if labels is None:
+        if runtime.ModelKind(kind) is not runtime.ModelKind.STATE_DICT:
+            raise ModelLoadError(
+                f"{NAME}: the model metadata has no 'labels' (output channel -> class name, "
+                f"e.g. {dict(enumerate(CLASS_NAMES))})"
+            )
+        return list(range(N_CLASSES))
+    if isinstance(labels, list):
+        labels = dict(enumerate(labels))
+    try:
+        by_name = {str(v).strip().lower(): int(k) for k, v in dict(labels).items()}
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{NAME}: bad 'labels' in the model metadata: {labels!r}") from exc
+    if (
+        sorted(by_name) != sorted(CLASS_NAMES)
+        or len(by_name) != len(dict(labels))
+        or sorted(by_name.values()) != list(range(N_CLASSES))
+    ):
+        raise ModelLoadError(
+            f"{NAME}: the model metadata's 'labels' must map channels 0-{N_CLASSES - 1} to "
+            f"{', '.join(CLASS_NAMES)} (once each); got {labels!r}"
+        )
+    return [by_name[n] for n in CLASS_NAMES]
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -414,7 +498,14 @@ class MrBrainLesionPipeline(Pipeline):
     Parameters
     ----------
     weights:
-        State-dict file with its JSON sidecar; default :data:`DEFAULT_WEIGHTS`.
+        Model file or bundle directory; default :data:`DEFAULT_WEIGHTS`.
+    weights_kind:
+        How ``weights`` is stored, a :class:`~ai_models.runtime.ModelKind`
+        value: ``"state_dict"`` (state dict with its JSON sidecar naming the
+        architecture), ``"torchscript"`` (``<stem>.json`` beside it) or
+        ``"bundle"`` (a MONAI bundle directory, ``configs/metadata.json``).
+        TorchScript and bundle metadata must give ``working_spacing_mm`` and
+        ``labels`` (see :func:`working_spacing`, :func:`class_channels`).
     device:
         ``None``/``"auto"``, ``"cpu"``, ``"cuda"``...
     sw_batch_size:
@@ -432,10 +523,13 @@ class MrBrainLesionPipeline(Pipeline):
     def __init__(
         self,
         weights: str | pathlib.Path | None = None,
+        weights_kind: str = "state_dict",
         device: str | None = None,
         sw_batch_size: int = runtime.DEFAULT_SW_BATCH_SIZE,
     ) -> None:
+        kind = weights_kind_of(weights_kind)
         self.weights = pathlib.Path(weights) if weights is not None else DEFAULT_WEIGHTS
+        self.weights_kind = kind
         self.device = device
         self.sw_batch_size = int(sw_batch_size)
 
@@ -503,19 +597,33 @@ class MrBrainLesionPipeline(Pipeline):
             )
 
     def load(self) -> runtime.LoadedModel:
-        """The warm model (loaded once per process)."""
-        return runtime.load_model(self.weights, runtime.ModelKind.STATE_DICT, device=self.device)
+        """The warm model (loaded once per process).
+
+        Raises
+        ------
+        ModelLoadError
+            Unreadable weights, or metadata without a required key.
+        """
+        model = runtime.load_model(self.weights, self.weights_kind, device=self.device)
+        working_spacing(model.metadata, self.weights_kind)
+        class_channels(model.metadata, self.weights_kind)
+        return model
 
     # -- the stages ---------------------------------------------------------
 
     def predict_logits(
         self, volume: Volume, timer: runtime.StageTimer | None = None
     ) -> tuple[torch.Tensor, Orientation, runtime.LoadedModel]:
-        """Network output on the working grid (canonical orientation), ``(1, 4, z', y', x')``."""
+        """Network output on the working grid (canonical orientation), ``(1, 4, z', y', x')``.
+
+        The channels are in class order (background, brain, lesion, edema),
+        whatever the network's own order (the metadata's ``labels``).
+        """
         timer = timer or runtime.StageTimer()
         with timer("load"):
             model = self.load()
-        ws = float(model.metadata.get("working_spacing_mm", WORKING_SPACING_MM))
+        ws = working_spacing(model.metadata, self.weights_kind)
+        channels = class_channels(model.metadata, self.weights_kind)
         with timer("preprocess"):
             orient = orientation_from_direction(volume.direction)
             arr = orient.to_canonical(volume.array)
@@ -534,6 +642,13 @@ class MrBrainLesionPipeline(Pipeline):
                 overlap=OVERLAP,
             )
             logits = logits[(slice(None), slice(None)) + tuple(slice(0, n) for n in shape)]
+            if logits.shape[1] != N_CLASSES:
+                raise ModelLoadError(
+                    f"{NAME}: the network returns {logits.shape[1]} channels; "
+                    f"{N_CLASSES} are expected ({', '.join(CLASS_NAMES)})"
+                )
+            if channels != list(range(N_CLASSES)):
+                logits = logits[:, channels]
         return logits, orient, model
 
     def run(self, volume: Volume) -> PipelineResult:
@@ -560,7 +675,7 @@ class MrBrainLesionPipeline(Pipeline):
                 version=self.version,
                 weights_sha256=model.sha256,
                 parameters=(
-                    f"working_spacing_mm={model.metadata.get('working_spacing_mm', 3.0)}",
+                    f"working_spacing_mm={working_spacing(model.metadata, self.weights_kind)}",
                     f"min_lesion_ml={MIN_LESION_ML:g}",
                 ),
             ),

@@ -26,8 +26,10 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
+import warnings
 
 import highdicom as hd
 import numpy as np
@@ -37,8 +39,9 @@ import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 
+from ai_models import runtime
 from ai_models.dicom_files import discover_series
-from ai_models.errors import PipelineNotApplicable
+from ai_models.errors import ModelLoadError, PipelineNotApplicable
 from ai_models.pipelines import MG_MASSES, get_pipeline, list_pipelines
 from ai_models.pipelines.mg_masses import (
     DEFAULT_WEIGHTS,
@@ -399,3 +402,111 @@ def test_cli_analyze_sr_gsps(dicom_data: pathlib.Path, tmp_path: pathlib.Path) -
         assert names == ["gsps", "sr"]
         for p in out.iterdir():
             assert_valid_copy(p)
+
+
+# -- site weights: TorchScript and MONAI bundle -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mg_torchscript(
+    pipeline: MgMassesPipeline, tmp_path_factory: pytest.TempPathFactory
+) -> pathlib.Path:
+    """The shipped detector scripted (``site_mg.ts``), the shipped sidecar as ``site_mg.json``."""
+    folder = tmp_path_factory.mktemp("mg_ts")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream
+        scripted = torch.jit.script(pipeline.load().network)
+    path = folder / "site_mg.ts"
+    scripted.save(str(path))
+    shutil.copyfile(DEFAULT_WEIGHTS.with_suffix(".json"), path.with_suffix(".json"))
+    return path
+
+
+def _as_bundle(ts: pathlib.Path, root: pathlib.Path, meta: dict) -> pathlib.Path:
+    """A MONAI bundle folder: ``configs/metadata.json`` and ``models/model.ts``."""
+    (root / "configs").mkdir(parents=True)
+    (root / "models").mkdir()
+    (root / "configs" / "metadata.json").write_text(json.dumps(meta))
+    shutil.copyfile(ts, root / "models" / "model.ts")
+    return root
+
+
+@pytest.mark.filterwarnings("ignore:RetinaNet always returns")
+@pytest.mark.parametrize("kind", ["torchscript", "bundle"])
+def test_site_weights_match_state_dict(
+    pipeline: MgMassesPipeline,
+    mammo: Volume,
+    mg_torchscript: pathlib.Path,
+    tmp_path: pathlib.Path,
+    kind: str,
+) -> None:
+    """The shipped weights exported to TorchScript (as a file and in a bundle) give
+    the state-dict run's boxes and scores, threshold and findings."""
+    path = mg_torchscript
+    if kind == "bundle":
+        meta = json.loads(mg_torchscript.with_suffix(".json").read_text())
+        path = _as_bundle(mg_torchscript, tmp_path / "mg_bundle", meta)
+    site = get_pipeline(MG_MASSES, weights=path, weights_kind=kind, device="cpu")
+    assert isinstance(site, MgMassesPipeline)
+    model = site.load()
+    assert model.kind.value == kind
+    assert model.sha256 == runtime.file_sha256(mg_torchscript)
+    assert site.operating_threshold() == pipeline.operating_threshold()
+
+    x, scale = pipeline.preprocess(mammo)
+    x_site, scale_site = site.preprocess(mammo)
+    np.testing.assert_array_equal(x_site, x)
+    assert scale_site == scale
+    ref = detect(pipeline.load().network, x)  # eager: a list of detections
+    got = detect(model.network, x)  # TorchScript: (losses, detections)
+    assert len(ref["scores"]) >= 1
+    np.testing.assert_allclose(got["boxes"], ref["boxes"], atol=1e-3)
+    np.testing.assert_allclose(got["scores"], ref["scores"], atol=1e-4)
+
+    expected, result = pipeline.run(mammo), site.run(mammo)
+    assert result.algorithm.weights_sha256 == model.sha256
+    assert result.algorithm.parameters == expected.algorithm.parameters
+    assert len(result.findings) == len(expected.findings)
+    for f, e in zip(result.findings, expected.findings, strict=True):
+        assert isinstance(f, DetectionFinding) and isinstance(e, DetectionFinding)
+        assert f.label == e.label and f.tracking_uid == e.tracking_uid
+        np.testing.assert_allclose(f.box, e.box, atol=1e-2)
+        assert f.score == pytest.approx(e.score, abs=1e-4)
+
+
+def test_site_weights_metadata_required(
+    mammo: Volume, mg_torchscript: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """TorchScript metadata must give the working size and the operating threshold."""
+    meta = json.loads(mg_torchscript.with_suffix(".json").read_text())
+    for key, drop in (("threshold", ("threshold",)), ("work_size", ("architecture",))):
+        path = tmp_path / f"no_{key}.ts"
+        shutil.copyfile(mg_torchscript, path)
+        path.with_suffix(".json").write_text(
+            json.dumps({k: v for k, v in meta.items() if k not in drop})
+        )
+        site = MgMassesPipeline(weights=path, weights_kind="torchscript", device="cpu")
+        with pytest.raises(ModelLoadError, match=f"no '{key}'"):
+            site.run(mammo)
+    # a threshold given to the pipeline stands in for the metadata's
+    path = tmp_path / "no_threshold.ts"
+    site = MgMassesPipeline(weights=path, weights_kind="torchscript", device="cpu", threshold=0.3)
+    assert site.operating_threshold() == 0.3
+    # the two keys alone (work_size at the top level) are enough
+    path = tmp_path / "minimal.ts"
+    shutil.copyfile(mg_torchscript, path)
+    path.with_suffix(".json").write_text(json.dumps({"work_size": 128, "threshold": 0.2}))
+    site = MgMassesPipeline(weights=path, weights_kind="torchscript", device="cpu")
+    assert site.operating_threshold() == 0.2 and max(site.preprocess(mammo)[0].shape) == 128
+    # no sidecar at all
+    path = tmp_path / "bare.ts"
+    shutil.copyfile(mg_torchscript, path)
+    with pytest.raises(ModelLoadError, match="no 'work_size'"):
+        MgMassesPipeline(weights=path, weights_kind="torchscript", device="cpu").load()
+
+
+def test_unknown_weights_kind_refused() -> None:
+    with pytest.raises(ValueError, match="state_dict, torchscript, bundle; got 'onnx'"):
+        MgMassesPipeline(weights_kind="onnx")
+    with pytest.raises(ValueError, match="weights_kind"):
+        get_pipeline(MG_MASSES, weights_kind="tensorrt", device="cpu")

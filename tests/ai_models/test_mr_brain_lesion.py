@@ -10,25 +10,35 @@ from __future__ import annotations
 import copy
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
+import warnings
 
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+import torch
 from pydicom.dataset import Dataset
 
 from ai_models import runtime
 from ai_models.dicom_files import discover_series
-from ai_models.errors import MixedOrientationError, PipelineNotApplicable, VolumeError
+from ai_models.errors import (
+    MixedOrientationError,
+    ModelLoadError,
+    PipelineNotApplicable,
+    VolumeError,
+)
 from ai_models.pipelines import CODES, MR_BRAIN_LESION, get_pipeline, list_pipelines
 from ai_models.pipelines.base import longest_diameter_mm
 from ai_models.pipelines.mr_brain_lesion import (
     DEFAULT_WEIGHTS,
     MR_BRAIN_CODES,
     MrBrainLesionPipeline,
+    class_channels,
     non_anatomical_reasons,
+    working_spacing,
 )
 from ai_models.training.brain_phantoms import phantom_volume
 from ai_models.training.evaluate_mr_brain_lesion import (
@@ -340,3 +350,134 @@ def test_volume_error_is_the_refusal_for_time_series(pipeline, dicom_data):
     # fMRI: 4 time points of the same 6 slices; no single magnitude stack to choose
     with pytest.raises(VolumeError, match="TemporalPositionIndex"):
         pipeline.read_series(_files(dicom_data / "dcm_qa_enh/Siemens_XA10_enhanced"))
+
+
+# -- site weights: TorchScript and MONAI bundle -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mr_torchscript(pipeline, tmp_path_factory):
+    """The shipped UNet scripted (``site_brain.ts``), the shipped sidecar as ``site_brain.json``."""
+    folder = tmp_path_factory.mktemp("mr_ts")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream
+        scripted = torch.jit.script(pipeline.load().network)
+    path = folder / "site_brain.ts"
+    scripted.save(str(path))
+    shutil.copyfile(DEFAULT_WEIGHTS.with_suffix(".json"), path.with_suffix(".json"))
+    return path
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "bundle"])
+def test_site_weights_match_state_dict(phantom_runs, mr_torchscript, tmp_path, kind):
+    """The shipped weights exported to TorchScript, as a file and as a MONAI bundle
+    (``configs/metadata.json`` + ``models/model.ts``), give the state-dict run's
+    segments (Dice > 0.99) and volumes (within 1 %)."""
+    path = mr_torchscript
+    if kind == "bundle":
+        path = tmp_path / "brain_bundle"
+        (path / "configs").mkdir(parents=True)
+        (path / "models").mkdir()
+        shutil.copyfile(mr_torchscript.with_suffix(".json"), path / "configs" / "metadata.json")
+        shutil.copyfile(mr_torchscript, path / "models" / "model.ts")
+    site = get_pipeline(MR_BRAIN_LESION, weights=path, weights_kind=kind, device="cpu")
+    assert isinstance(site, MrBrainLesionPipeline)
+    model = site.load()
+    assert model.kind.value == kind and model.sha256 == runtime.file_sha256(mr_torchscript)
+    _, vol, expected = phantom_runs[0]
+    result = site.run(vol)
+    assert result.algorithm.weights_sha256 == model.sha256
+    assert result.algorithm.parameters == expected.algorithm.parameters
+    assert [s.label for s in result.segments] == [s.label for s in expected.segments]
+    assert {"Brain", "Lesion 1", "Edema"} <= {s.label for s in result.segments}
+    for s, e in zip(result.segments, expected.segments, strict=True):
+        assert _dice(s.mask, e.mask) > 0.99, s.label
+        assert s.tracking_uid == e.tracking_uid
+    for f, e in zip(result.findings, expected.findings, strict=True):
+        assert f.tracking_id == e.tracking_id
+        assert f.measurements[0].value == pytest.approx(e.measurements[0].value, rel=0.01)
+
+
+class _Reordered(torch.nn.Module):
+    """A network whose output channels come in another order."""
+
+    def __init__(self, net: torch.nn.Module, order: list[int]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("order", torch.tensor(order, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.index_select(self.net(x), 1, self.order)
+
+
+def test_site_weights_other_channel_order(pipeline, phantom_runs, tmp_path):
+    """A TorchScript model with channels background, edema, brain, lesion (its
+    ``labels`` say so) gives the same segments as the shipped order."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.script(_Reordered(pipeline.load().network, [0, 3, 1, 2]))
+    path = tmp_path / "reordered.ts"
+    scripted.save(str(path))
+    meta = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
+    meta["labels"] = {"0": "background", "1": "edema", "2": "brain", "3": "lesion"}
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    _, vol, expected = phantom_runs[0]
+    result = MrBrainLesionPipeline(weights=path, weights_kind="torchscript", device="cpu").run(vol)
+    assert [s.label for s in result.segments] == [s.label for s in expected.segments]
+    for s, e in zip(result.segments, expected.segments, strict=True):
+        assert _dice(s.mask, e.mask) > 0.99, s.label
+
+
+def test_site_weights_metadata_required(phantom_runs, mr_torchscript, tmp_path):
+    """TorchScript metadata must give the working spacing and the label table."""
+    meta = json.loads(mr_torchscript.with_suffix(".json").read_text())
+    _, vol, _ = phantom_runs[0]
+    for key in ("working_spacing_mm", "labels"):
+        path = tmp_path / f"no_{key}.ts"
+        shutil.copyfile(mr_torchscript, path)
+        side = {k: v for k, v in meta.items() if k != key}
+        path.with_suffix(".json").write_text(json.dumps(side))
+        site = MrBrainLesionPipeline(weights=path, weights_kind="torchscript", device="cpu")
+        with pytest.raises(ModelLoadError, match=f"no '{key}'"):
+            site.run(vol)
+    path = tmp_path / "bad_labels.ts"
+    shutil.copyfile(mr_torchscript, path)
+    bad = {**meta, "labels": {"0": "background", "1": "brain", "2": "tumour", "3": "edema"}}
+    path.with_suffix(".json").write_text(json.dumps(bad))
+    with pytest.raises(ModelLoadError, match="'labels' must map"):
+        MrBrainLesionPipeline(weights=path, weights_kind="torchscript", device="cpu").load()
+
+
+def test_class_channels_from_metadata():
+    def table(*names):
+        return {str(i): n for i, n in enumerate(names)}
+
+    # the shipped table, another channel order, a bundle's channel_def, a list
+    shipped = table("background", "brain", "lesion", "edema")
+    assert class_channels({"labels": shipped}, "torchscript") == [0, 1, 2, 3]
+    other = table("background", "Edema", "Brain", "lesion")
+    assert class_channels({"labels": other}, "bundle") == [0, 2, 3, 1]
+    channel_def = table("background", "lesion", "edema", "brain")
+    nfd = {"outputs": {"pred": {"channel_def": channel_def}}}
+    assert class_channels({"network_data_format": nfd}, "bundle") == [0, 3, 1, 2]
+    assert class_channels({"labels": list(shipped.values())}, "torchscript") == [0, 1, 2, 3]
+    # state-dict weights without a table keep the built-in order and spacing
+    assert class_channels({}, "state_dict") == [0, 1, 2, 3]
+    assert working_spacing({}, "state_dict") == 3.0
+    assert working_spacing({"working_spacing_mm": 2}, "bundle") == 2.0
+    twice = table("background", "brain", "brain", "edema")
+    with pytest.raises(ModelLoadError, match="'labels' must map"):
+        class_channels({"labels": twice}, "bundle")
+    with pytest.raises(ModelLoadError, match="'working_spacing_mm'"):
+        working_spacing({"working_spacing_mm": "fine"}, "torchscript")
+
+
+def test_unknown_weights_kind_refused():
+    with pytest.raises(ValueError, match="state_dict, torchscript, bundle; got 'onnx'"):
+        MrBrainLesionPipeline(weights_kind="onnx")
+    with pytest.raises(ValueError, match="weights_kind"):
+        get_pipeline(MR_BRAIN_LESION, weights_kind="nifti", device="cpu")
