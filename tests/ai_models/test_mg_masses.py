@@ -29,7 +29,6 @@ import re
 import shutil
 import subprocess
 import sys
-import warnings
 
 import highdicom as hd
 import numpy as np
@@ -58,6 +57,7 @@ from ai_models.training.mammo_phantoms import random_mammo_phantom
 from ai_models.training.train_mg_masses import box_iou, evaluate, make_set
 from ai_models.types import DetectionFinding, Volume
 from dicom_node.results import save_datasets, write_results
+from tests.ai_models.site_models import as_bundle, export_torchscript
 from tests.results.helpers import dciodvfy, unexplained
 
 torch.set_num_threads(2)
@@ -413,22 +413,9 @@ def mg_torchscript(
 ) -> pathlib.Path:
     """The shipped detector scripted (``site_mg.ts``), the shipped sidecar as ``site_mg.json``."""
     folder = tmp_path_factory.mktemp("mg_ts")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream
-        scripted = torch.jit.script(pipeline.load().network)
-    path = folder / "site_mg.ts"
-    scripted.save(str(path))
-    shutil.copyfile(DEFAULT_WEIGHTS.with_suffix(".json"), path.with_suffix(".json"))
-    return path
-
-
-def _as_bundle(ts: pathlib.Path, root: pathlib.Path, meta: dict) -> pathlib.Path:
-    """A MONAI bundle folder: ``configs/metadata.json`` and ``models/model.ts``."""
-    (root / "configs").mkdir(parents=True)
-    (root / "models").mkdir()
-    (root / "configs" / "metadata.json").write_text(json.dumps(meta))
-    shutil.copyfile(ts, root / "models" / "model.ts")
-    return root
+    return export_torchscript(
+        pipeline.load().network, folder / "site_mg.ts", DEFAULT_WEIGHTS.with_suffix(".json")
+    )
 
 
 @pytest.mark.filterwarnings("ignore:RetinaNet always returns")
@@ -445,7 +432,7 @@ def test_site_weights_match_state_dict(
     path = mg_torchscript
     if kind == "bundle":
         meta = json.loads(mg_torchscript.with_suffix(".json").read_text())
-        path = _as_bundle(mg_torchscript, tmp_path / "mg_bundle", meta)
+        path = as_bundle(mg_torchscript, tmp_path / "mg_bundle", meta)
     site = get_pipeline(MG_MASSES, weights=path, weights_kind=kind, device="cpu")
     assert isinstance(site, MgMassesPipeline)
     model = site.load()

@@ -41,11 +41,13 @@ from ai_models.pipelines.mr_brain_lesion import (
     working_spacing,
 )
 from ai_models.training.brain_phantoms import phantom_volume
+from ai_models.training.evaluate import dice
 from ai_models.training.evaluate_mr_brain_lesion import (
     heldout_phantom,
     reference_masks,
     result_masks,
 )
+from tests.ai_models.site_models import as_bundle, export_torchscript
 from tests.results.helpers import assert_valid, frame_key_of
 
 PHILIPS = "dcm_qa_enh/Philips_Achieva_enhanced"  # real MR of a QA phantom, magnitude + field map
@@ -359,17 +361,9 @@ def test_volume_error_is_the_refusal_for_time_series(pipeline, dicom_data):
 def mr_torchscript(pipeline, tmp_path_factory):
     """The shipped UNet scripted (``site_brain.ts``), the shipped sidecar as ``site_brain.json``."""
     folder = tmp_path_factory.mktemp("mr_ts")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream
-        scripted = torch.jit.script(pipeline.load().network)
-    path = folder / "site_brain.ts"
-    scripted.save(str(path))
-    shutil.copyfile(DEFAULT_WEIGHTS.with_suffix(".json"), path.with_suffix(".json"))
-    return path
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+    return export_torchscript(
+        pipeline.load().network, folder / "site_brain.ts", DEFAULT_WEIGHTS.with_suffix(".json")
+    )
 
 
 @pytest.mark.parametrize("kind", ["torchscript", "bundle"])
@@ -379,11 +373,7 @@ def test_site_weights_match_state_dict(phantom_runs, mr_torchscript, tmp_path, k
     segments (Dice > 0.99) and volumes (within 1 %)."""
     path = mr_torchscript
     if kind == "bundle":
-        path = tmp_path / "brain_bundle"
-        (path / "configs").mkdir(parents=True)
-        (path / "models").mkdir()
-        shutil.copyfile(mr_torchscript.with_suffix(".json"), path / "configs" / "metadata.json")
-        shutil.copyfile(mr_torchscript, path / "models" / "model.ts")
+        path = as_bundle(mr_torchscript, tmp_path / "brain_bundle")
     site = get_pipeline(MR_BRAIN_LESION, weights=path, weights_kind=kind, device="cpu")
     assert isinstance(site, MrBrainLesionPipeline)
     model = site.load()
@@ -395,7 +385,7 @@ def test_site_weights_match_state_dict(phantom_runs, mr_torchscript, tmp_path, k
     assert [s.label for s in result.segments] == [s.label for s in expected.segments]
     assert {"Brain", "Lesion 1", "Edema"} <= {s.label for s in result.segments}
     for s, e in zip(result.segments, expected.segments, strict=True):
-        assert _dice(s.mask, e.mask) > 0.99, s.label
+        assert dice(s.mask, e.mask) > 0.99, s.label
         assert s.tracking_uid == e.tracking_uid
     for f, e in zip(result.findings, expected.findings, strict=True):
         assert f.tracking_id == e.tracking_id
@@ -429,7 +419,7 @@ def test_site_weights_other_channel_order(pipeline, phantom_runs, tmp_path):
     result = MrBrainLesionPipeline(weights=path, weights_kind="torchscript", device="cpu").run(vol)
     assert [s.label for s in result.segments] == [s.label for s in expected.segments]
     for s, e in zip(result.segments, expected.segments, strict=True):
-        assert _dice(s.mask, e.mask) > 0.99, s.label
+        assert dice(s.mask, e.mask) > 0.99, s.label
 
 
 def test_site_weights_metadata_required(phantom_runs, mr_torchscript, tmp_path):
