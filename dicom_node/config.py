@@ -24,6 +24,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -356,11 +357,26 @@ class WorkerSettings(_Section):
 
 
 class WebSettings(_Section):
-    """``[web]``: dashboard, REST API and /metrics."""
+    """``[web]``: dashboard, REST API and /metrics.
+
+    ``token``: when set (better from the environment, ``DICOM_NODE_WEB__TOKEN``,
+    than in the file), every request but ``GET /api/health`` needs it as
+    ``Authorization: Bearer <token>`` or as the password of HTTP Basic
+    (:mod:`dicom_node.web.auth`).  Without it the web surface is open to
+    whoever reaches ``host``, which is why the default is loopback.
+    """
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Port = 8080
+    token: SecretStr | None = None
+
+    @field_validator("token")
+    @classmethod
+    def _token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("the web token must have at least 16 characters")
+        return value
 
 
 class LogSettings(_Section):

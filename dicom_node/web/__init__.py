@@ -1,8 +1,8 @@
 """The node's web surface: a REST API under ``/api/``, Prometheus metrics under
 ``/metrics`` and a small read-only HTML dashboard at ``/``.
 
-No authentication in this version: it listens on loopback by default
-(``[web] host = "127.0.0.1"``).
+Open unless ``[web] token`` is set (:mod:`.auth`); it listens on loopback
+by default (``[web] host = "127.0.0.1"``).
 
 The node runs it with::
 

@@ -1,9 +1,9 @@
 """The REST API under ``/api/``: health, studies, jobs, forced completion.
 
-One router per resource.  No authentication in this version: bind the web
-server to loopback (the default, ``[web] host = "127.0.0.1"``) or put an
-authenticating reverse proxy in front.  Changes go through the same code as
-the CLI (:meth:`storage.jobs.JobQueue.retry`,
+One router per resource.  Access: bind the web server to loopback (the
+default, ``[web] host = "127.0.0.1"``), or set ``[web] token``
+(:mod:`dicom_node.web.auth`) and put TLS in front beyond loopback.  Changes
+go through the same code as the CLI (:meth:`storage.jobs.JobQueue.retry`,
 :meth:`dicom_node.collect.Collector.complete`), so the node's collector,
 workers and sender pick them up at their next poll.
 """

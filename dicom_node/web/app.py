@@ -1,8 +1,8 @@
 """The FastAPI application: REST API under ``/api/``, ``/metrics``, dashboard at ``/``.
 
-No authentication in this version: the default bind address is loopback
-(``[web] host = "127.0.0.1"``); expose it further only behind an
-authenticating reverse proxy.  Browser POSTs from other sites are refused
+Open unless ``[web] token`` is set (:mod:`.auth`); the default bind
+address is loopback (``[web] host = "127.0.0.1"``); beyond it, set a token
+and put TLS in front.  Browser POSTs from other sites are refused
 (see :func:`dicom_node.web.deps.same_origin`).
 """
 
@@ -20,6 +20,7 @@ from dicom_node import __version__
 from dicom_node.collect import Collector
 from dicom_node.config import Settings
 from dicom_node.web.api import completion, health, jobs, studies
+from dicom_node.web.auth import TokenAuth
 from dicom_node.web.dashboard import dashboard
 from dicom_node.web.deps import Context, WebContext
 from dicom_node.web.metrics import metrics_registry
@@ -51,7 +52,10 @@ def create_app(settings: Settings, db: Database, *, store: ReceivedStore | None 
     app = FastAPI(
         title="dicom-node",
         version=__version__,
-        description="REST API of a dicom-node. No authentication in this version.",
+        description=(
+            "REST API of a dicom-node. With [web] token set, send it as "
+            "'Authorization: Bearer <token>' (GET /api/health stays open)."
+        ),
         openapi_url="/api/openapi.json",
         docs_url=None,  # Swagger UI and ReDoc load assets from a CDN; the node works offline
         redoc_url=None,
@@ -66,6 +70,8 @@ def create_app(settings: Settings, db: Database, *, store: ReceivedStore | None 
     )
     for router in (health, studies, jobs, completion, dashboard):
         app.include_router(router)
+    if settings.web.token is not None:
+        app.add_middleware(TokenAuth, token=settings.web.token.get_secret_value())
 
     @app.get("/metrics", include_in_schema=False)
     def metrics(ctx: Context, request: Request) -> Response:

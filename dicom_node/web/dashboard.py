@@ -8,7 +8,7 @@ reloads itself every :data:`REFRESH_S` seconds.  Every value from the
 database is escaped: DICOM attributes come from scanners and are untrusted.
 
 Patient identifiers are left out of the page (the JSON API has them).
-No authentication in this version; see :mod:`dicom_node.web.api`.
+Access: see :mod:`dicom_node.web.auth`.
 """
 
 from __future__ import annotations
@@ -127,6 +127,7 @@ def render_dashboard(
     job_counts: Mapping[str, int],
     delivery_counts: Mapping[str, int],
     notice: str | None = None,
+    access: str = "no authentication",
 ) -> str:
     """The page's HTML; every value is escaped here."""
     study_rows = []
@@ -193,7 +194,7 @@ def render_dashboard(
 <h1>dicom-node</h1>
 <p class="muted">version {_e(__version__)} &middot; refreshes every {REFRESH_S} s &middot;
 <a href="/api/health">health</a> &middot; <a href="/metrics">metrics</a> &middot;
-<a href="/api/openapi.json">API schema</a> &middot; no authentication</p>
+<a href="/api/openapi.json">API schema</a> &middot; {_e(access)}</p>
 {notice_html}
 <p>jobs: {_counts(job_counts)}<br>deliveries: {_counts(delivery_counts)}</p>
 <h2>Failed deliveries</h2>
@@ -227,6 +228,7 @@ def get_dashboard(
         job_counts=job_counts,
         delivery_counts=delivery_counts,
         notice=notice,
+        access="token required" if ctx.settings.web.token is not None else "no authentication",
     )
     return HTMLResponse(page, headers=SECURITY_HEADERS)
 

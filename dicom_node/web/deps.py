@@ -43,9 +43,10 @@ Context = Annotated[WebContext, Depends(web_context)]
 def same_origin(request: Request) -> None:
     """Refuse (403) a POST that a browser sent from another site.
 
-    There is no authentication in this version, so a page on another site
-    must not be able to make a visitor's browser retry jobs or force
-    completions (cross-site request forgery).  Browsers send ``Origin`` with
+    Without ``[web] token`` there is no authentication, and with it a
+    browser re-sends its Basic credentials to any page's requests, so a page
+    on another site must not be able to make a visitor's browser retry jobs
+    or force completions (cross-site request forgery).  Browsers send ``Origin`` with
     every POST; it must name this server (``Host``, or ``X-Forwarded-Host``
     behind a reverse proxy, a header a cross-site form cannot set).  Clients
     that send no ``Origin`` (curl, scripts) are not browsers and pass.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import threading
@@ -25,6 +26,16 @@ class WebServerError(DicomNodeError):
     """The web server could not start (address in use, not allowed, ...)."""
 
 
+def _is_loopback(host: str) -> bool:
+    """Whether *host* (a name or an address) only listens on loopback."""
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _listen(host: str, port: int, backlog: int = 128) -> socket.socket:
     """A listening TCP socket on *host*:*port* (IPv4 or IPv6 as *host* resolves)."""
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -45,8 +56,9 @@ class WebServer:
 
     The socket is bound in :meth:`start`, so a port in use fails there
     (:class:`WebServerError`) rather than in the background.  uvicorn does
-    not configure logging (the CLI does) and writes no access log.  No
-    authentication in this version; the default bind address is loopback.
+    not configure logging (the CLI does) and writes no access log.  Access
+    is open unless ``[web] token`` is set (:mod:`dicom_node.web.auth`); the
+    default bind address is loopback.
 
     Parameters
     ----------
@@ -73,6 +85,7 @@ class WebServer:
     ) -> None:
         self.host = settings.web.host
         self.port = settings.web.port
+        self.token_set = settings.web.token is not None
         self.app = app if app is not None else create_app(settings, db, store=store)
         self.shutdown_grace_s = shutdown_grace_s
         self._server: uvicorn.Server | None = None
@@ -128,7 +141,14 @@ class WebServer:
                 sock.close()
                 raise WebServerError(f"web server on {self.url} did not start")
             time.sleep(0.01)
-        LOGGER.info("dashboard, REST API and /metrics on %s/ (no authentication)", self.url)
+        access = "token required" if self.token_set else "no authentication"
+        LOGGER.info("dashboard, REST API and /metrics on %s/ (%s)", self.url, access)
+        if not self.token_set and not _is_loopback(self.host):
+            LOGGER.warning(
+                "web server on %s has no [web] token: anyone who reaches it can retry jobs "
+                "and force completions",
+                self.url,
+            )
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop listening, let requests in flight finish (bounded), join the thread.
