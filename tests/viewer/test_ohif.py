@@ -10,7 +10,8 @@ The checks read the screen, not only the page: the segmentation overlay
 must tint exactly the screen pixels where the SEG's own mask is (in the
 segment's recommended colour) and leave every other pixel of the image
 untouched; the SR's findings must be drawn with the values the node wrote
-in the SR; the secondary-capture series must show its burned-in outlines
+in the SR, and listed in OHIF's measurement panel under the node's labels
+once the viewer tracks the report; the secondary-capture series must show its burned-in outlines
 where its pixel data has them.  Screen positions come from the viewer's own
 image-to-canvas transform (Cornerstone), so the checks do not depend on the
 window layout.
