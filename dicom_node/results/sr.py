@@ -96,6 +96,7 @@ from dicom_node.results.sr_regions import (
     cross_section,
     detection_label,
     finding_label,
+    infer_from_region,
     region_group,
 )
 
@@ -481,6 +482,7 @@ def _finding_groups(
             qualitative_evaluations=evaluations,
             **common,
         )
+        infer_from_region(box)
         add_label(box, detection_label(finding))
         groups.append(box)
     else:

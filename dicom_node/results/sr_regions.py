@@ -88,6 +88,7 @@ __all__ = [
     "cross_section",
     "detection_label",
     "finding_label",
+    "infer_from_region",
     "region_group",
 ]
 
@@ -231,6 +232,17 @@ def region_group(
         algorithm_id=algo_id,
         measurements=region.measurements or None,
     )
+    infer_from_region(group)
+    add_label(group, label)
+    return group
+
+
+def infer_from_region(group: hd.sr.templates.Template) -> None:
+    """Give every NUM of a TID 1410 group an INFERRED FROM copy of its Image Region.
+
+    TID 300 row 12 allows it; Cornerstone's adapters look for the SCOORD
+    there (under the first NUM) and skip the group without it.
+    """
     content = group[0].ContentSequence
     (scoord,) = [item for item in content if item.ValueType == "SCOORD"]
     for item in content:
@@ -238,8 +250,6 @@ def region_group(
             inferred = copy.deepcopy(scoord)
             inferred.RelationshipType = hd.sr.RelationshipTypeValues.INFERRED_FROM.value
             item.ContentSequence.append(inferred)
-    add_label(group, label)
-    return group
 
 
 def add_label(group: hd.sr.templates.Template, label: str) -> None:

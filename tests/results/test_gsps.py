@@ -194,6 +194,13 @@ def test_sr_of_detections(chest: Volume, tmp_path: pathlib.Path) -> None:
         )
         (score,) = g.get_measurements()
         assert score.name.value == "122157" and score.unit.value == "1"
+        # The score is INFERRED FROM the box (where Cornerstone's adapters look for it).
+        (num,) = [i for i in g[0].ContentSequence if i.ValueType == "NUM"]
+        (inferred,) = [i for i in num.ContentSequence if i.ValueType == "SCOORD"]
+        assert inferred.RelationshipType == "INFERRED FROM"
+        np.testing.assert_allclose(
+            np.asarray(inferred.GraphicData, float).reshape(-1, 2), f.polyline(), atol=1e-3
+        )
         assert score.value == pytest.approx(f.score, abs=1e-4)
         (site,) = g.finding_sites
         assert site.value.value == "39607008"

@@ -1,4 +1,4 @@
-"""A classification report in the radiologist's viewer: the chest radiograph.
+"""Classification and detection reports in the radiologist's viewer: radiographs.
 
 ``dicom-node analyze --pipeline cxr-findings`` classifies the real chest CR
 of the shared data (NEMA WG-04 RG1, MONOCHROME1); DCMTK ``storescu`` puts
@@ -8,7 +8,8 @@ OHIF 3.12 stops with a TypeError (and shows an empty viewer) on a Tracking
 UID without an SCOORD, so every finding needs its TID 1410 region group
 (``dicom_node/results/sr_regions.py``).  The checks: the SR opens, each
 finding is drawn on the radiograph with the probability the node wrote, and
-OHIF's measurement panel lists every finding under the node's label.
+OHIF's measurement panel lists every finding under the node's label.  The
+same for ``mg-masses`` on the shared mammogram: each mass's box and score.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,13 +35,14 @@ from tests.support.ohif import (
     sync_playwright,
 )
 from tests.support.orthanc import OrthancServer
-from tests.support.peers import storescu
+from tests.support.peers import storescu_as_is
 from tests.viewer.page import Viewer, open_viewer
 from tests.viewer.sr_content import SR_ANNOTATIONS_JS, listed_labels, sr_findings
 
 pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(600)]
 
 CHEST_CR = "nema_wg04/RG1_chest_CR/RG1_UNCR.dcm"
+MAMMOGRAM = "nema_wg04/MG1_mammo/MG1_J2KI.dcm"
 
 
 @dataclass
@@ -49,38 +52,67 @@ class RadiographStack:
     viewer: ViewerServer
 
 
-@pytest.fixture(scope="module")
-def radiograph(
-    dicom_data: Path, tmp_path_factory: pytest.TempPathFactory
+@contextmanager
+def _analyzed(
+    source_file: Path, pipeline: str, work: Path
 ) -> Iterator[RadiographStack]:
+    """``dicom-node analyze`` on one image; it and the SR in Orthanc; OHIF in front."""
     dist = ohif_dist()
     chromium_executable()
     sync_playwright()
-    work = tmp_path_factory.mktemp("viewer-radiograph")
     series = work / "series"
     series.mkdir()
-    source = shutil.copy2(dicom_data / CHEST_CR, series / "chest.dcm")
+    source = shutil.copy2(source_file, series / source_file.name)
     results = work / "results"
     analyzed = subprocess.run(
         [
             sys.executable, "-m", "dicom_node.cli", "analyze",
-            "--pipeline", "cxr-findings", "--outputs", "sr", "--out", str(results), str(series),
+            "--pipeline", pipeline, "--outputs", "sr", "--out", str(results), str(series),
         ],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert analyzed.returncode == 0, analyzed.stdout + analyzed.stderr
     written = sorted(results.glob("*.dcm"))
     assert written, analyzed.stdout
-    study_uid = str(pydicom.dcmread(source, stop_before_pixels=True).StudyInstanceUID)
+    header = pydicom.dcmread(source, stop_before_pixels=True)
+    study_uid = str(header.StudyInstanceUID)
     orthanc = OrthancServer(work / "orthanc", dicomweb=True, extra=orthanc_dicomweb_config())
     with orthanc:
-        sent = storescu(orthanc.dicom_port, [source, *written], called_ae=orthanc.ae_title)
-        assert sent.returncode == 0, sent.stdout + sent.stderr
+        # The image in its own transfer syntax (e.g. JPEG 2000), then the SR.
+        for files, syntax in (
+            ([source], str(header.file_meta.TransferSyntaxUID)),
+            (written, "1.2.840.10008.1.2.1"),
+        ):
+            sent = storescu_as_is(
+                orthanc.dicom_port, files, syntax, called_ae=orthanc.ae_title
+            )
+            assert sent.returncode == 0, sent.stdout + sent.stderr
+        assert orthanc.lookup(str(header.SOPInstanceUID)), "the image is not in Orthanc"
         (sr_uid,) = by_class(results_in_orthanc(orthanc, study_uid), SR_CLASS)
         (hit,) = orthanc.lookup(sr_uid)
         sr = pydicom.dcmread(io.BytesIO(orthanc.instance_file(hit["ID"])))
         with ViewerServer(dist, orthanc.http_port) as viewer:
             yield RadiographStack(study_uid, sr, viewer)
+
+
+@pytest.fixture(scope="module")
+def radiograph(
+    dicom_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RadiographStack]:
+    with _analyzed(
+        dicom_data / CHEST_CR, "cxr-findings", tmp_path_factory.mktemp("viewer-radiograph")
+    ) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def mammogram(
+    dicom_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RadiographStack]:
+    with _analyzed(
+        dicom_data / MAMMOGRAM, "mg-masses", tmp_path_factory.mktemp("viewer-mammogram")
+    ) as stack:
+        yield stack
 
 
 @pytest.fixture
@@ -91,6 +123,17 @@ def viewer(
     request: pytest.FixtureRequest,
 ) -> Iterator[Viewer]:
     with open_viewer(radiograph.viewer, radiograph.study_uid, artifacts, tmp_path, request) as v:
+        yield v
+
+
+@pytest.fixture
+def mg_viewer(
+    mammogram: RadiographStack,
+    artifacts: Callable[[str, bytes], Path],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[Viewer]:
+    with open_viewer(mammogram.viewer, mammogram.study_uid, artifacts, tmp_path, request) as v:
         yield v
 
 
@@ -127,3 +170,28 @@ def test_classification_findings_are_listed_in_the_measurement_panel(
     missing = [x for x in labels if x not in viewer.body_text()]
     viewer.stable_screenshot("cxr-measurement-panel.png")
     assert not missing, f"not in the measurement panel: {missing}\n{viewer.body_text()}"
+
+
+def test_detection_sr_draws_and_lists_each_mass(
+    mammogram: RadiographStack, mg_viewer: Viewer
+) -> None:
+    """The mg-masses SR on the shared mammogram (JPEG 2000, sent as RG): each mass's
+    box drawn with its score, and listed in the panel as ``Mass 1 (Probability ...)``."""
+    findings = sr_findings(mammogram.sr)
+    labels = listed_labels(mammogram.sr)
+    assert findings and len(labels) == len(findings), labels
+    assert all(f.outline is not None and len(f.outline) == 5 for f in findings)
+    mg_viewer.open_series(str(mammogram.sr.SeriesDescription), "SR")
+    probe = (
+        f"() => {{ const a = ({SR_ANNOTATIONS_JS})(); "
+        f"return {[f.tracking_uid for f in findings]!r}.every(u => a.annotations[u]) ? a : null; }}"
+    )
+    drawn = mg_viewer.wait_js("the SR's masses drawn on the mammogram", probe)
+    mg_viewer.stable_screenshot("mg-sr.png")
+    for finding in findings:
+        lines = drawn["annotations"][finding.tracking_uid]["lines"]
+        assert lines == finding.lines, (finding.tracking_id, lines, finding.lines)
+    mg_viewer.track_report(len(labels))
+    missing = [x for x in labels if x not in mg_viewer.body_text()]
+    mg_viewer.stable_screenshot("mg-measurement-panel.png")
+    assert not missing, f"not in the measurement panel: {missing}\n{mg_viewer.body_text()}"
