@@ -37,7 +37,7 @@ from tests.support.ohif import (
 from tests.support.orthanc import OrthancServer
 from tests.support.peers import storescu_as_is
 from tests.viewer.page import Viewer, open_viewer
-from tests.viewer.sr_content import SR_ANNOTATIONS_JS, listed_labels, sr_findings
+from tests.viewer.sr_content import SR_ANNOTATIONS_JS, Finding, listed_labels, sr_findings
 
 pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -137,21 +137,29 @@ def mg_viewer(
         yield v
 
 
+def _drawn(viewer: Viewer, findings: list[Finding], what: str) -> dict[str, list[str]]:
+    """The lines OHIF's SR viewport draws for each finding (by tracking UID), once
+    every finding is drawn."""
+    uids = [f.tracking_uid for f in findings]
+    probe = (
+        f"() => {{ const a = ({SR_ANNOTATIONS_JS})(); "
+        f"return {uids!r}.every(u => a.annotations[u]) ? a : null; }}"
+    )
+    drawn = viewer.wait_js(what, probe)
+    return {uid: list(drawn["annotations"][uid]["lines"]) for uid in uids}
+
+
 def test_classification_sr_draws_each_finding_with_its_probability(
     radiograph: RadiographStack, viewer: Viewer
 ) -> None:
     findings = sr_findings(radiograph.sr)
     assert len(findings) == 4 and all(f.outline is not None for f in findings)
     viewer.open_series(str(radiograph.sr.SeriesDescription), "SR")
-    probe = (
-        f"() => {{ const a = ({SR_ANNOTATIONS_JS})(); "
-        f"return {[f.tracking_uid for f in findings]!r}.every(u => a.annotations[u]) ? a : null; }}"
-    )
-    drawn = viewer.wait_js("the SR's four findings drawn on the radiograph", probe)
+    drawn = _drawn(viewer, findings, "the SR's four findings drawn on the radiograph")
     viewer.stable_screenshot("cxr-sr.png")
     problems = []
     for finding in findings:
-        lines = drawn["annotations"][finding.tracking_uid]["lines"]
+        lines = drawn[finding.tracking_uid]
         if lines != finding.lines:
             problems.append(f"{finding.tracking_id}: drawn {lines}, the SR says {finding.lines}")
         if not any(line.startswith("Probability: ") for line in lines):
@@ -182,14 +190,10 @@ def test_detection_sr_draws_and_lists_each_mass(
     assert findings and len(labels) == len(findings), labels
     assert all(f.outline is not None and len(f.outline) == 5 for f in findings)
     mg_viewer.open_series(str(mammogram.sr.SeriesDescription), "SR")
-    probe = (
-        f"() => {{ const a = ({SR_ANNOTATIONS_JS})(); "
-        f"return {[f.tracking_uid for f in findings]!r}.every(u => a.annotations[u]) ? a : null; }}"
-    )
-    drawn = mg_viewer.wait_js("the SR's masses drawn on the mammogram", probe)
+    drawn = _drawn(mg_viewer, findings, "the SR's masses drawn on the mammogram")
     mg_viewer.stable_screenshot("mg-sr.png")
     for finding in findings:
-        lines = drawn["annotations"][finding.tracking_uid]["lines"]
+        lines = drawn[finding.tracking_uid]
         assert lines == finding.lines, (finding.tracking_id, lines, finding.lines)
     mg_viewer.track_report(len(labels))
     missing = [x for x in labels if x not in mg_viewer.body_text()]
