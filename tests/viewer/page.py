@@ -16,6 +16,11 @@ from PIL import Image
 from tests.node.test_route_deliver import wait_for
 from tests.support.ohif import ViewerServer, chromium_page
 
+try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+except ImportError:  # pragma: no cover - the viewer tests skip (or fail in CI) without it
+    PlaywrightTimeoutError = TimeoutError  # type: ignore[misc,assignment]
+
 UI_TIMEOUT_MS = 90_000
 """Bound on each wait for the viewer's UI (2 shared cores: OHIF needs ~5 s idle)."""
 
@@ -65,16 +70,31 @@ class Viewer:
         self.study_uid = study_uid
         self.save = save
         self.console: list[str] = []
+        self.first_run_done = False
+        """Whether this profile has dismissed OHIF's first-run dialogs (remembered)."""
         page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
         page.on("pageerror", lambda e: self.console.append(f"pageerror: {e}"))
         page.set_default_timeout(UI_TIMEOUT_MS)
 
     def open(self, query: str = "") -> None:
-        """Open the study; get past the first-run tour and the investigational-use notice."""
+        """Open the study; get past the first-run tour and the investigational-use notice.
+
+        A fresh profile shows both; OHIF remembers their dismissal, so a later
+        open in the same profile waits for neither (only clicks one that shows
+        up anyway within a few seconds).
+        """
         url = f"{self.server.url}/viewer?StudyInstanceUIDs={self.study_uid}{query}"
         self.page.goto(url, timeout=UI_TIMEOUT_MS)
-        self.page.get_by_text("Skip all", exact=True).click()
-        self.page.get_by_text("Confirm and hide", exact=True).click()
+        for text in ("Skip all", "Confirm and hide"):
+            button = self.page.get_by_text(text, exact=True)
+            if not self.first_run_done:
+                button.click()
+                continue
+            try:
+                button.click(timeout=3_000)
+            except PlaywrightTimeoutError:
+                pass
+        self.first_run_done = True
 
     def thumbnail(self, description: str) -> Any:
         """The study browser's entry of the series with this SeriesDescription."""

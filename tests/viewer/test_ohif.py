@@ -439,6 +439,14 @@ def test_sr_findings_are_listed_in_the_measurement_panel(stack: Stack, viewer: V
     viewer.stable_screenshot("sr-measurement-panel.png")
 
 
+def test_the_study_opens_again_in_the_same_profile(stack: Stack, viewer: Viewer) -> None:
+    """What the SR test's retry does: OHIF shows its first-run dialogs only once."""
+    viewer.open()
+    viewer.open()
+    viewer.thumbnail(str(stack.sr.SeriesDescription)).wait_for()
+    assert viewer.page.get_by_text("Skip all", exact=True).count() == 0
+
+
 # -- secondary capture ---------------------------------------------------------------------
 
 
