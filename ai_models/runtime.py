@@ -58,6 +58,7 @@ __all__ = [
     "DEFAULT_SW_BATCH_SIZE",
     "DEFAULT_OVERLAP",
     "LoadedModel",
+    "load_built_model",
     "ModelKind",
     "StageTimer",
     "build_architecture",
@@ -272,6 +273,61 @@ def load_model(
         )
         _CACHE[key] = model
     logger.info("loaded %s model %s on %s in %.2f s", kind.value, p.name, dev, model.load_seconds)
+    return model
+
+
+def load_built_model(
+    path: str | pathlib.Path,
+    build: Callable[[dict[str, Any]], torch.nn.Module],
+    *,
+    device: str | torch.device | None = None,
+    name: str = "model",
+) -> LoadedModel:
+    """A state dict in the network ``build(sidecar)`` makes; cached like :func:`load_model`.
+
+    For pipelines whose network is not one of :data:`ARCHITECTURES` (e.g. a
+    torchvision classifier or detector with a custom first layer): ``build``
+    reads the JSON sidecar (``<stem>.json``, ``{}`` without one) and returns
+    the untrained network, raising :class:`ModelLoadError` for an
+    architecture it does not make (``TypeError`` / ``ValueError`` /
+    ``KeyError`` for bad arguments are reported as such).  The weights are
+    read with ``weights_only=True``, as float32, gradients off, in eval mode.
+    Reloaded when the weights or the sidecar change on disk.
+    """
+    p = pathlib.Path(path).expanduser().resolve()
+    if not p.is_file():
+        raise ModelLoadError(f"{name} weights not found: {p}")
+    dev = select_device(device)
+    side = p.with_suffix(".json")
+    meta_mtime = side.stat().st_mtime if side.is_file() else 0.0
+    key = (str(p), p.stat().st_mtime, meta_mtime, ModelKind.STATE_DICT.value, str(dev), name)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            return cached
+        t0 = time.perf_counter()
+        meta = _sidecar(p)
+        try:
+            net = build(meta)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{p.name}: {exc}") from exc
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"bad architecture arguments in {side.name}: {exc}") from exc
+        _load_into(net, {k: v.float() for k, v in _read_state_dict(p).items()}, p.name)
+        for param in net.parameters():
+            param.requires_grad_(False)
+        model = LoadedModel(
+            network=net.to(dev).eval(),
+            device=dev,
+            kind=ModelKind.STATE_DICT,
+            path=p,
+            weights_path=p,
+            sha256=file_sha256(p),
+            load_seconds=time.perf_counter() - t0,
+            metadata=meta,
+        )
+        _CACHE[key] = model
+    logger.info("loaded %s model %s on %s in %.2f s", name, p.name, dev, model.load_seconds)
     return model
 
 

@@ -36,12 +36,9 @@ identifier (the finding's name) and a tracking UID derived from the series.
 
 from __future__ import annotations
 
-import json
 import logging
 import pathlib
 import re
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -362,72 +359,29 @@ def looks_like_chest(x: np.ndarray, box: Letterbox, contrast: float = 0.08) -> t
 # --------------------------------------------------------------------------- model
 
 
-_CACHE: dict[tuple[str, float, str], tuple[runtime.LoadedModel, tuple[FindingLabel, ...]]] = {}
-_CACHE_LOCK = threading.Lock()
+def _build(meta: dict[str, Any]) -> torch.nn.Module:
+    """The untrained network a weights sidecar describes (labels checked against it)."""
+    arch = meta.get("architecture") or ARCHITECTURE
+    name = arch.get("name") if isinstance(arch, dict) else arch
+    if not isinstance(name, str) or name not in ARCHITECTURES:
+        raise ModelLoadError(
+            f"architecture {name!r} is not supported; "
+            f"use {ARCHITECTURE['name']!r} (or {MONAI_RESNET['name']!r})"
+        )
+    labels = labels_from_metadata(meta)
+    kwargs = dict(ARCHITECTURES[name]["kwargs"])
+    kwargs.update(arch.get("kwargs") or {})
+    if int(kwargs.get("num_classes", 0)) != len(labels):
+        raise ModelLoadError(f"{kwargs.get('num_classes')} outputs but {len(labels)} labels")
+    return build_network(kwargs, name)
 
 
 def _load(
     path: pathlib.Path, device: str | None
 ) -> tuple[runtime.LoadedModel, tuple[FindingLabel, ...]]:
-    """Load the state dict + sidecar once per process (weights_only=True)."""
-    p = path.expanduser().resolve()
-    if not p.is_file():
-        raise ModelLoadError(f"cxr-findings weights not found: {p}")
-    dev = runtime.select_device(device)
-    key = (str(p), p.stat().st_mtime, str(dev))
-    with _CACHE_LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        t0 = time.perf_counter()
-        side = p.with_suffix(".json")
-        try:
-            meta = json.loads(side.read_text()) if side.is_file() else {}
-        except json.JSONDecodeError as exc:
-            raise ModelLoadError(f"bad JSON sidecar {side.name}: {exc}") from exc
-        arch = meta.get("architecture") or ARCHITECTURE
-        name = arch.get("name") if isinstance(arch, dict) else arch
-        if not isinstance(name, str) or name not in ARCHITECTURES:
-            raise ModelLoadError(
-                f"{p.name}: architecture {name!r} is not supported; "
-                f"use {ARCHITECTURE['name']!r} (or {MONAI_RESNET['name']!r})"
-            )
-        labels = labels_from_metadata(meta)
-        kwargs = dict(ARCHITECTURES[name]["kwargs"])
-        kwargs.update(arch.get("kwargs") or {})
-        if int(kwargs.get("num_classes", 0)) != len(labels):
-            raise ModelLoadError(
-                f"{p.name}: {kwargs.get('num_classes')} outputs but {len(labels)} labels"
-            )
-        try:
-            net = build_network(kwargs, name)
-        except (TypeError, ValueError, KeyError) as exc:
-            raise ModelLoadError(f"bad architecture arguments in {side.name}: {exc}") from exc
-        try:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many kinds for a bad file
-            raise ModelLoadError(f"cannot read state dict {p.name}: {exc}") from exc
-        try:
-            net.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
-        except (RuntimeError, AttributeError) as exc:
-            raise ModelLoadError(
-                f"state dict {p.name} does not fit the architecture: {exc}"
-            ) from exc
-        for param in net.parameters():
-            param.requires_grad_(False)
-        net = net.to(dev).eval()
-        model = runtime.LoadedModel(
-            network=net,
-            device=dev,
-            kind=runtime.ModelKind.STATE_DICT,
-            path=p,
-            weights_path=p,
-            sha256=runtime.file_sha256(p),
-            load_seconds=time.perf_counter() - t0,
-            metadata=meta,
-        )
-        _CACHE[key] = (model, labels)
-    logger.info("loaded cxr-findings model %s on %s in %.2f s", p.name, dev, model.load_seconds)
-    return model, labels
+    """The state dict + sidecar, once per process (:func:`ai_models.runtime.load_built_model`)."""
+    model = runtime.load_built_model(path, _build, device=device, name=CXR_FINDINGS)
+    return model, labels_from_metadata(model.metadata)
 
 
 def explainable(network: torch.nn.Module, layer: str) -> bool:

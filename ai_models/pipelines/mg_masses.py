@@ -43,12 +43,9 @@ Anatomy macro); the view from View Position, else the View Code Sequence
 
 from __future__ import annotations
 
-import json
 import logging
 import pathlib
 import re
-import threading
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from functools import partial
@@ -388,66 +385,19 @@ def detect(
 # --------------------------------------------------------------------------- model
 
 
-_CACHE: dict[tuple[str, float, float, str], runtime.LoadedModel] = {}
-_CACHE_LOCK = threading.Lock()
+def _build(meta: dict[str, Any]) -> torch.nn.Module:
+    """The untrained detector a weights sidecar describes."""
+    arch = meta.get("architecture") or ARCHITECTURE
+    if arch.get("name") != ARCHITECTURE["name"]:
+        raise ModelLoadError(
+            f"architecture {arch.get('name')!r} is not supported; use {ARCHITECTURE['name']!r}"
+        )
+    return build_detector(arch.get("kwargs") or {})
 
 
 def _load(path: pathlib.Path, device: str | None) -> runtime.LoadedModel:
-    """Load the state dict + sidecar once per process (``weights_only=True``).
-
-    Reloaded when the weights or the sidecar change on disk.
-    """
-    p = path.expanduser().resolve()
-    if not p.is_file():
-        raise ModelLoadError(f"mg-masses weights not found: {p}")
-    dev = runtime.select_device(device)
-    side = p.with_suffix(".json")
-    side_mtime = side.stat().st_mtime if side.is_file() else 0.0
-    key = (str(p), p.stat().st_mtime, side_mtime, str(dev))
-    with _CACHE_LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        t0 = time.perf_counter()
-        try:
-            meta = json.loads(side.read_text()) if side.is_file() else {}
-        except json.JSONDecodeError as exc:
-            raise ModelLoadError(f"bad JSON sidecar {side.name}: {exc}") from exc
-        arch = meta.get("architecture") or ARCHITECTURE
-        if arch.get("name") != ARCHITECTURE["name"]:
-            raise ModelLoadError(
-                f"{p.name}: architecture {arch.get('name')!r} is not supported; "
-                f"use {ARCHITECTURE['name']!r}"
-            )
-        try:
-            net = build_detector(arch.get("kwargs") or {})
-        except (TypeError, ValueError, KeyError) as exc:
-            raise ModelLoadError(f"bad architecture arguments in {side.name}: {exc}") from exc
-        try:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
-            raise ModelLoadError(f"cannot read state dict {p.name}: {exc}") from exc
-        try:
-            net.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
-        except (RuntimeError, AttributeError) as exc:
-            raise ModelLoadError(
-                f"state dict {p.name} does not fit the architecture: {exc}"
-            ) from exc
-        for param in net.parameters():
-            param.requires_grad_(False)
-        net = net.to(dev).eval()
-        model = runtime.LoadedModel(
-            network=net,
-            device=dev,
-            kind=runtime.ModelKind.STATE_DICT,
-            path=p,
-            weights_path=p,
-            sha256=runtime.file_sha256(p),
-            load_seconds=time.perf_counter() - t0,
-            metadata=meta,
-        )
-        _CACHE[key] = model
-    logger.info("loaded mg-masses model %s on %s in %.2f s", p.name, dev, model.load_seconds)
-    return model
+    """The state dict + sidecar, once per process (:func:`ai_models.runtime.load_built_model`)."""
+    return runtime.load_built_model(path, _build, device=device, name=NAME)
 
 
 def metadata_settings(
