@@ -38,25 +38,20 @@ from typing import TYPE_CHECKING
 
 import highdicom as hd
 import numpy as np
-from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence as DicomSequence
 
 from dicom_node.results.common import (
     DEFAULT_SERIES_NUMBERS,
-    MANUFACTURER_MODEL_NAME,
     RADIOGRAPH_MODALITIES,
-    SOFTWARE_VERSION,
     check_result,
     check_revision,
     check_uid,
-    contributing_equipment,
     presentation_grey,
     series_description,
 )
 from dicom_node.results.sc import (
     NOT_FOR_DIAGNOSTIC_USE,
-    _laterality,
     _orientation_letter,
+    burned_in_image,
     frame_key,
 )
 
@@ -288,7 +283,6 @@ def write_heatmaps(
         _orientation_letter(volume.direction[:, 2]),
         _orientation_letter(volume.direction[:, 1]),
     )
-    equipment = [contributing_equipment(result.algorithm)]
     images: list[hd.sc.SCImage] = []
     for t, hm in enumerate(heatmaps):
         k = int(hm.frame_index)
@@ -301,58 +295,23 @@ def write_heatmaps(
         _caption(rgb, _caption_lines(result, hm))
         ref = volume.frames[k]
         src = volume.source_datasets[min(k, len(volume.source_datasets) - 1)]
-        sc = hd.sc.SCImage(
-            pixel_array=rgb,
-            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-            bits_allocated=8,
-            coordinate_system=hd.CoordinateSystemNames.PATIENT,
-            study_instance_uid=src.StudyInstanceUID,
+        sc = burned_in_image(
+            result,
+            rgb,
+            src,
+            ref,
             series_instance_uid=series_uid,
             series_number=number,
             sop_instance_uid=fixed.get(heatmap_key(result, hm)) or hd.UID(),
             instance_number=first + t,
-            manufacturer=result.algorithm.manufacturer or "dicom-node",
-            patient_id=src.get("PatientID"),
-            patient_name=src.get("PatientName"),
-            patient_birth_date=src.get("PatientBirthDate"),
-            patient_sex=src.get("PatientSex") or None,
-            accession_number=src.get("AccessionNumber"),
-            study_id=src.get("StudyID"),
-            study_date=src.get("StudyDate"),
-            study_time=src.get("StudyTime"),
-            referring_physician_name=src.get("ReferringPhysicianName"),
             pixel_spacing=pixel_spacing,
             patient_orientation=orientation,
-            contributing_equipment=equipment,
             series_description=description,
-            manufacturer_model_name=MANUFACTURER_MODEL_NAME,
-            software_versions=SOFTWARE_VERSION,
+            derivation=(
+                f"{hm.method} explanation map of {hm.label!r} from {result.pipeline} "
+                f"{result.algorithm.version}, blended over the source image"
+            ),
         )
-        if src.get("BodyPartExamined"):
-            sc.BodyPartExamined = src.BodyPartExamined
-        laterality = _laterality(src)
-        if laterality:
-            sc.Laterality = laterality
-        elif not src.get("BodyPartExamined"):
-            sc.Laterality = ""
-        sc.BurnedInAnnotation = "YES"
-        sc.ImageComments = NOT_FOR_DIAGNOSTIC_USE
-        sc.ConversionType = "WSD"
-        sc.ImageType = ["DERIVED", "SECONDARY"]
-        sc.DerivationDescription = (
-            f"{hm.method} explanation map of {hm.label!r} from {result.pipeline} "
-            f"{result.algorithm.version}, blended over the source image"
-        )[:1024]
-        ref_item = Dataset()
-        ref_item.ReferencedSOPClassUID = ref.sop_class_uid
-        ref_item.ReferencedSOPInstanceUID = ref.sop_instance_uid
-        if ref.frame_number is not None:
-            ref_item.ReferencedFrameNumber = ref.frame_number
-        sc.SourceImageSequence = DicomSequence([ref_item])
-        copy = Dataset()
-        for elem in ref_item:
-            copy.add(elem)
-        sc.ReferencedImageSequence = DicomSequence([copy])
         images.append(sc)
     logger.debug("heat map overlay: %d image(s)", len(images))
     return images

@@ -58,7 +58,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SECONDARY_CAPTURE_SOP_CLASS_UID", "NOT_FOR_DIAGNOSTIC_USE", "write_sc", "frame_key"]
+__all__ = [
+    "NOT_FOR_DIAGNOSTIC_USE",
+    "SECONDARY_CAPTURE_SOP_CLASS_UID",
+    "burned_in_image",
+    "frame_key",
+    "write_sc",
+]
 
 #: Secondary Capture Image Storage (PS3.4 B.5).
 SECONDARY_CAPTURE_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.7"
@@ -235,7 +241,6 @@ def write_sc(
         _orientation_letter(volume.direction[:, 2]),  # along a row (j)
         _orientation_letter(volume.direction[:, 1]),  # down a column (i)
     )
-    equipment = [contributing_equipment(result.algorithm)]
     out: list[hd.sc.SCImage] = []
     for t, k_ in enumerate(ks):
         k = int(k_)
@@ -252,68 +257,109 @@ def write_sc(
                 rgb[edges(m, thickness)] = colour
                 present.append((seg.label, colour))
         _banner(rgb, present)
-        ref = volume.frames[k]
-        sc = hd.sc.SCImage(
-            pixel_array=rgb,
-            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-            bits_allocated=8,
-            coordinate_system=hd.CoordinateSystemNames.PATIENT,
-            study_instance_uid=src.StudyInstanceUID,
-            series_instance_uid=series_uid,
-            series_number=number,
-            sop_instance_uid=fixed.get(frame_key(ref)) or hd.UID(),
-            instance_number=first + t,
-            manufacturer=result.algorithm.manufacturer or "dicom-node",
-            patient_id=src.get("PatientID"),
-            patient_name=src.get("PatientName"),
-            patient_birth_date=src.get("PatientBirthDate"),
-            patient_sex=src.get("PatientSex") or None,
-            accession_number=src.get("AccessionNumber"),
-            study_id=src.get("StudyID"),
-            study_date=src.get("StudyDate"),
-            study_time=src.get("StudyTime"),
-            referring_physician_name=src.get("ReferringPhysicianName"),
-            pixel_spacing=(float(volume.spacing[1]), float(volume.spacing[2])),
-            patient_orientation=orientation,
-            contributing_equipment=equipment,
-            series_description=description,
-            manufacturer_model_name=MANUFACTURER_MODEL_NAME,
-            software_versions=SOFTWARE_VERSION,
-        )
-        # General Series Laterality is Type 2C (paired body parts): copied
-        # with Body Part Examined; empty (= unknown) when the body part is.
-        if src.get("BodyPartExamined"):
-            sc.BodyPartExamined = src.BodyPartExamined
-        laterality = _laterality(src)
-        if laterality:
-            sc.Laterality = laterality
-        elif not src.get("BodyPartExamined"):
-            # Without a body part the validator cannot tell an unpaired
-            # structure: an empty value says "unknown" (Type 2C).
-            sc.Laterality = ""
-        sc.BurnedInAnnotation = "YES"
-        sc.ImageComments = NOT_FOR_DIAGNOSTIC_USE
-        sc.ConversionType = "WSD"
-        sc.ImageType = ["DERIVED", "SECONDARY"]
         shown_as = (
             "as presented (VOI, MONOCHROME1 inverted)"
             if shown is not None
             else f"(window {center:g}/{width:g})"
         )
-        sc.DerivationDescription = (
-            f"Segment outlines of {result.pipeline} {result.algorithm.version} "
-            f"burned into the source image {shown_as}"
-        )[:1024]
-        ref_item = Dataset()
-        ref_item.ReferencedSOPClassUID = ref.sop_class_uid
-        ref_item.ReferencedSOPInstanceUID = ref.sop_instance_uid
-        if ref.frame_number is not None:
-            ref_item.ReferencedFrameNumber = ref.frame_number
-        sc.SourceImageSequence = DicomSequence([ref_item])
-        sc.ReferencedImageSequence = DicomSequence([_copy(ref_item)])
+        ref = volume.frames[k]
+        sc = burned_in_image(
+            result,
+            rgb,
+            src,
+            ref,
+            series_instance_uid=series_uid,
+            series_number=number,
+            sop_instance_uid=fixed.get(frame_key(ref)) or hd.UID(),
+            instance_number=first + t,
+            pixel_spacing=(float(volume.spacing[1]), float(volume.spacing[2])),
+            patient_orientation=orientation,
+            series_description=description,
+            derivation=(
+                f"Segment outlines of {result.pipeline} {result.algorithm.version} "
+                f"burned into the source image {shown_as}"
+            ),
+        )
         out.append(sc)
     logger.debug("SC overlay: %d image(s)", len(out))
     return out
+
+
+def burned_in_image(
+    result: PipelineResult,
+    rgb: np.ndarray,
+    source: Dataset,
+    ref: FrameRef,
+    *,
+    series_instance_uid: str,
+    series_number: int,
+    sop_instance_uid: str,
+    instance_number: int,
+    pixel_spacing: tuple[float, float] | None,
+    patient_orientation: tuple[str, str],
+    series_description: str,
+    derivation: str,
+) -> hd.sc.SCImage:
+    """One RGB Secondary Capture image (PS3.3 A.8.1) made from ``source``'s frame ``ref``.
+
+    Patient and study from the source; Body Part Examined and Laterality
+    (General Series, Type 2C) copied, Laterality empty (unknown) when the
+    body part is not recorded; BurnedInAnnotation YES, "not for diagnostic
+    use", ConversionType WSD, DERIVED\\SECONDARY; ``derivation`` as the
+    Derivation Description; the source frame in Source and Referenced Image
+    Sequences.  Shared by the outline overlays and the heat maps.
+    """
+    sc = hd.sc.SCImage(
+        pixel_array=rgb,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        study_instance_uid=source.StudyInstanceUID,
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+        manufacturer=result.algorithm.manufacturer or "dicom-node",
+        patient_id=source.get("PatientID"),
+        patient_name=source.get("PatientName"),
+        patient_birth_date=source.get("PatientBirthDate"),
+        patient_sex=source.get("PatientSex") or None,
+        accession_number=source.get("AccessionNumber"),
+        study_id=source.get("StudyID"),
+        study_date=source.get("StudyDate"),
+        study_time=source.get("StudyTime"),
+        referring_physician_name=source.get("ReferringPhysicianName"),
+        pixel_spacing=pixel_spacing,
+        patient_orientation=patient_orientation,
+        contributing_equipment=[contributing_equipment(result.algorithm)],
+        series_description=series_description,
+        manufacturer_model_name=MANUFACTURER_MODEL_NAME,
+        software_versions=SOFTWARE_VERSION,
+    )
+    # General Series Laterality is Type 2C (paired body parts): copied
+    # with Body Part Examined; empty (= unknown) when the body part is.
+    if source.get("BodyPartExamined"):
+        sc.BodyPartExamined = source.BodyPartExamined
+    laterality = _laterality(source)
+    if laterality:
+        sc.Laterality = laterality
+    elif not source.get("BodyPartExamined"):
+        # Without a body part the validator cannot tell an unpaired
+        # structure: an empty value says "unknown" (Type 2C).
+        sc.Laterality = ""
+    sc.BurnedInAnnotation = "YES"
+    sc.ImageComments = NOT_FOR_DIAGNOSTIC_USE
+    sc.ConversionType = "WSD"
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    sc.DerivationDescription = derivation[:1024]
+    ref_item = Dataset()
+    ref_item.ReferencedSOPClassUID = ref.sop_class_uid
+    ref_item.ReferencedSOPInstanceUID = ref.sop_instance_uid
+    if ref.frame_number is not None:
+        ref_item.ReferencedFrameNumber = ref.frame_number
+    sc.SourceImageSequence = DicomSequence([ref_item])
+    sc.ReferencedImageSequence = DicomSequence([_copy(ref_item)])
+    return sc
 
 
 def _copy(item: Dataset) -> Dataset:
