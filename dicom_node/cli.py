@@ -19,7 +19,7 @@ from rich.table import Table
 from dicom_node import __version__
 from dicom_node.cli_analyze import analyze, pipelines
 from dicom_node.cli_jobs import complete, jobs
-from dicom_node.config import Settings, load_settings
+from dicom_node.config import DEFAULT_CONFIG_PATH, Settings, load_settings
 from dicom_node.errors import ConfigError, DeliveryError
 from dicom_node.logs import configure_logging
 
@@ -92,8 +92,37 @@ def serve(state: _State) -> None:
     from dicom_node.node import Node
 
     settings = state.settings()
+    _log_configuration(settings)
     node = Node(settings, log_level=state.log_level, json_logs=state.json_logs)
     node.run_forever()
+
+
+def _log_configuration(settings: Settings) -> None:
+    """Say which configuration ``serve`` runs on; warn when it is not what one expects.
+
+    Started outside the project folder without ``--config``, the node finds no
+    ``config.toml`` and runs on the built-in defaults, which have no rules:
+    it receives and stores, and analyses nothing.  Both are logged at WARNING
+    (on stderr, with the other log lines).
+    """
+    if settings.source_path is not None:
+        LOGGER.info("configuration: %s", settings.source_path)
+    else:
+        LOGGER.warning(
+            "no configuration file: no --config, no DICOM_NODE_CONFIG and no %s in %s; "
+            "running on the built-in defaults (and DICOM_NODE_* variables)",
+            DEFAULT_CONFIG_PATH,
+            Path.cwd(),
+        )
+    if not settings.rules:
+        fix = (
+            f"add [[rules]] to {settings.source_path}"
+            if settings.source_path is not None
+            else "give a config.toml with [[rules]] with --config"
+        )
+        LOGGER.warning(
+            "no routing rules: nothing will be analysed (received series are stored; %s)", fix
+        )
 
 
 @main.command("check-config")

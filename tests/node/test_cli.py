@@ -445,6 +445,89 @@ def test_serve_with_log_json_logs_json_lines(tmp_path: Path, dicom_data: Path) -
     assert [r["instances"] for r in echo_summaries] == [0]
 
 
+def serve_until_listening(
+    args: list[str], cwd: Path, env: dict[str, str], port: int, log_path: Path
+) -> str:
+    """Start ``serve`` with *args*, wait until its DICOM port answers, stop it; its log."""
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dicom_node.cli", *args, "serve"],
+            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=log,
+        )
+    try:
+        wait_for_port(port, 60, proc)
+        proc.terminate()
+        assert proc.wait(30) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    return log_path.read_text()
+
+
+@pytest.mark.network
+def test_serve_outside_the_project_says_it_runs_on_defaults_without_rules(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    env = cli_env(
+        DICOM_NODE_NODE__HOST="127.0.0.1",
+        DICOM_NODE_NODE__PORT=str(port),
+        DICOM_NODE_WEB__ENABLED="false",
+        DICOM_NODE_WORKER__CONCURRENCY="0",
+        DICOM_NODE_STORAGE__MIN_FREE_DISK_MB="0",
+    )
+    assert not (tmp_path / "config.toml").exists()
+    stderr = serve_until_listening([], tmp_path, env, port, tmp_path / "defaults.log")
+    warnings = [line for line in stderr.splitlines() if " WARNING " in line]
+    assert any(
+        "no configuration file" in w and f"config.toml in {tmp_path}" in w
+        and "built-in defaults" in w
+        for w in warnings
+    ), stderr
+    assert any("no routing rules: nothing will be analysed" in w for w in warnings), stderr
+    assert (tmp_path / "var").is_dir()  # the defaults' relative folders: under the cwd
+
+
+@pytest.mark.network
+def test_serve_names_its_configuration_file(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'[node]\nhost = "127.0.0.1"\nport = {port}\n'
+        '[storage]\nspool_dir = "spool"\ndatabase_url = "sqlite:///node.db"\n'
+        "min_free_disk_mb = 0\n[worker]\nconcurrency = 0\n[web]\nenabled = false\n"
+    )
+    stderr = serve_until_listening(
+        ["-c", str(config)], ROOT, cli_env(), port, tmp_path / "file.log"
+    )
+    assert f"configuration: {config.resolve()}" in stderr, stderr
+    assert "no configuration file" not in stderr, stderr
+    rules_lines = [line for line in stderr.splitlines() if "no routing rules" in line]
+    assert len(rules_lines) == 1 and " WARNING " in rules_lines[0], stderr
+    assert f"add [[rules]] to {config.resolve()}" in rules_lines[0]
+
+    with_rules = ROOT / "config.toml"  # the shipped file has rules: no warning about them
+    shipped = serve_until_listening(
+        ["-c", str(with_rules)],
+        ROOT,
+        cli_env(
+            DICOM_NODE_NODE__HOST="127.0.0.1",
+            DICOM_NODE_NODE__PORT=str(port),
+            DICOM_NODE_WEB__ENABLED="false",
+            DICOM_NODE_WORKER__CONCURRENCY="0",
+            DICOM_NODE_STORAGE__SPOOL_DIR=str(tmp_path / "spool2"),
+            DICOM_NODE_STORAGE__RESULTS_DIR=str(tmp_path / "results2"),
+            DICOM_NODE_STORAGE__DATABASE_URL=f"sqlite:///{tmp_path / 'node2.db'}",
+            DICOM_NODE_STORAGE__MIN_FREE_DISK_MB="0",
+        ),
+        port,
+        tmp_path / "shipped.log",
+    )
+    assert f"configuration: {with_rules.resolve()}" in shipped, shipped
+    assert "no routing rules" not in shipped, shipped
+
+
 # -- database ------------------------------------------------------------------------
 
 
