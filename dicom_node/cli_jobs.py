@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from dicom_node.config import Settings
 from storage.db import Database
 from storage.jobs import DeliveryStatus, JobQueue, JobStatus
+from storage.spool import safe_component
 
 __all__ = ["complete", "jobs"]
 
@@ -138,75 +141,93 @@ def jobs_list(ctx: click.Context, status: str | None, limit: int, as_json: bool)
 
 @jobs.command("show")
 @click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
 @click.pass_context
-def jobs_show(ctx: click.Context, job_id: int) -> None:
-    """One job: its state, timings, result objects and each delivery."""
-    from sqlalchemy import select
-
-    from storage.models import Delivery, Result
-
-    _settings, database = _database(ctx)
+def jobs_show(ctx: click.Context, job_id: int, as_json: bool) -> None:
+    """One job: its state, timings, result files and where each was delivered."""
+    settings, database = _database(ctx)
     try:
-        rows = JobQueue(database).summaries(job_ids=[job_id], limit=1)
+        queue = JobQueue(database)
+        rows = queue.summaries(job_ids=[job_id], limit=1)
         if not rows:
             err_console.print(f"error: no job {job_id}", markup=False)
             sys.exit(1)
         job = rows[0]
-        with database.engine.connect() as conn:
-            results = conn.execute(
-                select(Result.id, Result.kind, Result.sop_instance_uid)
-                .where(Result.job_id == job_id)
-                .order_by(Result.id)
-            ).all()
-            deliveries = conn.execute(
-                select(
-                    Delivery.result_id,
-                    Delivery.destination,
-                    Delivery.status,
-                    Delivery.attempts,
-                    Delivery.last_status,
-                    Delivery.error,
-                )
-                .join(Result, Result.id == Delivery.result_id)
-                .where(Result.job_id == job_id)
-                .order_by(Delivery.id)
-            ).all()
+        results = queue.results_with_deliveries(job_id)
     finally:
         database.dispose()
-    console.print(
+    for result in results:
+        result["path"] = str(settings.storage.results_dir / result["path"])
+        for d in result["deliveries"]:
+            d.update(_delivered_to(settings, result, d))
+    if as_json:
+        click.echo(json.dumps({**job, "objects": results}, default=str))
+        return
+    out = Console(soft_wrap=True)  # paths and UIDs whole, never folded
+    out.print(
         f"job {job['id']}: {job['status']} ({job['pipeline']}, rule {job['rule']}, "
         f"revision {job['revision']}, attempt {job['attempts']}/{job['max_attempts']})",
         markup=False,
     )
-    console.print(f"study {job['study_instance_uid']}", markup=False)
+    out.print(f"study {job['study_instance_uid']}", markup=False)
     for uid in job["series_instance_uids"]:
-        console.print(f"series {uid}", markup=False)
+        out.print(f"series {uid}", markup=False)
     if job["timings"]:
-        console.print(
+        out.print(
             "timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in job["timings"].items()),
             markup=False,
         )
     if job["error"]:
-        console.print(f"error: {job['error']}", markup=False)
-    by_result: dict[int, list[Any]] = {}
-    for d in deliveries:
-        by_result.setdefault(d.result_id, []).append(d)
-    table = Table(title="results and deliveries")
-    for col in ("kind", "SOP Instance UID", "destination", "status", "tries", "DIMSE", "error"):
-        table.add_column(col, overflow="fold")
-    for r in results:
-        ds = by_result.get(r.id) or [None]
-        for d in ds:
-            table.add_row(
-                r.kind,
-                r.sop_instance_uid,
-                d.destination if d else "",
-                d.status if d else "",
-                str(d.attempts) if d else "",
-                f"0x{d.last_status:04X}" if d and d.last_status is not None else "",
-                (d.error or "") if d else "",
-            )
-    console.print(table)
+        out.print(f"error: {job['error']}", markup=False)
+    if not results:
+        out.print("no result files", markup=False)
+    for result in results:
+        there = "" if Path(result["path"]).is_file() else " (no longer there)"
+        out.print(
+            f"{result['kind']} {result['sop_instance_uid']}: {result['path']}{there}",
+            markup=False,
+        )
+        if not result["deliveries"]:
+            out.print("  not delivered anywhere", markup=False)
+        for d in result["deliveries"]:
+            line = f"  -> {d['destination']}"
+            if d["destination_type"]:
+                line += f" ({d['destination_type']})"
+            line += f": {d['status']}, {d['attempts']} attempt(s)"
+            if d["last_status"] is not None:
+                line += f", DIMSE status 0x{d['last_status']:04X}"
+            if d["written_to"]:
+                line += f", written to {d['written_to']}"
+            if d["status"] == DeliveryStatus.PENDING.value and d["next_attempt_at"]:
+                line += f", next attempt {_when(d['next_attempt_at'])} UTC"
+            if d["error"]:
+                line += f", last error: {d['error']}"
+            out.print(line, markup=False)
+
+
+def _delivered_to(
+    settings: Settings, result: dict[str, Any], delivery: dict[str, Any]
+) -> dict[str, Any]:
+    """The destination's type, and for a sent folder delivery the file it wrote.
+
+    The folder layout is the sender's (:mod:`dicom_node.deliver`):
+    ``<path>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``.
+    """
+    dest = next((d for d in settings.destinations if d.name == delivery["destination"]), None)
+    written_to = None
+    if (
+        dest is not None
+        and dest.type == "folder"
+        and dest.path is not None
+        and delivery["status"] == DeliveryStatus.SENT.value
+    ):
+        written_to = str(
+            Path(dest.path)
+            / safe_component(result["study_instance_uid"])
+            / safe_component(result["series_instance_uid"])
+            / f"{safe_component(result['sop_instance_uid'])}.dcm"
+        )
+    return {"destination_type": dest.type if dest is not None else None, "written_to": written_to}
 
 
 @jobs.command("retry")

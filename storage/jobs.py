@@ -590,6 +590,77 @@ class JobQueue:
                 )
             return out
 
+    def results_with_deliveries(self, job_id: int) -> list[dict[str, Any]]:
+        """A job's result objects in the order written, each with its deliveries, for people.
+
+        Each result: ``id``, ``kind``, ``sop_instance_uid``, ``sop_class_uid``,
+        ``study_instance_uid``, ``series_instance_uid``, ``path`` (relative to
+        the results folder), ``size_bytes``, ``created_at`` and ``deliveries``:
+        ``id``, ``destination``, ``status``, ``attempts``, ``last_status``
+        (the peer's DIMSE status), ``error``, ``next_attempt_at``, ``sent_at``.
+        """
+        with self.db.engine.connect() as conn:
+            results = conn.execute(
+                select(
+                    Result.id,
+                    Result.kind,
+                    Result.sop_instance_uid,
+                    Result.sop_class_uid,
+                    Result.study_instance_uid,
+                    Result.series_instance_uid,
+                    Result.path,
+                    Result.size_bytes,
+                    Result.created_at,
+                )
+                .where(Result.job_id == job_id)
+                .order_by(Result.id)
+            ).all()
+            deliveries = conn.execute(
+                select(
+                    Delivery.id,
+                    Delivery.result_id,
+                    Delivery.destination,
+                    Delivery.status,
+                    Delivery.attempts,
+                    Delivery.last_status,
+                    Delivery.error,
+                    Delivery.next_attempt_at,
+                    Delivery.sent_at,
+                )
+                .join(Result, Result.id == Delivery.result_id)
+                .where(Result.job_id == job_id)
+                .order_by(Delivery.id)
+            ).all()
+        by_result: dict[int, list[dict[str, Any]]] = {}
+        for d in deliveries:
+            by_result.setdefault(d.result_id, []).append(
+                {
+                    "id": d.id,
+                    "destination": d.destination,
+                    "status": d.status,
+                    "attempts": d.attempts,
+                    "last_status": d.last_status,
+                    "error": d.error,
+                    "next_attempt_at": as_utc(d.next_attempt_at),
+                    "sent_at": as_utc(d.sent_at),
+                }
+            )
+        return [
+            {
+                "id": r.id,
+                "kind": r.kind,
+                "sop_instance_uid": r.sop_instance_uid,
+                "sop_class_uid": r.sop_class_uid,
+                "study_instance_uid": r.study_instance_uid,
+                "series_instance_uid": r.series_instance_uid,
+                "path": r.path,
+                "size_bytes": r.size_bytes,
+                "created_at": as_utc(r.created_at),
+                "deliveries": by_result.get(r.id, []),
+            }
+            for r in results
+        ]
+
 
 class DeliveryQueue:
     """Claim due deliveries per destination and record what the sender did.

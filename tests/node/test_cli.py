@@ -528,6 +528,140 @@ def test_serve_names_its_configuration_file(tmp_path: Path) -> None:
     assert "no routing rules" not in shipped, shipped
 
 
+# -- jobs ------------------------------------------------------------------------------
+
+
+def finished_job_with_deliveries(tmp_path: Path) -> tuple[Path, int, dict[str, str]]:
+    """A config, and a job whose SEG went to a folder and failed to reach a DICOM peer.
+
+    Made through the same storage calls and sender function the node uses
+    (collector, job queue, :func:`dicom_node.deliver.deliver_batch`).
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from dicom_node.collect import Collector
+    from dicom_node.deliver import deliver_batch
+    from storage.jobs import DeliveryQueue, JobQueue, NewResult
+    from storage.received import InstanceRecord, ReceivedStore
+    from storage.spool import Spool
+
+    closed = free_port()  # nothing listens there: the DICOM delivery fails
+    config = tmp_path / "node.toml"
+    config.write_text(
+        '[storage]\nspool_dir = "spool"\nresults_dir = "results"\n'
+        'database_url = "sqlite:///node.db"\n'
+        '[[destinations]]\nname = "outbox"\ntype = "folder"\npath = "outbox"\n'
+        '[[destinations]]\nname = "pacs"\ntype = "dicom"\nae_title = "PACS"\n'
+        f'host = "127.0.0.1"\nport = {closed}\ntimeout_s = 5\n'
+        '[[rules]]\nname = "ct"\npipelines = ["ct-lungs"]\ndestinations = ["outbox", "pacs"]\n'
+        'outputs = ["seg"]\n[rules.match]\nModality = "CT"\n'
+    )
+    settings = load_settings(config)
+    database = Database(settings.storage.database_url)
+    database.upgrade()
+    try:
+        store = ReceivedStore(database, Spool(settings.storage.spool_dir))
+        study, series = generate_uid(), generate_uid()
+        store.store(
+            InstanceRecord(
+                study_instance_uid=study,
+                series_instance_uid=series,
+                sop_instance_uid=generate_uid(),
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                transfer_syntax_uid=ExplicitVRLittleEndian,
+                modality="CT",
+                attributes={"Modality": "CT"},
+            ),
+            store.spool.write_temp([b"not used"]),
+        )
+        (job_id,) = Collector(database, settings).complete(series).job_ids
+        queue = JobQueue(database)
+        job = queue.claim("host:1:test", job_id=job_id)
+        assert job is not None
+        seg = Dataset()
+        seg.file_meta = FileMetaDataset()
+        seg.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        seg.SOPClassUID = seg.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+        seg.SOPInstanceUID = seg.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        seg.StudyInstanceUID, seg.SeriesInstanceUID = study, generate_uid()
+        seg.Modality = "SEG"
+        relative = f"job-{job_id}/seg.dcm"
+        path = settings.storage.results_dir / relative
+        path.parent.mkdir(parents=True)
+        seg.save_as(path, enforce_file_format=True)
+        queue.complete(
+            job,
+            [
+                NewResult(
+                    kind="seg",
+                    source_series_uid=series,
+                    study_instance_uid=study,
+                    series_instance_uid=str(seg.SeriesInstanceUID),
+                    sop_instance_uid=str(seg.SOPInstanceUID),
+                    sop_class_uid=str(seg.SOPClassUID),
+                    path=relative,
+                    size_bytes=path.stat().st_size,
+                )
+            ],
+            {"infer": 1.0},
+        )
+        deliveries = DeliveryQueue(database)
+        while batch := deliveries.claim_batch("host:1:sender"):
+            deliveries.record(
+                "host:1:sender",
+                deliver_batch(settings, batch),
+                max_attempts=3,
+                retry_base_s=60,
+                retry_max_s=60,
+            )
+    finally:
+        database.dispose()
+    return config, job_id, {
+        "result": str(path),
+        "sop": str(seg.SOPInstanceUID),
+        "outbox": str(settings.storage.results_dir.parent / "outbox"),
+    }
+
+
+def test_jobs_show_prints_the_result_files_and_where_they_went(tmp_path: Path) -> None:
+    config, job_id, made = finished_job_with_deliveries(tmp_path)
+    written = [p for p in Path(made["outbox"]).rglob("*.dcm")]
+    assert len(written) == 1  # what the sender wrote
+
+    shown = run_cli("-c", config, "jobs", "show", str(job_id))
+    assert shown.returncode == 0, explain(shown)
+    lines = shown.stdout.splitlines()
+    assert f"seg {made['sop']}: {made['result']}" in lines, shown.stdout
+    outbox = [line for line in lines if line.startswith("  -> outbox")]
+    assert outbox == [
+        f"  -> outbox (folder): sent, 1 attempt(s), DIMSE status 0x0000, written to {written[0]}"
+    ], shown.stdout
+    pacs = [line for line in lines if line.startswith("  -> pacs")]
+    assert len(pacs) == 1 and pacs[0].startswith("  -> pacs (dicom): pending, 1 attempt(s)")
+    assert "last error: pacs: " in pacs[0], pacs
+
+    as_json = run_cli("-c", config, "jobs", "show", str(job_id), "--json")
+    assert as_json.returncode == 0, explain(as_json)
+    record = json.loads(as_json.stdout)
+    assert record["id"] == job_id and record["status"] == "succeeded"
+    (obj,) = record["objects"]
+    assert (obj["kind"], obj["sop_instance_uid"], obj["path"]) == (
+        "seg",
+        made["sop"],
+        made["result"],
+    )
+    by_dest = {d["destination"]: d for d in obj["deliveries"]}
+    assert by_dest["outbox"]["status"] == "sent"
+    assert by_dest["outbox"]["written_to"] == str(written[0])
+    assert by_dest["outbox"]["destination_type"] == "folder"
+    assert by_dest["pacs"]["status"] == "pending" and by_dest["pacs"]["attempts"] == 1
+    assert by_dest["pacs"]["written_to"] is None and by_dest["pacs"]["error"]
+
+    missing = run_cli("-c", config, "jobs", "show", str(job_id + 1))
+    assert missing.returncode == 1 and f"no job {job_id + 1}" in missing.stderr
+
+
 # -- database ------------------------------------------------------------------------
 
 
