@@ -11,11 +11,13 @@ How it works
    the first VOI LUT / window and the polarity (MONOCHROME1 inverted), so the
    network always sees dense tissue bright, whatever the bit depth.
 2. **Scope** (:meth:`CxrFindingsPipeline.check`) -- modality CR or DX; Body
-   Part Examined a chest term (a different body part is refused; without one
-   the descriptions are searched for "chest"/"thorax", and failing that an
-   image check asks for two enclosed lung fields); View Position frontal
-   (PA/AP; lateral, decubitus and oblique views are refused: the model has
-   only seen frontal views); at least 256 pixels on the short side.
+   Part Examined, when present, a chest term; View Position, when present,
+   frontal (PA/AP; lateral, decubitus and oblique views are refused: the
+   model has only seen frontal views); at least 256 pixels on the short
+   side; and always the image check
+   (:func:`ai_models.radiograph.frontal_chest`): the imaged field of an adult
+   chest when the pixel size is known, two lung fields symmetric about a
+   bright mediastinum with the abdomen below, the body filling the film.
 3. **Model input** (:func:`model_input`) -- area-averaged down to fit
    ``input_size`` (192) pixels, contrast stretched between its 1st and 99th
    percentiles, letterboxed to a square, standardised.
@@ -38,7 +40,6 @@ from __future__ import annotations
 
 import logging
 import pathlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -46,7 +47,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from ai_models import runtime
 from ai_models.errors import ModelLoadError, PipelineNotApplicable
@@ -56,8 +56,11 @@ from ai_models.radiograph import (
     FRONTAL_VIEWS,
     RADIOGRAPH_MODALITIES,
     body_part,
+    frontal_chest,
     load_radiograph,
+    pixel_spacing,
     presentation_image,
+    thumbnail,
     view_position,
 )
 from ai_models.types import (
@@ -144,8 +147,6 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "CHEST_LAT", "TORAX", "THORAX_LAT"})
 """Body Part Examined values taken as a chest (PS3.16 Annex L defined terms and
 common vendor spellings)."""
-
-_CHEST_WORDS = re.compile(r"\b(chest|thorax|thoracic|lungs?|cxr|torax|poumon)\b", re.I)
 
 
 def _c(value: str, scheme: str, meaning: str) -> CodedConcept:
@@ -316,44 +317,23 @@ def model_input(image: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray, 
     return (out - 0.5) / 0.25, Letterbox(size, r0, c0, h, w)
 
 
-def looks_like_chest(x: np.ndarray, box: Letterbox, contrast: float = 0.08) -> tuple[bool, str]:
-    """Coarse image check for a frontal chest radiograph (used without metadata).
+def looks_like_chest(x: np.ndarray, box: Letterbox) -> tuple[bool, str]:
+    """Image check for a frontal chest radiograph on the network input.
 
-    On the network input (``0..1`` before standardisation), the median
-    column profile of the rows at 30-60 % of the height must show a bright
-    middle (mediastinum, spine), a darker valley on each side (the lungs,
-    searched at 10-45 % and 55-90 % of the width) that is not open-field
-    background (above 0.1), and a brighter chest wall within a quarter of the
-    width lateral to each valley; each step at least ``contrast``.  A limb or
-    other body part against open-field background fails (its "valleys" are
-    background).  It is deliberately coarse: an atypical chest radiograph
-    without Body Part Examined can fail it, which the reason says.
+    ``x`` and ``box`` as :func:`model_input` returns them; the letterbox
+    padding is removed and the standardisation undone, then
+    :func:`ai_models.radiograph.frontal_chest` decides (its docstring lists
+    the features and limits).
 
     Returns
     -------
     (ok, reason)
     """
     img = x[box.r0 : box.r0 + box.h, box.c0 : box.c0 + box.w] * 0.25 + 0.5
-    h, w = img.shape
-    if h < 16 or w < 16:
+    if min(img.shape) < 16:
         return False, "the image is too small to check"
-    band = img[int(0.30 * h) : int(0.60 * h)]
-    prof = ndimage.uniform_filter1d(np.median(band, axis=0), max(3, w // 40))
-    middle = float(prof[int(0.40 * w) : int(0.60 * w)].max())
-    li = int(0.10 * w) + int(np.argmin(prof[int(0.10 * w) : int(0.45 * w)]))
-    ri = int(0.55 * w) + int(np.argmin(prof[int(0.55 * w) : int(0.90 * w)]))
-    lv, rv = float(prof[li]), float(prof[ri])
-    reach = int(0.25 * w)
-    lw = float(prof[max(0, li - reach) : li + 1].max())
-    rw = float(prof[ri : ri + reach + 1].max())
-    if min(lv, rv) <= 0.1:
-        return False, "the darkest regions beside the midline are open-field background, not lungs"
-    if min(middle - lv, middle - rv) <= contrast or min(lw - lv, rw - rv) <= contrast:
-        return False, (
-            "the image does not show two lung fields between a bright mediastinum and "
-            "the chest walls"
-        )
-    return True, ""
+    ok, reason, _ = frontal_chest(img)
+    return ok, reason
 
 
 # --------------------------------------------------------------------------- model
@@ -525,7 +505,16 @@ class CxrFindingsPipeline(Pipeline):
         return int(model.metadata.get("input_size", INPUT_SIZE))
 
     def check(self, volume: Volume) -> None:
-        """CR/DX, one frontal chest image of at least 256 x 256 pixels."""
+        """CR/DX, one frontal chest image of at least 256 x 256 pixels.
+
+        Header first (Body Part Examined another body part, a lateral View
+        Position, a small matrix), then always the pixels
+        (:func:`ai_models.radiograph.frontal_chest` on a downsampled copy, with
+        the imaged field size when the pixel size is recorded): two lung
+        fields symmetric about a bright mediastinum, abdomen below, the body
+        filling the film.  Headers lie or are empty, so a header saying CHEST
+        never replaces the image check.
+        """
         super().check(volume)
         n, rows, cols = volume.shape
         if n != 1 or not volume.source_datasets:
@@ -542,23 +531,22 @@ class CxrFindingsPipeline(Pipeline):
                 f"{self.name}: View Position {view!r} is out of scope; the model reads frontal "
                 "(PA/AP) chest views only"
             )
+        spacing = pixel_spacing(ds)
+        field = (rows * spacing[0], cols * spacing[1]) if spacing else None
         if min(rows, cols) < MIN_MATRIX:
             raise PipelineNotApplicable(
                 f"{self.name}: matrix {rows}x{cols} is smaller than {MIN_MATRIX}x{MIN_MATRIX}"
             )
-        if not part:
-            text = " ".join(
-                str(ds.get(kw, "") or "")
-                for kw in ("StudyDescription", "SeriesDescription", "ProtocolName")
+        # The pixels decide whatever the header says: a header saying CHEST
+        # does not make an ankle a chest.
+        x, box = model_input(thumbnail(ds, volume.array[0]), INPUT_SIZE)
+        img = x[box.r0 : box.r0 + box.h, box.c0 : box.c0 + box.w] * 0.25 + 0.5
+        ok, reason, features = frontal_chest(img, field)
+        logger.debug("%s: image check %s", self.name, features.as_dict())
+        if not ok:
+            raise PipelineNotApplicable(
+                f"{self.name}: {reason}; not taken for a frontal chest radiograph"
             )
-            if not _CHEST_WORDS.search(text):
-                x, box = model_input(presentation_image(ds, volume.array[0]), INPUT_SIZE)
-                ok, reason = looks_like_chest(x, box)
-                if not ok:
-                    raise PipelineNotApplicable(
-                        f"{self.name}: no Body Part Examined and {reason}; not taken for a "
-                        "frontal chest radiograph"
-                    )
 
     def preprocess(self, volume: Volume, size: int | None = None) -> tuple[np.ndarray, Letterbox]:
         """The network input ``(size, size)`` for the volume's radiograph."""

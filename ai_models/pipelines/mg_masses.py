@@ -17,7 +17,9 @@ How it works
    Body Part Examined (or Anatomic Region Sequence, or descriptions) says
    breast.  Refused with the reason: another body part, "For Processing"
    images (raw detector data, not meant for display), colour or multi-frame
-   images, a matrix below 256 pixels.
+   images, a matrix below 256 pixels, and, whatever the header says, an
+   image that does not show one breast against the chest wall
+   (:func:`ai_models.radiograph.breast_region`).
 3. **Working image** -- area-averaged to :data:`WORK_SIZE` (256) pixels on
    the longer side (about 0.8-1 mm per pixel for a 20-26 cm image), divided
    by its 99.5th percentile.
@@ -60,7 +62,7 @@ from ai_models import runtime
 from ai_models.errors import ModelLoadError, PipelineNotApplicable
 from ai_models.pipelines import MG_MASSES
 from ai_models.pipelines.base import Pipeline, PipelineInfo, tracking_uid, weights_kind_of
-from ai_models.radiograph import load_radiograph, presentation_image
+from ai_models.radiograph import breast_region, load_radiograph, presentation_image, thumbnail
 from ai_models.types import (
     AlgorithmInfo,
     CodedConcept,
@@ -538,7 +540,14 @@ class MgMassesPipeline(Pipeline):
         return metadata_settings(self.load().metadata, self.weights_kind)[1]
 
     def check(self, volume: Volume) -> None:
-        """One grey breast image of at least 256 x 256 pixels, not For Processing."""
+        """One grey breast image of at least 256 x 256 pixels, not For Processing.
+
+        Header first (:func:`is_breast_image`, For Processing, matrix), then
+        always the pixels (:func:`ai_models.radiograph.breast_region` on a
+        downsampled copy): one bright region attached to one side edge, open
+        background on the other side, a skin line curving back at the ends.
+        A header saying BREAST or MG never replaces the image check.
+        """
         super().check(volume)
         n, rows, cols = volume.shape
         if n != 1 or not volume.source_datasets:
@@ -556,6 +565,13 @@ class MgMassesPipeline(Pipeline):
             raise PipelineNotApplicable(
                 f"{self.name}: matrix {rows}x{cols} is smaller than {MIN_MATRIX}x{MIN_MATRIX}"
             )
+        # The pixels decide whatever the header says: one breast against the
+        # chest wall, open background beyond it.
+        x, _ = model_input(thumbnail(ds, volume.array[0]), WORK_SIZE)
+        ok, reason, features = breast_region(x)
+        logger.debug("%s: image check %s", self.name, features.as_dict())
+        if not ok:
+            raise PipelineNotApplicable(f"{self.name}: {reason}; not taken for a mammogram")
 
     def preprocess(self, volume: Volume) -> tuple[np.ndarray, tuple[float, float]]:
         """The working image and its scale factors (see :func:`model_input`)."""
