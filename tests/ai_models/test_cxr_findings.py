@@ -11,7 +11,9 @@
   SR + SC that dciodvfy accepts, the SR referencing the source image;
 * grey-scale conventions: a polarity-inverted copy (MONOCHROME1 <->
   MONOCHROME2) and copies at 10 and 16 stored bits give the same model input;
-* scope: the ankle CR, a lateral view and a tiny DX are refused with reasons;
+* scope: the ankle CR, a lateral view and a tiny DX are refused with reasons
+  (the image checks on real and synthetic images, with lying headers, are in
+  ``test_radiograph_applicability.py``);
 * ``dicom-node analyze PATH --pipeline cxr-findings --outputs sr,sc``.
 """
 
