@@ -32,12 +32,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-from pydicom.uid import generate_uid
 from rich.console import Console
 from rich.table import Table
 
-from bench.synthetic import ct_slice
+from bench.synthetic import write_volume_series
 
 
 def _rss_mb() -> float:
@@ -80,35 +78,6 @@ def stage(timings: dict[str, tuple[float, float]], name: str) -> Iterator[None]:
         yield
         seconds = time.perf_counter() - t0
     timings[name] = (seconds, mem.peak)
-
-
-def write_volume_series(volume: object, folder: Path) -> list[Path]:
-    """Write a synthetic axial CT volume as a DICOM series (int16, HU)."""
-    from ai_models.types import Volume
-
-    assert isinstance(volume, Volume)
-    folder.mkdir(parents=True, exist_ok=True)
-    study, series, for_uid = generate_uid(), generate_uid(), generate_uid()
-    orientation = [float(v) for v in (*volume.direction[:, 2], *volume.direction[:, 1])]
-    paths = []
-    for k in range(volume.shape[0]):
-        ds = ct_slice(
-            np.clip(np.rint(volume.array[k]), -1024, 3071),
-            study_uid=study,
-            series_uid=series,
-            frame_of_reference_uid=for_uid,
-            instance_number=k + 1,
-            position=[float(v) for v in volume.index_to_lps(np.array([k, 0, 0]))],
-            orientation=orientation,
-            pixel_spacing=[float(volume.spacing[1]), float(volume.spacing[2])],
-            slice_thickness=float(volume.spacing[0]),
-            description="synthetic chest phantom",
-            body_part="CHEST",
-        )
-        path = folder / f"{k + 1:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom"

@@ -13,7 +13,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-__all__ = ["ct_slice", "write_ct_series"]
+__all__ = ["ct_slice", "write_ct_series", "write_volume_series"]
 
 
 def ct_slice(
@@ -97,6 +97,45 @@ def write_ct_series(
             modality=modality,
         )
         path = folder / f"{k + 1:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def write_volume_series(
+    volume: object,
+    folder: Path,
+    *,
+    description: str = "synthetic chest phantom",
+    body_part: str | None = "CHEST",
+) -> list[Path]:
+    """Write a synthetic axial CT volume (HU) as a DICOM series; returns the paths in order.
+
+    One study, series and frame of reference with fresh UIDs per call; the
+    geometry (positions, orientation, spacing) is the volume's own.
+    """
+    from ai_models.types import Volume
+
+    assert isinstance(volume, Volume)
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series, for_uid = generate_uid(), generate_uid(), generate_uid()
+    orientation = [float(v) for v in (*volume.direction[:, 2], *volume.direction[:, 1])]
+    paths = []
+    for k in range(volume.shape[0]):
+        ds = ct_slice(
+            np.clip(np.rint(volume.array[k]), -1024, 3071),
+            study_uid=study,
+            series_uid=series,
+            frame_of_reference_uid=for_uid,
+            instance_number=k + 1,
+            position=[float(v) for v in volume.index_to_lps(np.array([k, 0, 0]))],
+            orientation=orientation,
+            pixel_spacing=[float(volume.spacing[1]), float(volume.spacing[2])],
+            slice_thickness=float(volume.spacing[0]),
+            description=description,
+            body_part=body_part,
+        )
+        path = folder / f"{k + 1:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths

@@ -72,6 +72,10 @@ class CODES:
     MM = _c("mm", "UCUM", "mm")
     MM3 = _c("mm3", "UCUM", "cubic millimeter")
     CT_UNSPECIFIED = _c("25045-6", "LN", "CT unspecified body region")
+    FINDING = _c("121071", "DCM", "Finding")
+    ANATOMY_COVERAGE_INCOMPLETE = _c("130576", "DCM", "Anatomy coverage incomplete")
+    """The images do not cover the whole structure (a qualitative evaluation
+    ``Finding = Anatomy coverage incomplete``, instead of a whole-organ volume)."""
 
 
 @dataclass(frozen=True)

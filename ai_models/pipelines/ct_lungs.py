@@ -43,6 +43,7 @@ import numpy as np
 from scipy import ndimage
 
 from ai_models import runtime
+from ai_models.anatomy import CtLungFields, ct_lung_fields
 from ai_models.errors import PipelineNotApplicable
 from ai_models.pipelines import CT_LUNGS
 from ai_models.pipelines._grid import (
@@ -66,6 +67,7 @@ from ai_models.types import (
     Finding,
     Measurement,
     PipelineResult,
+    QualitativeEvaluation,
     Segment,
     Volume,
 )
@@ -213,7 +215,17 @@ class CtLungsPipeline(Pipeline):
         return PipelineInfo(cls.name, cls.description, cls.modalities, cls.version, "built-in")
 
     def check(self, volume: Volume) -> None:
-        """CT with enough slices, extent and matrix size."""
+        """CT with enough slices, extent and matrix size, showing lung fields.
+
+        The lung fields are checked on the pixels
+        (:func:`ai_models.anatomy.ct_lung_fields`), whatever the header says:
+        a head, an air-filled phantom or an abdomen below the lung bases is
+        not applicable.
+        """
+        self._lung_fields(volume)
+
+    def _lung_fields(self, volume: Volume) -> CtLungFields:
+        """The header and geometry checks, then the lung fields measured on the pixels."""
         super().check(volume)
         n, rows, cols = volume.shape
         if n < MIN_SLICES:
@@ -230,6 +242,11 @@ class CtLungsPipeline(Pipeline):
             raise PipelineNotApplicable(
                 f"{self.name}: matrix {rows}x{cols} is smaller than {MIN_MATRIX}x{MIN_MATRIX}"
             )
+        fields = ct_lung_fields(volume)
+        reasons = fields.reasons()
+        if reasons:
+            raise PipelineNotApplicable(f"{self.name}: not a chest CT: {'; '.join(reasons)}")
+        return fields
 
     def load(self) -> runtime.LoadedModel:
         """The warm model (loaded once per process)."""
@@ -264,12 +281,28 @@ class CtLungsPipeline(Pipeline):
         return labels, orient, model
 
     def run(self, volume: Volume) -> PipelineResult:
-        """Segment lungs, bone and nodules and measure them."""
-        self.check(volume)
+        """Segment lungs, bone and nodules and measure them.
+
+        When the lungs are cut by the first or last slice (partial coverage,
+        e.g. the lung bases of an abdominal CT), the lung findings carry no
+        volume: they say "Finding: Anatomy coverage incomplete" instead, and the
+        result's notes say which end is cut.
+        """
+        fields = self._lung_fields(volume)
         timer = runtime.StageTimer()
         work, orient, model = self.predict_working(volume, timer)
         with timer("postprocess"):
             segments, findings, notes = self._postprocess(volume, work, orient)
+            if fields.partial:
+                notes.append(
+                    f"lung coverage {fields.coverage()}: lung volumes are not reported"
+                )
+                for f in findings:
+                    if f.finding_type in (CODES.RIGHT_LUNG, CODES.LEFT_LUNG):
+                        f.measurements = []
+                        f.qualitative_evaluations.append(
+                            QualitativeEvaluation(CODES.FINDING, CODES.ANATOMY_COVERAGE_INCOMPLETE)
+                        )
         logger.info(
             "%s: %d segment(s), %d finding(s); %s",
             self.name,

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ai_models import runtime
+from ai_models.anatomy import mr_head
 from ai_models.errors import DuplicateSlicesError, ModelLoadError, PipelineNotApplicable
 from ai_models.pipelines._grid import Orientation, orientation_from_direction, working_shape
 from ai_models.pipelines.base import (
@@ -562,7 +563,12 @@ class MrBrainLesionPipeline(Pipeline):
             return good[0][1]
 
     def check(self, volume: Volume) -> None:
-        """An anatomical MR volume of the head, large and fine enough."""
+        """An anatomical MR volume of the head, large and fine enough.
+
+        Besides the headers (:func:`non_anatomical_reasons`), the pixels must
+        show a head (:func:`ai_models.anatomy.mr_head`): a pelvis, a knee or a
+        cylindrical QA phantom is not applicable whatever the header says.
+        """
         super().check(volume)
         reasons = non_anatomical_reasons(volume)
         if reasons:
@@ -595,6 +601,9 @@ class MrBrainLesionPipeline(Pipeline):
                 f"{self.name}: pixels of {max(sp[1], sp[2]):.1f} mm are coarser than "
                 f"{MAX_PIXEL_MM:.0f} mm"
             )
+        head = mr_head(volume).reasons()
+        if head:
+            raise PipelineNotApplicable(f"{self.name}: not a head: {'; '.join(head)}")
 
     def load(self) -> runtime.LoadedModel:
         """The warm model (loaded once per process).

@@ -121,10 +121,14 @@ def _format(value: float) -> str:
 
 
 def finding_label(finding: Finding) -> str:
-    """The finding's name with its own measurements, e.g. ``Left lung (Volume 2345.67 mm3)``."""
+    """The finding's name with its own measurements and evaluations.
+
+    E.g. ``Left lung (Volume 2345.67 mm3)``, or ``Left lung (Finding: Anatomy
+    coverage incomplete)`` for lungs cut by the first or last slice.
+    """
     parts = [
         f"{m.name.meaning} {_format(float(m.value))} {m.unit.value}" for m in finding.measurements
-    ]
+    ] + [f"{q.name.meaning}: {q.value.meaning}" for q in finding.qualitative_evaluations]
     return f"{finding.tracking_id} ({'; '.join(parts)})" if parts else finding.tracking_id
 
 

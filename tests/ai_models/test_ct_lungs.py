@@ -162,14 +162,41 @@ def test_real_ct_3slice_is_not_applicable(pipeline, dicom_data):
         pipeline.check(vol)
 
 
-def test_real_head_phantom_bone_dice(pipeline, dicom_data):
+def test_real_head_phantom_is_refused_but_its_bone_is_right(pipeline, dicom_data):
+    """The real head CT is not a chest: skipped with the reason.  The network's
+    bone on these real CT pixels is still checked (run below the applicability
+    check), since no chest CT of a real scanner is in the shared data."""
     from ai_models.volume import load_series
 
     vol = load_series(dicom_data / PHILIPS)
-    res = pipeline.run(vol)
-    ref = hu_reference(vol)
-    d = dice(result_masks(res)["bone"], ref["bone"])
+    with pytest.raises(PipelineNotApplicable, match="ct-lungs: not a chest CT: no lung fields"):
+        pipeline.run(vol)
+    work, orient, _ = pipeline.predict_working(vol)
+    segments, _, _ = pipeline._postprocess(vol, work, orient)
+    bone = next(s.mask for s in segments if s.label == "Bone")
+    d = dice(bone, hu_reference(vol)["bone"])
     assert d >= PHILIPS_BONE_FLOOR, d
+
+
+def test_partial_coverage_reports_no_lung_volume(pipeline):
+    """Lungs cut by the last slice: the lung findings say "Anatomy coverage
+    incomplete" instead of a volume; nodules keep their measurements."""
+    from tests.support.chest_ct import chest_phantom_volume
+
+    vol = chest_phantom_volume(seed=1)  # the apices are cut off
+    res = pipeline.run(vol)
+    lungs = [f for f in res.findings if f.tracking_id in ("Right lung", "Left lung")]
+    assert len(lungs) == 2
+    for f in lungs:
+        assert f.measurements == []
+        assert [(q.name.value, q.value.value) for q in f.qualitative_evaluations] == [
+            ("121071", "130576")
+        ]
+    assert any("partial (the apices are cut off)" in n for n in res.notes), res.notes
+    complete = pipeline.run(chest_phantom_volume(seed=0))
+    for f in complete.findings:
+        if f.tracking_id.endswith("lung"):
+            assert f.measurements and not f.qualitative_evaluations
 
 
 def test_site_weights_as_torchscript_and_bundle(pipeline, phantom_run, tmp_path):
