@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from PIL import Image
 
 from tests.node.test_route_deliver import wait_for
 from tests.support.ohif import ViewerServer, chromium_page
+from tests.viewer.sr_content import SR_ANNOTATIONS_JS
 
 try:
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
@@ -57,6 +59,18 @@ async (sop) => {
   };
 }
 """
+
+
+# Whether OHIF's SR viewport draws every finding (tracking UIDs); if not yet, render the
+# viewports again and answer null (see Viewer.sr_drawn).
+_SR_DRAWN_JS = """
+(uids) => {
+  const drawn = (__ANNOTATIONS__)();
+  if (uids.every(u => drawn.annotations[u])) return drawn;
+  for (const e of window.cornerstone.getEnabledElements()) e.viewport.render();
+  return null;
+}
+""".replace("__ANNOTATIONS__", SR_ANNOTATIONS_JS)
 
 
 class Viewer:
@@ -108,6 +122,21 @@ class Viewer:
         return wait_for(
             what, lambda: self.page.evaluate(expression), timeout_s=timeout_s, poll_s=0.5
         )
+
+    def sr_drawn(self, what: str, tracking_uids: list[str]) -> dict[str, Any]:
+        """What OHIF's SR viewport draws (:data:`SR_ANNOTATIONS_JS`), once it draws the
+        finding of every tracking UID.
+
+        The SR viewport draws only the findings it has registered for its element
+        (``setTrackingUniqueIdentifiersForElement``, in a React effect once the element is
+        enabled), and registering them requests no render.  When the image's first
+        renders come before that effect (an image already in the cache, as after the
+        study's first image; a busy CPU), nothing is drawn until the viewport renders
+        again, on the reader's first scroll, zoom or window change.  While a finding is
+        missing, each poll renders the viewports again, as that first touch would.
+        """
+        probe = f"() => ({_SR_DRAWN_JS})({json.dumps(tracking_uids)})"
+        return dict(self.wait_js(what, probe))
 
     def show(self, sop_instance_uid: str | None = None) -> dict[str, Any]:
         """Scroll the viewport to *sop_instance_uid* (if given); its image-to-screen transform."""

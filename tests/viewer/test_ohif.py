@@ -58,7 +58,7 @@ from tests.support.ohif import (
 from tests.support.orthanc import OrthancServer
 from tests.support.peers import NodeProcess, free_port, storescu
 from tests.viewer.page import Viewer, open_viewer
-from tests.viewer.sr_content import SR_ANNOTATIONS_JS, listed_labels, sr_findings
+from tests.viewer.sr_content import listed_labels, sr_findings
 
 pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -381,25 +381,10 @@ def test_sr_findings_are_drawn_with_the_values_the_node_wrote(stack: Stack, view
         assert finding.outline_image is not None and finding.outline is not None
         # The SR viewport shows each finding on the image its outline references.
         shown = viewer.show(finding.outline_image)
+        what = f"the SR annotation of {finding.tracking_id!r}"
+        drawn = viewer.sr_drawn(what, [finding.tracking_uid])
         frame_name = f"sr-{re.sub(r'[^a-z0-9]+', '-', finding.tracking_id.lower())[:40]}.png"
         viewer.stable_screenshot(frame_name)
-        what = f"the SR annotation of {finding.tracking_id!r}"
-        probe = (
-            f"() => {{ const a = ({SR_ANNOTATIONS_JS})(); "
-            f"return a.annotations[{finding.tracking_uid!r}] ? a : null; }}"
-        )
-        for attempt in range(3):
-            try:
-                drawn = viewer.wait_js(what, probe, timeout_s=30 if attempt < 2 else 60)
-                break
-            except AssertionError:
-                if attempt == 2:
-                    raise
-                # The SR viewport can still be loading its annotations when the image is
-                # first shown (seen now and then): open the SR again and look again.
-                _open_sr(viewer, stack.sr)
-                shown = viewer.show(finding.outline_image)
-                viewer.stable_screenshot(frame_name)
         lines = drawn["annotations"][finding.tracking_uid]["lines"]
         if lines != finding.lines:
             problems.append(f"{finding.tracking_id}: drawn {lines}, the SR says {finding.lines}")

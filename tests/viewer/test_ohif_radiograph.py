@@ -37,7 +37,7 @@ from tests.support.ohif import (
 from tests.support.orthanc import OrthancServer
 from tests.support.peers import storescu_as_is
 from tests.viewer.page import Viewer, open_viewer
-from tests.viewer.sr_content import SR_ANNOTATIONS_JS, Finding, listed_labels, sr_findings
+from tests.viewer.sr_content import Finding, listed_labels, sr_findings
 
 pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -141,11 +141,7 @@ def _drawn(viewer: Viewer, findings: list[Finding], what: str) -> dict[str, list
     """The lines OHIF's SR viewport draws for each finding (by tracking UID), once
     every finding is drawn."""
     uids = [f.tracking_uid for f in findings]
-    probe = (
-        f"() => {{ const a = ({SR_ANNOTATIONS_JS})(); "
-        f"return {uids!r}.every(u => a.annotations[u]) ? a : null; }}"
-    )
-    drawn = viewer.wait_js(what, probe)
+    drawn = viewer.sr_drawn(what, uids)
     return {uid: list(drawn["annotations"][uid]["lines"]) for uid in uids}
 
 
