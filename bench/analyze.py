@@ -86,7 +86,6 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom"
 REAL_INPUTS = {
     "cxr-findings": ("nema_wg04/RG1_chest_CR/RG1_UNCR.dcm", "sr,sc"),
     "mg-masses": ("nema_wg04/MG1_mammo", "sr,gsps"),
-    "mr-brain-lesion": ("dcm_qa_enh/Philips_Achieva_enhanced", "seg,sr"),
 }
 """Per pipeline: the real input (relative to the shared data) and default outputs."""
 
@@ -117,6 +116,20 @@ def main(argv: list[str] | None = None) -> int:
         console.print("writing a 300-slice 512x512 synthetic chest CT ...")
         files = write_volume_series(full_size_volume(), work / "ct")
         what = f"{len(files)} x 512x512 CT"
+    elif args.pipeline == "mr-brain-lesion":
+        # The shared data holds no brain MR (its MR phantom is refused as not a head).
+        import numpy as np
+
+        from ai_models.training.brain_phantoms import phantom_volume
+        from ai_models.training.evaluate_mr_brain_lesion import heldout_phantom
+
+        console.print("writing a synthetic axial FLAIR brain MR ...")
+        ph = heldout_phantom(np.random.default_rng(7), "axial", "FLAIR", n_lesions=2)
+        files = write_volume_series(
+            phantom_volume(ph), work / "mr", description="synthetic brain MR",
+            body_part="BRAIN", modality="MR",
+        )  # fmt: skip
+        what = f"{len(files)}-slice synthetic brain MR"
     elif args.pipeline in REAL_INPUTS:
         rel, default_outputs = REAL_INPUTS[args.pipeline]
         files = [SHARED_DATA / rel]

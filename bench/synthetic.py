@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 __all__ = ["ct_slice", "write_ct_series", "write_volume_series"]
 
@@ -31,14 +31,19 @@ def ct_slice(
     modality: str = "CT",
     body_part: str | None = None,
 ) -> Dataset:
-    """One CT Image Storage instance (PS3.3 A.3) holding int16 *pixels* in HU."""
+    """One CT Image Storage instance (PS3.3 A.3) holding int16 *pixels* in HU.
+
+    With ``modality="MR"`` an MR Image Storage instance (PS3.3 A.4) instead,
+    without the rescale attributes the MR Image module does not have.
+    """
+    sop_class = MRImageStorage if modality == "MR" else CTImageStorage
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
     ds.FrameOfReferenceUID = frame_of_reference_uid
     ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
@@ -62,7 +67,8 @@ def ct_slice(
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.Rows, ds.Columns = pixels.shape
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
+    if modality != "MR":
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<i2").tobytes()
     return ds
 
@@ -108,6 +114,7 @@ def write_volume_series(
     *,
     description: str = "synthetic chest phantom",
     body_part: str | None = "CHEST",
+    modality: str = "CT",
 ) -> list[Path]:
     """Write a synthetic axial CT volume (HU) as a DICOM series; returns the paths in order.
 
@@ -120,10 +127,15 @@ def write_volume_series(
     folder.mkdir(parents=True, exist_ok=True)
     study, series, for_uid = generate_uid(), generate_uid(), generate_uid()
     orientation = [float(v) for v in (*volume.direction[:, 2], *volume.direction[:, 1])]
+    if modality == "MR":  # arbitrary units: scaled to 12 bits
+        scale = 4000.0 / max(float(np.max(volume.array)), 1e-6)
+        pixels = np.clip(np.rint(volume.array * scale), 0, 4095)
+    else:  # HU
+        pixels = np.clip(np.rint(volume.array), -1024, 3071)
     paths = []
     for k in range(volume.shape[0]):
         ds = ct_slice(
-            np.clip(np.rint(volume.array[k]), -1024, 3071),
+            pixels[k],
             study_uid=study,
             series_uid=series,
             frame_of_reference_uid=for_uid,
@@ -134,6 +146,7 @@ def write_volume_series(
             slice_thickness=float(volume.spacing[0]),
             description=description,
             body_part=body_part,
+            modality=modality,
         )
         path = folder / f"{k + 1:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)

@@ -663,6 +663,10 @@ class MrBrainLesionPipeline(Pipeline):
     def run(self, volume: Volume) -> PipelineResult:
         """Segment brain, lesions and edema and measure them."""
         self.check(volume)
+        return self._analyse(volume)
+
+    def _analyse(self, volume: Volume) -> PipelineResult:
+        """The network and the post-processing, on a volume :meth:`check` accepted."""
         timer = runtime.StageTimer()
         logits, orient, model = self.predict_logits(volume, timer)
         with timer("postprocess"):

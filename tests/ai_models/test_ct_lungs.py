@@ -199,6 +199,41 @@ def test_partial_coverage_reports_no_lung_volume(pipeline):
             assert f.measurements and not f.qualitative_evaluations
 
 
+def test_partial_coverage_sr_says_so_and_is_valid(pipeline, tmp_path):
+    """Written as DICOM: the SR's lung groups hold the evaluation, no volume,
+    and the outline's Comment (the viewer's label) says so; dciodvfy-clean."""
+    import pydicom
+
+    from ai_models.volume import load_series
+    from dicom_node.results import write_results
+    from tests.results.helpers import assert_valid
+    from tests.support.chest_ct import write_chest_ct
+
+    write_chest_ct(tmp_path / "ct", seed=1)
+    res = pipeline.run(load_series(tmp_path / "ct"))
+    datasets = write_results(res, ("seg", "sr"))
+    for d in datasets:
+        path = tmp_path / f"{d.Modality.lower()}.dcm"
+        d.save_as(path, enforce_file_format=True)
+        assert_valid(path)
+    sr = pydicom.dcmread(tmp_path / "sr.dcm")
+    texts, codes = [], []
+
+    def walk(items) -> None:  # noqa: ANN001
+        for it in items:
+            if it.ValueType == "TEXT":
+                texts.append(str(it.TextValue))
+            if it.ValueType == "CODE":
+                codes.append(str(it.ConceptCodeSequence[0].CodeValue))
+            if it.ValueType == "NUM" and "lung" in str(it.ConceptNameCodeSequence[0].CodeMeaning):
+                raise AssertionError("a lung volume in a partial-coverage SR")
+            walk(it.get("ContentSequence", []))
+
+    walk(sr.ContentSequence)
+    assert "Right lung (Finding: Anatomy coverage incomplete)" in texts, texts
+    assert codes.count("130576") >= 2
+
+
 def test_site_weights_as_torchscript_and_bundle(pipeline, phantom_run, tmp_path):
     """The shipped network traced to TorchScript (a file, and a bundle) finds the
     segments the state dict finds (Dice > 0.99)."""

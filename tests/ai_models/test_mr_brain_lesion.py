@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -88,8 +89,15 @@ def phantom_runs(pipeline):
 
 @pytest.fixture(scope="module")
 def philips(pipeline, dicom_data):
+    """The real enhanced MR of a QA phantom, analysed past the applicability check.
+
+    The pipeline refuses it (a round water cylinder is not a head:
+    :func:`test_real_qa_phantom_is_refused`); the network and the writers are
+    still run on it, since it is the one real multi-frame MR volume of the
+    shared data and the SEG must land on exactly its frames.
+    """
     vol = pipeline.read_series(_files(dicom_data / PHILIPS))
-    return vol, pipeline.run(vol)
+    return vol, pipeline._analyse(vol)
 
 
 def test_registered_and_weights_described():
@@ -282,8 +290,14 @@ def test_real_magnitude_stack_is_chosen(philips):
         assert ft.ComplexImageComponent == "MAGNITUDE" and "FIELD_MAP" not in ft.FrameType
     # The series is a real acquisition of a QA phantom (a water-filled cylinder with
     # inserts, BodyPartExamined BRAIN), not of a head: the demo model, which never saw
-    # one, calls its interior "brain".  What matters here is that it runs end to end.
+    # one, calls its interior "brain" -- which is why the pipeline refuses it.
     assert res.segments and res.segments[0].label == "Brain"
+
+
+def test_real_qa_phantom_is_refused(pipeline, philips):
+    vol, _ = philips
+    with pytest.raises(PipelineNotApplicable, match="mr-brain-lesion: not a head: the cross-sec"):
+        pipeline.run(vol)
 
 
 def test_real_mr_seg_sr_valid_and_aligned(philips, tmp_path):
@@ -323,17 +337,22 @@ def test_real_mr_seg_sr_valid_and_aligned(philips, tmp_path):
 
 
 def test_cli_analyze(dicom_data, tmp_path):
-    """``dicom-node analyze`` on a real MR volume, an ADC map and a localizer together."""
+    """``dicom-node analyze`` on the three real MR series of the shared data: a QA
+    phantom, a prostate ADC map and a localizer -- none is a head: each is
+    skipped with its reason and nothing is written."""
     out = tmp_path / "out"
     paths = [str(dicom_data / rel) for rel in (PHILIPS, ADC, LOCALIZER)]
     run = subprocess.run(
         [sys.executable, "-m", "dicom_node.cli", "analyze", *paths, "--pipeline",
          MR_BRAIN_LESION, "--out", str(out), "--device", "cpu"],
         capture_output=True, text=True, timeout=300,
+        env={**os.environ, "COLUMNS": "400"},
     )  # fmt: skip
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert len(list(out.glob("seg_*.dcm"))) == 1 and len(list(out.glob("sr_*.dcm"))) == 1
-    assert "2 file(s) written" in run.stdout, run.stdout
+    assert run.returncode == 1, run.stdout + run.stderr  # nothing analysed
+    assert not list(out.glob("*.dcm")), run.stdout
+    assert run.stdout.count("skipped") == 3, run.stdout
+    assert "not a head: the cross-section is not a head's" in run.stdout, run.stdout
+    assert "ADC" in run.stdout and "orientation" in run.stdout, run.stdout
 
 
 def test_analyze_reasons(dicom_data, tmp_path):

@@ -25,10 +25,11 @@ from sqlalchemy import func, select
 from storage.db import Database
 from storage.models import Completion, Delivery, Job, Result
 from tests.results.helpers import assert_valid
+from tests.support.chest_ct import CHEST_SLICES, write_chest_ct
 from tests.support.orthanc import OrthancServer
 from tests.support.peers import NodeProcess, free_port, storescu
 
-CT_SERIES = "dcm_qa_ct/Philips_Ingenuity_headphantom_5mm"
+HEAD_CT = "dcm_qa_ct/Philips_Ingenuity_headphantom_5mm"
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(300)
@@ -47,9 +48,10 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-def ct_files(dicom_data: Path) -> list[Path]:
-    files = sorted((dicom_data / CT_SERIES).iterdir(), key=lambda p: int(p.name[1:]))
-    assert len(files) == 28
+def ct_files(work: Path) -> list[Path]:
+    """A 28-slice synthetic chest CT, written under *work* (the shared data has no chest CT)."""
+    files = write_chest_ct(work / "chest-ct")
+    assert len(files) == CHEST_SLICES == 28
     return files
 
 
@@ -93,7 +95,7 @@ def node_config(
         "destinations": destinations,
         "rules": [
             {
-                "name": "ct-head-phantom",
+                "name": "ct-chest",
                 "match": {"Modality": "CT", "ImageType": {"contains": "AXIAL"}},
                 "pipelines": ["ct-lungs"],
                 "destinations": names,
@@ -169,12 +171,11 @@ def fetch(orthanc: OrthancServer, sop_uid: str) -> pydicom.Dataset:
 
 
 def test_ct_series_comes_back_as_seg_and_sr(
-    dicom_data: Path,
     orthanc_server: OrthancServer,
     node_factory: Callable[..., NodeProcess],
     tmp_path: Path,
 ) -> None:
-    files = ct_files(dicom_data)
+    files = ct_files(tmp_path)
     study_uid, series_uid = source_study(files)
     web_port = free_port()
     config = node_config(orthanc_server)
@@ -241,11 +242,11 @@ def test_ct_series_comes_back_as_seg_and_sr(
 
 
 def test_sigkill_while_the_job_runs_then_restart(
-    dicom_data: Path,
+    tmp_path: Path,
     orthanc_server: OrthancServer,
     node_factory: Callable[..., NodeProcess],
 ) -> None:
-    files = ct_files(dicom_data)
+    files = ct_files(tmp_path)
     study_uid, _ = source_study(files)
     config = node_config(orthanc_server)
     node = node_factory(config)
@@ -277,11 +278,11 @@ def test_sigkill_while_the_job_runs_then_restart(
 
 
 def test_sigkill_while_results_are_sent_then_restart(
-    dicom_data: Path,
+    tmp_path: Path,
     orthanc_server: OrthancServer,
     node_factory: Callable[..., NodeProcess],
 ) -> None:
-    files = ct_files(dicom_data)
+    files = ct_files(tmp_path)
     study_uid, _ = source_study(files)
     config = node_config(orthanc_server, outputs=("seg", "sr", "sc"), sc_slices="all")
     node = node_factory(config)
@@ -323,11 +324,11 @@ def _ct_uids(files: list[Path]) -> set[str]:
 
 
 def test_archive_down_then_back(
-    dicom_data: Path,
+    tmp_path: Path,
     orthanc_server: OrthancServer,
     node_factory: Callable[..., NodeProcess],
 ) -> None:
-    files = ct_files(dicom_data)
+    files = ct_files(tmp_path)
     study_uid, _ = source_study(files)
     orthanc_server.stop()
     node = node_factory(node_config(orthanc_server))
@@ -355,12 +356,11 @@ def test_archive_down_then_back(
 
 
 def test_late_instance_supersedes_the_results(
-    dicom_data: Path,
     orthanc_server: OrthancServer,
     node_factory: Callable[..., NodeProcess],
     tmp_path: Path,
 ) -> None:
-    files = ct_files(dicom_data)
+    files = ct_files(tmp_path)
     study_uid, _ = source_study(files)
     node = node_factory(node_config(orthanc_server))
     push(node, files[:-1])
@@ -401,10 +401,9 @@ def test_late_instance_supersedes_the_results(
         db.dispose()
 
 
-def test_forced_completion_to_a_folder(
-    dicom_data: Path, node_factory: Callable[..., NodeProcess], tmp_path: Path
+def test_forced_completion_to_a_folder( node_factory: Callable[..., NodeProcess], tmp_path: Path
 ) -> None:
-    files = ct_files(dicom_data)[:12]
+    files = ct_files(tmp_path)[8:20]
     _, series_uid = source_study(files)
     outbox = tmp_path / "outbox"
     node = node_factory(node_config(None, quiet_s=3600, folder=outbox))
@@ -491,3 +490,30 @@ def test_radiograph_pipelines_through_routing(
     for p in outbox.rglob("*.dcm"):
         out = pydicom.dcmread(p, stop_before_pixels=True)
         assert out.StudyInstanceUID == ds.StudyInstanceUID
+
+
+def test_head_ct_routed_to_ct_lungs_is_skipped_and_nothing_is_sent(
+    dicom_data: Path, node_factory: Callable[..., NodeProcess], tmp_path: Path
+) -> None:
+    """A rule that sends every axial CT to ct-lungs (no anatomy condition) gets
+    the real head CT: the pipeline sees no lung fields in the pixels, the job
+    ends ``skipped`` with that reason, and no result reaches the destination."""
+    files = sorted((dicom_data / HEAD_CT).iterdir(), key=lambda p: int(p.name[1:]))
+    assert len(files) == 28
+    outbox = tmp_path / "outbox"
+    node = node_factory(node_config(None, quiet_s=1.0, folder=outbox))
+    push(node, files)
+    db = db_of(node)
+    try:
+        (job,) = wait_for(
+            "the job to end",
+            lambda: rows(
+                db, select(Job.status, Job.error).where(Job.status.in_(["skipped", "failed"]))
+            ),
+        )
+        assert job.status == "skipped", job
+        assert "ct-lungs: not a chest CT: no lung fields" in job.error
+        assert rows(db, select(Result.id)) == [] and rows(db, select(Delivery.id)) == []
+    finally:
+        db.dispose()
+    assert not outbox.exists() or not list(outbox.rglob("*.dcm"))

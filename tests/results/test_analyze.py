@@ -149,14 +149,23 @@ def test_cli_pipelines() -> None:
 
 
 def test_ct_lungs_end_to_end(dicom_data: pathlib.Path, tmp_path) -> None:
+    """ct-lungs writes valid objects for a chest CT, and skips the real head CT
+    with the reason (its pixels show no lung fields)."""
     from ai_models.pipelines.ct_lungs import DEFAULT_WEIGHTS
+    from tests.support.chest_ct import write_chest_ct
 
     if not pathlib.Path(DEFAULT_WEIGHTS).is_file():
         pytest.skip("ct-lungs weights not built yet")
-    report = analyze_paths([dicom_data / CT], "ct-lungs", tmp_path, outputs="seg,sr,sc",
-                           device="cpu")
-    (entry,) = report.series
-    assert entry.status == SeriesStatus.DONE, entry.reason
-    for path in entry.files:
+    chest = tmp_path / "chest"
+    write_chest_ct(chest)
+    report = analyze_paths([chest, dicom_data / CT], "ct-lungs", tmp_path / "out",
+                           outputs="seg,sr,sc", device="cpu")  # fmt: skip
+    assert len(report.series) == 2
+    done = [e for e in report.series if e.status == SeriesStatus.DONE]
+    skipped = [e for e in report.series if e.status == SeriesStatus.SKIPPED]
+    assert len(done) == 1 and len(skipped) == 1, report.series
+    assert "not a chest CT: no lung fields" in (skipped[0].reason or "")
+    assert not skipped[0].files
+    for path in done[0].files:
         if not path.name.startswith("sc_"):
             assert_valid(path)
