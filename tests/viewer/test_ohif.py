@@ -1,7 +1,9 @@
 """What a radiologist sees: the node's results in a real web viewer, in a real browser.
 
-DCMTK ``storescu`` sends a real CT series (28 slices of a head phantom) to
-``dicom-node serve``; its ``ct-lungs`` rule sends SEG, TID 1500 SR and
+DCMTK ``storescu`` sends a CT series (28 slices of a synthetic chest phantom,
+written with real CT headers: the shared data holds no chest CT, and
+``ct-lungs`` refuses a head) to ``dicom-node serve``; its ``ct-lungs`` rule
+sends SEG, TID 1500 SR and
 secondary-capture overlays to Orthanc, which serves them over DICOMweb to
 the OHIF viewer (v3, the npm package's prebuilt ``dist/``), opened in
 headless Chromium.  Everything runs on loopback and is stopped by the tests.
@@ -85,13 +87,13 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(dicom_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # Everything the browser side needs, checked before the node runs.
     dist = ohif_dist()
     chromium_executable()
     sync_playwright()
     work = tmp_path_factory.mktemp("viewer-stack")
-    files = ct_files(dicom_data)
+    files = ct_files(work)
     study_uid, series_uid = source_study(files)
     orthanc = OrthancServer(work / "orthanc", dicomweb=True, extra=orthanc_dicomweb_config())
     node: NodeProcess | None = None
