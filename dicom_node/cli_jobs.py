@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.table import Table
 
 from dicom_node.config import Settings
+from dicom_node.deliver import folder_file
 from storage.db import Database
 from storage.jobs import DeliveryStatus, JobQueue, JobStatus
-from storage.spool import safe_component
 
 __all__ = ["complete", "jobs"]
 
@@ -210,8 +210,7 @@ def _delivered_to(
 ) -> dict[str, Any]:
     """The destination's type, and for a sent folder delivery the file it wrote.
 
-    The folder layout is the sender's (:mod:`dicom_node.deliver`):
-    ``<path>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``.
+    The folder layout is the sender's (:func:`dicom_node.deliver.folder_file`).
     """
     dest = next((d for d in settings.destinations if d.name == delivery["destination"]), None)
     written_to = None
@@ -222,10 +221,12 @@ def _delivered_to(
         and delivery["status"] == DeliveryStatus.SENT.value
     ):
         written_to = str(
-            Path(dest.path)
-            / safe_component(result["study_instance_uid"])
-            / safe_component(result["series_instance_uid"])
-            / f"{safe_component(result['sop_instance_uid'])}.dcm"
+            folder_file(
+                Path(dest.path),
+                result["study_instance_uid"],
+                result["series_instance_uid"],
+                result["sop_instance_uid"],
+            )
         )
     return {"destination_type": dest.type if dest is not None else None, "written_to": written_to}
 

@@ -77,6 +77,17 @@ def _send_dicom(
     return out
 
 
+def folder_file(root: Path, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+    """Where a folder destination keeps one object:
+    ``<root>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm`` (each part made safe)."""
+    return (
+        Path(root)
+        / safe_component(study_uid)
+        / safe_component(series_uid)
+        / f"{safe_component(sop_instance_uid)}.dcm"
+    )
+
+
 def _send_folder(
     dest: DestinationSettings, items: Sequence[ClaimedDelivery], root: Path
 ) -> list[DeliveryOutcome]:
@@ -90,14 +101,14 @@ def _send_folder(
                 stop_before_pixels=True,
                 specific_tags=["StudyInstanceUID", "SeriesInstanceUID"],
             )
-            folder = (
-                dest.path
-                / safe_component(str(ds.StudyInstanceUID))
-                / safe_component(str(ds.SeriesInstanceUID))
+            final = folder_file(
+                dest.path,
+                str(ds.StudyInstanceUID),
+                str(ds.SeriesInstanceUID),
+                item.sop_instance_uid,
             )
-            folder.mkdir(parents=True, exist_ok=True)
-            final = folder / f"{safe_component(item.sop_instance_uid)}.dcm"
-            tmp = folder / f".{final.name}.part"
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.parent / f".{final.name}.part"
             shutil.copyfile(src, tmp)
             fd = os.open(tmp, os.O_RDONLY)
             try:
