@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from dicom_node.web.schemas import DeliveryInfo, ResultInfo
 from storage.db import Database
-from storage.jobs import DeliveryStatus, as_utc
+from storage.jobs import DeliveryStatus, JobQueue, as_utc
 from storage.models import Delivery, Job, Result
 
 __all__ = ["FailedDelivery", "failed_deliveries", "job_results", "status_counts"]
@@ -24,62 +24,32 @@ def _hex(status: int | None) -> str | None:
 
 
 def job_results(db: Database, job_id: int) -> list[ResultInfo]:
-    """The result objects of one job, each with its deliveries, in the order written."""
-    with db.engine.connect() as conn:
-        results = conn.execute(
-            select(
-                Result.id,
-                Result.kind,
-                Result.sop_instance_uid,
-                Result.series_instance_uid,
-                Result.sop_class_uid,
-                Result.created_at,
-            )
-            .where(Result.job_id == job_id)
-            .order_by(Result.id)
-        ).all()
-        deliveries = conn.execute(
-            select(
-                Delivery.id,
-                Delivery.result_id,
-                Delivery.destination,
-                Delivery.status,
-                Delivery.attempts,
-                Delivery.last_status,
-                Delivery.error,
-                Delivery.next_attempt_at,
-                Delivery.sent_at,
-            )
-            .join(Result, Result.id == Delivery.result_id)
-            .where(Result.job_id == job_id)
-            .order_by(Delivery.id)
-        ).all()
-    by_result: dict[int, list[DeliveryInfo]] = {}
-    for d in deliveries:
-        by_result.setdefault(d.result_id, []).append(
-            DeliveryInfo(
-                id=d.id,
-                destination=d.destination,
-                status=DeliveryStatus(d.status),
-                attempts=d.attempts,
-                last_status=d.last_status,
-                last_status_hex=_hex(d.last_status),
-                error=d.error,
-                next_attempt_at=as_utc(d.next_attempt_at),
-                sent_at=as_utc(d.sent_at),
-            )
-        )
+    """The result objects of one job, each with its deliveries, in the order written
+    (:meth:`storage.jobs.JobQueue.results_with_deliveries`)."""
     return [
         ResultInfo(
-            id=r.id,
-            kind=r.kind,
-            sop_instance_uid=r.sop_instance_uid,
-            series_instance_uid=r.series_instance_uid,
-            sop_class_uid=r.sop_class_uid,
-            created_at=as_utc(r.created_at),
-            deliveries=by_result.get(r.id, []),
+            id=r["id"],
+            kind=r["kind"],
+            sop_instance_uid=r["sop_instance_uid"],
+            series_instance_uid=r["series_instance_uid"],
+            sop_class_uid=r["sop_class_uid"],
+            created_at=r["created_at"],
+            deliveries=[
+                DeliveryInfo(
+                    id=d["id"],
+                    destination=d["destination"],
+                    status=DeliveryStatus(d["status"]),
+                    attempts=d["attempts"],
+                    last_status=d["last_status"],
+                    last_status_hex=_hex(d["last_status"]),
+                    error=d["error"],
+                    next_attempt_at=d["next_attempt_at"],
+                    sent_at=d["sent_at"],
+                )
+                for d in r["deliveries"]
+            ],
         )
-        for r in results
+        for r in JobQueue(db).results_with_deliveries(job_id)
     ]
 
 
