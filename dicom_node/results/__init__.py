@@ -28,7 +28,6 @@ in the Predecessor Documents Sequence.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import pathlib
@@ -46,7 +45,6 @@ from dicom_node.results.common import (
     device_uid,
     revision_parts,
     seeded_uids,
-    with_type2_attributes,
 )
 from dicom_node.results.gsps import (
     GRAYSCALE_SOFTCOPY_PRESENTATION_STATE_SOP_CLASS_UID,
@@ -57,6 +55,7 @@ from dicom_node.results.gsps import (
 from dicom_node.results.heatmap import heatmap_key, write_heatmaps
 from dicom_node.results.sc import SECONDARY_CAPTURE_SOP_CLASS_UID, frame_key, write_sc
 from dicom_node.results.seg import SEGMENTATION_SOP_CLASS_UID, segment_number_map, write_seg
+from dicom_node.results.source_header import SourceHeaderError, clean_result
 from dicom_node.results.sr import (
     COMPREHENSIVE_3D_SR_SOP_CLASS_UID,
     PreviousVersion,
@@ -78,6 +77,7 @@ __all__ = [
     "SEGMENTATION_SOP_CLASS_UID",
     "OutputUIDs",
     "PreviousVersion",
+    "SourceHeaderError",
     "derive_uid",
     "device_uid",
     "heatmap_key",
@@ -190,6 +190,11 @@ def write_results(
     ------
     ValueError, TypeError
         From the writers, for an inconsistent result or invalid arguments.
+    SourceHeaderError
+        (a ValueError) When a Type 1 source attribute the objects must copy
+        is invalid (:mod:`dicom_node.results.source_header`); invalid Type 2
+        and Type 3 source values are emptied or left out instead, with one
+        warning each.
     """
     kinds = parse_outputs(outputs)
     uids = dict(uids or {})
@@ -217,11 +222,9 @@ def write_results(
             keys = [*keys, *(heatmap_key(result, h) for h in heatmaps)]
         return seeded_uids(u, uid_seed, kind, frame_keys=keys, revision=revision)
 
-    sources = [with_type2_attributes(ds) for ds in result.volume.source_datasets]
-    if any(a is not b for a, b in zip(sources, result.volume.source_datasets, strict=True)):
-        result = dataclasses.replace(
-            result, volume=dataclasses.replace(result.volume, source_datasets=sources)
-        )
+    # Once for all writers: invalid source values are emptied or left out
+    # (one warning each), missing Type 2 attributes added empty.
+    result = clean_result(result)
 
     out: list[Dataset] = []
     seg_ds = None

@@ -67,6 +67,7 @@ from dicom_node.results.common import (
     series_description,
     with_type2_attributes,
 )
+from dicom_node.results.source_header import clean_result
 
 if TYPE_CHECKING:
     from ai_models.types import PipelineResult
@@ -354,6 +355,7 @@ def write_gsps(
         Nothing to draw, a finding outside the volume, invalid UIDs.
     """
     check_result(result)
+    result = clean_result(result)  # invalid source values never reach the object
     if series_instance_uid is not None:
         check_uid(series_instance_uid, "series_instance_uid")
     if sop_instance_uid is not None:

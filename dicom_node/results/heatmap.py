@@ -54,6 +54,7 @@ from dicom_node.results.sc import (
     burned_in_image,
     frame_key,
 )
+from dicom_node.results.source_header import clean_result
 
 if TYPE_CHECKING:
     from ai_models.types import HeatMap, PipelineResult
@@ -243,6 +244,7 @@ def write_heatmaps(
         arguments.
     """
     check_result(result)
+    result = clean_result(result)  # invalid source values never reach the object
     heatmaps = list(getattr(result, "heatmaps", ()) or ())
     _check(result, heatmaps)
     if series_instance_uid is not None:

@@ -52,6 +52,7 @@ from dicom_node.results.common import (
     series_description,
 )
 from dicom_node.results.seg import segment_color
+from dicom_node.results.source_header import clean_result
 
 if TYPE_CHECKING:
     from ai_models.types import FrameRef, PipelineResult
@@ -201,6 +202,7 @@ def write_sc(
         For an unknown ``slices`` value, a bad window or invalid UIDs.
     """
     check_result(result)
+    result = clean_result(result)  # invalid source values never reach the object
     if slices not in _SLICE_CHOICES:
         raise ValueError(f'Argument "slices" must be one of {_SLICE_CHOICES}, got {slices!r}.')
     if series_instance_uid is not None:

@@ -44,6 +44,7 @@ from dicom_node.results.common import (
     series_description,
     to_code,
 )
+from dicom_node.results.source_header import clean_result
 
 if TYPE_CHECKING:
     from ai_models.types import PipelineResult, Segment
@@ -350,6 +351,7 @@ def write_seg(
         When an argument has the wrong type.
     """
     check_result(result)
+    result = clean_result(result)  # invalid source values never reach the object
     if transfer_syntax_uid not in _SUPPORTED_TRANSFER_SYNTAXES:
         raise ValueError(
             f'Argument "transfer_syntax_uid" must be one of '

@@ -88,6 +88,7 @@ from dicom_node.results.common import (
     series_description,
     to_code,
 )
+from dicom_node.results.source_header import clean_result
 from dicom_node.results.sr_regions import (
     Region,
     add_label,
@@ -653,6 +654,7 @@ def write_sr(
         When ``segmentation`` is not a Segmentation dataset.
     """
     check_result(result)
+    result = clean_result(result)  # invalid source values never reach the object
     if not result.findings:
         raise ValueError("The result has no findings: there is nothing to report.")
     if segmentation is not None:

@@ -1,0 +1,353 @@
+"""A cleaned copy of the source header, before a writer copies from it.
+
+The result writers copy patient, study and some series attributes from the
+source images into their own objects: highdicom copies every root attribute
+of the Patient, Clinical Trial Subject, General Study, Patient Study and
+Clinical Trial Study modules (PS3.3 C.7.1.1, C.7.1.3, C.7.2.1, C.7.2.2,
+C.7.2.3) and the Specific Character Set; the node's own code copies Body Part
+Examined, Laterality / Image Laterality and Patient Orientation.  Real
+exports carry values that are invalid for their Value Representation
+(PS3.5 6.2): ``***`` or ``00000000`` dates, ages without a unit, over-long or
+control-character strings, unknown character sets, ``70,5`` as a DS.  Copied
+as they are, they break the writer (a lost result) or the output object.
+
+:func:`clean_result` gives the writers a result whose source datasets are
+shallow copies with every such value dealt with, following the attribute's
+type (PS3.5 7.4): Type 2 values are emptied, Type 3 attributes left out, and
+a Type 1 value that cannot be repaired (a UID that places the result in the
+source study and series, a Type 1 text) refuses the result with a
+:class:`SourceHeaderError` that names the attribute.  An unknown Specific
+Character Set (Type 1C) is replaced: left out when every copied text is
+ASCII, else ISO_IR 192 (UTF-8), which holds any decoded text.  Missing Type 2
+patient/study attributes are added empty.  Each attribute cleaned logs one
+warning naming the attribute and the rule, never its value (the values are
+patient data).  The source datasets themselves are never modified.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import math
+import re
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pydicom import config
+from pydicom.charset import python_encoding
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag, Tag
+from pydicom.valuerep import validate_value
+
+if TYPE_CHECKING:
+    from ai_models.types import PipelineResult
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["COPIED_ATTRIBUTES", "SourceHeaderError", "clean_datasets", "clean_result"]
+
+
+class SourceHeaderError(ValueError):
+    """A Type 1 source attribute the result must copy is invalid and cannot be repaired."""
+
+
+def _module_attributes() -> dict[str, str]:
+    """Root attributes of the modules highdicom copies from a source, with their type."""
+    from highdicom._standard_utils import get_module_attribute_map
+
+    table = get_module_attribute_map()
+    out: dict[str, str] = {}
+    for module in (
+        "patient",
+        "clinical-trial-subject",
+        "general-study",
+        "patient-study",
+        "clinical-trial-study",
+    ):
+        for item in table[module]:
+            if not item["path"]:
+                out[str(item["keyword"])] = str(item["type"])
+    return out
+
+
+#: keyword -> type (PS3.3) of every source attribute a writer may copy.
+COPIED_ATTRIBUTES: dict[str, str] = {
+    **_module_attributes(),
+    # Copied or read by the node's own code (General Series, PS3.3 C.7.3.1;
+    # General Image, C.7.6.1; DX Image, C.8.11.2).
+    "BodyPartExamined": "3",
+    "Laterality": "2C",
+    "ImageLaterality": "3",
+    "PatientOrientation": "2C",
+    # Referenced or copied UIDs that place the result in the source study,
+    # series and frame of reference (SOP Common C.12.1, General Series,
+    # Frame of Reference C.7.4.1).
+    "SeriesInstanceUID": "1",
+    "SOPInstanceUID": "1",
+    "SOPClassUID": "1",
+    "FrameOfReferenceUID": "1",
+}
+
+#: Type 2 patient/study attributes added empty when the source lacks them.
+_TYPE2_REQUIRED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+#: Type 1 UIDs that must have a value (an empty one cannot be repaired).
+_UIDS_REQUIRED = {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"}
+
+#: Enumerated values (PS3.3 C.7.1.1 Patient's Sex).
+_ENUMERATED = {"PatientSex": {"M", "F", "O"}}
+
+_TEXT_VRS = {
+    "AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UT",
+}
+#: Control characters a value may hold (PS3.5 6.1.2.3, 6.2): ESC for the
+#: ISO 2022 code extensions; LT, ST, UT also format effectors.
+_CONTROLS_ALLOWED = {"LT": "\x1b\t\n\f\r", "ST": "\x1b\t\n\f\r", "UT": "\x1b\t\n\f\r"}
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_DT_RE = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,6})?([+-]\d{4})?$")
+
+
+def _text(value: Any) -> str:
+    original = getattr(value, "original_string", None)  # DS/IS as written
+    return original if isinstance(original, str) else str(value)
+
+
+def _real_date(text: str) -> bool:
+    try:
+        datetime.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+    except ValueError:
+        return False
+    return True
+
+
+def _real_time(text: str) -> bool:
+    main = text.split(".")[0]
+    try:
+        parts = [int(main[i : i + 2]) for i in range(0, len(main), 2)]
+    except ValueError:
+        return False
+    limits = (23, 59, 60)
+    return all(p <= lim for p, lim in zip(parts, limits, strict=False))
+
+
+def _problem(keyword: str, vr: str, value: str) -> str | None:
+    """Why one value is invalid for ``vr`` (PS3.5 6.2), or ``None``.
+
+    The reason never quotes the value.
+    """
+    if not value:
+        return "empty" if keyword in _UIDS_REQUIRED else None
+    allowed = _CONTROLS_ALLOWED.get(vr, "\x1b")
+    if any(ch not in allowed for ch in _CONTROL_RE.findall(value)):
+        return "control character"
+    try:
+        validate_value(vr, value, config.RAISE)
+    except (ValueError, TypeError):
+        return f"not a valid {vr} (length or format)"
+    stripped = value.strip()
+    if vr == "DA" and not _real_date(stripped):
+        return "not a calendar date"
+    if vr == "TM" and not _real_time(stripped):
+        return "not a time of day"
+    if vr == "DT":
+        match = _DT_RE.match(stripped)
+        if not match or (match.group(3) and not _real_date(stripped[:8])):
+            return "not a valid DT"
+    if vr == "DS":
+        try:
+            if not math.isfinite(float(stripped)):
+                return "not a finite DS"
+        except ValueError:
+            return "not a valid DS"
+    if vr == "IS" and not -(2**31) <= int(stripped) < 2**31:
+        return "IS out of range"
+    enumerated = _ENUMERATED.get(keyword)
+    if enumerated is not None and stripped not in enumerated:
+        return "not an enumerated value"
+    return None
+
+
+def _element(ds: Dataset, tag: BaseTag) -> DataElement | str:
+    """The (decoded) element at ``tag``, or why it cannot be decoded."""
+    elem = ds.get_item(tag)
+    if isinstance(elem, RawDataElement):
+        # pydicom's own warnings would quote the (patient) value: checked here.
+        mode = config.settings.reading_validation_mode
+        config.settings.reading_validation_mode = config.IGNORE
+        try:
+            return convert_raw_data_element(elem, encoding=ds._character_set, ds=ds)
+        except Exception:  # noqa: BLE001 - any decoding failure means an unusable value
+            return "cannot be decoded"
+        finally:
+            config.settings.reading_validation_mode = mode
+    assert isinstance(elem, DataElement)
+    return elem
+
+
+def _element_problem(keyword: str, elem: DataElement | str) -> tuple[str, str] | None:
+    """(VR, reason) when an element holds a value invalid for its VR."""
+    if isinstance(elem, str):
+        return dictionary_VR(tag_for_keyword(keyword) or 0), elem
+    vr = elem.VR
+    if vr not in _TEXT_VRS:
+        return None
+    if elem.value is None or elem.VM == 0:
+        empty = _problem(keyword, vr, "")
+        return (vr, empty) if empty else None
+    values = elem.value if elem.VM > 1 else [elem.value]
+    for value in values:
+        reason = _problem(keyword, vr, _text(value) if value is not None else "")
+        if reason:
+            return vr, reason
+    return None
+
+
+def _charset_problem(ds: Dataset) -> bool:
+    """True when Specific Character Set (0008,0005) names an unknown term (PS3.3 C.12.1.1.2)."""
+    if "SpecificCharacterSet" not in ds:
+        return False
+    elem = _element(ds, Tag(0x00080005))
+    if isinstance(elem, str):
+        return True
+    values = elem.value if elem.VM > 1 else [elem.value]
+    return any(str(v or "").strip() not in python_encoding for v in values)
+
+
+def _decoded_text(ds: Dataset) -> list[str]:
+    """Decode every root text element of ``ds`` in place (with its present character set)."""
+    texts: list[str] = []
+    for tag in list(ds.keys()):
+        if tag == 0x00080005:
+            continue
+        elem = _element(ds, tag)
+        if isinstance(elem, str):
+            del ds[tag]
+            continue
+        if elem.VR in ("LO", "LT", "PN", "SH", "ST", "UC", "UT"):
+            ds[tag] = elem
+            if elem.value is not None:
+                values = elem.value if elem.VM > 1 else [elem.value]
+                texts.extend(str(v) for v in values)
+    return texts
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cleaned:
+    keyword: str
+    vr: str
+    reason: str
+    rule: str
+
+
+def _shallow_copy(ds: Dataset) -> Dataset:
+    copy = Dataset()
+    copy.update(ds)  # new element dict; Dataset(ds) would share it
+    if hasattr(ds, "file_meta"):
+        copy.file_meta = ds.file_meta
+    return copy
+
+
+def _clean(ds: Dataset, log: dict[str, _Cleaned]) -> Dataset:
+    """``ds``, or a cleaned shallow copy of it; rules applied are added to ``log``."""
+    copy: Dataset | None = None
+
+    def target() -> Dataset:
+        nonlocal copy
+        if copy is None:
+            copy = _shallow_copy(ds)
+        return copy
+
+    if _charset_problem(ds):
+        new = target()
+        texts = _decoded_text(new)
+        if all(t.isascii() for t in texts):
+            del new.SpecificCharacterSet
+            rule = "left out (default repertoire; every copied text is ASCII)"
+        else:
+            new.SpecificCharacterSet = "ISO_IR 192"
+            rule = "replaced by ISO_IR 192 (UTF-8)"
+        log.setdefault(
+            "SpecificCharacterSet",
+            _Cleaned("SpecificCharacterSet", "CS", "unknown character set term", rule),
+        )
+
+    for keyword, type_ in COPIED_ATTRIBUTES.items():
+        tag = tag_for_keyword(keyword)
+        if tag is None or tag not in ds:
+            continue
+        source = copy if copy is not None else ds
+        found = _element_problem(keyword, _element(source, Tag(tag)))
+        if found is None:
+            continue
+        vr, reason = found
+        if type_.startswith("1"):
+            raise SourceHeaderError(
+                f"Source attribute {keyword} {Tag(tag)} ({vr}) is {reason} (PS3.5 6.2); "
+                f"it is Type {type_} in the result and cannot be repaired, so no "
+                "conforming result object can be written."
+            )
+        new = target()
+        if type_.startswith("2"):
+            new[tag] = DataElement(tag, vr, None)
+            rule = f"emptied (Type {type_})"
+        else:
+            del new[tag]
+            rule = f"left out (Type {type_})"
+        log.setdefault(keyword, _Cleaned(keyword, vr, reason, rule))
+
+    missing = [kw for kw in _TYPE2_REQUIRED if kw not in (copy if copy is not None else ds)]
+    if missing:
+        new = target()
+        for kw in missing:
+            setattr(new, kw, "")
+    return copy if copy is not None else ds
+
+
+def clean_datasets(datasets: Iterable[Dataset]) -> list[Dataset]:
+    """Each dataset, or a cleaned shallow copy of it (see the module docstring).
+
+    Logs one warning per attribute cleaned, however many datasets carry it.
+    Cleaning a cleaned dataset returns it unchanged and logs nothing.
+
+    Raises
+    ------
+    SourceHeaderError
+        When a Type 1 attribute the result must copy is invalid.
+    """
+    log: dict[str, _Cleaned] = {}
+    out = [_clean(ds, log) for ds in datasets]
+    for item in log.values():
+        logger.warning(
+            "source attribute %s (%s, %s): %s (PS3.5 6.2); %s in the result",
+            item.keyword,
+            Tag(tag_for_keyword(item.keyword) or 0),
+            item.vr,
+            item.reason,
+            item.rule,
+        )
+    return out
+
+
+def clean_result(result: PipelineResult) -> PipelineResult:
+    """``result``, or a copy whose volume's source datasets are cleaned."""
+    original: Sequence[Dataset] = result.volume.source_datasets
+    cleaned = clean_datasets(original)
+    if all(a is b for a, b in zip(cleaned, original, strict=True)):
+        return result
+    return dataclasses.replace(
+        result, volume=dataclasses.replace(result.volume, source_datasets=cleaned)
+    )
+
