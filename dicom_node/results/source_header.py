@@ -18,7 +18,8 @@ a Type 1 value that cannot be repaired (a UID that places the result in the
 source study and series, a Type 1 text) refuses the result with a
 :class:`SourceHeaderError` that names the attribute.  An unknown Specific
 Character Set (Type 1C) is replaced: left out when every copied text is
-ASCII, else ISO_IR 192 (UTF-8), which holds any decoded text.  Missing Type 2
+ASCII, else ISO_IR 192 (UTF-8), which holds any decoded text; ISO_IR 192
+is also declared when copied text is not ASCII but no character set is.  Missing Type 2
 patient/study attributes are added empty.  Each attribute cleaned logs one
 warning naming the attribute and the rule, never its value (the values are
 patient data).  The source datasets themselves are never modified.
@@ -226,6 +227,31 @@ def _charset_problem(ds: Dataset) -> bool:
     return any(str(v or "").strip() not in python_encoding for v in values)
 
 
+_COPIED_TEXT_TAGS = [
+    Tag(tag)
+    for tag in (tag_for_keyword(kw) for kw in COPIED_ATTRIBUTES)
+    if tag is not None and dictionary_VR(tag) in ("LO", "LT", "PN", "SH", "ST", "UC", "UT")
+]
+
+
+def _undeclared_non_ascii(ds: Dataset) -> bool:
+    """True when a copied text holds non-ASCII characters but no character set
+    other than the default repertoire is declared (PS3.5 6.1.2.2)."""
+    if str(ds.get("SpecificCharacterSet", "") or "").strip() not in ("", "ISO_IR 6"):
+        return False
+    for tag in _COPIED_TEXT_TAGS:
+        if tag not in ds:
+            continue
+        elem = ds.get_item(tag)
+        value = elem.value
+        if isinstance(value, bytes):
+            if not value.isascii():
+                return True
+        elif value is not None and not str(value).isascii():
+            return True
+    return False
+
+
 def _decoded_text(ds: Dataset) -> list[str]:
     """Decode every root text element of ``ds`` in place (with its present character set)."""
     texts: list[str] = []
@@ -270,7 +296,18 @@ def _clean(ds: Dataset, log: dict[str, _Cleaned]) -> Dataset:
             copy = _shallow_copy(ds)
         return copy
 
-    if _charset_problem(ds):
+    if _undeclared_non_ascii(ds):
+        new = target()
+        _decoded_text(new)
+        new.SpecificCharacterSet = "ISO_IR 192"
+        log.setdefault(
+            "SpecificCharacterSet",
+            _Cleaned(
+                "SpecificCharacterSet", "CS", "absent while copied text is not ASCII",
+                "set to ISO_IR 192 (UTF-8)",
+            ),
+        )
+    elif _charset_problem(ds):
         new = target()
         texts = _decoded_text(new)
         if all(t.isascii() for t in texts):

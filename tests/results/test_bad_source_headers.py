@@ -196,6 +196,25 @@ def test_non_ascii_text_under_an_unknown_character_set(
     assert _warnings_by_attribute(caplog) == {"SpecificCharacterSet": 1}
 
 
+def test_non_ascii_text_without_a_character_set(
+    dicom_data: pathlib.Path, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def mutate(ds: pydicom.Dataset) -> None:
+        if "SpecificCharacterSet" in ds:
+            del ds.SpecificCharacterSet
+        _raw(ds, "StudyDescription", "LO", "THORAX P\xc4".encode("latin-1"))
+
+    path = mutated_copy(dicom_data / CHEST, tmp_path / "src", mutate)
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    datasets = write_results(_classification(load_radiograph(path)), outputs="sr")
+    (out,) = save_datasets(datasets, tmp_path / "out")
+    assert_valid(out)
+    ds = pydicom.dcmread(out)
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    assert ds.StudyDescription == "THORAX P\xc4"
+    assert _warnings_by_attribute(caplog) == {"SpecificCharacterSet": 1}
+
+
 def test_valid_source_logs_nothing(
     dicom_data: pathlib.Path, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
 ) -> None:
