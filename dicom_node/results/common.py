@@ -424,7 +424,7 @@ def check_result(result: PipelineResult) -> None:
 # Type 2 attributes of the Patient, General Study and Patient Study modules
 # (PS3.3 C.7.1.1, C.7.2.1) that every derived object copies from its source.
 # Real scanners omit some of them; the derived objects then carry them empty.
-_TYPE2_FROM_SOURCE = (
+TYPE2_FROM_SOURCE = (
     "PatientName",
     "PatientID",
     "PatientBirthDate",
@@ -442,7 +442,7 @@ def with_type2_attributes(ds: Dataset) -> Dataset:
 
     The caller's dataset is never modified.
     """
-    missing = [kw for kw in _TYPE2_FROM_SOURCE if kw not in ds]
+    missing = [kw for kw in TYPE2_FROM_SOURCE if kw not in ds]
     if not missing:
         return ds
     copy = Dataset()

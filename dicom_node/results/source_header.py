@@ -43,6 +43,8 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.valuerep import validate_value
 
+from dicom_node.results.common import TYPE2_FROM_SOURCE
+
 if TYPE_CHECKING:
     from ai_models.types import PipelineResult
 
@@ -93,17 +95,7 @@ COPIED_ATTRIBUTES: dict[str, str] = {
 }
 
 #: Type 2 patient/study attributes added empty when the source lacks them.
-_TYPE2_REQUIRED = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-    "StudyID",
-    "AccessionNumber",
-)
+_TYPE2_REQUIRED = TYPE2_FROM_SOURCE
 
 #: Type 1 UIDs that must have a value (an empty one cannot be repaired).
 _UIDS_REQUIRED = {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"}
