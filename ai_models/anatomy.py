@@ -36,7 +36,7 @@ alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -141,6 +141,23 @@ class CtLungFields:
     median_hu: float
     cut_superior: bool
     cut_inferior: bool
+    interior: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """What the body contour encloses, slice by slice, on the working copy
+    (canonical ``(z, y, x)``, every ``steps``-th voxel)."""
+    steps: tuple[int, int, int] = (1, 1, 1)
+
+    def interior_on(self, shape: tuple[int, ...]) -> np.ndarray:
+        """:attr:`interior` on the full canonical grid of ``shape`` (nearest cell).
+
+        Everything is inside when no interior was measured.
+        """
+        if self.interior is None:
+            return np.ones(shape, bool)
+        idx = [
+            np.minimum(np.arange(n) // k, m - 1)
+            for n, k, m in zip(shape, self.steps, self.interior.shape, strict=True)
+        ]
+        return self.interior[np.ix_(*idx)]
 
     @property
     def partial(self) -> bool:
@@ -260,6 +277,8 @@ def ct_lung_fields(volume: Volume) -> CtLungFields:
             median_hu=0.0,
             cut_superior=False,
             cut_inferior=False,
+            interior=filled,
+            steps=(kz, ky, kx),
         )
     largest = float(air_area[lung].max())
     end_min = PARTIAL_END_FRACTION * largest
@@ -271,6 +290,8 @@ def ct_lung_fields(volume: Volume) -> CtLungFields:
         median_hu=float(np.median(h[air & lung[:, None, None]])),
         cut_superior=bool(lung[-1] and air_area[-1] >= end_min),
         cut_inferior=bool(lung[0] and air_area[0] >= end_min),
+        interior=filled,
+        steps=(kz, ky, kx),
     )
 
 

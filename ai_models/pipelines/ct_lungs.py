@@ -292,7 +292,7 @@ class CtLungsPipeline(Pipeline):
         timer = runtime.StageTimer()
         work, orient, model = self.predict_working(volume, timer)
         with timer("postprocess"):
-            segments, findings, notes = self._postprocess(volume, work, orient)
+            segments, findings, notes = self._postprocess(volume, work, orient, fields)
             if fields.partial:
                 notes.append(
                     f"lung coverage {fields.coverage()}: lung volumes are not reported"
@@ -370,8 +370,19 @@ class CtLungsPipeline(Pipeline):
         return sides[RIGHT], sides[LEFT], work == BONE, nods
 
     def _postprocess(
-        self, volume: Volume, work: np.ndarray, orient: Orientation
+        self,
+        volume: Volume,
+        work: np.ndarray,
+        orient: Orientation,
+        fields: CtLungFields | None = None,
     ) -> tuple[list[Segment], list[Finding], list[str]]:
+        """Full-resolution segments and findings from the working-grid labels.
+
+        With ``fields`` (the applicability check's measurements), lungs and
+        bone are kept only inside the body contour: air connected to the
+        outside (beside the arms, under the table) is never lung, and the
+        table is never bone.
+        """
         hu = orient.to_canonical(volume.array)
         fine_shape = tuple(int(n) for n in hu.shape)
         spacing_c = orient.spacing(volume.spacing)
@@ -404,6 +415,19 @@ class CtLungsPipeline(Pipeline):
         f_left = fine_lab == LEFT
         f_bone = fine_lab == BONE
         del fine_lab
+        notes = []
+        if fields is not None:
+            inside = fields.interior_on(fine_shape)
+            outside_ml = float(
+                np.count_nonzero((f_right | f_left) & ~inside) * np.prod(spacing_c) / 1000.0
+            )
+            f_right &= inside
+            f_left &= inside
+            f_bone &= inside
+            if outside_ml >= 1.0:
+                notes.append(
+                    f"{outside_ml:.0f} mL of air outside the body contour was not taken for lung"
+                )
 
         nodules: list[_Nodule] = []
         wvox = float(np.prod(spacing_c)) * float(
@@ -418,7 +442,6 @@ class CtLungsPipeline(Pipeline):
                 if nod is not None:
                     nodules.append(nod)
         nodules.sort(key=lambda n: -int(n.mask.sum()))
-        notes = []
         if len(nodules) > MAX_NODULES:
             notes.append(
                 f"{len(nodules)} nodule candidates; the {MAX_NODULES} largest are reported"

@@ -129,6 +129,31 @@ def test_nodule_found_and_measured(phantom_run):
     )
 
 
+def test_lungs_lie_inside_the_body_contour(pipeline, phantom_run):
+    """No lung or bone voxel outside what the body contour encloses (checked at
+    full resolution, independently of the pipeline's own 4 mm body mask), and
+    the body mask the pipeline uses does remove air outside the body."""
+    from scipy import ndimage
+
+    from ai_models.anatomy import ct_lung_fields
+
+    _, vol, res = phantom_run
+    body = vol.array > -500
+    lab, _ = ndimage.label(body)
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    body = lab == sizes.argmax()
+    interior = np.stack([ndimage.binary_fill_holes(s) for s in body])  # axial phantom: k = z
+    for s in res.segments:
+        if s.label in ("Right lung", "Left lung", "Bone"):
+            assert not (s.mask & ~interior).any(), s.label
+    fields = ct_lung_fields(vol)
+    inside = fields.interior_on(vol.shape)
+    outside_air = (vol.array < -400) & ~interior
+    assert outside_air.sum() > 0.2 * outside_air.size  # the air around the body
+    assert (inside & outside_air).sum() < 0.01 * outside_air.sum()
+
+
 def test_tracking_uids_stable_across_runs(pipeline, phantom_run):
     ph, vol, res = phantom_run
     again = pipeline.run(vol)
