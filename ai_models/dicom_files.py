@@ -36,11 +36,52 @@ __all__ = [
     "SkippedFile",
     "discover_series",
     "is_dicom_file",
+    "one_line",
     "read_image_datasets",
     "scan_paths",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: The logger pydicom's pixel decoders write each failing plugin's traceback to.
+_PYDICOM_DECODERS = "pydicom.pixels.decoders.base"
+
+
+class _DecoderTracebacks(logging.Filter):
+    """Keeps pydicom's per-plugin decoder tracebacks out of the logs above DEBUG.
+
+    pydicom logs every plugin that fails to decode a frame at ERROR with its
+    traceback (``LOGGER.exception``), then raises one exception that names each
+    plugin's failure.  The readers here turn that exception into a
+    :class:`~ai_models.errors.VolumeError` and log one line with the reason, so
+    the tracebacks are re-logged at DEBUG under this module's logger.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info is None or record.levelno <= logging.DEBUG:
+            return True
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "pixel decoder plugin failed: %s",
+                one_line(record.getMessage()),
+                exc_info=record.exc_info,
+            )
+        return False
+
+
+def _install_decoder_filter() -> None:
+    target = logging.getLogger(_PYDICOM_DECODERS)
+    if not any(isinstance(f, _DecoderTracebacks) for f in target.filters):
+        target.addFilter(_DecoderTracebacks())
+
+
+def one_line(text: object, limit: int = 500) -> str:
+    """``text`` on one line (newlines and runs of blanks folded), at most ``limit`` chars."""
+    out = " ".join(str(text).split())
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+_install_decoder_filter()
 
 #: SOP classes that carry no image a pipeline could run on, by UID.  Objects
 #: of these classes are skipped even when they hold Pixel Data (SEG, RT Dose).
@@ -240,9 +281,9 @@ def scan_paths(
         except (TypeError, ValueError):
             skipped.append(_skip(path, "invalid NumberOfFrames"))
             continue
-        meta = getattr(ds, "file_meta", None)
-        images.append(
-            DicomFile(
+        try:
+            meta = getattr(ds, "file_meta", None)
+            found = DicomFile(
                 path=path,
                 sop_instance_uid=str(ds.SOPInstanceUID),
                 sop_class_uid=str(ds.get("SOPClassUID", "")),
@@ -252,7 +293,10 @@ def scan_paths(
                 number_of_frames=n_frames,
                 transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")) if meta else "",
             )
-        )
+        except Exception as exc:  # noqa: BLE001 - a broken element in the header
+            skipped.append(_skip(path, f"unreadable header ({type(exc).__name__})"))
+            continue
+        images.append(found)
     logger.info("found %d image file(s), skipped %d file(s)", len(images), len(skipped))
     return images, skipped
 

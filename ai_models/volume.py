@@ -75,16 +75,25 @@ import logging
 import math
 import os
 import pathlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 
-from ai_models.dicom_files import DicomFile, discover_series, read_image_datasets, scan_paths
+from ai_models.dicom_files import (
+    DicomFile,
+    discover_series,
+    one_line,
+    read_image_datasets,
+    scan_paths,
+)
 from ai_models.errors import (
+    AIModelsError,
     DuplicateSlicesError,
     IrregularSpacingError,
     MissingSlicesError,
@@ -214,7 +223,10 @@ def _read_sources(sources: Iterable[Source] | Source) -> list[_Instance]:
     instances: list[_Instance] = []
     seen: dict[str, int] = {}
     for ds, owned in datasets:
-        uid = str(ds.get("SOPInstanceUID", ""))
+        try:
+            uid = str(ds.get("SOPInstanceUID", ""))
+        except Exception as exc:  # noqa: BLE001 - an unreadable element value
+            raise VolumeError(f"a source has an unreadable SOPInstanceUID: {exc}") from exc
         if not uid:
             raise VolumeError("a source has no SOPInstanceUID (not a DICOM image instance)")
         if uid in seen:
@@ -225,17 +237,16 @@ def _read_sources(sources: Iterable[Source] | Source) -> list[_Instance]:
         try:
             n_frames = int(ds.get("NumberOfFrames") or 1)
         except (TypeError, ValueError) as exc:
-            raise VolumeError(
-                f"instance {uid} has an invalid NumberOfFrames {ds.get('NumberOfFrames')!r}"
-            ) from exc
-        inum = ds.get("InstanceNumber")
+            raise VolumeError(f"instance {uid} has an invalid NumberOfFrames: {exc}") from exc
+        if n_frames < 1:
+            raise VolumeError(f"instance {uid} has NumberOfFrames {n_frames}: no frames")
         seen[uid] = len(instances)
         instances.append(
             _Instance(
                 ds=ds,
                 sop_instance_uid=uid,
                 sop_class_uid=str(ds.get("SOPClassUID", "")),
-                instance_number=int(inum) if inum not in (None, "") else None,
+                instance_number=_instance_number(ds),
                 n_frames=n_frames,
                 owned=owned,
             )
@@ -249,6 +260,26 @@ def _read_sources(sources: Iterable[Source] | Source) -> list[_Instance]:
     return instances
 
 
+def _instance_number(ds: Dataset) -> int | None:
+    """InstanceNumber, or None when absent or unreadable (it only names instances)."""
+    try:
+        inum = ds.get("InstanceNumber")
+        return int(inum) if inum not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _int_attr(ds: Dataset, keyword: str, default: int | None, where: str) -> int:
+    """A numeric image attribute (Rows, BitsAllocated, ...) as an int, else VolumeError."""
+    try:
+        value = ds.get(keyword, default)
+        if value is None or value == "":
+            raise ValueError("absent")
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise VolumeError(f"{where}: {keyword} is missing or not a number ({exc})") from exc
+
+
 def _decode(ds: Dataset, n_frames: int) -> np.ndarray:
     """Stored pixel values as ``(n_frames, rows, cols)``.
 
@@ -257,17 +288,18 @@ def _decode(ds: Dataset, n_frames: int) -> np.ndarray:
     decoders (pylibjpeg for JPEG, JPEG-LS and JPEG 2000).
     """
     uid = ds.get("SOPInstanceUID", "?")
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    spp = int(ds.get("SamplesPerPixel", 1))
+    where = f"instance {uid}"
+    rows, cols = _image_size(ds, where)
+    spp = _int_attr(ds, "SamplesPerPixel", 1, where)
     if spp != 1:
         raise VolumeError(
             f"instance {uid} has {spp} samples per pixel "
             f"({ds.get('PhotometricInterpretation', '?')}); only grayscale images make volumes"
         )
     ts = str(getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID", ""))
-    bits_alloc = int(ds.get("BitsAllocated", 16))
-    bits_stored = int(ds.get("BitsStored", bits_alloc))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    bits_alloc = _int_attr(ds, "BitsAllocated", 16, where)
+    bits_stored = _int_attr(ds, "BitsStored", bits_alloc, where)
+    signed = _int_attr(ds, "PixelRepresentation", 0, where) == 1
     arr: np.ndarray | None = None
     if (
         ts in _NATIVE_LE
@@ -275,6 +307,10 @@ def _decode(ds: Dataset, n_frames: int) -> np.ndarray:
         and bits_alloc in (8, 16, 32)
         and not ds["PixelData"].is_undefined_length
     ):
+        if not 1 <= bits_stored <= bits_alloc:
+            raise VolumeError(
+                f"{where}: BitsStored {bits_stored} does not fit BitsAllocated {bits_alloc}"
+            )
         dtype = np.dtype(f"<{'i' if signed else 'u'}{bits_alloc // 8}")
         buf = ds.PixelData
         n = rows * cols * n_frames
@@ -291,12 +327,31 @@ def _decode(ds: Dataset, n_frames: int) -> np.ndarray:
         try:
             arr = ds.pixel_array
         except Exception as exc:  # noqa: BLE001 - decoders raise many kinds
+            reason = (
+                f"{where}: pixel data cannot be decoded "
+                f"(transfer syntax {ts or 'unknown'}): {one_line(exc)}"
+            )
+            # One line, no traceback: the decoders' own tracebacks are at DEBUG
+            # (see ai_models.dicom_files).
+            logger.warning("%s", reason)
+            raise VolumeError(reason) from exc
+        arr = np.asarray(arr)
+        if arr.size != n_frames * rows * cols:
             raise VolumeError(
-                f"instance {uid}: pixel data cannot be decoded "
-                f"(transfer syntax {ts or 'unknown'}): {exc}"
-            ) from exc
-        arr = np.asarray(arr).reshape(n_frames, rows, cols)
+                f"{where}: decoded pixel data has shape {arr.shape}, not {n_frames} frame(s) "
+                f"of {rows}x{cols}"
+            )
+        arr = arr.reshape(n_frames, rows, cols)
     return arr
+
+
+def _image_size(ds: Dataset, where: str) -> tuple[int, int]:
+    """(Rows, Columns), both positive, else VolumeError."""
+    rows = _int_attr(ds, "Rows", None, where)
+    cols = _int_attr(ds, "Columns", None, where)
+    if rows < 1 or cols < 1:
+        raise VolumeError(f"{where} is {rows}x{cols} pixels: no image")
+    return rows, cols
 
 
 # --------------------------------------------------------------------------- geometry
@@ -330,10 +385,22 @@ def _opt_float(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def _items(owner: Dataset | None, seq: str) -> list[Dataset]:
+    """The items of sequence ``seq`` in ``owner`` ([] when absent), else VolumeError."""
+    if owner is None or seq not in owner:
+        return []
+    value = owner[seq].value
+    if value is None or value == "":
+        return []
+    if not isinstance(value, (DicomSequence, list, tuple)) or not all(
+        isinstance(i, Dataset) for i in value
+    ):
+        raise VolumeError(f"{seq} is not a sequence of items (VR {owner[seq].VR})")
+    return list(value)
+
+
 def _first(seq_owner: Dataset | None, seq: str) -> Dataset | None:
-    if seq_owner is None or seq not in seq_owner:
-        return None
-    s = seq_owner[seq].value
+    s = _items(seq_owner, seq)
     return s[0] if s else None
 
 
@@ -399,7 +466,7 @@ def _enhanced_frames(inst: _Instance, index: int) -> list[_Frame]:
     """Frames of an enhanced multi-frame instance (PS3.3 C.7.6.16)."""
     ds = inst.ds
     shared = _first(ds, "SharedFunctionalGroupsSequence")
-    per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
+    per_frame = _items(ds, "PerFrameFunctionalGroupsSequence")
     if per_frame and len(per_frame) != inst.n_frames:
         raise VolumeError(
             f"instance {inst.sop_instance_uid}: {len(per_frame)} per-frame functional "
@@ -476,17 +543,21 @@ def _enhanced_frames(inst: _Instance, index: int) -> list[_Frame]:
 def _unit_axes(fr: _Frame, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row_dir, col_dir, normal) as unit vectors; checks PS3.3 C.7.6.2.1.1."""
     assert fr.row_dir is not None and fr.col_dir is not None
-    r = fr.row_dir / np.linalg.norm(fr.row_dir)
-    c = fr.col_dir / np.linalg.norm(fr.col_dir)
-    if not (np.isfinite(r).all() and np.isfinite(c).all()):
-        raise VolumeError(f"{where}: ImageOrientationPatient has a zero-length vector")
+    norms = (float(np.linalg.norm(fr.row_dir)), float(np.linalg.norm(fr.col_dir)))
+    if not all(math.isfinite(v) and v > 1e-6 for v in norms):
+        raise VolumeError(
+            f"{where}: ImageOrientationPatient has a zero-length vector "
+            f"{_fmt(np.concatenate([fr.row_dir, fr.col_dir]))}"
+        )
+    r = fr.row_dir / norms[0]
+    c = fr.col_dir / norms[1]
     if abs(float(r @ c)) > _ORTHOGONALITY_TOL:
         raise VolumeError(
             f"{where}: ImageOrientationPatient row and column directions are not "
             f"orthogonal (cos = {float(r @ c):.4f})"
         )
     n = np.cross(r, c)
-    return r, c, n / np.linalg.norm(n)
+    return r, c, n / float(np.linalg.norm(n))
 
 
 def _fmt(v: np.ndarray) -> str:
@@ -578,8 +649,14 @@ def _check_regular(
 ) -> tuple[float, float]:
     """Check sorted frames lie on a regular grid; return (spacing, tolerance used)."""
     pos = np.array([fr.position for fr in frames], dtype=float)
-    d = pos @ n
-    steps = np.diff(d)
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = pos @ n
+        steps = np.diff(d)
+    if not (np.all(np.isfinite(d)) and np.all(np.isfinite(steps))):
+        raise IrregularSpacingError(
+            "slice positions are too far apart to compute a spacing "
+            f"(from {frames[0].describe(instances)} to {frames[-1].describe(instances)})"
+        )
     # Nominal spacing: the most common step (rounded to 1 %), smallest on ties.
     rounded = np.round(steps / max(float(np.median(steps)), 1e-6), 2)
     vals, counts = np.unique(rounded, return_counts=True)
@@ -652,12 +729,13 @@ def _assemble(
 ) -> Volume:
     """Sort, check and stack one group of frames that share an orientation."""
     first = frames[0]
-    rows, cols = (int(instances[first.instance].ds.Rows), int(instances[first.instance].ds.Columns))
+    rows, cols = _image_size(instances[first.instance].ds, first.describe(instances))
     for fr in frames:
         ds = instances[fr.instance].ds
-        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
+        size = _image_size(ds, fr.describe(instances))
+        if size != (rows, cols):
             raise VolumeError(
-                f"{fr.describe(instances)} is {ds.Rows}x{ds.Columns}, "
+                f"{fr.describe(instances)} is {size[0]}x{size[1]}, "
                 f"{first.describe(instances)} is {rows}x{cols}: not one volume"
             )
         if np.max(np.abs(np.subtract(fr.pixel_spacing, first.pixel_spacing))) > 1e-3 * max(
@@ -767,6 +845,16 @@ def _collect(instances: list[_Instance]) -> list[_Frame]:
         raise VolumeError(
             f"{bad.describe(instances)} has no ImageOrientationPatient while other frames do"
         )
+    if with_iop:
+        # Stacking and sorting project the positions on the normal: a frame with an
+        # orientation but no position cannot be placed (PS3.3 C.7.6.2: both Type 1).
+        no_pos = [fr for fr in frames if fr.position is None]
+        if no_pos:
+            raise VolumeError(
+                f"{no_pos[0].describe(instances)} has ImageOrientationPatient but no "
+                f"ImagePositionPatient ({len(no_pos)} of {len(frames)} frame(s) without one): "
+                "the slices cannot be placed along the normal"
+            )
     return frames
 
 
@@ -791,6 +879,26 @@ def _stacks(
         for label, members in split:
             stacks.append(("; ".join(x for x in (label_o, label) if x), members))
     return groups, stacks
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """Anything but an AIModelsError raised while building volumes becomes a VolumeError.
+
+    The checks above refuse odd series with a precise reason; this is the net
+    under them, so that a caller only ever sees a Volume or a VolumeError
+    (numpy shape errors, unreadable element values, ...).  The traceback is
+    logged at DEBUG.
+    """
+    try:
+        yield
+    except (AIModelsError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the boundary: translate, never leak
+        logger.debug("series refused on an unexpected %s", type(exc).__name__, exc_info=True)
+        raise VolumeError(
+            f"the series cannot be read as a volume ({type(exc).__name__}: {one_line(exc)})"
+        ) from exc
 
 
 def load_series(
@@ -841,8 +949,18 @@ def load_series(
         module docstring.
     VolumeError
         Anything else that prevents one sound volume (undecodable pixels,
-        differing matrix sizes, colour images, sources of several series).
+        differing matrix sizes, colour images, sources of several series,
+        missing or degenerate geometry).  No other exception leaves this
+        function: whatever else goes wrong reading a series is a VolumeError
+        with the reason.
     """
+    with _refusals():
+        return _load_series(sources, tolerance, keep_pixel_data)
+
+
+def _load_series(
+    sources: Iterable[Source] | Source, tolerance: float | None, keep_pixel_data: bool
+) -> Volume:
     instances = _read_sources(sources)
     frames = _collect(instances)
     groups, stacks = _stacks(instances, frames, tolerance)
@@ -893,6 +1011,13 @@ def load_volumes(
     Parameters and exceptions are those of :func:`load_series`, except that
     :class:`MixedOrientationError` is never raised.
     """
+    with _refusals():
+        return _load_volumes(sources, tolerance, keep_pixel_data)
+
+
+def _load_volumes(
+    sources: Iterable[Source] | Source, tolerance: float | None, keep_pixel_data: bool
+) -> dict[str, Volume]:
     instances = _read_sources(sources)
     frames = _collect(instances)
     _, stacks = _stacks(instances, frames, tolerance)
