@@ -260,7 +260,15 @@ def load_radiograph(sources: Iterable[Source] | Source) -> Volume:
         raise VolumeError(
             f"instance {uid}: pixel data cannot be decoded (transfer syntax {ts}): {exc}"
         ) from exc
-    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+    try:
+        values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001 - a bad Rescale Slope/Intercept or Modality LUT
+        raise VolumeError(
+            f"instance {uid}: the Modality LUT (Rescale Slope/Intercept or Modality LUT "
+            f"Sequence, PS3.3 C.11.1) cannot be applied: {type(exc).__name__}"
+        ) from exc
+    if not np.all(np.isfinite(values)):
+        raise VolumeError(f"instance {uid}: the Modality LUT gives values that are not finite")
     spacing = pixel_spacing(ds) or (1.0, 1.0)
     return Volume(
         array=values[None],

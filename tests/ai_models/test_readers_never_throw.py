@@ -367,8 +367,6 @@ def test_load_series_and_volumes_never_throw(spec: dict[str, Any]) -> None:
 
 #: Pipelines whose read_series is ai_models.radiograph.load_radiograph.
 RADIOGRAPH_READERS = frozenset({"cxr-findings", "mg-masses"})
-#: Defects load_radiograph does not yet refuse cleanly (see the xfail below).
-RADIOGRAPH_KNOWN = frozenset({"slope_text"})
 
 
 @pytest.fixture(scope="module")
@@ -398,8 +396,6 @@ def test_files_through_discovery_and_pipelines_never_throw(
             except Exception as exc:  # noqa: BLE001 - the property under test
                 _assert_refusal(exc, spec)
             for pipe in pipelines:
-                if pipe.name in RADIOGRAPH_READERS and spec["defects"] & RADIOGRAPH_KNOWN:
-                    continue  # see test_radiograph_reader_text_rescale_slope
                 try:
                     with _quiet():
                         volume = pipe.read_series(files)
@@ -408,11 +404,6 @@ def test_files_through_discovery_and_pipelines_never_throw(
                     _assert_refusal(exc, spec)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="load_radiograph applies a non-numeric RescaleSlope read from disk (numpy TypeError)",
-)
 @pytest.mark.parametrize("name", sorted(RADIOGRAPH_READERS))
 def test_radiograph_reader_text_rescale_slope(tmp_path: pathlib.Path, name: str) -> None:
     spec = {
@@ -429,11 +420,8 @@ def test_radiograph_reader_text_rescale_slope(tmp_path: pathlib.Path, name: str)
     with _quiet():
         load_series(files)  # the volume reader ignores the unusable slope
     pipe = get_pipeline(name, device="cpu")
-    try:
-        with _quiet():
-            pipe.check(pipe.read_series(files))
-    except (VolumeError, PipelineNotApplicable) as exc:
-        assert str(exc).strip()
+    with pytest.raises(VolumeError, match="Modality LUT"), _quiet():
+        pipe.check(pipe.read_series(files))
 
 
 def test_empty_series_is_a_refusal() -> None:
