@@ -57,22 +57,55 @@ class SourceHeaderError(ValueError):
     """A Type 1 source attribute the result must copy is invalid and cannot be repaired."""
 
 
-def _module_attributes() -> dict[str, str]:
-    """Root attributes of the modules highdicom copies from a source, with their type."""
-    from highdicom._standard_utils import get_module_attribute_map
+#: The main attributes of those modules (PS3.3 C.7.1.1 Patient, C.7.2.1 General
+#: Study, C.7.2.2 Patient Study), for a highdicom whose module table moved.
+_FALLBACK_MODULE_ATTRIBUTES: dict[str, str] = {
+    "PatientName": "2",
+    "PatientID": "2",
+    "IssuerOfPatientID": "3",
+    "PatientBirthDate": "2",
+    "PatientBirthTime": "3",
+    "PatientSex": "2",
+    "OtherPatientNames": "3",
+    "PatientComments": "3",
+    "StudyInstanceUID": "1",
+    "StudyDate": "2",
+    "StudyTime": "2",
+    "ReferringPhysicianName": "2",
+    "StudyID": "2",
+    "AccessionNumber": "2",
+    "StudyDescription": "3",
+    "PatientAge": "3",
+    "PatientSize": "3",
+    "PatientWeight": "3",
+    "AdditionalPatientHistory": "3",
+}
 
-    table = get_module_attribute_map()
-    out: dict[str, str] = {}
-    for module in (
-        "patient",
-        "clinical-trial-subject",
-        "general-study",
-        "patient-study",
-        "clinical-trial-study",
-    ):
-        for item in table[module]:
-            if not item["path"]:
-                out[str(item["keyword"])] = str(item["type"])
+
+def _module_attributes() -> dict[str, str]:
+    """Root attributes of the modules highdicom copies from a source, with their type.
+
+    Read from highdicom's own module table (a private module: when a
+    highdicom release moves it, :data:`_FALLBACK_MODULE_ATTRIBUTES` is used).
+    """
+    try:
+        from highdicom._standard_utils import get_module_attribute_map
+
+        table = get_module_attribute_map()
+        out: dict[str, str] = {}
+        for module in (
+            "patient",
+            "clinical-trial-subject",
+            "general-study",
+            "patient-study",
+            "clinical-trial-study",
+        ):
+            for item in table[module]:
+                if not item["path"]:
+                    out[str(item["keyword"])] = str(item["type"])
+    except (ImportError, KeyError, TypeError) as exc:
+        logger.debug("highdicom module table not available (%s): built-in list used", exc)
+        return dict(_FALLBACK_MODULE_ATTRIBUTES)
     return out
 
 

@@ -255,3 +255,17 @@ def test_analyze_paths_with_a_bad_chest_export(
     sr = pydicom.dcmread(sr_path)
     assert "PatientAge" not in sr and sr.PatientBirthDate == ""
 
+
+
+def test_fallback_attribute_list_agrees_with_highdicom(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The built-in list used when highdicom's private module table moves gives
+    the same types as that table, and is what a missing table falls back to."""
+    import sys
+
+    from dicom_node.results import source_header
+
+    fallback = source_header._FALLBACK_MODULE_ATTRIBUTES
+    table = source_header._module_attributes()
+    assert {k: table.get(k) for k in fallback} == fallback
+    monkeypatch.setitem(sys.modules, "highdicom._standard_utils", None)  # import fails
+    assert source_header._module_attributes() == fallback
