@@ -23,13 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from dicom_node.config import Settings
 from dicom_node.results import PreviousVersion, kind_of, save_datasets, write_results
 from storage.db import Database
 from storage.jobs import ClaimedJob, JobQueue, JobStatus, LeaseLost, NewResult, worker_name
-from storage.models import Instance, Job, Result, Series, utcnow
+from storage.models import utcnow
 
 __all__ = ["JobRunner", "WorkerPool", "job_queue", "run_job"]
 
@@ -152,46 +150,12 @@ class JobRunner:
         return status
 
     def _series_files(self, series_id: int) -> tuple[str, list[Path]]:
-        with self.db.engine.connect() as conn:
-            uid = conn.execute(
-                select(Series.series_instance_uid).where(Series.id == series_id)
-            ).scalar_one()
-            rels = (
-                conn.execute(
-                    select(Instance.path)
-                    .where(Instance.series_id == series_id)
-                    .order_by(Instance.id)
-                )
-                .scalars()
-                .all()
-            )
+        uid, rels = self.queue.series_files(series_id)
         return uid, [self.spool_root / rel for rel in rels]
 
     def _previous_versions(self, job: ClaimedJob, source_series_uid: str) -> list[PreviousVersion]:
         """The SRs of the latest earlier revision of this job that produced one."""
-        with self.db.engine.connect() as conn:
-            rows = conn.execute(
-                select(
-                    Result.study_instance_uid,
-                    Result.series_instance_uid,
-                    Result.sop_class_uid,
-                    Result.sop_instance_uid,
-                    Job.revision,
-                )
-                .join(Job, Job.id == Result.job_id)
-                .where(
-                    Job.completion_id == job.completion_id,
-                    Job.pipeline == job.pipeline,
-                    Job.revision < job.revision,
-                    Result.kind == "sr",
-                    Result.source_series_uid == source_series_uid,
-                )
-                .order_by(Job.revision.desc(), Result.id)
-            ).all()
-        if not rows:
-            return []
-        latest = rows[0].revision
-        return [PreviousVersion(r[0], r[1], r[2], r[3]) for r in rows if r.revision == latest]
+        return [PreviousVersion(*r) for r in self.queue.earlier_srs(job, source_series_uid)]
 
     def _run_series(
         self,
@@ -329,9 +293,7 @@ def run_job(job_id: int, settings: Settings, db: Database | None = None) -> str:
         queue = job_queue(settings, database)
         job = queue.claim(worker_name("job"), job_id=job_id)
         if job is None:
-            with database.engine.connect() as conn:
-                status = conn.execute(select(Job.status).where(Job.id == job_id)).scalar_one()
-            return str(status)
+            return queue.status_of(job_id)
         return JobRunner(settings, database, queue).run(job).value
     finally:
         if own_db:

@@ -18,9 +18,25 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["Database", "MIGRATIONS_DIR"]
+__all__ = [
+    "Database",
+    "DatabaseError",
+    "DatabaseUnavailable",
+    "DuplicateRow",
+    "MIGRATIONS_DIR",
+]
+
+DatabaseError = SQLAlchemyError
+"""Any error of the database layer (callers outside ``storage`` catch this name)."""
+
+DatabaseUnavailable = OperationalError
+"""The database cannot be reached or used right now (locked, down, disk full)."""
+
+DuplicateRow = IntegrityError
+"""A row collides with one that exists (e.g. written by another process at the same moment)."""
 
 LOGGER = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy import and_, func, insert, or_, select, update
 
 from storage.db import Database
-from storage.models import Completion, Delivery, Job, Result, Series, Study, utcnow
+from storage.models import Completion, Delivery, Instance, Job, Result, Series, Study, utcnow
 
 __all__ = [
     "ClaimedDelivery",
@@ -39,6 +39,7 @@ __all__ = [
     "DeliveryOutcome",
     "DeliveryQueue",
     "DeliveryStatus",
+    "FailedDelivery",
     "JobQueue",
     "JobStatus",
     "LeaseLost",
@@ -180,6 +181,27 @@ class JobFinish:
     status: JobStatus
     result_ids: list[int] = field(default_factory=list)
     deliveries: int = 0
+
+
+@dataclass(frozen=True)
+class FailedDelivery:
+    """A delivery that gave up (retryable with its job's retry)."""
+
+    id: int
+    job_id: int
+    pipeline: str
+    destination: str
+    kind: str
+    sop_instance_uid: str
+    attempts: int
+    last_status: int | None
+    error: str | None
+    created_at: datetime | None
+
+    @property
+    def last_status_hex(self) -> str | None:
+        """``last_status`` as ``0xA700``."""
+        return None if self.last_status is None else f"0x{self.last_status:04X}"
 
 
 class JobQueue:
@@ -589,6 +611,112 @@ class JobQueue:
                     }
                 )
             return out
+
+    def failed_deliveries(self, limit: int = 100) -> list[FailedDelivery]:
+        """Failed deliveries, newest first."""
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    Delivery.id,
+                    Result.job_id,
+                    Job.pipeline,
+                    Delivery.destination,
+                    Result.kind,
+                    Result.sop_instance_uid,
+                    Delivery.attempts,
+                    Delivery.last_status,
+                    Delivery.error,
+                    Delivery.created_at,
+                )
+                .join(Result, Result.id == Delivery.result_id)
+                .join(Job, Job.id == Result.job_id)
+                .where(Delivery.status == DeliveryStatus.FAILED.value)
+                .order_by(Delivery.id.desc())
+                .limit(limit)
+            ).all()
+        return [
+            FailedDelivery(
+                id=r.id,
+                job_id=r.job_id,
+                pipeline=r.pipeline,
+                destination=r.destination,
+                kind=r.kind,
+                sop_instance_uid=r.sop_instance_uid,
+                attempts=r.attempts,
+                last_status=r.last_status,
+                error=r.error,
+                created_at=as_utc(r.created_at),
+            )
+            for r in rows
+        ]
+
+    def status_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Jobs and deliveries counted by status."""
+        with self.db.engine.connect() as conn:
+            jobs = {
+                str(s): int(n)
+                for s, n in conn.execute(select(Job.status, func.count()).group_by(Job.status))
+            }
+            deliveries = {
+                str(s): int(n)
+                for s, n in conn.execute(
+                    select(Delivery.status, func.count()).group_by(Delivery.status)
+                )
+            }
+        return jobs, deliveries
+
+    def status_of(self, job_id: int) -> str:
+        """The job's current status value (``NoResultFound`` for an unknown job)."""
+        with self.db.engine.connect() as conn:
+            return str(conn.execute(select(Job.status).where(Job.id == job_id)).scalar_one())
+
+    def series_files(self, series_id: int) -> tuple[str, list[str]]:
+        """A series' Series Instance UID and its instances' spool paths, in receive order."""
+        with self.db.engine.connect() as conn:
+            uid = conn.execute(
+                select(Series.series_instance_uid).where(Series.id == series_id)
+            ).scalar_one()
+            paths = (
+                conn.execute(
+                    select(Instance.path)
+                    .where(Instance.series_id == series_id)
+                    .order_by(Instance.id)
+                )
+                .scalars()
+                .all()
+            )
+        return str(uid), [str(p) for p in paths]
+
+    def earlier_srs(
+        self, job: ClaimedJob, source_series_uid: str
+    ) -> list[tuple[str, str, str, str]]:
+        """The SRs of the latest earlier revision of *job* that produced one for the series.
+
+        Each as ``(study UID, series UID, SOP Class UID, SOP Instance UID)``.
+        """
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    Result.study_instance_uid,
+                    Result.series_instance_uid,
+                    Result.sop_class_uid,
+                    Result.sop_instance_uid,
+                    Job.revision,
+                )
+                .join(Job, Job.id == Result.job_id)
+                .where(
+                    Job.completion_id == job.completion_id,
+                    Job.pipeline == job.pipeline,
+                    Job.revision < job.revision,
+                    Result.kind == "sr",
+                    Result.source_series_uid == source_series_uid,
+                )
+                .order_by(Job.revision.desc(), Result.id)
+            ).all()
+        if not rows:
+            return []
+        latest = rows[0].revision
+        return [(r[0], r[1], r[2], r[3]) for r in rows if r.revision == latest]
 
     def results_with_deliveries(self, job_id: int) -> list[dict[str, Any]]:
         """A job's result objects in the order written, each with its deliveries, for people.

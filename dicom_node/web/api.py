@@ -15,7 +15,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from fastapi.responses import RedirectResponse
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from dicom_node import __version__
 from dicom_node.web.deps import Context, same_origin
@@ -30,6 +29,7 @@ from dicom_node.web.schemas import (
     SeriesSummary,
     StudySummary,
 )
+from storage.db import DatabaseError, DuplicateRow
 from storage.jobs import JobQueue, JobStatus, as_utc
 
 __all__ = ["completion", "health", "jobs", "studies"]
@@ -51,7 +51,7 @@ def get_health(ctx: Context, response: Response) -> Health:
     """
     try:
         revision = ctx.db.current_revision()
-    except SQLAlchemyError as exc:
+    except DatabaseError as exc:
         LOGGER.warning("health: database unreachable: %s", exc.__class__.__name__)
         response.status_code = 503
         return Health(
@@ -190,7 +190,7 @@ def complete(
         report = ctx.collector.complete(uid)
     except LookupError as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from exc
-    except IntegrityError as exc:  # the collector completed it at the same moment
+    except DuplicateRow as exc:  # the collector completed it at the same moment
         raise HTTPException(
             status_code=409, detail=f"{uid} was completed concurrently; try again"
         ) from exc

@@ -14,7 +14,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client.exposition import choose_encoder
-from sqlalchemy.exc import OperationalError
 
 from dicom_node import __version__
 from dicom_node.collect import Collector
@@ -24,7 +23,7 @@ from dicom_node.web.auth import TokenAuth
 from dicom_node.web.dashboard import dashboard
 from dicom_node.web.deps import Context, WebContext
 from dicom_node.web.metrics import metrics_registry
-from storage.db import Database
+from storage.db import Database, DatabaseUnavailable
 from storage.received import ReceivedStore
 from storage.spool import Spool
 
@@ -87,8 +86,8 @@ def create_app(settings: Settings, db: Database, *, store: ReceivedStore | None 
             problems.append(f"{where}: {err.get('msg', 'invalid')}" if where else err["msg"])
         return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, 422)
 
-    @app.exception_handler(OperationalError)
-    async def database_down(_request: Request, exc: OperationalError) -> JSONResponse:
+    @app.exception_handler(DatabaseUnavailable)
+    async def database_down(_request: Request, exc: DatabaseUnavailable) -> JSONResponse:
         LOGGER.warning("web: database error: %s", exc.__class__.__name__)
         LOGGER.debug("web: database error", exc_info=exc)
         return JSONResponse({"detail": "database unavailable; try again"}, 503)

@@ -1,20 +1,14 @@
-"""Read-only queries of the REST API and the dashboard that ``storage`` does not offer.
+"""Read-only views of the REST API and the dashboard, over :mod:`storage.jobs` queries.
 
-They only read; every change goes through :mod:`storage.jobs` and
-:mod:`dicom_node.collect`, exactly as the CLI does.
+They only read and hold no SQL; every change goes through :mod:`storage.jobs`
+and :mod:`dicom_node.collect`, exactly as the CLI does.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
-
-from sqlalchemy import func, select
-
 from dicom_node.web.schemas import DeliveryInfo, ResultInfo
 from storage.db import Database
-from storage.jobs import DeliveryStatus, JobQueue, as_utc
-from storage.models import Delivery, Job, Result
+from storage.jobs import DeliveryStatus, FailedDelivery, JobQueue
 
 __all__ = ["FailedDelivery", "failed_deliveries", "job_results", "status_counts"]
 
@@ -53,77 +47,11 @@ def job_results(db: Database, job_id: int) -> list[ResultInfo]:
     ]
 
 
-@dataclass(frozen=True)
-class FailedDelivery:
-    """A delivery that gave up (retryable with its job's retry)."""
-
-    id: int
-    job_id: int
-    pipeline: str
-    destination: str
-    kind: str
-    sop_instance_uid: str
-    attempts: int
-    last_status: int | None
-    error: str | None
-    created_at: datetime | None
-
-    @property
-    def last_status_hex(self) -> str | None:
-        """``last_status`` as ``0xA700``."""
-        return _hex(self.last_status)
-
-
 def failed_deliveries(db: Database, limit: int = 100) -> list[FailedDelivery]:
-    """Failed deliveries, newest first."""
-    with db.engine.connect() as conn:
-        rows = conn.execute(
-            select(
-                Delivery.id,
-                Result.job_id,
-                Job.pipeline,
-                Delivery.destination,
-                Result.kind,
-                Result.sop_instance_uid,
-                Delivery.attempts,
-                Delivery.last_status,
-                Delivery.error,
-                Delivery.created_at,
-            )
-            .join(Result, Result.id == Delivery.result_id)
-            .join(Job, Job.id == Result.job_id)
-            .where(Delivery.status == DeliveryStatus.FAILED.value)
-            .order_by(Delivery.id.desc())
-            .limit(limit)
-        ).all()
-    return [
-        FailedDelivery(
-            id=r.id,
-            job_id=r.job_id,
-            pipeline=r.pipeline,
-            destination=r.destination,
-            kind=r.kind,
-            sop_instance_uid=r.sop_instance_uid,
-            attempts=r.attempts,
-            last_status=r.last_status,
-            error=r.error,
-            created_at=as_utc(r.created_at),
-        )
-        for r in rows
-    ]
+    """Failed deliveries, newest first (:meth:`storage.jobs.JobQueue.failed_deliveries`)."""
+    return JobQueue(db).failed_deliveries(limit)
 
 
 def status_counts(db: Database) -> tuple[dict[str, int], dict[str, int]]:
-    """Jobs and deliveries counted by status."""
-    with db.engine.connect() as conn:
-        jobs = {
-            str(s): int(n)
-            for s, n in conn.execute(select(Job.status, func.count()).group_by(Job.status))
-        }
-        deliveries = {
-            str(s): int(n)
-            for s, n in conn.execute(
-                select(Delivery.status, func.count()).group_by(Delivery.status)
-            )
-        }
-    return jobs, deliveries
+    """Jobs and deliveries counted by status (:meth:`storage.jobs.JobQueue.status_counts`)."""
+    return JobQueue(db).status_counts()
