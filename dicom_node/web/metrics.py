@@ -47,12 +47,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
-from sqlalchemy.exc import SQLAlchemyError
 
-from storage.db import Database
+from storage.db import Database, DatabaseError
 from storage.jobs import DeliveryStatus, JobStatus, as_utc
-from storage.models import Delivery, Instance, Job, Result, Series, Study, utcnow
+from storage.models import utcnow
+from storage.stats import node_stats
 
 __all__ = ["QUANTILES", "DatabaseCollector", "metrics_registry"]
 
@@ -118,7 +117,7 @@ class DatabaseCollector(Collector):
         try:
             families = self._read(self.clock())
             up = 1.0
-        except SQLAlchemyError as exc:
+        except DatabaseError as exc:
             LOGGER.warning("metrics: database query failed: %s", exc.__class__.__name__)
             LOGGER.debug("metrics: database query failed", exc_info=True)
             families = []
@@ -136,45 +135,14 @@ class DatabaseCollector(Collector):
     # -- the queries -----------------------------------------------------------------
     def _read(self, now: datetime) -> list[Metric]:
         out: list[Metric] = []
-        with self.db.engine.connect() as conn:
-            n_studies = conn.execute(select(func.count()).select_from(Study)).scalar_one()
-            n_series = conn.execute(select(func.count()).select_from(Series)).scalar_one()
-            n_inst, n_recv, n_bytes = conn.execute(
-                select(
-                    func.count(Instance.id),
-                    func.coalesce(func.sum(Instance.receive_count), 0),
-                    func.coalesce(func.sum(Instance.size_bytes), 0),
-                )
-            ).one()
-            results = conn.execute(select(Result.kind, func.count()).group_by(Result.kind)).all()
-            jobs = conn.execute(select(Job.status, func.count()).group_by(Job.status)).all()
-            deliveries = conn.execute(
-                select(Delivery.destination, Delivery.status, func.count()).group_by(
-                    Delivery.destination, Delivery.status
-                )
-            ).all()
-            jobs_due, oldest_job = conn.execute(
-                select(func.count(), func.min(Job.created_at)).where(
-                    Job.status == JobStatus.QUEUED.value, Job.not_before <= now
-                )
-            ).one()
-            deliveries_due = conn.execute(
-                select(func.count()).where(
-                    Delivery.status == DeliveryStatus.PENDING.value,
-                    Delivery.next_attempt_at <= now,
-                )
-            ).scalar_one()
-            oldest_pending = conn.execute(
-                select(Delivery.destination, func.min(Delivery.created_at))
-                .where(Delivery.status == DeliveryStatus.PENDING.value)
-                .group_by(Delivery.destination)
-            ).all()
-            recent = conn.execute(
-                select(Job.pipeline, Job.status, Job.timings, Job.started_at, Job.finished_at)
-                .where(Job.finished_at.is_not(None), Job.finished_at >= now - self.recent_window)
-                .order_by(Job.finished_at.desc())
-                .limit(self.recent_limit)
-            ).all()
+        st = node_stats(self.db, now, self.recent_window, self.recent_limit)
+        n_studies, n_series, n_inst = st.studies, st.series, st.instances
+        n_recv, n_bytes = st.receptions, st.received_bytes
+        results, jobs = st.results_by_kind, st.jobs_by_status
+        deliveries = st.deliveries_by_destination_status
+        jobs_due, oldest_job = st.jobs_due, st.oldest_due_job
+        deliveries_due, oldest_pending = st.deliveries_due, st.oldest_pending_delivery
+        recent = st.recent_jobs
 
         def counter(name: str, doc: str, value: float) -> None:
             out.append(CounterMetricFamily(PREFIX + name, doc, value=value))
