@@ -463,8 +463,16 @@ def _lung_fields(
     return mi, li, ri, float(prof[mi]), float(prof[li]), float(prof[ri])
 
 
+class _Features:
+    """Measured features of an image check; all fields are numbers."""
+
+    def as_dict(self) -> dict[str, float]:
+        """The features, rounded to 3 decimals (for logs and the model card)."""
+        return {k: round(float(v), 3) for k, v in self.__dict__.items()}
+
+
 @dataclass(frozen=True)
-class ChestFeatures:
+class ChestFeatures(_Features):
     """What :func:`chest_features` measured on a working image (see there)."""
 
     background: float
@@ -477,10 +485,6 @@ class ChestFeatures:
     lung_asymmetry: float
     lung_level: float
     below_lungs: float
-
-    def as_dict(self) -> dict[str, float]:
-        """The features, rounded to 3 decimals (for logs and the model card)."""
-        return {k: round(float(v), 3) for k, v in self.__dict__.items()}
 
 
 def chest_features(img: np.ndarray) -> ChestFeatures:
@@ -680,7 +684,7 @@ def _otsu(values: np.ndarray, bins: int = 64) -> float:
 
 
 @dataclass(frozen=True)
-class BreastFeatures:
+class BreastFeatures(_Features):
     """What :func:`breast_features` measured on a working image (see there)."""
 
     threshold: float
@@ -689,10 +693,6 @@ class BreastFeatures:
     opposite_contact: float
     opposite_background: float
     end_width: float
-
-    def as_dict(self) -> dict[str, float]:
-        """The features, rounded to 3 decimals (for logs and the model card)."""
-        return {k: round(float(v), 3) for k, v in self.__dict__.items()}
 
 
 def breast_features(img: np.ndarray) -> BreastFeatures:

@@ -178,6 +178,21 @@ def test_radiograph_classification_of_a_bad_export(
     _check(save_datasets(datasets, tmp_path / "out"), caplog)
 
 
+def _chest_sr_of_mutated_copy(
+    dicom_data: pathlib.Path,
+    tmp_path: pathlib.Path,
+    mutate: Callable[[pydicom.Dataset], None],
+    caplog: pytest.LogCaptureFixture,
+) -> pydicom.Dataset:
+    """The classification SR of a mutated copy of the chest CR, checked by dciodvfy."""
+    path = mutated_copy(dicom_data / CHEST, tmp_path / "src", mutate)
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    datasets = write_results(_classification(load_radiograph(path)), outputs="sr")
+    (out,) = save_datasets(datasets, tmp_path / "out")
+    assert_valid(out)
+    return pydicom.dcmread(out)
+
+
 def test_non_ascii_text_under_an_unknown_character_set(
     dicom_data: pathlib.Path, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -185,12 +200,7 @@ def test_non_ascii_text_under_an_unknown_character_set(
         _raw(ds, "SpecificCharacterSet", "CS", b"ISO-8859-1")
         _raw(ds, "PatientName", "PN", "MÜLLER^JÖRG".encode("latin-1"))
 
-    path = mutated_copy(dicom_data / CHEST, tmp_path / "src", mutate)
-    caplog.set_level(logging.WARNING, logger=LOGGER)
-    datasets = write_results(_classification(load_radiograph(path)), outputs="sr")
-    (out,) = save_datasets(datasets, tmp_path / "out")
-    assert_valid(out)
-    ds = pydicom.dcmread(out)
+    ds = _chest_sr_of_mutated_copy(dicom_data, tmp_path, mutate, caplog)
     assert ds.SpecificCharacterSet == "ISO_IR 192"
     assert str(ds.PatientName) == "MÜLLER^JÖRG"
     assert _warnings_by_attribute(caplog) == {"SpecificCharacterSet": 1}
@@ -204,12 +214,7 @@ def test_non_ascii_text_without_a_character_set(
             del ds.SpecificCharacterSet
         _raw(ds, "StudyDescription", "LO", "THORAX P\xc4".encode("latin-1"))
 
-    path = mutated_copy(dicom_data / CHEST, tmp_path / "src", mutate)
-    caplog.set_level(logging.WARNING, logger=LOGGER)
-    datasets = write_results(_classification(load_radiograph(path)), outputs="sr")
-    (out,) = save_datasets(datasets, tmp_path / "out")
-    assert_valid(out)
-    ds = pydicom.dcmread(out)
+    ds = _chest_sr_of_mutated_copy(dicom_data, tmp_path, mutate, caplog)
     assert ds.SpecificCharacterSet == "ISO_IR 192"
     assert ds.StudyDescription == "THORAX P\xc4"
     assert _warnings_by_attribute(caplog) == {"SpecificCharacterSet": 1}
