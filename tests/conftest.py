@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import sys
 
 import pytest
 
@@ -18,8 +19,18 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 def require_tool(name: str) -> str:
-    """Return the path of an external peer program, or skip (fail under CI)."""
-    path = shutil.which(name)
+    """Return the path of an external peer program, or skip (fail under CI).
+
+    The virtual environment's own ``bin/`` is left out of the search:
+    pynetdicom installs ``storescu``/``echoscu`` scripts there that would
+    shadow DCMTK's when the environment is activated.
+    """
+    venv_bin = (pathlib.Path(sys.prefix) / "bin").resolve()
+    search = os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep)
+        if p and pathlib.Path(p).resolve() != venv_bin
+    )  # fmt: skip
+    path = shutil.which(name, path=search)
     if path is None:
         if IN_CI:
             pytest.fail(f"required peer program {name!r} is not installed")
