@@ -209,6 +209,10 @@ class RuleSettings(_Section):
     )
     priority: int = 0
     fallback: bool = False
+    negative_report: bool = True
+    """When a pipeline finds nothing on a series (no finding, no segment), send an
+    SR that says so (TID 1500, Finding = "Clinical finding absent"; needs "sr" in
+    ``outputs``); ``false`` sends nothing then."""
 
 
 Code = tuple[str, str, str]

@@ -10,6 +10,12 @@ derived from the seed stored in the job row when it was made, so running it
 again after a crash produces the same objects and a re-send is idempotent at
 the archive.  Result files are flushed before the rows that point at them are
 committed, and the delivery rows are written in that same transaction.
+
+A series on which the pipeline finds nothing (no finding, no segment) still
+gets a result: the negative report SR (:func:`dicom_node.results.write_negative_sr`),
+unless the job's rule turns it off (``negative_report = false``); the job then
+ends with no object for that series and says why in its ``error`` column
+(``"<series UID>: no findings; negative report disabled by rule <name>"``).
 """
 
 from __future__ import annotations
@@ -24,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.config import Settings
-from dicom_node.results import PreviousVersion, kind_of, save_datasets, write_results
+from dicom_node.results import (
+    PreviousVersion,
+    kind_of,
+    nothing_to_report,
+    save_datasets,
+    write_results,
+)
 from storage.db import Database
 from storage.jobs import ClaimedJob, JobQueue, JobStatus, LeaseLost, NewResult, worker_name
 from storage.models import utcnow
@@ -39,6 +51,7 @@ class _SeriesOutcome:
     uid: str
     results: list[NewResult] = field(default_factory=list)
     skipped: str | None = None
+    note: str | None = None
 
 
 class JobRunner:
@@ -109,7 +122,8 @@ class JobRunner:
                 self.queue.skip(job, reason, timings)
                 LOGGER.info("job %d skipped: %s", job.id, reason)
                 return JobStatus.SKIPPED
-            finish = self.queue.complete(job, results, timings)
+            notes = "; ".join(f"{o.uid}: {o.note}" for o in outcomes if o.note)
+            finish = self.queue.complete(job, results, timings, note=notes or None)
         except LeaseLost as exc:
             LOGGER.warning("job %d: %s; another worker has it", job.id, exc)
             return JobStatus.RUNNING
@@ -152,6 +166,14 @@ class JobRunner:
     def _series_files(self, series_id: int) -> tuple[str, list[Path]]:
         uid, rels = self.queue.series_files(series_id)
         return uid, [self.spool_root / rel for rel in rels]
+
+    def _negative_report(self, job: ClaimedJob) -> bool:
+        """The ``negative_report`` option of the job's rule (on for a rule no longer
+        in the configuration, as by default)."""
+        for rule in self.settings.rules:
+            if rule.name == job.rule:
+                return rule.negative_report
+        return True
 
     def _previous_versions(self, job: ClaimedJob, source_series_uid: str) -> list[PreviousVersion]:
         """The SRs of the latest earlier revision of this job that produced one."""
@@ -200,6 +222,7 @@ class JobRunner:
             if stage not in ("read", "write"):
                 _add(timings, stage, float(seconds))
         t1 = time.perf_counter()
+        negative_report = self._negative_report(job)
         datasets = write_results(
             result,
             job.outputs,
@@ -207,7 +230,16 @@ class JobRunner:
             previous_sr=self._previous_versions(job, uid) if job.revision else None,
             revision=job.revision,
             sc_slices=self.settings.worker.sc_slices,
+            negative_report=negative_report,
         )
+        if nothing_to_report(result):
+            outcome.note = _no_findings_note(job, negative_report)
+            LOGGER.info(
+                "job %d, series %s: %s",
+                job.id,
+                uid,
+                outcome.note or "no findings; negative report written",
+            )
         folder = self.results_root / f"job-{job.id}"
         paths_out = save_datasets(datasets, folder)
         _flush(paths_out, folder)
@@ -226,6 +258,16 @@ class JobRunner:
             )
         _add(timings, "write", time.perf_counter() - t1)
         return outcome
+
+
+def _no_findings_note(job: ClaimedJob, negative_report: bool) -> str | None:
+    """Why a series on which the pipeline found nothing has no result object
+    (kept with the job); ``None`` when its negative report was written."""
+    if not negative_report:
+        return f"no findings; negative report disabled by rule {job.rule}"
+    if "sr" not in job.outputs:
+        return f"no findings; no negative report: rule {job.rule} has no sr output"
+    return None
 
 
 def _add(timings: dict[str, float], stage: str, seconds: float) -> None:

@@ -373,11 +373,14 @@ class JobQueue:
         results: Sequence[NewResult],
         timings: dict[str, float],
         now: datetime | None = None,
+        note: str | None = None,
     ) -> JobFinish:
         """Record the results and their deliveries, and end the job, atomically.
 
         A job whose completion has moved on to a later revision meanwhile ends
-        ``superseded``: its results are kept but not delivered.
+        ``superseded``: its results are kept but not delivered.  ``note`` (e.g.
+        why a series gave no result object) is kept in the job's ``error``
+        column, as a skipped job's reason is.
 
         Raises
         ------
@@ -434,7 +437,7 @@ class JobQueue:
                     finished_at=now,
                     lease_owner=None,
                     lease_expires_at=None,
-                    error="superseded by a later revision" if superseded else None,
+                    error="superseded by a later revision" if superseded else note,
                     timings=timings,
                 )
             )

@@ -4,6 +4,9 @@
   (PS3.3 A.51), one segment per finding / organ;
 * :func:`~dicom_node.results.sr.write_sr` -- TID 1500 Measurement Report in a
   Comprehensive 3D SR (PS3.3 A.35.13), referencing the SEG segments;
+  :func:`~dicom_node.results.sr.write_negative_sr` -- the same report for a
+  result with nothing to report: the algorithm ran and found nothing
+  (Finding = "Clinical finding absent");
 * :func:`~dicom_node.results.gsps.write_gsps` -- Grayscale Softcopy
   Presentation State (PS3.3 A.33.1): boxes / outlines and labels drawn over
   the source images (output kind ``"gsps"``);
@@ -32,7 +35,7 @@ import logging
 import os
 import pathlib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 
@@ -59,7 +62,9 @@ from dicom_node.results.source_header import SourceHeaderError, clean_result
 from dicom_node.results.sr import (
     COMPREHENSIVE_3D_SR_SOP_CLASS_UID,
     PreviousVersion,
+    nothing_to_report,
     previous_versions_of,
+    write_negative_sr,
     write_sr,
 )
 
@@ -82,11 +87,13 @@ __all__ = [
     "device_uid",
     "heatmap_key",
     "kind_of",
+    "nothing_to_report",
     "parse_outputs",
     "save_datasets",
     "segment_number_map",
     "write_gsps",
     "write_heatmaps",
+    "write_negative_sr",
     "write_results",
     "write_sc",
     "write_seg",
@@ -138,6 +145,7 @@ def write_results(
     uid_seed: str | None = None,
     previous_sr: Sequence[PreviousVersion | Dataset] | None = None,
     revision: int = 0,
+    negative_report: bool = True,
 ) -> list[Dataset]:
     """Write the requested result objects for one pipeline result.
 
@@ -171,13 +179,22 @@ def write_results(
         0 for a first result; N > 0 for the Nth revision: each
         SeriesDescription ends in ``" (rev N)"`` and it is part of the
         seeded UIDs.
+    negative_report:
+        With ``"sr"``, write the negative report
+        (:func:`~dicom_node.results.sr.write_negative_sr`: the algorithm ran
+        and found nothing) when the result has nothing to report
+        (:func:`~dicom_node.results.sr.nothing_to_report`); ``False`` writes
+        no SR then (a routing rule's ``negative_report`` option).
 
     Returns
     -------
     list of pydicom.Dataset
         SEG, then SR, then the GSPS, then the SC images.  A kind with nothing
         to show is skipped with a log line: no SEG when every mask is empty, no
-        SR without findings, no GSPS without a box or segment to draw
+        findings SR without findings (the negative report instead when the
+        result has nothing to report at all and ``negative_report`` is on;
+        nothing when its segments are all it has), no GSPS without a box or
+        segment to draw
         (:func:`~dicom_node.results.gsps.marks_of`), no SC images when no slice
         has a segment or a detection box (boxes are burned in as outlines,
         :func:`~dicom_node.results.gsps.with_box_segments`).  With ``"sc"``,
@@ -249,22 +266,11 @@ def write_results(
         else:
             logger.info("no SEG written: every segment of the %s result is empty", result.pipeline)
     if "sr" in kinds:
-        if result.findings:
-            u = fixed("sr")
-            out.append(
-                write_sr(
-                    result,
-                    segmentation=seg_ds,
-                    series_instance_uid=u.series_instance_uid,
-                    sop_instance_uid=u.sop_instance_uid,
-                    series_number=u.series_number,
-                    instance_number=u.instance_number,
-                    previous_versions=predecessors or None,
-                    revision=revision,
-                )
-            )
-        else:
-            logger.info("no SR written: the %s result has no findings", result.pipeline)
+        sr = _write_sr_kind(
+            result, seg_ds, fixed("sr"), predecessors, revision, negative_report=negative_report
+        )
+        if sr is not None:
+            out.append(sr)
     if "gsps" in kinds:
         if marks_of(result):
             u = fixed("gsps")
@@ -315,6 +321,39 @@ def write_results(
                 )
             )
     return out
+
+
+def _write_sr_kind(
+    result: PipelineResult,
+    segmentation: Dataset | None,
+    u: OutputUIDs,
+    predecessors: Sequence[PreviousVersion],
+    revision: int,
+    *,
+    negative_report: bool,
+) -> Dataset | None:
+    """The ``"sr"`` kind: the findings report, the negative report, or nothing."""
+    common: dict[str, Any] = dict(
+        series_instance_uid=u.series_instance_uid,
+        sop_instance_uid=u.sop_instance_uid,
+        series_number=u.series_number,
+        instance_number=u.instance_number,
+        previous_versions=list(predecessors) or None,
+        revision=revision,
+    )
+    if result.findings:
+        return write_sr(result, segmentation=segmentation, **common)
+    if not nothing_to_report(result):
+        logger.info("no SR written: the %s result has segments but no findings", result.pipeline)
+        return None
+    if not negative_report:
+        logger.info(
+            "no SR written: the %s result has no findings; negative report disabled",
+            result.pipeline,
+        )
+        return None
+    logger.info("negative report: the %s result has no findings", result.pipeline)
+    return write_negative_sr(result, **common)
 
 
 def save_datasets(

@@ -38,6 +38,31 @@ they also have a SEG segment): the box as a closed POLYLINE of 5 points on its
 source image, the score as (122157, DCM, "Probability") in UCUM ``1``
 (:data:`UNITY`), and the laterality as the finding site's modifier.
 
+Negative report
+---------------
+A result with nothing to report (:func:`nothing_to_report`: no finding, no
+segment with a voxel) is still a result: the pipeline ran on the series and
+found nothing, which the archive must be able to tell from "never ran".
+:func:`write_negative_sr` writes it as the same TID 1500 document with one
+statement in place of the findings::
+
+    Imaging Measurements
+    ├── Measurement Group (TID 1410): the middle analysed image as its
+    │   region, labelled "<pipeline>: no findings" (OHIF needs an SCOORD,
+    │   see "Viewer compatibility"; left out with ``planar_regions=False``)
+    └── Measurement Group (TID 1501)
+        ├── Tracking Identifier "<pipeline>: no findings" + Tracking UID
+        │   (derived from the source series and the pipeline: a re-run
+        │   keeps it)
+        ├── Finding (121071, DCM) = (373572006, SCT, "Clinical finding absent")
+        ├── Algorithm Identification (TID 4019)
+        └── Source images: the analysed images (all of a series of up to 16,
+            else its first, middle and last; the Current Requested Procedure
+            Evidence Sequence lists every one)
+
+Its SeriesDescription says ``"SR no findings"`` where a findings report says
+``"SR"``, so the study browser tells the two apart.
+
 A revision (the result of a re-run after a late instance) names the SR(s) it
 supersedes in the Predecessor Documents Sequence (PS3.3 C.17.2, SR Document
 General module): Study Instance UID > Referenced Series Sequence > Series
@@ -63,6 +88,7 @@ bounding box and stays small after simplification).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,7 +99,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from ai_models.types import ClassificationFinding, DetectionFinding
+from ai_models.types import ClassificationFinding, CodedConcept, DetectionFinding, Finding
 from dicom_node.results.common import (
     MANUFACTURER_MODEL_NAME,
     SOFTWARE_VERSION,
@@ -83,6 +109,7 @@ from dicom_node.results.common import (
     check_uid,
     contributing_equipment,
     default_procedure_reported,
+    derive_uid,
     device_uid,
     identity_kwargs,
     series_description,
@@ -97,23 +124,28 @@ from dicom_node.results.sr_regions import (
     cross_section,
     detection_label,
     finding_label,
+    image_region,
     infer_from_region,
     region_group,
 )
 
 if TYPE_CHECKING:
-    from ai_models.types import Finding, HeatMap, PipelineResult, Segment
+    from ai_models.types import HeatMap, PipelineResult, Segment
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "ABSENT",
+    "CLINICAL_FINDING_ABSENT",
     "COMPREHENSIVE_3D_SR_SOP_CLASS_UID",
     "PERCENT",
     "PRESENT",
     "PROBABILITY",
     "PreviousVersion",
     "UNITY",
+    "negative_finding",
+    "nothing_to_report",
+    "write_negative_sr",
     "write_sr",
 ]
 
@@ -134,6 +166,10 @@ ABSENT = hd.sr.CodedConcept("272519000", "SCT", "Absent")
 #: Unit of a detection finding's score (:data:`PROBABILITY`, ``0..1``): UCUM ``1``
 #: (CID 7181 "Abstract Multi-dimensional Image Model Component Units").
 UNITY = hd.sr.CodedConcept("1", "UCUM", "no units")
+
+#: The Finding (121071, DCM) of a negative report's TID 1501 group: SNOMED CT
+#: 373572006 "Clinical finding absent (situation)", under its preferred term.
+CLINICAL_FINDING_ABSENT = hd.sr.CodedConcept("373572006", "SCT", "Clinical finding absent")
 
 
 @dataclass(frozen=True)
@@ -454,6 +490,8 @@ def _finding_groups(
         )
     elif planar_regions and segment is not None and not isinstance(finding, DetectionFinding):
         region, label = cross_section(result, segment, algo_id), finding_label(finding)
+    elif planar_regions and _is_negative(finding):
+        region = image_region(result, result.volume.shape[0] // 2)
 
     seg_number = (
         _seg_segment_number(segmentation, segment)
@@ -599,6 +637,107 @@ def _representative_slices(result: PipelineResult) -> list[int]:
     return sorted({0, n // 2, n - 1})
 
 
+def nothing_to_report(result: PipelineResult) -> bool:
+    """Whether ``result`` has no finding and no segment with a voxel.
+
+    Such a result makes no SEG and no findings SR; its report is the
+    negative one (:func:`write_negative_sr`).
+    """
+    return not result.findings and not any(s.mask.any() for s in result.segments)
+
+
+def negative_finding(result: PipelineResult) -> Finding:
+    """The statement of a negative report: Finding = Clinical finding absent.
+
+    Its Tracking Identifier names the pipeline (``"mg-masses: no findings"``);
+    its Tracking UID is derived from the source series and the pipeline, so
+    every run of the pipeline on the series says it under the same UID.
+    """
+    volume = result.volume
+    series_uid = volume.series_instance_uid or str(volume.source_datasets[0].SeriesInstanceUID)
+    name = result.pipeline or result.algorithm.name
+    return Finding(
+        tracking_id=f"{name}: no findings"[:64],
+        tracking_uid=derive_uid(series_uid, name, "no findings"),
+        finding_type=CodedConcept(
+            CLINICAL_FINDING_ABSENT.value,
+            CLINICAL_FINDING_ABSENT.scheme_designator,
+            CLINICAL_FINDING_ABSENT.meaning,
+        ),
+    )
+
+
+def _is_negative(finding: Finding) -> bool:
+    """Whether ``finding`` is the statement of a negative report."""
+    return type(finding) is Finding and to_code(finding.finding_type) == CLINICAL_FINDING_ABSENT
+
+
+def write_negative_sr(
+    result: PipelineResult,
+    *,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    series_number: int | None = None,
+    instance_number: int | None = None,
+    planar_regions: bool = True,
+    series_description_text: str | None = None,
+    previous_versions: Sequence[PreviousVersion | Dataset] | None = None,
+    revision: int = 0,
+) -> hd.sr.Comprehensive3DSR:
+    """Write that the pipeline ran on the series and found nothing (TID 1500).
+
+    The findings report of :func:`write_sr` with the one statement of
+    :func:`negative_finding` as its finding: a TID 1501 group with Finding
+    (121071, DCM) = (373572006, SCT, "Clinical finding absent"), the
+    algorithm (TID 4019) and the analysed source images; with
+    ``planar_regions`` also its TID 1410 region (the middle analysed image)
+    for viewers.  See "Negative report" in the module docstring.
+
+    Parameters
+    ----------
+    result:
+        The pipeline result; :func:`nothing_to_report` must hold.
+    series_instance_uid, sop_instance_uid, series_number, instance_number:
+        As for :func:`write_sr`.
+    planar_regions, previous_versions, revision:
+        As for :func:`write_sr`.
+    series_description_text:
+        Overrides the default SeriesDescription (``"<pipeline> <version> SR
+        no findings (AI, not for diagnosis)"``).
+
+    Returns
+    -------
+    highdicom.sr.Comprehensive3DSR
+        Same study as the source, new series; PARTIAL / PRELIMINARY /
+        UNVERIFIED.
+
+    Raises
+    ------
+    ValueError
+        When the result has a finding or a non-empty segment to report.
+    """
+    check_result(result)
+    if not nothing_to_report(result):
+        raise ValueError(
+            "The result has findings or segments to report: write_sr (and write_seg), "
+            "not a negative report."
+        )
+    return write_sr(
+        dataclasses.replace(result, findings=[negative_finding(result)], segments=[]),
+        series_instance_uid=series_instance_uid,
+        sop_instance_uid=sop_instance_uid,
+        series_number=series_number,
+        instance_number=instance_number,
+        planar_regions=planar_regions,
+        series_description_text=(
+            series_description_text
+            or series_description(result.pipeline, result.algorithm, "SR no findings", revision)
+        ),
+        previous_versions=previous_versions,
+        revision=revision,
+    )
+
+
 def write_sr(
     result: PipelineResult,
     *,
@@ -656,7 +795,10 @@ def write_sr(
     check_result(result)
     result = clean_result(result)  # invalid source values never reach the object
     if not result.findings:
-        raise ValueError("The result has no findings: there is nothing to report.")
+        raise ValueError(
+            "The result has no findings: there is nothing to report (its negative report: "
+            "write_negative_sr)."
+        )
     if segmentation is not None:
         if not isinstance(segmentation, Dataset) or "SegmentSequence" not in segmentation:
             raise TypeError('Argument "segmentation" must be a Segmentation dataset.')

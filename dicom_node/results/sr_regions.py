@@ -32,6 +32,8 @@ The regions (:class:`Region`):
   finding's TID 1501 group.  (A rectangle, not an outline: Cornerstone's
   freehand adapter needs a NUM to read as the area; its rectangle adapter
   does not.)
+* a report of no findings (:func:`dicom_node.results.sr.write_negative_sr`):
+  the middle analysed image itself, likewise (:func:`image_region`).
 
 Why (viewer compatibility)
 --------------------------
@@ -88,6 +90,7 @@ __all__ = [
     "cross_section",
     "detection_label",
     "finding_label",
+    "image_region",
     "infer_from_region",
     "region_group",
 ]
@@ -206,7 +209,17 @@ def classification_region(
         box = _rectangle(c.min(), r.min(), c.max() + 1, r.max() + 1)
         return Region(int(heatmap.frame_index), box)
     frames = [int(k) for k in finding.source_frames if 0 <= int(k) < n] or [0]
-    return Region(frames[0], _rectangle(0, 0, cols, rows))
+    return image_region(result, frames[0])
+
+
+def image_region(result: PipelineResult, k: int) -> Region:
+    """Slice ``k`` itself as the region: a rectangle along its edges, no NUM.
+
+    The ROI of a statement about the whole image (a classification without
+    an explanation map, a report of no findings).
+    """
+    _, rows, cols = result.volume.shape
+    return Region(k, _rectangle(0, 0, cols, rows))
 
 
 def region_group(

@@ -143,8 +143,12 @@ def test_write_results_skips_what_is_empty(ct_volume: Volume) -> None:
     datasets = write_results(result, "seg,sr,sc")
     # No SEG (all empty), no SC; the SR still reports (TID 1501 groups).
     assert [d.Modality for d in datasets] == ["SR"]
+    # Nothing at all: the negative report alone, unless turned off.
     empty = PipelineResult("p", ct_volume, algorithm())
-    assert write_results(empty, ("seg", "sr")) == []
+    assert [d.SeriesDescription for d in write_results(empty, ("seg", "sr"))] == [
+        "p 0.1 SR no findings (AI, not for diagnosis)"
+    ]
+    assert write_results(empty, ("seg", "sr"), negative_report=False) == []
 
 
 def test_parse_outputs_and_uids() -> None:
