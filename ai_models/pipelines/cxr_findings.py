@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ai_models import runtime
+from ai_models import ood, runtime
 from ai_models.errors import ModelLoadError, PipelineNotApplicable
 from ai_models.pipelines import CXR_FINDINGS
 from ai_models.pipelines.base import Pipeline, PipelineInfo, tracking_uid, weights_kind_of
@@ -88,12 +88,14 @@ __all__ = [
     "INPUT_SIZE",
     "Letterbox",
     "MONAI_RESNET",
+    "OOD_LAYER",
     "VERSION",
     "build_network",
     "explainable",
     "grad_cam",
     "labels_from_metadata",
     "model_input",
+    "ood_features",
 ]
 
 VERSION = "0.1.0"
@@ -143,6 +145,9 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     MONAI_RESNET["name"]: MONAI_RESNET,
 }
 """Architecture names a weights sidecar may give, with their default arguments."""
+
+OOD_LAYER = "layer3"
+"""Residual stage whose pooled activations are the OOD features (:func:`ood_features`)."""
 
 CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "CHEST_LAT", "TORAX", "THORAX_LAT"})
 """Body Part Examined values taken as a chest (PS3.16 Annex L defined terms and
@@ -419,6 +424,45 @@ def grad_cam(
     return probs, (np.stack(maps) if maps else np.zeros(shape, np.float32))
 
 
+def ood_features(
+    network: torch.nn.Module, x: torch.Tensor, layer: str = OOD_LAYER
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and OOD features of a batch of network inputs.
+
+    The features are the channel means and standard deviations of ``layer``'s
+    activations over the image (``2 x 256`` values for the shipped ResNet's
+    ``layer3``): pooled intermediate features as in Lee et al. (NeurIPS
+    2018), which separated real and foreign images from the phantoms better
+    than the final pooled features or the energy score (see
+    ``ai_models/README.md``).
+
+    Parameters
+    ----------
+    network:
+        The classifier (eval mode) with a sub-module called ``layer``.
+    x:
+        ``(B, 1, H, W)`` inputs on the network's device.
+
+    Returns
+    -------
+    (logits, features)
+        ``(B, n_outputs)`` and ``(B, 2 * channels)`` float32.
+    """
+    module = dict(network.named_modules()).get(layer)
+    if module is None:
+        raise ValueError(f"the network has no layer {layer!r}")
+    acts: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _i, out: acts.append(out))
+    try:
+        with torch.inference_mode():
+            logits = network(x)
+    finally:
+        handle.remove()
+    a = acts[0].float()
+    feats = torch.cat([a.mean(dim=(2, 3)), a.std(dim=(2, 3))], dim=1)
+    return logits.float().cpu().numpy(), feats.cpu().numpy()
+
+
 def _to_image_grid(cam: np.ndarray, box: Letterbox, shape: tuple[int, int]) -> np.ndarray:
     """A map on the network input back onto the image's own grid."""
     crop = cam[box.r0 : box.r0 + box.h, box.c0 : box.c0 + box.w]
@@ -546,6 +590,55 @@ class CxrFindingsPipeline(Pipeline):
         if not ok:
             raise PipelineNotApplicable(
                 f"{self.name}: {reason}; not taken for a frontal chest radiograph"
+            )
+        # Then the model's own view: is the image like its training data?
+        self.check_ood(self.preprocess(volume)[0])
+
+    def ood_score(self, x: np.ndarray) -> tuple[float, float] | None:
+        """OOD score and threshold of a network input ``(size, size)``.
+
+        ``None`` when the weights have no OOD statistics beside them (a
+        site's weights, or a TorchScript/bundle model whose layers cannot be
+        hooked): the model then runs without the check, which is logged
+        once per weights file.
+
+        Raises
+        ------
+        ModelLoadError
+            The statistics belong to other weights.
+        """
+        model, _ = self.load()
+        if model.kind is not runtime.ModelKind.STATE_DICT:
+            ood.note_unchecked(self.name, model.path, f"a {model.kind.value} model")
+            return None
+        stats = ood.stats_for(model.path, model.sha256, self.name)
+        if stats is None:
+            return None
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
+        layer = str(stats.info.get("layer", OOD_LAYER))
+        _, feats = ood_features(model.network, xt.to(model.device), layer)
+        return float(stats.score(feats)[0]), stats.threshold
+
+    def check_ood(self, x: np.ndarray) -> None:
+        """Refuse a network input the model has not learnt to read.
+
+        Raises
+        ------
+        PipelineNotApplicable
+            Its OOD score (:meth:`ood_score`) is above the threshold; the
+            message gives both.
+        """
+        scored = self.ood_score(x)
+        if scored is None:
+            return
+        score, threshold = scored
+        logger.debug("%s: OOD score %.1f (threshold %.1f)", self.name, score, threshold)
+        if score > threshold:
+            raise PipelineNotApplicable(
+                f"{self.name}: the image is out of the model's training distribution "
+                f"(OOD score {score:.1f} above the threshold {threshold:.1f}; Mahalanobis "
+                "distance of the network features from the synthetic training phantoms): "
+                "its findings would not be meaningful"
             )
 
     def preprocess(self, volume: Volume, size: int | None = None) -> tuple[np.ndarray, Letterbox]:

@@ -19,7 +19,13 @@ How it works
    images (raw detector data, not meant for display), colour or multi-frame
    images, a matrix below 256 pixels, and, whatever the header says, an
    image that does not show one breast against the chest wall
-   (:func:`ai_models.radiograph.breast_region`).
+   (:func:`ai_models.radiograph.breast_region`).  Then, after these pixel
+   checks, the **OOD check** (:meth:`MgMassesPipeline.check_ood`): the
+   Mahalanobis distance of the working image's pooled backbone features
+   (:func:`ood_features`) from those of the training phantoms
+   (:mod:`ai_models.ood`, Lee et al. 2018); above the threshold stored
+   beside the weights the image is refused with the score and the
+   threshold instead of getting boxes the model has no grounds for.
 3. **Working image** -- area-averaged to :data:`WORK_SIZE` (256) pixels on
    the longer side (about 0.8-1 mm per pixel for a 20-26 cm image), divided
    by its 99.5th percentile.
@@ -48,6 +54,7 @@ from __future__ import annotations
 import logging
 import pathlib
 import re
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from functools import partial
@@ -58,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ai_models import runtime
+from ai_models import ood, runtime
 from ai_models.errors import ModelLoadError, PipelineNotApplicable
 from ai_models.pipelines import MG_MASSES
 from ai_models.pipelines.base import Pipeline, PipelineInfo, tracking_uid, weights_kind_of
@@ -98,6 +105,7 @@ __all__ = [
     "mammo_view",
     "metadata_settings",
     "model_input",
+    "ood_features",
 ]
 
 NAME = MG_MASSES
@@ -364,6 +372,38 @@ def model_input(image: np.ndarray, size: int = WORK_SIZE) -> tuple[np.ndarray, t
     return x, (h / float(rows), w / float(cols))
 
 
+def ood_features(
+    network: nn.Module, x: np.ndarray, device: torch.device | str = "cpu"
+) -> np.ndarray:
+    """OOD features of one working image ``(h, w)``: ``(n,)`` float32.
+
+    The channel means of the five backbone stages' activations
+    (16 + 24 + 48 + 64 + 96 = 248 values for :data:`ARCHITECTURE`), the image
+    going through the detector's own transform (normalisation, padding)
+    first: pooled intermediate features as in Lee et al. (NeurIPS 2018),
+    which separated real and foreign images from the phantoms better than
+    the pyramid's or the last stage's alone (see ``ai_models/README.md``).
+
+    Raises
+    ------
+    TypeError
+        The network is not a RetinaNet with this module's backbone.
+    """
+    backbone = getattr(network, "backbone", None)
+    if not isinstance(backbone, _Backbone):
+        raise TypeError("OOD features need the built-in detector's backbone")
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(device)
+    pooled = []
+    with torch.inference_mode():
+        images, _ = network.transform([t])
+        z = images.tensors
+        for stage in (backbone.stem, backbone.layer2, backbone.layer3, backbone.layer4):
+            z = stage(z)
+            pooled.append(z.float().mean(dim=(2, 3)))
+        pooled.append(backbone.layer5(z).float().mean(dim=(2, 3)))
+    return torch.cat(pooled, dim=1)[0].cpu().numpy()
+
+
 def detect(
     network: nn.Module, x: np.ndarray, device: torch.device | str = "cpu"
 ) -> dict[str, np.ndarray]:
@@ -508,6 +548,9 @@ class MgMassesPipeline(Pipeline):
         self.device = device
         self.threshold = None if threshold is None else float(threshold)
         self.max_masses = int(max_masses)
+        # The last volume's working image, shared by check() and run().
+        self._prepared: tuple[weakref.ref[Volume], tuple[np.ndarray, tuple[float, float]]] | None
+        self._prepared = None
 
     @classmethod
     def static_info(cls) -> PipelineInfo:
@@ -572,12 +615,66 @@ class MgMassesPipeline(Pipeline):
         logger.debug("%s: image check %s", self.name, features.as_dict())
         if not ok:
             raise PipelineNotApplicable(f"{self.name}: {reason}; not taken for a mammogram")
+        # Then the model's own view: is the image like its training data?
+        self.check_ood(self.preprocess(volume)[0])
+
+    def ood_score(self, x: np.ndarray) -> tuple[float, float] | None:
+        """OOD score and threshold of a working image ``(h, w)``.
+
+        ``None`` when the weights have no OOD statistics beside them (a
+        site's weights, or a TorchScript/bundle detector whose backbone is
+        not this module's): the model then runs without the check, which is
+        logged once per weights file.
+
+        Raises
+        ------
+        ModelLoadError
+            The statistics belong to other weights.
+        """
+        model = self.load()
+        if model.kind is not runtime.ModelKind.STATE_DICT:
+            ood.note_unchecked(self.name, model.path, f"a {model.kind.value} model")
+            return None
+        stats = ood.stats_for(model.path, model.sha256, self.name)
+        if stats is None:
+            return None
+        feats = ood_features(model.network, x, model.device)
+        return float(stats.score(feats)[0]), stats.threshold
+
+    def check_ood(self, x: np.ndarray) -> None:
+        """Refuse a working image the detector has not learnt to read.
+
+        Raises
+        ------
+        PipelineNotApplicable
+            Its OOD score (:meth:`ood_score`) is above the threshold; the
+            message gives both.
+        """
+        scored = self.ood_score(x)
+        if scored is None:
+            return
+        score, threshold = scored
+        logger.debug("%s: OOD score %.1f (threshold %.1f)", self.name, score, threshold)
+        if score > threshold:
+            raise PipelineNotApplicable(
+                f"{self.name}: the image is out of the model's training distribution "
+                f"(OOD score {score:.1f} above the threshold {threshold:.1f}; Mahalanobis "
+                "distance of the network features from the synthetic training phantoms): "
+                "its detections would not be meaningful"
+            )
 
     def preprocess(self, volume: Volume) -> tuple[np.ndarray, tuple[float, float]]:
-        """The working image and its scale factors (see :func:`model_input`)."""
+        """The working image and its scale factors (see :func:`model_input`).
+
+        Kept for the last volume, so that :meth:`check` and :meth:`run` make it once.
+        """
+        if self._prepared is not None and self._prepared[0]() is volume:
+            return self._prepared[1]
         image = presentation_image(volume.source_datasets[0], volume.array[0])
         size, _ = metadata_settings(self.load().metadata, self.weights_kind, self.threshold)
-        return model_input(image, size)
+        out = model_input(image, size)
+        self._prepared = (weakref.ref(volume), out)
+        return out
 
     def run(self, volume: Volume) -> PipelineResult:
         """Detect masses on the image: findings with boxes and scores."""

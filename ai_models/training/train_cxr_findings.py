@@ -1,8 +1,10 @@
 """Train the ``cxr-findings`` demonstration classifier on synthetic radiographs.
 
-Reproduces ``ai_models/weights/cxr_findings.pt`` (a float16 state dict) and
+Reproduces ``ai_models/weights/cxr_findings.pt`` (a float16 state dict),
 ``ai_models/weights/cxr_findings.json`` (architecture, input size, labels
-with codes and thresholds, seed, held-out metrics, sha256)::
+with codes and thresholds, seed, held-out metrics, sha256) and, through
+:func:`ai_models.training.calibrate_ood.calibrate`, the OOD statistics
+``cxr_findings.ood.npz`` of the new weights::
 
     python -m ai_models.training.train_cxr_findings --seed 20240607 --threads 1
 
@@ -317,6 +319,11 @@ def train(
     }
     (out_dir / "cxr_findings.json").write_text(json.dumps(meta, indent=2) + "\n")
     logger.info("wrote %s (%.1f MB), sha256 %s", pt, pt.stat().st_size / 1e6, meta["sha256"])
+    # The OOD statistics belong to these weights: recompute them now.
+    from ai_models.pipelines import CXR_FINDINGS
+    from ai_models.training.calibrate_ood import calibrate
+
+    calibrate(CXR_FINDINGS, out_dir, threads=threads)
     return meta
 
 

@@ -1,8 +1,10 @@
 """Train the ``mg-masses`` demonstration detector on synthetic mammograms.
 
-Reproduces ``ai_models/weights/mg_masses.pt`` (a float16 state dict) and
+Reproduces ``ai_models/weights/mg_masses.pt`` (a float16 state dict),
 ``ai_models/weights/mg_masses.json`` (architecture, operating threshold,
-seed, held-out metrics, sha256)::
+seed, held-out metrics, sha256) and, through
+:func:`ai_models.training.calibrate_ood.calibrate`, the OOD statistics
+``mg_masses.ood.npz`` of the new weights::
 
     python -m ai_models.training.train_mg_masses --seed 20240611
 
@@ -130,8 +132,7 @@ def predict(
     with torch.inference_mode():
         for i in range(0, len(xs), batch):
             ts = [
-                torch.from_numpy(np.asarray(x, dtype=np.float32))[None]
-                for x in xs[i : i + batch]
+                torch.from_numpy(np.asarray(x, dtype=np.float32))[None] for x in xs[i : i + batch]
             ]
             for det in net(ts):
                 out.append(
@@ -232,9 +233,7 @@ def evaluate(
     return out
 
 
-def _augment(
-    s: Sample, rng: np.random.Generator
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _augment(s: Sample, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Flips, a random crop (zoom), gamma/contrast/noise; boxes follow."""
     x: np.ndarray = s.x.astype(np.float32)
     boxes = s.boxes.copy()
@@ -397,6 +396,11 @@ def train(
     }
     (out_dir / "mg_masses.json").write_text(json.dumps(meta, indent=2) + "\n")
     logger.info("wrote %s (%.2f MB), sha256 %s", pt, pt.stat().st_size / 1e6, meta["sha256"])
+    # The OOD statistics belong to these weights: recompute them now.
+    from ai_models.pipelines import MG_MASSES
+    from ai_models.training.calibrate_ood import calibrate
+
+    calibrate(MG_MASSES, out_dir, threads=threads)
     return meta
 
 
