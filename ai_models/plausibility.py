@@ -68,7 +68,9 @@ class PlausibleRange:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
-            raise ValueError(f"{self.structure}: need finite low < high, got {self.low}..{self.high}")
+            raise ValueError(
+                f"{self.structure}: need finite low < high, got {self.low}..{self.high}"
+            )
 
     def contains(self, value: float) -> bool:
         """Whether ``value`` is finite and within ``[low, high]``."""
@@ -83,12 +85,8 @@ class PlausibleRange:
 
 
 RANGES: dict[str, PlausibleRange] = {
-    "lungs": PlausibleRange(
-        "both lungs", 1000.0, 9000.0, "mL", "adult lungs on CT, fully covered"
-    ),
-    "brain": PlausibleRange(
-        "brain", 900.0, 1900.0, "mL", "adult brain parenchyma, fully covered"
-    ),
+    "lungs": PlausibleRange("both lungs", 1000.0, 9000.0, "mL", "adult lungs on CT, fully covered"),
+    "brain": PlausibleRange("brain", 900.0, 1900.0, "mL", "adult brain parenchyma, fully covered"),
 }
 """Structure key -> range.  Keys are what pipelines pass to :func:`check_volume`."""
 

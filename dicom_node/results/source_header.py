@@ -16,7 +16,10 @@ shallow copies with every such value dealt with, following the attribute's
 type (PS3.5 7.4): Type 2 values are emptied, Type 3 attributes left out, and
 a Type 1 value that cannot be repaired (a UID that places the result in the
 source study and series, a Type 1 text) refuses the result with a
-:class:`SourceHeaderError` that names the attribute.  An unknown Specific
+:class:`SourceHeaderError` that names the attribute.  Sequences are checked
+item by item, at any depth: one invalid nested value empties a Type 2
+sequence and leaves out any other (the items are the source's; the node
+never half-copies one).  An unknown Specific
 Character Set (Type 1C) is replaced: left out when every copied text is
 ASCII, else ISO_IR 192 (UTF-8), which holds any decoded text; ISO_IR 192
 is also declared when copied text is not ASCII but no character set is.  Missing Type 2
@@ -224,10 +227,17 @@ def _element(ds: Dataset, tag: BaseTag) -> DataElement | str:
 
 
 def _element_problem(keyword: str, elem: DataElement | str) -> tuple[str, str] | None:
-    """(VR, reason) when an element holds a value invalid for its VR."""
+    """(VR, reason) when an element holds a value invalid for its VR.
+
+    A sequence (SQ) is invalid when any element of any of its items is,
+    at any depth; the reason names the item and the nested attribute.
+    """
     if isinstance(elem, str):
         return dictionary_VR(tag_for_keyword(keyword) or 0), elem
     vr = elem.VR
+    if vr == "SQ":
+        reason = _sequence_problem(elem)
+        return ("SQ", reason) if reason else None
     if vr not in _TEXT_VRS:
         return None
     if elem.value is None or elem.VM == 0:
@@ -238,6 +248,18 @@ def _element_problem(keyword: str, elem: DataElement | str) -> tuple[str, str] |
         reason = _problem(keyword, vr, _text(value) if value is not None else "")
         if reason:
             return vr, reason
+    return None
+
+
+def _sequence_problem(elem: DataElement) -> str | None:
+    """Why a sequence's items hold an invalid value (item number, attribute), or ``None``."""
+    for number, item in enumerate(elem.value or [], start=1):
+        for tag in list(item.keys()):
+            nested = _element(item, Tag(tag))
+            keyword = nested.keyword if isinstance(nested, DataElement) else str(Tag(tag))
+            found = _element_problem(keyword or str(Tag(tag)), nested)
+            if found is not None:
+                return f"item {number} {keyword or Tag(tag)}: {found[1]}"
     return None
 
 
@@ -355,7 +377,7 @@ def _clean(ds: Dataset, log: dict[str, _Cleaned]) -> Dataset:
         if found is None:
             continue
         vr, reason = found
-        if type_.startswith("1"):
+        if type_.startswith("1") and vr != "SQ":
             raise SourceHeaderError(
                 f"Source attribute {keyword} {Tag(tag)} ({vr}) is {reason} (PS3.5 6.2); "
                 f"it is Type {type_} in the result and cannot be repaired, so no "
@@ -363,7 +385,7 @@ def _clean(ds: Dataset, log: dict[str, _Cleaned]) -> Dataset:
             )
         new = target()
         if type_.startswith("2"):
-            new[tag] = DataElement(tag, vr, None)
+            new[tag] = DataElement(tag, vr, [] if vr == "SQ" else None)
             rule = f"emptied (Type {type_})"
         else:
             del new[tag]

@@ -24,7 +24,14 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
 from ai_models.radiograph import load_radiograph
-from ai_models.types import ClassificationFinding, HeatMap, PipelineResult, Volume
+from ai_models.types import (
+    ClassificationFinding,
+    CodedConcept,
+    DetectionFinding,
+    HeatMap,
+    PipelineResult,
+    Volume,
+)
 from ai_models.volume import load_series
 from dicom_node.results import SourceHeaderError, save_datasets, write_results
 from tests.results.helpers import algorithm, dciodvfy, make_result, unexplained
@@ -259,6 +266,70 @@ def test_analyze_paths_with_a_bad_chest_export(
     assert_valid(sr_path)
     sr = pydicom.dcmread(sr_path)
     assert "PatientAge" not in sr and sr.PatientBirthDate == ""
+
+
+def _detection(volume: Volume) -> PipelineResult:
+    _, rows, cols = volume.shape
+    finding = DetectionFinding(
+        "Mass 1", hd.UID(), CodedConcept("4147007", "SCT", "Mass"),
+        box=(0.3 * cols, 0.4 * rows, 0.45 * cols, 0.52 * rows), score=0.8,
+    )  # fmt: skip
+    return PipelineResult("test-detector", volume, algorithm(), findings=[finding])
+
+
+def test_presentation_state_of_a_bad_export(
+    dicom_data: pathlib.Path, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The GSPS (and its SR) of a detection on a bad export: written and valid."""
+    path = mutated_copy(dicom_data / CHEST, tmp_path / "src", bad_export)
+    volume = load_radiograph(path)
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    datasets = write_results(_detection(volume), outputs="gsps,sr")
+    assert sorted(str(ds.Modality) for ds in datasets) == ["PR", "SR"]
+    _check(save_datasets(datasets, tmp_path / "out"), caplog)
+
+
+def _item(**raw: tuple[str, bytes]) -> pydicom.Dataset:
+    item = pydicom.Dataset()
+    for keyword, (vr, value) in raw.items():
+        _raw(item, keyword, vr, value)
+    return item
+
+
+def test_sequence_with_an_invalid_nested_value_is_left_out(
+    dicom_data: pathlib.Path, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Other Patient IDs Sequence (Type 3) whose second item's issuer is over
+    64 characters is left out whole; a valid Procedure Code Sequence is kept."""
+
+    def mutate(ds: pydicom.Dataset) -> None:
+        ds.OtherPatientIDsSequence = [
+            _item(PatientID=("LO", b"OTHER-1 "), TypeOfPatientID=("CS", b"TEXT")),
+            _item(PatientID=("LO", b"OTHER-2 "), IssuerOfPatientID=("LO", b"I" * 80)),
+        ]
+        ds.ProcedureCodeSequence = [
+            _item(
+                CodeValue=("SH", b"36643-5 "), CodingSchemeDesignator=("SH", b"LN"),
+                CodeMeaning=("LO", b"XR Chest 2 Views"),
+            )  # fmt: skip
+        ]
+
+    path = mutated_copy(dicom_data / CHEST, tmp_path / "src", mutate)
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    for kinds in ("sr", "gsps"):
+        result = _classification if kinds == "sr" else _detection
+        datasets = write_results(result(load_radiograph(path)), outputs=kinds)
+        (out,) = save_datasets(datasets, tmp_path / f"out-{kinds}")
+        assert_valid(out)
+        ds = pydicom.dcmread(out)
+        assert "OtherPatientIDsSequence" not in ds
+        if "ProcedureCodeSequence" in ds:  # copied by the writer that copies it
+            assert ds.ProcedureCodeSequence[0].CodeMeaning == "XR Chest 2 Views"
+    # one warning per writer call, naming the sequence, the item and the attribute
+    assert _warnings_by_attribute(caplog) == {"OtherPatientIDsSequence": 2}
+    reasons = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert any("item 2 IssuerOfPatientID" in m for m in reasons), reasons
+    assert not any("I" * 80 in m for m in reasons)
 
 
 
