@@ -62,6 +62,14 @@ __all__ = [
     "MIN_HEAD_WIDTH_MM",
     "MIN_HEAD_AP_TO_LR",
     "MAX_BORDER_CONTACT",
+    "MrIntracranial",
+    "mr_head_mask",
+    "mr_intracranial",
+    "HEAD_FRACTION",
+    "HEAD_CLOSING_MM",
+    "SCALP_SKULL_MM",
+    "NECK_AREA_FRACTION",
+    "MAX_VERTEX_TO_BASE_MM",
 ]
 
 # --------------------------------------------------------------------------- CT: lung fields
@@ -418,3 +426,169 @@ def mr_head(volume: Volume) -> MrHead:
         edges += [np.take(fg, 0, axis=axis).ravel(), np.take(fg, -1, axis=axis).ravel()]
     contact = float(np.concatenate(edges).mean()) if edges else 0.0
     return MrHead(width, length, ratio, contact)
+
+
+# --------------------------------------------------------------------------- MR: intracranial space
+
+HEAD_FRACTION = 0.08
+"""Head mask threshold: this fraction of the 99.5th intensity percentile.  Lower
+than :func:`mr_head`'s 15 %: a head mask that is too small would move the skin
+inwards and the intracranial space with it, into the brain."""
+
+SCALP_SKULL_MM = 6.0
+"""Depth below the skin (mm) that is scalp and skull, never brain: adult scalp
+3-8 mm plus skull 4-10 mm (the thin temporal squama lies under the temporalis
+muscle), plus 1-4 mm of extra-axial CSF before the cortex.  Synthetic heads:
+scalp + skull + CSF 9.5-20 mm."""
+
+NECK_AREA_FRACTION = 0.5
+"""The neck starts where the head's axial cross-section, going down from its
+largest, first falls below this fraction of the largest (an adult head is about
+170-220 cm2 at the temporal lobes; the neck below the jaw about half that, the
+face and the occiput keep the cross-section above 0.8 of it at the foramen
+magnum)."""
+
+MAX_VERTEX_TO_BASE_MM = 175.0
+"""Nothing more than this far (mm, superior-inferior) below the top of the
+head's skin is brain: adult skin vertex to foramen magnum is 130-155 mm
+(synthetic heads: skin vertex to the lowest brain voxel at most 162 mm,
+poses included).  Applied only when the top of the head is in the volume."""
+
+HEAD_CLOSING_MM = 5.0
+"""Gaps in the head's outline up to about twice this (mm) are closed before
+its holes are filled: a thin scalp that noise, a dark bias field or a low
+threshold breaks would otherwise let the dark skull and CSF count as outside
+air, and the skin depth of the brain would be measured from them."""
+
+_HEAD_WORK_MM = 2.0
+"""Sampling of the head and intracranial masks (mm)."""
+
+
+@dataclass(frozen=True)
+class MrIntracranial:
+    """The head and the intracranial space of an MR volume (canonical ``(z, y, x)``).
+
+    Masks are on a working copy (every ``steps``-th voxel, about 2 mm); use
+    :meth:`intracranial_on` for the full canonical grid.
+
+    Attributes
+    ----------
+    head:
+        The head: largest connected foreground region, holes filled slice by
+        slice in the three canonical planes.
+    intracranial:
+        Head voxels at least :data:`SCALP_SKULL_MM` below the skin and above
+        :attr:`inferior_limit`.
+    inferior_limit:
+        Working-copy ``z`` index at and below which nothing is brain (the neck),
+        ``None`` when no limit was found.
+    limit_reason:
+        How the limit was found, in words (empty without one).
+    head_top_in_volume:
+        The top of the head lies below the volume's superior end.
+    """
+
+    head: np.ndarray = field(repr=False)
+    intracranial: np.ndarray = field(repr=False)
+    steps: tuple[int, int, int]
+    inferior_limit: int | None
+    limit_reason: str
+    head_top_in_volume: bool
+
+    def intracranial_on(self, shape: tuple[int, ...]) -> np.ndarray:
+        """:attr:`intracranial` on the full canonical grid of ``shape`` (nearest cell)."""
+        idx = [
+            np.minimum(np.arange(n) // k, m - 1)
+            for n, k, m in zip(shape, self.steps, self.intracranial.shape, strict=True)
+        ]
+        return self.intracranial[np.ix_(*idx)]
+
+
+def _fill_planes(mask: np.ndarray) -> np.ndarray:
+    """Holes filled slice by slice along each of the three axes (union)."""
+    out = mask.copy()
+    for axis in range(3):
+        moved = np.moveaxis(mask, axis, 0)
+        out |= np.moveaxis(_fill_slices(moved), 0, axis)
+    return out
+
+
+def _ball(step_mm: np.ndarray, radius_mm: float) -> np.ndarray:
+    """A ball of ``radius_mm`` on a grid of ``step_mm`` (at least one voxel each way)."""
+    half = [max(1, int(radius_mm // float(s))) for s in step_mm]
+    grid = np.ogrid[tuple(slice(-n, n + 1) for n in half)]
+    return np.asarray(
+        sum((g * float(s) / radius_mm) ** 2 for g, s in zip(grid, step_mm, strict=True)) <= 1.0
+    )
+
+
+def mr_head_mask(arr: np.ndarray, step_mm: np.ndarray | None = None) -> np.ndarray:
+    """The head in a canonical MR array: intensity, connectivity, holes filled.
+
+    Foreground above :data:`HEAD_FRACTION` of the 99.5th percentile, its
+    largest connected region (noise in the air falls away; no opening, which
+    would erase a scalp thinner than three voxels across thick slices), closed
+    with a ball of :data:`HEAD_CLOSING_MM` (gaps in a thin or dark scalp; the
+    volume's faces are not closed off), holes filled in 3D and
+    slice-wise in all three planes (a head cut by the field of view is open
+    towards the cut).
+    """
+    a = np.asarray(arr, dtype=np.float32)
+    top = float(np.percentile(a, 99.5)) if a.size else 0.0
+    if top <= 0:
+        return np.zeros(a.shape, bool)
+    fg = _largest_component(a > HEAD_FRACTION * top)
+    if not fg.any():
+        return fg
+    ball = _ball(np.ones(3) if step_mm is None else np.asarray(step_mm, float), HEAD_CLOSING_MM)
+    pad = [(n // 2, n // 2) for n in ball.shape]
+    closed = ndimage.binary_closing(np.pad(fg, pad, mode="edge"), ball)
+    fg |= closed[tuple(slice(p, p + n) for (p, _), n in zip(pad, fg.shape, strict=True))]
+    fg = ndimage.binary_fill_holes(fg)
+    return _fill_planes(fg)
+
+
+def _neck_level(area: np.ndarray) -> int | None:
+    """Highest ``z`` below the largest cross-section where ``area`` falls below
+    :data:`NECK_AREA_FRACTION` of it (``None``: the neck is not in the volume)."""
+    if not area.size or area.max() <= 0:
+        return None
+    smooth = ndimage.uniform_filter1d(area.astype(float), 3, mode="nearest")
+    z_max = int(np.argmax(smooth))
+    below = np.flatnonzero(smooth[:z_max] < NECK_AREA_FRACTION * smooth[z_max])
+    return int(below[-1]) if below.size else None
+
+
+def mr_intracranial(volume: Volume) -> MrIntracranial:
+    """Head mask and intracranial space of an MR head volume (see :class:`MrIntracranial`).
+
+    The depth below the skin is a Euclidean distance in mm (anisotropic
+    voxels and any plane alike, via the canonical orientation); the faces of
+    the volume are not skin, so a head cut by the field of view keeps its
+    interior.  Inferior limit: the higher of the neck level (cross-section
+    narrowing, :data:`NECK_AREA_FRACTION`) and :data:`MAX_VERTEX_TO_BASE_MM`
+    below the top of the head (when that is in the volume).
+    """
+    arr, sp, _ = _canonical(volume)
+    steps = tuple(max(1, int(round(_HEAD_WORK_MM / max(float(s), 1e-3)))) for s in sp)
+    a = np.asarray(arr[:: steps[0], :: steps[1], :: steps[2]], dtype=np.float32)
+    step_sp = np.asarray(sp, float) * np.asarray(steps, float)
+    head = mr_head_mask(a, step_sp)
+    if not head.any():
+        return MrIntracranial(head, head.copy(), steps, None, "", False)  # type: ignore[arg-type]
+    depth = ndimage.distance_transform_edt(head, sampling=step_sp)
+    inside = head & (depth >= SCALP_SKULL_MM)
+    zs = np.flatnonzero(head.any(axis=(1, 2)))
+    top_in = bool(zs[-1] < head.shape[0] - 1)
+    limits: list[tuple[int, str]] = []
+    neck = _neck_level(head.sum(axis=(1, 2)) * step_sp[1] * step_sp[2])
+    if neck is not None:
+        limits.append((neck, "neck: the head's cross-section narrows"))
+    if top_in:
+        z_cap = int(np.floor(zs[-1] - MAX_VERTEX_TO_BASE_MM / step_sp[0]))
+        if z_cap >= 0:
+            limits.append((z_cap, f"{MAX_VERTEX_TO_BASE_MM:.0f} mm below the top of the head"))
+    limit, reason = max(limits) if limits else (None, "")
+    if limit is not None:
+        inside[: limit + 1] = False
+    return MrIntracranial(head, inside, steps, limit, reason, top_in)  # type: ignore[arg-type]

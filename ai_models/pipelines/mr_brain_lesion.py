@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ai_models import runtime
-from ai_models.anatomy import mr_head
+from ai_models.anatomy import SCALP_SKULL_MM, MrIntracranial, mr_head, mr_intracranial
 from ai_models.errors import DuplicateSlicesError, ModelLoadError, PipelineNotApplicable
 from ai_models.pipelines._grid import Orientation, orientation_from_direction, working_shape
 from ai_models.pipelines.base import (
@@ -65,12 +65,14 @@ from ai_models.pipelines.base import (
     volume_measurement,
     weights_kind_of,
 )
+from ai_models.plausibility import check_volume, mark_out_of_range
 from ai_models.types import (
     AlgorithmInfo,
     CodedConcept,
     Finding,
     Measurement,
     PipelineResult,
+    QualitativeEvaluation,
     Segment,
     Volume,
 )
@@ -141,6 +143,20 @@ MIN_LESION_ML = 0.1
 
 MAX_LESIONS = 10
 """At most this many lesions are reported (the largest)."""
+
+MAX_OUTSIDE_FRACTION = 0.5
+"""A lesion candidate with more than this fraction of its voxels outside the
+intracranial space (:func:`ai_models.anatomy.mr_intracranial`) is not a brain
+lesion: it is dropped, not cut."""
+
+MAX_ABNORMAL_FRACTION = 0.5
+"""Edema, or one lesion, larger than this fraction of the whole brain is not
+plausible (a large glioblastoma with its edema is about 10-20 % of the brain):
+the segment is dropped with a note (its voxels stay brain)."""
+
+PARTIAL_END_FRACTION = 0.05
+"""The brain is cut by the field of view when an end plane of the volume holds
+at least this fraction of the brain's largest cross-section along that axis."""
 
 HEAD_BODY_PARTS = frozenset({"HEAD", "BRAIN", "SKULL", "HEADNECK", "NECKHEAD", "CEREBRUM"})
 """BodyPartExamined values accepted (spaces, ``_`` and ``-`` removed, upper case);
@@ -690,6 +706,7 @@ class MrBrainLesionPipeline(Pipeline):
                 parameters=(
                     f"working_spacing_mm={working_spacing(model.metadata, self.weights_kind)}",
                     f"min_lesion_ml={MIN_LESION_ML:g}",
+                    f"scalp_skull_mm={SCALP_SKULL_MM:g}",
                 ),
             ),
             segments=segments,
@@ -765,16 +782,22 @@ class MrBrainLesionPipeline(Pipeline):
     ) -> tuple[list[Segment], list[Finding], list[str]]:
         spacing_c = orient.spacing(volume.spacing)
         voxel_ml = volume.voxel_volume_mm3 / 1000.0
+        notes = constrain_to_intracranial(labels, mr_intracranial(volume), voxel_ml)
         # work on the bounding box of the foreground (brain) only
         fg = labels > 0
         if not fg.any():
-            return [], [], ["no brain found"]
+            return [], [], [*notes, "no brain found"]
         box = tuple(
             slice(int(ix.min()), int(ix.max()) + 1)
             for ix in (np.flatnonzero(fg.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
         )
         del fg
-        crop, lesions, notes = self.clean_labels(labels[box].copy(), voxel_ml)
+        crop, lesions, clean_notes = self.clean_labels(labels[box].copy(), voxel_ml)
+        notes += clean_notes
+        brain = crop > 0
+        edema = crop == EDEMA
+        lesions, edema, why = drop_implausible(brain, lesions, edema, voxel_ml)
+        notes += why
 
         def full(mask_crop: np.ndarray) -> np.ndarray:
             out = np.zeros(labels.shape, bool)
@@ -793,7 +816,7 @@ class MrBrainLesionPipeline(Pipeline):
             color: tuple[int, int, int],
             measurements: list[Measurement],
             region: CodedConcept | None = None,
-        ) -> None:
+        ) -> Finding:
             uid = tracking_uid(series_uid, self.name, label)
             mask = full(mask_crop)
             segments.append(
@@ -819,10 +842,10 @@ class MrBrainLesionPipeline(Pipeline):
                     measurements=measurements,
                 )
             )
+            return findings[-1]
 
-        brain = crop > 0
         if brain.any():
-            add(
+            brain_finding = add(
                 "Brain",
                 brain,
                 CODES.ANATOMICAL_STRUCTURE,
@@ -830,6 +853,8 @@ class MrBrainLesionPipeline(Pipeline):
                 COLORS[BRAIN],
                 [volume_measurement(brain, volume)],
             )
+            cut = cut_ends(brain, box, labels.shape)
+            notes += qualify_brain_volume(brain_finding, float(brain.sum()) * voxel_ml, cut)
         for i, m in enumerate(lesions, start=1):
             add(
                 f"Lesion {i}",
@@ -847,7 +872,6 @@ class MrBrainLesionPipeline(Pipeline):
                 ],
                 region=MR_BRAIN_CODES.BRAIN,
             )
-        edema = crop == EDEMA
         if edema.any():
             add(
                 "Edema",
@@ -861,6 +885,158 @@ class MrBrainLesionPipeline(Pipeline):
         if not lesions:
             notes.append("no lesion found")
         return segments, findings, notes
+
+
+# --------------------------------------------------------------------------- anatomical constraints
+
+
+def constrain_to_intracranial(
+    labels: np.ndarray, space: MrIntracranial, voxel_ml: float
+) -> list[str]:
+    """Brain, lesions and edema only inside the intracranial space (in place).
+
+    Lesion candidates lying mostly outside it (more than
+    :data:`MAX_OUTSIDE_FRACTION`) are removed whole; every other label outside
+    it becomes background.
+
+    Parameters
+    ----------
+    labels:
+        Canonical ``(z, y, x)`` uint8 labels at the source resolution.
+    space:
+        :func:`ai_models.anatomy.mr_intracranial` of the same volume.
+    voxel_ml:
+        Volume of one voxel in mL.
+
+    Returns
+    -------
+    list[str]
+        Notes for the result: what was removed, in mL.
+    """
+    inside = space.intracranial_on(labels.shape)
+    outside = ~inside
+    notes: list[str] = []
+    les = labels == LESION
+    if les.any():
+        lab, n = ndimage.label(les, structure=_BALL)
+        total = np.bincount(lab.ravel(), minlength=n + 1)
+        out = np.bincount(lab[outside], minlength=n + 1)
+        drop = [
+            i
+            for i in range(1, n + 1)
+            if out[i] > MAX_OUTSIDE_FRACTION * total[i] and total[i] * voxel_ml >= MIN_LESION_ML
+        ]
+        for i in drop:
+            notes.append(
+                f"lesion candidate of {total[i] * voxel_ml:.1f} mL outside the intracranial "
+                "space: dropped"
+            )
+        labels[np.isin(lab, drop)] = BACKGROUND
+    removed = {c: int((labels[outside] == c).sum()) * voxel_ml for c in (BRAIN, LESION, EDEMA)}
+    labels[outside] = BACKGROUND
+    parts = [f"{CLASS_NAMES[c]} {ml:.1f} mL" for c, ml in removed.items() if ml >= MIN_LESION_ML]
+    if parts:
+        where = f", inferior limit: {space.limit_reason}" if space.limit_reason else ""
+        notes.append(
+            f"outside the intracranial space (skin depth under {SCALP_SKULL_MM:g} mm{where}), "
+            f"removed: {', '.join(parts)}"
+        )
+    return notes
+
+
+def drop_implausible(
+    brain: np.ndarray, lesions: list[np.ndarray], edema: np.ndarray, voxel_ml: float
+) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+    """Lesions and edema no larger than :data:`MAX_ABNORMAL_FRACTION` of the brain.
+
+    Returns
+    -------
+    (lesions, edema, notes)
+        The plausible lesions (order kept), the edema mask (empty when
+        dropped) and a note per dropped segment.  Their voxels stay brain.
+    """
+    brain_ml = float(brain.sum()) * voxel_ml
+    limit = MAX_ABNORMAL_FRACTION * brain_ml
+    notes: list[str] = []
+    kept = []
+    for m in lesions:
+        ml = float(m.sum()) * voxel_ml
+        if ml > limit:
+            notes.append(
+                f"lesion of {ml:,.0f} mL is more than {MAX_ABNORMAL_FRACTION:.0%} of the brain "
+                f"({brain_ml:,.0f} mL): not plausible, dropped"
+            )
+        else:
+            kept.append(m)
+    ml = float(edema.sum()) * voxel_ml
+    if ml > limit:
+        notes.append(
+            f"edema of {ml:,.0f} mL is more than {MAX_ABNORMAL_FRACTION:.0%} of the brain "
+            f"({brain_ml:,.0f} mL): not plausible, dropped"
+        )
+        edema = np.zeros_like(edema)
+    return kept, edema, notes
+
+
+_END_NAMES = (("inferior", "superior"), ("anterior", "posterior"), ("right", "left"))
+"""Names of the low and high ends of the canonical axes."""
+
+
+def cut_ends(brain: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...]) -> list[str]:
+    """Which ends of the volume cut the brain (partial coverage); empty: none.
+
+    Parameters
+    ----------
+    brain:
+        Canonical brain mask cropped to ``box``.
+    box:
+        Where the crop lies in the canonical volume of ``shape``.
+
+    An end cuts the brain when the volume's end plane holds at least
+    :data:`PARTIAL_END_FRACTION` of the brain's largest cross-section along
+    that axis (a few stray voxels do not count).
+    """
+    out = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        area = brain.sum(axis=other)
+        if not area.size or area.max() == 0:
+            continue
+        least = PARTIAL_END_FRACTION * float(area.max())
+        if box[axis].start == 0 and area[0] >= least:
+            out.append(_END_NAMES[axis][0])
+        if box[axis].stop == shape[axis] and area[-1] >= least:
+            out.append(_END_NAMES[axis][1])
+    return out
+
+
+def qualify_brain_volume(finding: Finding, brain_ml: float, cut: list[str]) -> list[str]:
+    """Keep the brain volume only when the brain is whole and its volume plausible.
+
+    Partial coverage (``cut`` names the ends): the measurement is replaced by
+    ``Finding = Anatomy coverage incomplete`` and the range is not checked.
+    Otherwise :func:`ai_models.plausibility.check_volume` decides; outside the
+    range :func:`~ai_models.plausibility.mark_out_of_range` replaces it.
+
+    Returns
+    -------
+    list[str]
+        The note saying why no volume is given (empty when it is).
+    """
+    if cut:
+        finding.measurements = []
+        finding.qualitative_evaluations.append(
+            QualitativeEvaluation(CODES.FINDING, CODES.ANATOMY_COVERAGE_INCOMPLETE)
+        )
+        return [
+            f"brain coverage partial (cut off at the {' and '.join(cut)} end of the volume): "
+            "brain volume is not reported"
+        ]
+    why = check_volume("brain", brain_ml)
+    if why:
+        mark_out_of_range(finding)
+        return [why]
+    return []
 
 
 def _crop_to(mask: np.ndarray) -> np.ndarray:
