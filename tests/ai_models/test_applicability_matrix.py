@@ -85,7 +85,18 @@ def test_own_anatomy_is_accepted(
     dicom_data: pathlib.Path, pipelines: dict, series: str, pipeline: str
 ) -> None:
     p = pipelines[pipeline]
-    p.check(p.read_series(_files(dicom_data, series)))
+    volume = p.read_series(_files(dicom_data, series))
+    if pipeline in OOD_REFUSED:
+        # accepted by the header and pixel checks, then refused by the OOD
+        # check, the last one (tests/ai_models/test_ood.py)
+        with pytest.raises(PipelineNotApplicable, match="out of the model's training distribution"):
+            p.check(volume)
+        return
+    p.check(volume)
+
+
+#: Pipelines whose OOD check refuses the shared real images of their anatomy.
+OOD_REFUSED = frozenset({"cxr-findings", "mg-masses"})
 
 
 @pytest.mark.parametrize(
