@@ -6,9 +6,11 @@
   weights measured, false positives per image below a ceiling;
 * the real mammogram of the shared data (NEMA WG-04 MG1: a left MLO film
   digitised and sent as Secondary Capture with Modality "RG" and Body Part
-  Examined BREAST) runs through the pipeline; its SR, GSPS and SC pass
-  dciodvfy, carry its laterality and view, reference its SOP instance, and
-  the GSPS boxes are the detection boxes;
+  Examined BREAST) passes the header and pixel checks and is refused by the
+  OOD check; a left MLO phantom of the training family written as MG runs
+  through the pipeline: its SR, GSPS and SC pass dciodvfy, carry its
+  laterality and view, reference its SOP instance, and the GSPS boxes are
+  the detection boxes;
 * synthetic "Digital Mammography X-Ray Image Storage - For Presentation"
   images: MONOCHROME1 and MONOCHROME2 copies reach the network unchanged,
   the boxes come back on the source grid, the view comes from the View Code
@@ -59,6 +61,7 @@ from ai_models.types import DetectionFinding, Volume
 from dicom_node.results import save_datasets, write_results
 from tests.ai_models.site_models import as_bundle, export_torchscript
 from tests.results.helpers import dciodvfy, unexplained
+from tests.support.radiographs import mammo_dataset, write_mammogram
 
 torch.set_num_threads(2)
 
@@ -152,7 +155,9 @@ def _mg_dataset(
     if view_code is not None:
         item = Dataset()
         item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = (
-            view_code[0], "SCT", view_code[1]
+            view_code[0],
+            "SCT",
+            view_code[1],
         )
         ds.ViewCodeSequence = DicomSequence([item])
     ds.ImagerPixelSpacing = [0.1, 0.1]
@@ -193,11 +198,23 @@ def test_heldout_synthetic_detection(pipeline: MgMassesPipeline) -> None:
     assert at["fp_per_image"] <= FP_PER_IMAGE_CEILING
 
 
-def test_real_mammogram_sr_gsps_sc(
-    pipeline: MgMassesPipeline, mammo: Volume, tmp_path: pathlib.Path
+@pytest.fixture(scope="module")
+def phantom() -> Volume:
+    """A left MLO phantom of the training family with one mass, as MG (the real
+    mammogram is refused by the OOD check: tests/ai_models/test_ood.py)."""
+    return load_radiograph([mammo_dataset()])
+
+
+def test_mammogram_sr_gsps_sc(
+    pipeline: MgMassesPipeline, mammo: Volume, phantom: Volume, tmp_path: pathlib.Path
 ) -> None:
     src = mammo.source_datasets[0]
     assert mammo.modality == "RG" and src.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    assert image_laterality(src) == "L" and mammo_view(src)[0] == "MLO"
+    with pytest.raises(PipelineNotApplicable, match="training distribution"):
+        pipeline.check(mammo)
+    mammo = phantom
+    src = mammo.source_datasets[0]
     assert image_laterality(src) == "L" and mammo_view(src)[0] == "MLO"
     pipeline.check(mammo)
     result = pipeline.run(mammo)
@@ -205,10 +222,7 @@ def test_real_mammogram_sr_gsps_sc(
     if not result.findings:  # make sure the writers get something to write
         result = MgMassesPipeline(device="cpu", threshold=0.0).run(mammo)
     assert 1 <= len(result.findings) <= 5
-    # the shipped weights find the visible mass (score 0.45, IoU 0.72 with the box by eye)
-    top = result.findings[0]
-    assert isinstance(top, DetectionFinding)
-    assert box_iou(np.array([MG1_MASS]), np.array([top.box]))[0, 0] >= 0.4
+    assert isinstance(result.findings[0], DetectionFinding)
     boxes = []
     for n, f in enumerate(result.findings, 1):
         assert isinstance(f, DetectionFinding)
@@ -268,8 +282,11 @@ def test_real_mammogram_sr_gsps_sc(
     ]
     np.testing.assert_allclose(drawn, boxes, atol=1e-2)
     texts = [t.UnformattedTextValue for t in ann.TextObjectSequence]
-    assert texts == [f"Mass {n} ({f.score:.2f})" for n, f in enumerate(result.findings, 1)
-                     if isinstance(f, DetectionFinding)]
+    assert texts == [
+        f"Mass {n} ({f.score:.2f})"
+        for n, f in enumerate(result.findings, 1)
+        if isinstance(f, DetectionFinding)
+    ]
 
     # SC: boxes burned in, laterality kept, the source referenced.
     sc = pydicom.dcmread(next(p for p in paths if p.name.startswith("sc_")))
@@ -293,8 +310,9 @@ def test_synthetic_mg_for_presentation(
 ) -> None:
     """An MG image made from a phantom: the network input equals the phantom's
     own, and the boxes come back on the source grid (4x the working grid)."""
-    ph = random_mammo_phantom(np.random.default_rng(TEST_SEED + 7), rows=1024, n_masses=2,
-                              laterality="R", view="MLO")
+    ph = random_mammo_phantom(
+        np.random.default_rng(TEST_SEED + 7), rows=1024, n_masses=2, laterality="R", view="MLO"
+    )
     ds = _mg_dataset(ph.image, photometric=photometric)
     path = tmp_path / "mg.dcm"
     ds.save_as(path, enforce_file_format=True)
@@ -332,9 +350,11 @@ def test_synthetic_mg_for_presentation(
 
 
 def test_non_breast_refused(pipeline: MgMassesPipeline, dicom_data: pathlib.Path) -> None:
-    chest = pipeline.read_series(discover_series(dicom_data / CHEST)[
-        pydicom.dcmread(dicom_data / CHEST, stop_before_pixels=True).SeriesInstanceUID
-    ])
+    chest = pipeline.read_series(
+        discover_series(dicom_data / CHEST)[
+            pydicom.dcmread(dicom_data / CHEST, stop_before_pixels=True).SeriesInstanceUID
+        ]
+    )
     with pytest.raises(PipelineNotApplicable, match="Body Part Examined is 'CHEST'"):
         pipeline.check(chest)
     ((_, files),) = discover_series(dicom_data / ANKLE).items()
@@ -343,9 +363,7 @@ def test_non_breast_refused(pipeline: MgMassesPipeline, dicom_data: pathlib.Path
         pipeline.check(ankle)
 
 
-def test_for_processing_and_unlabelled_refused(
-    pipeline: MgMassesPipeline, mammo: Volume
-) -> None:
+def test_for_processing_and_unlabelled_refused(pipeline: MgMassesPipeline, mammo: Volume) -> None:
     img = np.zeros((300, 260), np.float32)
     img[50:250, :150] = 0.5
     proc = _mg_dataset(img, sop_class=MG_FOR_PROCESSING)
@@ -364,7 +382,9 @@ def test_for_processing_and_unlabelled_refused(
     with pytest.raises(PipelineNotApplicable, match="nothing that says breast"):
         pipeline.check(bare)
     ds.SeriesDescription = "MAMMO L MLO"
-    pipeline.check(bare)
+    # the header and pixel checks pass; the OOD check refuses the real film
+    with pytest.raises(PipelineNotApplicable, match="training distribution"):
+        pipeline.check(bare)
 
 
 def test_cli_analyze_sr_gsps(dicom_data: pathlib.Path, tmp_path: pathlib.Path) -> None:
@@ -377,6 +397,7 @@ def test_cli_analyze_sr_gsps(dicom_data: pathlib.Path, tmp_path: pathlib.Path) -
             "-m",
             "dicom_node.cli",
             "analyze",
+            str(write_mammogram(tmp_path / "in")),
             str(dicom_data / MAMMO),
             str(dicom_data / CHEST),
             "--pipeline",
@@ -397,11 +418,11 @@ def test_cli_analyze_sr_gsps(dicom_data: pathlib.Path, tmp_path: pathlib.Path) -
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "skipped" in proc.stdout and "CHEST" in proc.stdout
+    assert "training distribution" in proc.stdout  # the real film
     names = sorted(p.name.split("_")[0] for p in out.iterdir())
-    if names:  # masses found at the operating threshold: an SR and a GSPS
-        assert names == ["gsps", "sr"]
-        for p in out.iterdir():
-            assert_valid_copy(p)
+    assert names == ["gsps", "sr"]  # the phantom's mass
+    for p in out.iterdir():
+        assert_valid_copy(p)
 
 
 # -- site weights: TorchScript and MONAI bundle -------------------------------------------
@@ -422,7 +443,7 @@ def mg_torchscript(
 @pytest.mark.parametrize("kind", ["torchscript", "bundle"])
 def test_site_weights_match_state_dict(
     pipeline: MgMassesPipeline,
-    mammo: Volume,
+    phantom: Volume,
     mg_torchscript: pathlib.Path,
     tmp_path: pathlib.Path,
     kind: str,
@@ -440,8 +461,8 @@ def test_site_weights_match_state_dict(
     assert model.sha256 == runtime.file_sha256(mg_torchscript)
     assert site.operating_threshold() == pipeline.operating_threshold()
 
-    x, scale = pipeline.preprocess(mammo)
-    x_site, scale_site = site.preprocess(mammo)
+    x, scale = pipeline.preprocess(phantom)
+    x_site, scale_site = site.preprocess(phantom)
     np.testing.assert_array_equal(x_site, x)
     assert scale_site == scale
     ref = detect(pipeline.load().network, x)  # eager: a list of detections
@@ -450,7 +471,7 @@ def test_site_weights_match_state_dict(
     np.testing.assert_allclose(got["boxes"], ref["boxes"], atol=1e-3)
     np.testing.assert_allclose(got["scores"], ref["scores"], atol=1e-4)
 
-    expected, result = pipeline.run(mammo), site.run(mammo)
+    expected, result = pipeline.run(phantom), site.run(phantom)
     assert result.algorithm.weights_sha256 == model.sha256
     assert result.algorithm.parameters == expected.algorithm.parameters
     assert len(result.findings) == len(expected.findings)

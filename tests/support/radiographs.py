@@ -96,7 +96,9 @@ def mammo_dataset(seed: int = MAMMO_SEED, rows: int = 1024) -> Dataset:
     phantom = random_mammo_phantom(
         np.random.default_rng(seed), rows=rows, n_masses=1, laterality="L", view="MLO"
     )
-    return _mg_dataset(phantom.image, laterality="L")
+    ds = _mg_dataset(phantom.image, laterality="L")
+    ds.BodyPartExamined = "BREAST"
+    return ds
 
 
 def _write(ds: Dataset, folder: pathlib.Path, name: str) -> pathlib.Path:
