@@ -451,7 +451,7 @@ magnum)."""
 MAX_VERTEX_TO_BASE_MM = 175.0
 """Nothing more than this far (mm, superior-inferior) below the top of the
 head's skin is brain: adult skin vertex to foramen magnum is 130-155 mm
-(synthetic heads: skin vertex to the lowest brain voxel at most 162 mm,
+(synthetic heads: skin vertex to the lowest brain voxel at most 145 mm,
 poses included).  Applied only when the top of the head is in the volume."""
 
 HEAD_CLOSING_MM = 5.0

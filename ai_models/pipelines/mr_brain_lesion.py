@@ -35,6 +35,15 @@ How it works
    edema is one segment with its volume; the brain segment (whole brain,
    lesions and edema included, so it overlaps them) carries the brain
    volume.
+6. **Anatomical constraints** ("plausible or silent") -- before step 5's
+   cleaning, every label outside the intracranial space
+   (:func:`ai_models.anatomy.mr_intracranial`: the head mask at least
+   ``SCALP_SKULL_MM`` below the skin, above the neck) becomes background, and
+   lesion candidates lying mostly outside it are dropped; a lesion or the
+   edema larger than half the brain is dropped; a brain cut by the field of
+   view says "Anatomy coverage incomplete", a whole brain outside
+   :data:`ai_models.plausibility.RANGES` ``["brain"]`` "Value out of range",
+   instead of a volume.  The notes say what was removed and why.
 
 Masks are returned on the volume's own ``(k, i, j)`` grid.
 """
