@@ -90,11 +90,16 @@ def main(ctx: click.Context, config: Path | None, log_json: bool, verbose: bool)
 def serve(state: _State) -> None:
     """Run the node: Storage SCP, collector, workers, dashboard."""
     from dicom_node.node import Node
+    from dicom_node.web import WebServerError
 
     settings = state.settings()
     _log_configuration(settings)
     node = Node(settings, log_level=state.log_level, json_logs=state.json_logs)
-    node.run_forever()
+    try:
+        node.run_forever()
+    except WebServerError as exc:  # the web server starts first: nothing else runs yet
+        LOGGER.error("cannot start: %s", exc)
+        sys.exit(2)
 
 
 def _log_configuration(settings: Settings) -> None:

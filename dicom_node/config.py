@@ -12,12 +12,13 @@ down; nothing reads the configuration behind the caller's back.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from datetime import timedelta
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -31,6 +32,7 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -367,20 +369,74 @@ class WebSettings(_Section):
     than in the file), every request but ``GET /api/health`` needs it as
     ``Authorization: Bearer <token>`` or as the password of HTTP Basic
     (:mod:`dicom_node.web.auth`).  Without it the web surface is open to
-    whoever reaches ``host``, which is why the default is loopback.
+    whoever reaches ``host``, which is why the default is loopback; ``serve``
+    refuses to listen beyond loopback without a token.  A placeholder
+    (``change-me``, as in the deployment files) is refused.
+
+    ``allowed_hosts``: the names (``name`` for any port, ``name:port`` for
+    one) that requests may carry in ``Host`` and browsers in ``Origin``
+    (:mod:`dicom_node.web.hosts`), besides the loopback names, always
+    allowed, and ``host`` when it is not a wildcard address.  ``"*"``
+    allows any ``Host`` (only when something in front checks it).  From
+    the environment: ``DICOM_NODE_WEB__ALLOWED_HOSTS="node.example.org,10.0.0.5"``.
     """
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Port = 8080
     token: SecretStr | None = None
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    #: A token never changed from the deployment files' placeholder.
+    PLACEHOLDER: ClassVar[re.Pattern[str]] = re.compile(r"^\W*change[-_ ]?me", re.IGNORECASE)
+    #: ``*``, ``name[:port]``, ``[v6][:port]`` or a bare IPv6 address.
+    ALLOWED_HOST: ClassVar[re.Pattern[str]] = re.compile(
+        r"\*"
+        r"|[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?\.?(:\d{1,5})?"
+        r"|\[[0-9a-f:.]+\](:\d{1,5})?"
+        r"|[0-9a-f.]*:[0-9a-f:.]*"
+    )
 
     @field_validator("token")
     @classmethod
     def _token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 16:
+        if value is None:
+            return value
+        secret = value.get_secret_value()
+        if cls.PLACEHOLDER.search(secret):
+            raise ValueError(
+                "the web token is still the placeholder ('change-me'): set a secret of "
+                "at least 16 characters (DICOM_NODE_WEB__TOKEN)"
+            )
+        if len(secret) < 16:
             raise ValueError("the web token must have at least 16 characters")
         return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_host_list(cls, value: Any) -> Any:
+        """Accept ``"a, b"`` or a JSON list (an environment variable) as well as a list."""
+        if not isinstance(value, str):
+            return value
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            decoded = None
+        if isinstance(decoded, list):
+            return decoded
+        return [part for part in re.split(r"[,\s]+", value) if part]
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        names = [name.strip().lower() for name in value]
+        for name in names:
+            if not cls.ALLOWED_HOST.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not a host name or address with an optional port "
+                    "(e.g. 'node.example.org', '10.0.0.5:8080', '[fd00::5]', '*')"
+                )
+        return names
 
 
 class LogSettings(_Section):

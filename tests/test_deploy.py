@@ -19,7 +19,9 @@ import pytest
 
 from dicom_node.cli import main as cli_main
 from dicom_node.config import Settings, load_settings
+from dicom_node.errors import ConfigError
 from dicom_node.scu import parse_peer
+from dicom_node.web.server import WebServerError, refuse_open_listener
 
 yaml = pytest.importorskip("yaml")
 
@@ -92,6 +94,10 @@ def test_container_config_validates() -> None:
     assert settings.node.host == "0.0.0.0"
     assert settings.node.port == 11112
     assert settings.web.host == "0.0.0.0" and settings.web.port == 8080
+    # Beyond loopback: the token comes from the environment, or serve refuses to start.
+    assert settings.web.token is None and settings.web.allowed_hosts == []
+    with pytest.raises(WebServerError, match=r"\[web\] token"):
+        refuse_open_listener(settings.web)
     assert settings.storage.spool_dir.is_relative_to(DATA_DIR)
     assert settings.storage.database_url.startswith("sqlite:////var/lib/dicom-node/")
     for dest in settings.destinations:
@@ -181,7 +187,8 @@ def test_compose_file() -> None:
     assert node["build"]["dockerfile"] == "deploy/Dockerfile"
     assert (DEPLOY / node["build"]["context"] / node["build"]["dockerfile"]).is_file()
     assert "postgres" in node["depends_on"]
-    assert {"11112:11112", "8080:8080"} <= set(node["ports"])
+    # DICOM on every interface; the dashboard and API on the Docker host's loopback only.
+    assert set(node["ports"]) == {"11112:11112", "127.0.0.1:8080:8080"}
     volume, mount = node["volumes"][0].split(":")[:2]
     assert mount == str(DATA_DIR) and volume in compose["volumes"]
 
@@ -192,13 +199,32 @@ def test_compose_file() -> None:
     assert url == expected
 
 
-def test_compose_database_url_validates(monkeypatch: pytest.MonkeyPatch) -> None:
+def compose_environment() -> dict[str, str]:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
-    for key, value in compose["services"]["node"]["environment"].items():
-        monkeypatch.setenv(key, expand_defaults(str(value)))
+    return {k: str(v) for k, v in compose["services"]["node"]["environment"].items()}
+
+
+def test_compose_database_url_validates(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = compose_environment()
+    monkeypatch.setenv("DICOM_NODE_STORAGE__DATABASE_URL",
+                       expand_defaults(env["DICOM_NODE_STORAGE__DATABASE_URL"]))
     settings = container_settings()
     assert settings.storage.database_url.startswith("postgresql://")
     assert "@postgres:5432/" in settings.storage.database_url
+
+
+def test_compose_web_token_must_be_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compose file passes WEB_TOKEN as the web token; its placeholder is refused."""
+    env = compose_environment()
+    assert env["DICOM_NODE_WEB__TOKEN"] == "${WEB_TOKEN:-change-me}"
+    for key, value in env.items():
+        monkeypatch.setenv(key, expand_defaults(value))
+    with pytest.raises(ConfigError, match=r"web\.token: .*placeholder"):
+        container_settings()
+    monkeypatch.setenv("DICOM_NODE_WEB__TOKEN", "b5f0c1d2e3a4968778695a4b3c2d1e0f")
+    settings = container_settings()
+    assert settings.web.token is not None
+    refuse_open_listener(settings.web)  # a token: serving on 0.0.0.0 is allowed
 
 
 # -- Kubernetes -----------------------------------------------------------------------
@@ -240,6 +266,9 @@ def test_kubernetes_manifests() -> None:
     assert name == "echo"
     check_echo_to_self(rest)
     assert container.get("args", ["serve"]) == ["serve"]
+    env = {e["name"]: e for e in container["env"]}
+    token = env["DICOM_NODE_WEB__TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert token["name"] == "dicom-node-web" and not token.get("optional", False)
 
     requests = container["resources"]["requests"]
     assert {"cpu", "memory"} <= requests.keys()

@@ -2,7 +2,8 @@
 ``/metrics`` and a small read-only HTML dashboard at ``/``.
 
 Open unless ``[web] token`` is set (:mod:`.auth`); it listens on loopback
-by default (``[web] host = "127.0.0.1"``).
+by default (``[web] host = "127.0.0.1"``), and beyond only with a token.
+Requests must name an allowed host (:mod:`.hosts`, ``[web] allowed_hosts``).
 
 The node runs it with::
 

@@ -1,9 +1,11 @@
 """The FastAPI application: REST API under ``/api/``, ``/metrics``, dashboard at ``/``.
 
 Open unless ``[web] token`` is set (:mod:`.auth`); the default bind
-address is loopback (``[web] host = "127.0.0.1"``); beyond it, set a token
-and put TLS in front.  Browser POSTs from other sites are refused
-(see :func:`dicom_node.web.deps.same_origin`).
+address is loopback (``[web] host = "127.0.0.1"``); beyond it the node
+needs a token (:class:`~dicom_node.web.server.WebServer`), and TLS belongs
+in front.  Requests for a ``Host`` outside ``[web] allowed_hosts`` and the
+loopback names, and browser POSTs from other sites, are refused before any
+route runs (:mod:`.hosts`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dicom_node.web.api import completion, health, jobs, studies
 from dicom_node.web.auth import TokenAuth
 from dicom_node.web.dashboard import dashboard
 from dicom_node.web.deps import Context, WebContext
+from dicom_node.web.hosts import HostAllowlist, HostCheck
 from dicom_node.web.metrics import metrics_registry
 from storage.db import Database, DatabaseUnavailable
 from storage.received import ReceivedStore
@@ -66,11 +69,14 @@ def create_app(settings: Settings, db: Database, *, store: ReceivedStore | None 
         collector=Collector(db, settings),
         registry=metrics_registry(db, destinations=[d.name for d in settings.destinations]),
         schema_head=db.head_revision(),
+        hosts=HostAllowlist.from_settings(settings.web),
     )
     for router in (health, studies, jobs, completion, dashboard):
         app.include_router(router)
     if settings.web.token is not None:
         app.add_middleware(TokenAuth, token=settings.web.token.get_secret_value())
+    # Added last, so outermost: a foreign Host is refused before anything else.
+    app.add_middleware(HostCheck, allowlist=app.state.web.hosts)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics(ctx: Context, request: Request) -> Response:

@@ -1,7 +1,10 @@
 """Access to the web surface: one shared token (``[web] token``).
 
 Without a token (the default) the dashboard, API and ``/metrics`` are open to
-whoever reaches the port, which is why the default bind address is loopback.
+whoever reaches the port, which is why the default bind address is loopback
+and the node refuses any other without a token
+(:func:`dicom_node.web.server.refuse_open_listener`); the ``Host`` allowlist
+(:mod:`dicom_node.web.hosts`) keeps pages on other sites out of a loopback node.
 With one, every request but ``GET /api/health`` (liveness probes) needs it,
 either way HTTP clients send credentials (RFC 6750, RFC 7617):
 

@@ -1,16 +1,16 @@
-"""What the routes depend on: the node's context, and the same-origin check of POSTs."""
+"""What the routes depend on: the node's context, and the origin check of POSTs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated
-from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request
 from prometheus_client import CollectorRegistry
 
 from dicom_node.collect import Collector
 from dicom_node.config import Settings
+from dicom_node.web.hosts import HostAllowlist
 from storage.db import Database
 from storage.received import ReceivedStore
 
@@ -27,6 +27,7 @@ class WebContext:
     collector: Collector
     registry: CollectorRegistry
     schema_head: str | None
+    hosts: HostAllowlist
 
 
 def web_context(request: Request) -> WebContext:
@@ -40,25 +41,21 @@ def web_context(request: Request) -> WebContext:
 Context = Annotated[WebContext, Depends(web_context)]
 
 
-def same_origin(request: Request) -> None:
+def same_origin(request: Request, ctx: Context) -> None:
     """Refuse (403) a POST that a browser sent from another site.
 
     Without ``[web] token`` there is no authentication, and with it a
     browser re-sends its Basic credentials to any page's requests, so a page
     on another site must not be able to make a visitor's browser retry jobs
-    or force completions (cross-site request forgery).  Browsers send ``Origin`` with
-    every POST; it must name this server (``Host``, or ``X-Forwarded-Host``
-    behind a reverse proxy, a header a cross-site form cannot set).  Clients
-    that send no ``Origin`` (curl, scripts) are not browsers and pass.
+    or force completions (cross-site request forgery).  Browsers send
+    ``Origin`` with every POST (else a ``Referer``); it must name a host of
+    the allowlist (:mod:`dicom_node.web.hosts`), not merely the request's
+    own ``Host``, which a DNS-rebinding page controls.  Clients that send
+    neither (curl, scripts) are not browsers and pass.  The
+    :class:`~dicom_node.web.hosts.HostCheck` middleware checks the same
+    before any route; this keeps the rule on the routes themselves.
     """
-    origin = request.headers.get("origin")
-    if origin is None:
-        return
-    netloc = urlsplit(origin).netloc.lower()
-    hosts = {
-        h.strip().lower()
-        for h in (request.headers.get("host"), request.headers.get("x-forwarded-host"))
-        if h
-    }
-    if not netloc or netloc not in hosts:
+    headers = {name: request.headers[name] for name in ("origin", "referer", "host")
+               if name in request.headers}
+    if not ctx.hosts.allows_change(headers):
         raise HTTPException(status_code=403, detail="cross-site request refused")

@@ -11,13 +11,14 @@ import time
 import uvicorn
 from fastapi import FastAPI
 
-from dicom_node.config import Settings
+from dicom_node.config import Settings, WebSettings
 from dicom_node.errors import DicomNodeError
 from dicom_node.web.app import create_app
+from dicom_node.web.hosts import HostAllowlist
 from storage.db import Database
 from storage.received import ReceivedStore
 
-__all__ = ["WebServer", "WebServerError"]
+__all__ = ["WebServer", "WebServerError", "refuse_open_listener"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -34,6 +35,26 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def refuse_open_listener(web: WebSettings) -> None:
+    """Refuse to serve beyond loopback without ``[web] token``.
+
+    Open there, the dashboard and API would show patient IDs to, and take
+    job retries from, whoever reaches the port.
+
+    Raises
+    ------
+    WebServerError
+        ``web.host`` is not a loopback address or name and ``web.token`` is unset.
+    """
+    if web.token is None and not _is_loopback(web.host):
+        raise WebServerError(
+            f"[web] host = {web.host!r} listens beyond loopback, and [web] token is not set: "
+            "the dashboard and API would be open to whoever reaches the port. Set [web] token "
+            "(at least 16 characters, e.g. in DICOM_NODE_WEB__TOKEN), or bind "
+            '[web] host = "127.0.0.1"'
+        )
 
 
 def _listen(host: str, port: int, backlog: int = 128) -> socket.socket:
@@ -58,7 +79,9 @@ class WebServer:
     (:class:`WebServerError`) rather than in the background.  uvicorn does
     not configure logging (the CLI does) and writes no access log.  Access
     is open unless ``[web] token`` is set (:mod:`dicom_node.web.auth`); the
-    default bind address is loopback.
+    default bind address is loopback, and :meth:`start` refuses any other
+    without a token (:func:`refuse_open_listener`).  Requests must name an
+    allowed host (:mod:`dicom_node.web.hosts`).
 
     Parameters
     ----------
@@ -83,9 +106,11 @@ class WebServer:
         app: FastAPI | None = None,
         shutdown_grace_s: float = 5.0,
     ) -> None:
+        self.web_settings = settings.web
         self.host = settings.web.host
         self.port = settings.web.port
         self.token_set = settings.web.token is not None
+        self.hosts = HostAllowlist.from_settings(settings.web)
         self.app = app if app is not None else create_app(settings, db, store=store)
         self.shutdown_grace_s = shutdown_grace_s
         self._server: uvicorn.Server | None = None
@@ -108,10 +133,12 @@ class WebServer:
         Raises
         ------
         WebServerError
-            The address cannot be bound, or uvicorn did not come up in *timeout* s.
+            The address is beyond loopback without ``[web] token``, cannot be
+            bound, or uvicorn did not come up in *timeout* s.
         """
         if self._thread is not None:
             raise RuntimeError("web server already started")
+        refuse_open_listener(self.web_settings)
         try:
             sock = _listen(self.host, self.port)
         except OSError as exc:
@@ -142,12 +169,16 @@ class WebServer:
                 raise WebServerError(f"web server on {self.url} did not start")
             time.sleep(0.01)
         access = "token required" if self.token_set else "no authentication"
-        LOGGER.info("dashboard, REST API and /metrics on %s/ (%s)", self.url, access)
-        if not self.token_set and not _is_loopback(self.host):
+        LOGGER.info(
+            "dashboard, REST API and /metrics on %s/ (%s; hosts: %s)",
+            self.url,
+            access,
+            self.hosts.describe(),
+        )
+        if self.hosts.any_host and not self.token_set:
             LOGGER.warning(
-                "web server on %s has no [web] token: anyone who reaches it can retry jobs "
-                "and force completions",
-                self.url,
+                "[web] allowed_hosts has '*' and there is no [web] token: pages on other "
+                "sites can reach the node through the browsers of its users (DNS rebinding)"
             )
 
     def stop(self, timeout: float = 10.0) -> None:

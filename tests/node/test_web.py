@@ -520,14 +520,14 @@ def test_token_guards_everything_but_health(
         web.stop()
 
 
-def test_token_settings(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_token_settings(tmp_path: Path) -> None:
     base = node_settings(tmp_path, f"sqlite:///{tmp_path / 'n.db'}", free_port())
     raw = base.model_dump(mode="json")
     with pytest.raises(ValueError, match="at least 16 characters"):
         Settings.model_validate({**raw, "web": {**raw["web"], "token": "short"}})
     ok = Settings.model_validate({**raw, "web": {**raw["web"], "token": TOKEN}})
     assert ok.web.token is not None and TOKEN not in repr(ok.web)  # kept out of logs
-    # Beyond loopback without a token, the node says so at start.
+    # Beyond loopback without a token, the node refuses to serve (tests/node/test_web_hosts.py).
     open_wide = base.model_copy(
         update={"web": base.web.model_copy(update={"host": "0.0.0.0"})}
     )
@@ -535,9 +535,9 @@ def test_token_settings(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Non
     db.upgrade()
     web = WebServer(open_wide, db)
     try:
-        with caplog.at_level("WARNING", logger="dicom_node.web.server"):
+        with pytest.raises(WebServerError, match=r"\[web\] token"):
             web.start()
-        assert "has no [web] token" in caplog.text
+        assert not web.running
     finally:
         web.stop()
         db.dispose()
