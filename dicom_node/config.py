@@ -39,6 +39,7 @@ from pydantic_settings import (
 )
 
 from dicom_node.errors import ConfigError
+from dicom_node.uids import UidPolicy
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -120,6 +121,21 @@ class NodeSettings(_Section):
     receivers: Annotated[int, Field(ge=1, le=64)] = 1
     """Receiver processes sharing the port (SO_REUSEPORT); 1 = in-process."""
 
+    # -- what a received data set may be (PS3.4 B.2.3 statuses on refusal) --------
+    uid_policy: UidPolicy = UidPolicy.STRICT
+    """UIDs that break PS3.5 9.1 (digits and dots, no leading zeros, at most 64):
+    ``strict`` answers 0xC005, ``warn`` stores and logs a warning (legacy senders;
+    ``[[peers]] uid_policy`` overrides it per sender).  Empty, over-long and
+    non-ASCII values are refused either way."""
+    accept_deflated: bool = True
+    """Accept Deflated Explicit VR Little Endian (PS3.5 A.5); ``false`` rejects its
+    presentation contexts.  Either way at most 8 MiB of a data set is inflated."""
+    max_dataset_mb: Annotated[int, Field(ge=1)] = 4096
+    """Largest data set one C-STORE may carry (MiB); larger ones get 0xA700."""
+    disk_check_mb: Annotated[int, Field(ge=1)] = 16
+    """While a data set is written, free space is checked against
+    ``[storage] min_free_disk_mb`` after every this many MiB (0xA700 below it)."""
+
 
 class StorageSettings(_Section):
     """``[storage]``: the spool folder and the database."""
@@ -149,6 +165,8 @@ class PeerSettings(_Section):
     ae_title: AETitle
     host: str | None = None
     """IP address or host name; ``None`` accepts the AE title from any host."""
+    uid_policy: UidPolicy | None = None
+    """``[node] uid_policy`` for this sender only (``None``: the node's)."""
 
 
 class DestinationSettings(_Section):

@@ -93,7 +93,9 @@ def _element(elem: int, value: bytes) -> bytes:
 
 
 def _ui(value: str) -> bytes:
-    raw = value.encode("ascii")
+    # A request's UID may hold bytes that are not ASCII (decoded as U+FFFD): echo
+    # them as '?' rather than fail to answer (the C-STORE is refused for it).
+    raw = value.encode("ascii", "replace")
     return raw + b"\x00" if len(raw) % 2 else raw
 
 

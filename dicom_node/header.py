@@ -4,13 +4,20 @@ Only the header is parsed (reading stops before Pixel Data), with the
 transfer syntax the association negotiated, and without the file meta the
 receiver adds.  The routing attributes of a series are made only for the
 first instance of the series (a second, full header parse).
+
+A Deflated data set (PS3.5 A.5) is never inflated whole: at most
+:data:`MAX_INFLATED_HEADER` bytes are inflated (``zlib`` with
+``max_length``), which is enough for any real header; a 1 MB deflate bomb
+that would inflate to gigabytes costs no more than that.
 """
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Callable
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
@@ -24,7 +31,27 @@ from dicom_node import status as st
 from dicom_node.errors import StoreRejected
 from storage.received import InstanceRecord
 
-__all__ = ["header_from_prefix", "header_record", "parse_header", "routing_attributes"]
+__all__ = [
+    "DEFLATED_SYNTAXES",
+    "MAX_INFLATED_HEADER",
+    "header_from_file",
+    "header_from_prefix",
+    "header_record",
+    "inflate_prefix",
+    "parse_header",
+    "routing_attributes",
+]
+
+LOGGER = logging.getLogger(__name__)
+
+_JPIP_REFERENCED_DEFLATE = "1.2.840.10008.1.2.4.95"
+DEFLATED_SYNTAXES = frozenset({str(DeflatedExplicitVRLittleEndian), _JPIP_REFERENCED_DEFLATE})
+"""Transfer syntaxes whose whole data set is a raw deflate stream (PS3.5 A.5, A.7)."""
+
+MAX_INFLATED_HEADER = 8 * 2**20
+"""The most bytes of a Deflated data set the receiver inflates to read its header."""
+
+_READ_CHUNK = 64 * 2**10
 
 _PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
 """Float, Double Float and (plain) Pixel Data: the header ends before them."""
@@ -81,8 +108,9 @@ def parse_header(
         that transfer syntax; the caller answers ``CANNOT_DECODE``.
     """
     ts = UID(transfer_syntax_uid)
-    if ts == DeflatedExplicitVRLittleEndian:
-        data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data)
+    if str(ts) in DEFLATED_SYNTAXES:
+        data, _ = inflate_prefix(data)
+        ts = UID("1.2.840.10008.1.2.1")  # what was deflated: Explicit VR Little Endian
     try:
         implicit, little = ts.is_implicit_VR, ts.is_little_endian
     except ValueError:  # a private transfer syntax: let pydicom guess
@@ -96,6 +124,23 @@ def parse_header(
     )
 
 
+def inflate_prefix(data: bytes, limit: int = MAX_INFLATED_HEADER) -> tuple[bytes, bool]:
+    """Inflate at most *limit* bytes of a raw deflate stream (PS3.5 A.5).
+
+    Returns the inflated bytes and whether the stream ended within them (the
+    data set is then complete).  Never allocates more than *limit* bytes,
+    whatever the compression ratio.
+
+    Raises
+    ------
+    zlib.error
+        For bytes that are not a deflate stream.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = inflater.decompress(data, limit)
+    return out, inflater.eof
+
+
 def header_from_prefix(
     prefix: bytes, total_size: int, transfer_syntax_uid: str, *, record_only: bool = False
 ) -> Dataset | None:
@@ -104,15 +149,63 @@ def header_from_prefix(
     The receiver keeps only a prefix of each data set in memory (the rest goes
     to the spool file).  The header is complete when the prefix is the whole
     data set or when parsing reached Pixel Data; otherwise ``None`` is
-    returned and the caller reads the header from the file.
+    returned and the caller reads the header from the file
+    (:func:`header_from_file`).  A Deflated prefix is inflated up to
+    :data:`MAX_INFLATED_HEADER` bytes only.
 
     Raises
     ------
     Exception
         As :func:`parse_header`, for a prefix that is the whole data set.
     """
-    if len(prefix) >= total_size:
-        return parse_header(prefix, transfer_syntax_uid, record_only=record_only)
+    if transfer_syntax_uid in DEFLATED_SYNTAXES:
+        inflated, ended = inflate_prefix(prefix)
+        return _header_from_bytes(
+            inflated, ended and len(prefix) >= total_size, "1.2.840.10008.1.2.1", record_only
+        )
+    return _header_from_bytes(prefix, len(prefix) >= total_size, transfer_syntax_uid, record_only)
+
+
+def header_from_file(
+    path: Path, offset: int, transfer_syntax_uid: str, *, record_only: bool = False
+) -> Dataset | None:
+    """Parse the header of the data set stored in *path* from byte *offset* on.
+
+    For a Deflated data set at most :data:`MAX_INFLATED_HEADER` bytes are
+    inflated, read in chunks from the file; ``None`` when its header (up to
+    Pixel Data) is longer than that.  Other data sets are read with pydicom,
+    stopping before Pixel Data and leaving values over 1 MB on disk.
+
+    Raises
+    ------
+    Exception
+        Whatever pydicom or zlib raise for bytes that are not a data set.
+    """
+    if transfer_syntax_uid not in DEFLATED_SYNTAXES:
+        return dcmread(path, stop_before_pixels=True, defer_size="1 MB", force=True)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    parts: list[bytes] = []
+    room = MAX_INFLATED_HEADER
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        while room > 0 and not inflater.eof:
+            chunk = inflater.unconsumed_tail or fh.read(_READ_CHUNK)
+            if not chunk:
+                break
+            out = inflater.decompress(chunk, room)
+            parts.append(out)
+            room -= len(out)
+    return _header_from_bytes(b"".join(parts), inflater.eof, "1.2.840.10008.1.2.1", record_only)
+
+
+def _header_from_bytes(
+    data: bytes, complete: bool, transfer_syntax_uid: str, record_only: bool
+) -> Dataset | None:
+    """The header in *data* (not deflated), or ``None`` when *data* is only a part of
+    the data set that ends before Pixel Data."""
+    if complete:
+        return parse_header(data, transfer_syntax_uid, record_only=record_only)
+    prefix = data
     reached: list[bool] = []
 
     def stop(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -169,6 +262,13 @@ def _json_value(value: Any) -> Any:
         return str(value).strip()
 
 
+def _raw_vr(ds: Dataset, tag: BaseTag) -> str:
+    try:
+        return str(ds.get_item(tag).VR)
+    except Exception:
+        return "?"
+
+
 def routing_attributes(ds: Dataset) -> dict[str, Any]:
     """Non-pixel, non-sequence attributes of *ds* by keyword, as JSON values.
 
@@ -176,11 +276,16 @@ def routing_attributes(ds: Dataset) -> dict[str, Any]:
     weight are left out (they stay in the study row only).
     """
     out: dict[str, Any] = {}
-    for elem in ds:
+    unreadable: list[str] = []
+    for tag in list(ds.keys()):
         try:
-            if elem.tag.group == 0x0010 and int(elem.tag) not in _KEEP_PATIENT:
+            if tag.group == 0x0010 and int(tag) not in _KEEP_PATIENT:
                 continue
-            if elem.VR in _SKIP_VRS or not elem.keyword or elem.tag.is_private:
+            if tag.is_private:
+                continue
+            # Converting the raw element is where an unknown VR (e.g. 'Da') raises.
+            elem = ds[tag]
+            if elem.VR in _SKIP_VRS or not elem.keyword:
                 continue
             value = elem.value
             if value is None or value == "":
@@ -189,8 +294,15 @@ def routing_attributes(ds: Dataset) -> dict[str, Any]:
             if isinstance(jv, str) and len(jv) > 256:
                 continue
             out[elem.keyword] = jv
-        except Exception:  # malformed value: skip it, never fail the store for it
-            continue
+        except Exception as exc:  # malformed element: skip it, never fail the store for it
+            # Tag, VR and exception type only: a value may hold patient data.
+            unreadable.append(f"{tag} VR {_raw_vr(ds, tag)!r} ({type(exc).__name__})")
+    if unreadable:
+        LOGGER.warning(
+            "skipped %d element(s) that cannot be read, left out of the routing attributes: %s",
+            len(unreadable),
+            "; ".join(unreadable[:5]),
+        )
     return out
 
 

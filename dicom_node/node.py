@@ -15,6 +15,7 @@ from dicom_node.collect import Collector
 from dicom_node.config import Settings
 from dicom_node.deliver import Sender
 from dicom_node.receivers import ReceiverPool
+from dicom_node.reconcile import reconcile_spool
 from dicom_node.scp import StorageSCP
 from dicom_node.web import WebServer
 from dicom_node.worker import WorkerPool
@@ -38,6 +39,10 @@ def open_store(
     store (one flush shared by concurrent associations) instead of per-file
     ``fsync`` calls; where ``syncfs`` is missing, files are fsync'd one by one
     and SQLite commits with ``synchronous=FULL``.
+
+    ``clean_temp`` (only the main process, before anyone receives) also
+    removes unfinished temporary files and reconciles the spool with the
+    database (:func:`~dicom_node.reconcile.reconcile_spool`).
     """
     durable = settings.storage.fsync
     use_barrier = durable and syncfs_available()
@@ -60,9 +65,12 @@ def open_store(
         if db.sqlite_folder is not None:
             folders.append(db.sqlite_folder)
         barrier = DurabilityBarrier(folders)
-    return ReceivedStore(
+    store = ReceivedStore(
         db, spool, DuplicateAction(settings.node.duplicate_policy.value), barrier=barrier
     )
+    if clean_temp:
+        reconcile_spool(store)
+    return store
 
 
 class Node:

@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom import dcmread
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -45,11 +44,15 @@ from dicom_node.dimse_command import (
 from dicom_node.errors import StoreRejected
 from dicom_node.file_meta import encode_file_meta
 from dicom_node.header import (
+    DEFLATED_SYNTAXES,
+    MAX_INFLATED_HEADER,
+    header_from_file,
     header_from_prefix,
     header_record,
     parse_header,
     routing_attributes,
 )
+from dicom_node.uids import UidPolicy, check_uids
 from dicom_node.upper_layer import (
     A_ABORT,
     A_ASSOCIATE_RQ_TYPE,
@@ -67,7 +70,7 @@ from dicom_node.upper_layer import (
     release_rp_pdu,
 )
 from storage.received import InstanceRecord, ReceivedStore, StoreOutcome
-from storage.spool import TempWriter
+from storage.spool import SpoolConflict, TempWriter
 
 __all__ = ["AssociationStats", "StorageSCP", "supported_contexts"]
 
@@ -119,11 +122,16 @@ def _same_host(configured: str, address: str) -> bool:
         return any(info[4][0] == address for info in infos)
 
 
-def supported_contexts() -> list[PresentationContext]:
-    """Verification and every storage SOP class, each with every transfer syntax."""
-    contexts = [build_context(Verification, ALL_TRANSFER_SYNTAXES)]
+def supported_contexts(*, deflated: bool = True) -> list[PresentationContext]:
+    """Verification and every storage SOP class, each with every transfer syntax.
+
+    ``deflated=False`` leaves out the Deflated syntaxes (PS3.5 A.5), so a
+    context that proposes only those is rejected (PS3.8 7.1.1.13, result 4).
+    """
+    syntaxes = [ts for ts in ALL_TRANSFER_SYNTAXES if deflated or ts not in DEFLATED_SYNTAXES]
+    contexts = [build_context(Verification, syntaxes)]
     contexts += [
-        build_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)  # type: ignore[arg-type]
+        build_context(cx.abstract_syntax, syntaxes)  # type: ignore[arg-type]
         for cx in AllStoragePresentationContexts
     ]
     return contexts
@@ -162,7 +170,7 @@ class StorageSCP:
         self.store = store
         self.on_stored = on_stored
         self.reuse_port = reuse_port
-        self.contexts = supported_contexts()
+        self.contexts = supported_contexts(deflated=settings.node.accept_deflated)
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -295,6 +303,10 @@ class _Association:
         self._head_size = 0
         self._data_size = 0
         self._meta = b""
+        self._refusal: StoreRejected | None = None
+        self._next_disk_check = 0
+        self._uid_policy: UidPolicy | None = None
+        self._uid_warned = False
 
     # -- socket helpers ----------------------------------------------------------
     def send(self, data: bytes) -> None:
@@ -437,12 +449,7 @@ class _Association:
         if self._cmd is None or context_id != self._context_id:
             raise PduError("data fragment without a command on its presentation context")
         if self._writer is not None:
-            try:
-                self._writer.write(data)
-            except OSError as exc:
-                LOGGER.error("cannot write to the spool: %s", exc)
-                self._writer.abort()
-                self._writer = None  # keep reading; answer a failure at the end
+            self._write_fragment(data)
         if self._head_size < _HEAD_BYTES:
             chunk = bytes(data[: _HEAD_BYTES - self._head_size])
             self._head.append(chunk)
@@ -456,10 +463,22 @@ class _Association:
         self._head = []
         self._head_size = 0
         self._data_size = 0
+        self._refusal = None
+        self._next_disk_check = self.scp.settings.node.disk_check_mb * 2**20
         if cmd.command_field != C_STORE_RQ:
             self._writer = None  # a data set we do not keep (unexpected command)
             return
         cx = self.accepted[context_id]
+        store = self.scp.store
+        try:
+            self._check_command_uids(cmd)
+            if not store.spool.has_room_for(0):
+                raise StoreRejected(st.OUT_OF_RESOURCES, self._watermark_reason())
+        except StoreRejected as exc:
+            # Read the data set to its end without keeping it; answer then.
+            self._refusal = exc
+            self._writer = None
+            return
         self._meta = encode_file_meta(
             cmd.affected_sop_class_uid or str(cx.abstract_syntax),
             cmd.affected_sop_instance_uid or "0",
@@ -467,16 +486,87 @@ class _Association:
             self.stats.calling_ae,
         )
         try:
-            self._writer = self.scp.store.spool.open_temp()
+            self._writer = store.spool.open_temp()
             # The hash identifies the data set as sent; the meta we add is left out.
             self._writer.write(self._meta, hashed=False)
         except OSError as exc:
             LOGGER.error("cannot create a spool file: %s", exc)
-            if self._writer is not None:
-                self._writer.abort()
+            self._refuse_data(StoreRejected(st.OUT_OF_RESOURCES, "cannot write to the spool"))
+
+    def _write_fragment(self, data: memoryview) -> None:
+        """Append a data fragment to the spool file, within the size cap and the watermark.
+
+        When either is exceeded (or the disk fails), the partial file is removed and
+        the rest of the data set is read and dropped; the C-STORE is then answered
+        0xA700 Out of Resources (PS3.4 B.2.3) and the association goes on.
+        """
+        assert self._writer is not None
+        node = self.scp.settings.node
+        spool = self.scp.store.spool
+        size = self._data_size + len(data)
+        if size > node.max_dataset_mb * 2**20:
+            self._refuse_data(
+                StoreRejected(
+                    st.OUT_OF_RESOURCES,
+                    f"data set larger than {node.max_dataset_mb} MB (max_dataset_mb)",
+                )
+            )
+            return
+        try:
+            self._writer.write(data)
+        except OSError as exc:
+            LOGGER.error("cannot write to the spool: %s", exc)
+            self._refuse_data(StoreRejected(st.OUT_OF_RESOURCES, "cannot write to the spool"))
+            return
+        if size >= self._next_disk_check:
+            self._next_disk_check = size + node.disk_check_mb * 2**20
+            if spool.free_bytes(max_age_s=0.0) < spool.min_free_bytes:
+                self._refuse_data(StoreRejected(st.OUT_OF_RESOURCES, self._watermark_reason()))
+
+    def _refuse_data(self, refusal: StoreRejected) -> None:
+        """Drop the data set being received (its partial file too); answer *refusal*."""
+        if self._writer is not None:
+            self._writer.abort()
             self._writer = None
+            self.scp.store.spool.free_bytes(max_age_s=0.0)  # its space is free again
+        if self._refusal is None:
+            self._refusal = refusal
+
+    def _watermark_reason(self) -> str:
+        spool = self.scp.store.spool
+        return f"spool disk below the free-space watermark ({spool.min_free_bytes // 2**20} MB)"
+
+    def _peer_uid_policy(self) -> UidPolicy:
+        """The UID policy for this association's peer (``[[peers]]`` entry, else ``[node]``)."""
+        if self._uid_policy is None:
+            settings = self.scp.settings
+            policy = settings.node.uid_policy
+            for peer in settings.peers:
+                if peer.uid_policy is None or peer.ae_title != self.stats.calling_ae:
+                    continue
+                if peer.host is None or _same_host(peer.host, self.address):
+                    policy = peer.uid_policy
+                    break
+            self._uid_policy = policy
+        return self._uid_policy
+
+    def _check_command_uids(self, cmd: CommandSet) -> None:
+        """Refuse a C-STORE whose Affected SOP Class/Instance UID is not a UID (PS3.5 9.1).
+
+        Under ``uid_policy = "warn"`` only values no UID may have (non-ASCII,
+        control characters, over-long) are refused here; the data set's own
+        UIDs are checked, and warned about, in :meth:`_record`.
+        """
+        uids = {
+            "Affected SOP Class UID": cmd.affected_sop_class_uid,
+            "Affected SOP Instance UID": cmd.affected_sop_instance_uid,
+        }
+        check = check_uids({k: v for k, v in uids.items() if v}, self._peer_uid_policy())
+        if check.refused:
+            raise StoreRejected(st.INVALID_UID, check.describe(check.refused))
 
     def _drop_partial(self) -> None:
+        self._refusal = None
         if self._writer is not None:
             self._writer.abort()
             self._writer = None
@@ -501,7 +591,10 @@ class _Association:
         """Make the received data set durable; return the C-STORE status (PS3.4 B.2.3)."""
         writer, self._writer = self._writer, None
         head, self._head = self._head, []
+        refusal, self._refusal = self._refusal, None
         try:
+            if refusal is not None:
+                raise refusal
             if writer is None:
                 raise StoreRejected(st.OUT_OF_RESOURCES, "cannot write to the spool")
             spooled = writer.finish()
@@ -518,6 +611,13 @@ class _Association:
                 exc.reason,
             )
             return exc.status, exc.reason[:64]
+        except SpoolConflict as exc:
+            # Never reached with the collision-free names; refuse rather than overwrite.
+            if writer is not None:
+                writer.abort()
+            self.stats.failures += 1
+            LOGGER.error("C-STORE from %s refused: %s", self.stats.calling_ae, exc)
+            return st.STORAGE_FAILURE, "spool path taken by another file"
         except Exception:
             if writer is not None:
                 writer.abort()
@@ -535,21 +635,39 @@ class _Association:
     ) -> StoreOutcome:
         store = self.scp.store
         ts_uid = str(self.accepted[context_id].transfer_syntax[0])
-        attributes = None
         try:
             prefix = b"".join(head)
             parsed = header_from_prefix(prefix, self._data_size, ts_uid, record_only=True)
-            if parsed is not None:
-                ds = parsed
-
-                def attributes() -> dict[str, Any]:
-                    # Only for the first instance of a series: a full header parse.
-                    return routing_attributes(parse_header(prefix, ts_uid))
-            else:  # a header longer than the kept prefix: read it from the file
-                ds = dcmread(spooled.temp_path, stop_before_pixels=True)
+            if parsed is None:  # a header longer than the kept prefix: read it from the file
+                parsed = header_from_file(
+                    spooled.temp_path, len(self._meta), ts_uid, record_only=True
+                )
+                prefix = b""
         except Exception as exc:
             raise StoreRejected(st.CANNOT_DECODE, f"cannot parse data set: {exc}") from exc
+        if parsed is None:
+            raise StoreRejected(
+                st.CANNOT_DECODE,
+                f"header longer than {MAX_INFLATED_HEADER // 2**20} MiB inflated (Deflated)",
+            )
+        ds = parsed
+
+        def attributes() -> dict[str, Any]:
+            # Only for the first instance of a series: a full header parse of the
+            # prefix; what cannot be read is left out, never failing the store.
+            if prefix:
+                try:
+                    return routing_attributes(parse_header(prefix, ts_uid))
+                except Exception as exc:
+                    LOGGER.warning(
+                        "header of a series' first instance only partly readable (%s); "
+                        "routing attributes from the record's elements",
+                        type(exc).__name__,
+                    )
+            return routing_attributes(ds)
+
         record = header_record(ds, ts_uid, attributes)
+        self._check_dataset_uids(record)
         if (
             cmd.affected_sop_instance_uid
             and cmd.affected_sop_instance_uid != record.sop_instance_uid
@@ -565,12 +683,8 @@ class _Association:
                 f"SOPClassUID {record.sop_class_uid} differs from the command's "
                 f"Affected SOP Class UID {cmd.affected_sop_class_uid}",
             )
-        if not store.spool.has_room_for(spooled.size_bytes):
-            raise StoreRejected(
-                st.OUT_OF_RESOURCES,
-                f"spool disk below the free-space watermark "
-                f"({store.spool.min_free_bytes // 2**20} MB)",
-            )
+        if not store.spool.has_room_for(0):  # the file is written: its space is taken
+            raise StoreRejected(st.OUT_OF_RESOURCES, self._watermark_reason())
         record.calling_ae = self.stats.calling_ae
         record.called_ae = self.stats.called_ae
         record.peer_address = self.address
@@ -592,6 +706,29 @@ class _Association:
             except Exception:
                 LOGGER.exception("on_stored callback failed (the instance is stored)")
         return result.outcome
+
+    def _check_dataset_uids(self, record: InstanceRecord) -> None:
+        """Refuse (``INVALID_UID``, 0xC005) or warn about UIDs that break PS3.5 9.1."""
+        check = check_uids(
+            {
+                "StudyInstanceUID": record.study_instance_uid,
+                "SeriesInstanceUID": record.series_instance_uid,
+                "SOPInstanceUID": record.sop_instance_uid,
+                "SOPClassUID": record.sop_class_uid,
+            },
+            self._peer_uid_policy(),
+        )
+        if check.refused:
+            raise StoreRejected(st.INVALID_UID, check.describe(check.refused))
+        if check.warnings:
+            # One WARNING per association; the rest at DEBUG (a legacy sender sends many).
+            log = LOGGER.debug if self._uid_warned else LOGGER.warning
+            self._uid_warned = True
+            log(
+                "C-STORE from %s accepted with invalid UID(s) (uid_policy = warn): %s",
+                self.stats.calling_ae,
+                check.describe(check.warnings),
+            )
 
     def _log_summary(self) -> None:
         s = self.stats

@@ -29,8 +29,14 @@ DUPLICATE_DIFFERS = 0xC003
 STORAGE_FAILURE = 0xC004
 """Cannot understand: the spool or database could not make the instance durable."""
 
+INVALID_UID = 0xC005
+"""Cannot understand: a Study, Series, SOP Instance or SOP Class UID (in the data set
+or the command) breaks PS3.5 9.1 (digits and dots, no leading zeros, at most 64), or
+holds characters that no UID may have.  With ``uid_policy = "warn"`` only the latter."""
+
 CANNOT_DECODE = 0xC210
-"""Cannot understand: the data set could not be parsed (pynetdicom's code)."""
+"""Cannot understand: the data set could not be parsed (pynetdicom's code); also a
+Deflated data set whose header does not fit the bounded inflate (PS3.5 A.5)."""
 
 DESCRIPTIONS: dict[int, str] = {
     SUCCESS: "Success",
@@ -41,6 +47,7 @@ DESCRIPTIONS: dict[int, str] = {
     UID_MISMATCH: "UID does not match command",
     DUPLICATE_DIFFERS: "Duplicate with different content",
     STORAGE_FAILURE: "Could not store durably",
+    INVALID_UID: "Invalid UID",
     CANNOT_DECODE: "Cannot decode data set",
 }
 

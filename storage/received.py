@@ -151,7 +151,9 @@ class ReceivedStore:
 
         The temporary file is always consumed (moved into place or removed).
         Raises on database or file system errors; the caller answers a failure
-        status then, and the sender may retry.
+        status then, and the sender may retry.  Raises
+        :class:`~storage.spool.SpoolConflict` when a new instance's path
+        already holds a file (it is never replaced).
         """
         placed = False
         try:
@@ -217,8 +219,9 @@ class ReceivedStore:
                     )
                 ).one()
                 return self._duplicate(conn, record, spooled, existing, now)
-            # The file is in place before the row becomes visible (commit).
-            self.spool.commit(spooled, rel)
+            # The file is in place before the row becomes visible (commit); a file
+            # already at that path belongs to no row and is never replaced.
+            self.spool.place_new(spooled, rel)
             return StoreResult(StoreOutcome.STORED, int(inserted[0]), rel)
 
     def _duplicate(
@@ -345,6 +348,11 @@ class ReceivedStore:
             self._series_ids[uid] = existing
             self._touched["series:" + uid] = time.monotonic()
         return existing
+
+    def known_paths(self) -> set[str]:
+        """The spool-relative paths of every recorded instance."""
+        with self.db.engine.connect() as conn:
+            return set(conn.execute(select(Instance.path)).scalars())
 
     # -- queries for the admin ---------------------------------------------
     def study_summaries(self, limit: int = 100) -> list[dict[str, Any]]:

@@ -5,13 +5,17 @@ A file is first written under ``<spool>/.tmp/``, flushed and fsync'd, then
 renamed into place (atomic on POSIX) and its folder fsync'd, so a file that
 exists under its final name is complete and survives a crash.
 
-UIDs that are not safe as file names (anything but letters, digits, ``.``,
-``-``, ``_``; real senders do send such UIDs) are replaced by a stable hash;
-the database keeps the real UID and the relative path.
+A UID is used as its own file name when it has only digits and ``.`` and
+starts with a digit (the UID alphabet of PS3.5 9.1).  Anything else (real
+senders do send such UIDs) is replaced by ``@`` and a SHA-1 of the value: no
+plain name starts with ``@``, so no UID can take the name of another one's
+hash.  The database keeps the real UID and the relative path.  A new
+instance never replaces a file that is already there (:class:`SpoolConflict`).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -20,21 +24,35 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SpooledFile", "Spool", "TempWriter", "safe_component"]
+__all__ = ["SpoolConflict", "SpooledFile", "Spool", "TempWriter", "safe_component"]
 
 LOGGER = logging.getLogger(__name__)
 
-_SAFE_RE = re.compile(r"^[0-9A-Za-z_][0-9A-Za-z._-]{0,63}$")
+_PLAIN_RE = re.compile(r"^[0-9][0-9.]{0,63}$")
+_HASHED_PREFIX = "@"
+"""Starts every hashed name; never the first character of a plain one."""
+QUARANTINE_DIR = ".quarantine"
+"""Spool files that could not be re-registered at start-up are moved under here."""
+
+
+class SpoolConflict(FileExistsError):
+    """The final path of a new instance already holds a file; nothing was replaced."""
 
 
 def safe_component(uid: str) -> str:
-    """A file-name-safe, stable name for *uid* (the UID itself when it is safe)."""
-    if _SAFE_RE.match(uid) and uid not in (".", ".."):
+    """A file-name-safe, stable, collision-free name for *uid*.
+
+    The UID itself when it has only digits and dots (starting with a digit:
+    never ``.`` or ``..``, the same on case-insensitive file systems), else
+    ``@`` + SHA-1 of its UTF-8 bytes.
+    """
+    if _PLAIN_RE.fullmatch(uid):
         return uid
-    return "x" + hashlib.sha1(uid.encode("utf-8", "surrogateescape")).hexdigest()
+    return _HASHED_PREFIX + hashlib.sha1(uid.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -174,6 +192,76 @@ class Spool:
         if self.fsync:
             self._fsync_dir(folder)
         return final
+
+    def place_new(self, spooled: SpooledFile, relative: str) -> Path:
+        """Move a temporary file to the final path of a *new* instance, never replacing.
+
+        Like :meth:`commit`, but an existing file at *relative* is left alone
+        and :class:`SpoolConflict` is raised (the temporary file stays for the
+        caller to discard).  The move is a hard link then an unlink of the
+        temporary name, so the check and the placing are one atomic step;
+        file systems without hard links get a check, then a rename.
+        """
+        final = self.root / relative
+        folder = final.parent
+        if not folder.is_dir():
+            self._make_dirs(folder)
+        try:
+            os.link(spooled.temp_path, final)
+        except FileExistsError:
+            if spooled.temp_path.exists():
+                raise SpoolConflict(f"spool path {relative} already holds a file") from None
+            # Placed by an earlier attempt whose transaction was rolled back.
+        except FileNotFoundError:
+            if not final.exists():
+                raise
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+                raise
+            if final.exists():
+                raise SpoolConflict(f"spool path {relative} already holds a file") from None
+            os.replace(spooled.temp_path, final)
+        else:
+            spooled.temp_path.unlink()
+        if self.fsync:
+            self._fsync_dir(folder)
+        return final
+
+    # -- start-up reconciliation ----------------------------------------------
+    def iter_files(self) -> Iterator[str]:
+        """Relative paths of the instance files in the spool (``*.dcm``), skipping
+        the temporary and quarantine folders."""
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            if dirpath == str(self.root):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel_dir = os.path.relpath(dirpath, self.root)
+            for name in filenames:
+                if name.endswith(".dcm"):
+                    yield name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
+
+    def adopt(self, relative: str, unhashed_bytes: int) -> SpooledFile:
+        """Move a placed file back to the temporary area, as if just received.
+
+        The content hash leaves out the first *unhashed_bytes* (the file meta
+        the receiver added), like :meth:`TempWriter.write` with ``hashed=False``.
+        """
+        temp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        os.replace(self.root / relative, temp)
+        digest = hashlib.sha256()
+        with temp.open("rb") as fh:
+            fh.seek(unhashed_bytes)
+            while chunk := fh.read(2**20):
+                digest.update(chunk)
+        return SpooledFile(temp, temp.stat().st_size, digest.hexdigest())
+
+    def quarantine(self, source: Path, relative: str) -> Path:
+        """Move *source* (a spool or temporary file) to ``.quarantine/<relative>``."""
+        target = self.root / QUARANTINE_DIR / relative
+        if target.exists():
+            target = target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}")
+        self._make_dirs(target.parent)
+        os.replace(source, target)
+        return target
 
     def discard(self, spooled: SpooledFile) -> None:
         """Remove a temporary file that will not be kept."""

@@ -46,3 +46,29 @@ def dicom_data() -> pathlib.Path:
             pytest.fail(f"real DICOM test data not found at {DICOM_DATA}")
         pytest.skip(f"real DICOM test data not found at {DICOM_DATA}")
     return DICOM_DATA
+
+
+@pytest.fixture(autouse=True)
+def _ct_lungs_stays_inside_the_body(monkeypatch):  # noqa: ANN001, ANN202
+    """Every ct-lungs run in a test asserts that no lung or bone voxel lies outside the body.
+
+    Wraps :meth:`CtLungsPipeline.run` for the test's duration; the body mask
+    is the independent one of :mod:`tests.support.body_mask`.
+    """
+    try:
+        from ai_models.pipelines.ct_lungs import CtLungsPipeline
+    except ImportError:  # pragma: no cover - the package always has it
+        yield
+        return
+    from tests.support.body_mask import segments_outside_body
+
+    original = CtLungsPipeline.run
+
+    def run_and_check(self, volume):  # noqa: ANN001, ANN202
+        result = original(self, volume)
+        outside = {k: v for k, v in segments_outside_body(volume, result).items() if v}
+        assert not outside, f"ct-lungs segments outside the body: {outside} voxels"
+        return result
+
+    monkeypatch.setattr(CtLungsPipeline, "run", run_and_check)
+    yield

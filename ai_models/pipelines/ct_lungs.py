@@ -62,6 +62,7 @@ from ai_models.pipelines.base import (
     volume_measurement,
     weights_kind_of,
 )
+from ai_models.plausibility import check_volume, mark_out_of_range
 from ai_models.types import (
     AlgorithmInfo,
     Finding,
@@ -293,16 +294,7 @@ class CtLungsPipeline(Pipeline):
         work, orient, model = self.predict_working(volume, timer)
         with timer("postprocess"):
             segments, findings, notes = self._postprocess(volume, work, orient, fields)
-            if fields.partial:
-                notes.append(
-                    f"lung coverage {fields.coverage()}: lung volumes are not reported"
-                )
-                for f in findings:
-                    if f.finding_type in (CODES.RIGHT_LUNG, CODES.LEFT_LUNG):
-                        f.measurements = []
-                        f.qualitative_evaluations.append(
-                            QualitativeEvaluation(CODES.FINDING, CODES.ANATOMY_COVERAGE_INCOMPLETE)
-                        )
+            notes.extend(self._qualify_lung_volumes(findings, fields))
         logger.info(
             "%s: %d segment(s), %d finding(s); %s",
             self.name,
@@ -329,6 +321,32 @@ class CtLungsPipeline(Pipeline):
             timings=timer.timings,
             notes=notes,
         )
+
+    @staticmethod
+    def _qualify_lung_volumes(findings: list[Finding], fields: CtLungFields) -> list[str]:
+        """Keep the lung volumes only where they can be right; return the notes.
+
+        Cut lungs (partial coverage) say "Anatomy coverage incomplete"; fully
+        covered lungs whose total is outside the adult range of
+        :data:`ai_models.plausibility.RANGES` say "Value out of range".
+        """
+        lungs = [f for f in findings if f.finding_type in (CODES.RIGHT_LUNG, CODES.LEFT_LUNG)]
+        if not lungs:
+            return []
+        if fields.partial:
+            for f in lungs:
+                f.measurements = []
+                f.qualitative_evaluations.append(
+                    QualitativeEvaluation(CODES.FINDING, CODES.ANATOMY_COVERAGE_INCOMPLETE)
+                )
+            return [f"lung coverage {fields.coverage()}: lung volumes are not reported"]
+        total_ml = sum(m.value for f in lungs for m in f.measurements if m.name == CODES.VOLUME)
+        why = check_volume("lungs", total_ml / 1000.0)
+        if why is None:
+            return []
+        for f in lungs:
+            mark_out_of_range(f)
+        return [why]
 
     # -- postprocessing -----------------------------------------------------
 

@@ -205,10 +205,11 @@ def evaluate_synthetic(n: int, pipeline: CtLungsPipeline, seed: int = HELDOUT_SE
     det = {"<6mm": [0, 0], "6-10mm": [0, 0], ">=10mm": [0, 0]}
     false_pos = 0
     seconds = []
+    lung_volumes = {"reported": 0, "coverage incomplete": 0, "out of range": 0}
     for i in range(n):
         px = rng.uniform(0.9, 1.3)
         sp = np.array([rng.uniform(1.25, 2.5), px, px], np.float32)
-        fov = (rng.uniform(200, 300), rng.uniform(360, 440), rng.uniform(360, 440))
+        fov = (rng.uniform(260, 380), rng.uniform(360, 440), rng.uniform(360, 440))
         ph = random_phantom(
             rng, spacing=sp, fov_mm=fov, head_fraction=0.0, n_nodules=int(rng.integers(2, 5))
         )
@@ -248,13 +249,25 @@ def evaluate_synthetic(n: int, pipeline: CtLungsPipeline, seed: int = HELDOUT_SE
         false_pos += sum(
             1 for s in res.segments if s.label.startswith("Nodule") and not (s.mask & all_ref).any()
         )
-        logger.info("phantom %d: %s, %.1f s", i + 1, vol.shape, seconds[-1])
+        notes = " ".join(res.notes)
+        outcome = (
+            "coverage incomplete"
+            if "lung coverage partial" in notes
+            else "out of range"
+            if "outside the plausible" in notes
+            else "reported"
+        )
+        lung_volumes[outcome] += 1
+        logger.info(
+            "phantom %d: %s, %.1f s, lung volumes %s", i + 1, vol.shape, seconds[-1], outcome
+        )
     return {
         kind: {lab: round(float(v[0] / v[1]) if v[1] else float("nan"), 4) for lab, v in d.items()}
         for kind, d in sums.items()
     } | {
         "nodules_detected": {k: f"{a}/{b}" for k, (a, b) in det.items()},
         "nodule_false_positives": false_pos,
+        "lung_volumes": lung_volumes,
         "seconds": [round(s, 2) for s in seconds],
     }
 
@@ -333,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
             " seconds/phantom:",
             syn["seconds"],
         )
+        print("lung volumes:", syn["lung_volumes"])
     if args.timing:
         print("\nTiming on a 300x512x512 synthetic CT (s):")
         for i, t in enumerate(time_full_size(pipe)):

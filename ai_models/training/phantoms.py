@@ -45,6 +45,9 @@ LABELS: dict[int, str] = {
 
 AIR_HU = -1000.0
 
+LUNG_HEIGHT_MM = (200.0, 270.0)
+"""Range of the lungs' superior-inferior extent (dome to apex) in chest phantoms."""
+
 
 @dataclass
 class NoduleSpec:
@@ -231,8 +234,44 @@ def make_chest_phantom(
         img[np.broadcast_to(tbl, shape)] = rng.uniform(-300, 100)
 
     # Diaphragm dome height (z) varies with x: lower at the sides.
+    # Arms down beside the trunk (half the phantoms), touching it or not: the
+    # air between arm and chest wall is outside the patient, never lung.
+    arm_bone = np.zeros(shape, dtype=bool)
+    if rng.random() < 0.5:
+        arm_r = rng.uniform(38.0, 55.0)
+        gap = rng.uniform(-6.0, 30.0)
+        for sign in (-1.0, 1.0):
+            ax_ = sign * (a + gap + arm_r)
+            ay_ = cy + rng.uniform(-0.3, 0.3) * b
+            r_arm = np.sqrt((x - ax_) ** 2 + (y - ay_) ** 2)
+            arm = np.broadcast_to(r_arm <= arm_r, shape) & (img <= AIR_HU + 1)
+            img[arm] = rng.uniform(-110, -80)
+            img[np.broadcast_to(r_arm <= arm_r - fat * 0.6, shape) & arm] = rng.uniform(40, 60)
+            hum_r = rng.uniform(9.0, 13.0)
+            hx, hy = ax_ + rng.uniform(-8, 8), ay_ + rng.uniform(-8, 8)
+            r_hum = np.sqrt((x - hx) ** 2 + (y - hy) ** 2)
+            hum = np.broadcast_to(r_hum <= hum_r, shape) & arm
+            img[hum] = rng.uniform(700, 1200)
+            img[np.broadcast_to(r_hum <= hum_r - rng.uniform(2.0, 3.5), shape)] = rng.uniform(
+                60, 250
+            )
+            arm_bone |= hum
+    # A blanket or gown over the front (a quarter of the phantoms): the air
+    # beneath it can be enclosed in a slice, and is not lung either.
+    if rng.random() < 0.25:
+        gap = rng.uniform(4.0, 20.0)
+        thick = rng.uniform(2.0, 5.0)
+        sheet = (depth <= -gap) & (depth >= -gap - thick) & (y <= cy + b * rng.uniform(0.0, 0.4))
+        sheet = np.broadcast_to(sheet, shape) & (img <= AIR_HU + 1)
+        img[sheet] = rng.uniform(-300, -60)
+
+    # Adult lungs: 20-27 cm from the diaphragm dome to the apex, wherever the
+    # field of view falls (a short field of view cuts them: partial coverage).
     z_extent = (shape[0] - 1) * spacing[0]
-    z_dia = rng.uniform(-0.35, 0.0) * z_extent
+    lung_height = rng.uniform(LUNG_HEIGHT_MM[0], LUNG_HEIGHT_MM[1])
+    slack = z_extent - lung_height
+    lung_mid = rng.uniform(-0.4, 0.4) * slack if slack > 0 else rng.uniform(-0.5, 0.5) * -slack
+    z_dia = lung_mid - 0.5 * lung_height
     dome = z_dia + 25.0 * (1.0 - (x / (a * 0.6)) ** 2) * np.exp(-(((y - cy) / b) ** 2))
     above = z >= dome
 
@@ -243,15 +282,15 @@ def make_chest_phantom(
     medi = (np.abs(x - rng.uniform(-5, 5)) <= rng.uniform(14, 24)) & (y - cy <= b * 0.55)
 
     # Lungs: ellipsoids inside the rib cage, above the dome, minus mediastinum.
-    lung_top = rng.uniform(0.25, 0.5) * z_extent
+    lung_top = z_dia + lung_height - 30.0  # the ellipsoid reaches 30 mm above it
     lung_zc = 0.5 * (lung_top + z_dia)
     lung_rz = 0.5 * (lung_top - z_dia) + 30.0
     cage = depth >= inner_depth + rng.uniform(8, 14)
     lungs = {}
     for side, sign in ((RIGHT_LUNG, -1.0), (LEFT_LUNG, +1.0)):
-        s = rng.uniform(0.8, 1.15)
-        rx = a * rng.uniform(0.33, 0.42) * s
-        ry = b * rng.uniform(0.6, 0.8) * s
+        s = rng.uniform(0.9, 1.15)
+        rx = a * rng.uniform(0.36, 0.44) * s
+        ry = b * rng.uniform(0.66, 0.8) * s
         cx = sign * (rng.uniform(18, 28) + rx)
         c = (lung_zc, cy + rng.uniform(-8, 8), cx)
         ell = _ellipsoid(z, y, x, c, (lung_rz * s, ry, rx))
@@ -330,7 +369,7 @@ def make_chest_phantom(
         lab[gas] = BACKGROUND
 
     # Spine: vertebral bodies (cancellous + cortex), discs, canal, posterior arch.
-    bone = np.zeros(shape, dtype=bool)
+    bone = arm_bone.copy()
     vb_y = cy + b - inner_depth - rng.uniform(35, 50)
     vb_r = rng.uniform(14, 21)
     cortical_hu = rng.uniform(700, 1300)
@@ -555,7 +594,7 @@ def random_phantom(
     spacing:
         ``(3,)`` zyx mm; default: slice 1.25-3 mm, pixel 1.2-2.2 mm.
     fov_mm:
-        ``(z, y, x)`` extent in mm; default: z 180-320, in-plane 340-460.
+        ``(z, y, x)`` extent in mm; default: z 240-420, in-plane 340-460.
     head_fraction:
         Probability of a head-like phantom instead of a chest.
     shell_fraction:
@@ -571,7 +610,7 @@ def random_phantom(
     spacing = np.asarray(spacing, np.float32)
     if fov_mm is None:
         f = rng.uniform(340, 460)
-        fov_mm = (rng.uniform(180, 320), f, f)
+        fov_mm = (rng.uniform(240, 420), f, f)
     shape = tuple(max(8, int(round(e / s))) for e, s in zip(fov_mm, spacing, strict=False))
     u = rng.random()
     if u < head_fraction:

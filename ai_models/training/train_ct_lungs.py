@@ -4,11 +4,14 @@ Reproduces ``ai_models/weights/ct_lungs.pt`` (a state dict) and
 ``ai_models/weights/ct_lungs.json`` (architecture, working spacing, label
 table, seed, steps, held-out metrics, sha256)::
 
-    python -m ai_models.training.train_ct_lungs --steps 2200 --seed 20240601
+    python -m ai_models.training.train_ct_lungs --workers 2
 
-Everything random is drawn from generators seeded by ``--seed`` and torch is
-run with deterministic algorithms, so the same command on the same software
-stack gives the same weights (bit-identical on one machine and thread count).
+Everything random is drawn from generators seeded by ``--seed``: each phantom
+has its own child seed (``numpy.random.SeedSequence.spawn``), so phantoms can
+be made by ``--workers`` processes in any order and still be the same, and
+torch runs with deterministic algorithms.  The same command on the same
+software stack and device gives the same weights; a CPU run (``--device cpu``,
+the default) gives close but not bit-identical ones and takes much longer.
 
 Design
 ------
@@ -28,8 +31,12 @@ import argparse
 import hashlib
 import json
 import logging
+import multiprocessing
+import os
 import pathlib
 import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 
 import numpy as np
 import torch
@@ -77,25 +84,73 @@ def build_network() -> torch.nn.Module:
 
 
 def make_sample(
-    rng: np.random.Generator,
-    n_nodules: int | None = None,
+    seed: np.random.SeedSequence | int,
+    nodules: tuple[int, int] = (2, 7),
     head_fraction: float = 0.15,
     shell_fraction: float = 0.07,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One phantom pooled to the working grid.
+    """One phantom, drawn from its own seed, pooled to the working grid.
+
+    Parameters
+    ----------
+    seed:
+        The phantom's own seed (all its randomness comes from it).
+    nodules:
+        ``[low, high)`` of the number of nodules in a chest phantom.
 
     Returns
     -------
     (features, labels)
         ``(2, z, y, x)`` float32 and ``(z, y, x)`` uint8 on the working grid.
     """
+    rng = np.random.default_rng(seed)
     ph = random_phantom(
-        rng, head_fraction=head_fraction, n_nodules=n_nodules, shell_fraction=shell_fraction
+        rng,
+        head_fraction=head_fraction,
+        n_nodules=int(rng.integers(*nodules)),
+        shell_fraction=shell_fraction,
     )
     shape = working_shape(ph.image.shape, ph.spacing, WORKING_SPACING_MM)
     feats = hu_features(ph.image, shape).numpy()
     labs = pool_labels(ph.labels, shape, N_CLASSES, priority={NODULE: NODULE_PRIORITY})
     return feats, labs
+
+
+class SampleStream:
+    """Phantoms in a fixed order, made ahead by a process pool.
+
+    The ``i``-th phantom comes from the ``i``-th child of ``seed``'s
+    :class:`numpy.random.SeedSequence`, whichever worker makes it.
+    """
+
+    def __init__(self, seed: int, workers: int, ahead: int = 0, **kwargs: object) -> None:
+        self._seeds = np.random.SeedSequence(seed)
+        self._kwargs = kwargs
+        # spawn, not fork: a forked child of a process that has run torch's
+        # thread pool can deadlock in its first parallel region
+        spawn = multiprocessing.get_context("spawn")
+        self._pool = ProcessPoolExecutor(workers, mp_context=spawn) if workers > 1 else None
+        self._queue: deque[Future | tuple[np.ndarray, np.ndarray]] = deque()
+        self._ahead = max(ahead, workers * 2)
+
+    def _submit(self) -> None:
+        child = self._seeds.spawn(1)[0]  # the next child, in order
+        if self._pool is None:
+            self._queue.append(make_sample(child, **self._kwargs))  # type: ignore[arg-type]
+        else:
+            self._queue.append(self._pool.submit(make_sample, child, **self._kwargs))
+
+    def next(self) -> tuple[np.ndarray, np.ndarray]:
+        """The next phantom in order (features, labels)."""
+        while len(self._queue) < (self._ahead if self._pool else 1):
+            self._submit()
+        item = self._queue.popleft()
+        return item.result() if isinstance(item, Future) else item
+
+    def close(self) -> None:
+        """Stop the workers (queued phantoms are dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def crop_or_pad(
@@ -148,6 +203,9 @@ def train(
     lr: float = 3e-3,
     threads: int = 2,
     n_val: int = 8,
+    device: str = "cpu",
+    workers: int = 1,
+    init_from: pathlib.Path | None = None,
 ) -> dict:
     """Train, validate on held-out phantoms, write ``ct_lungs.pt`` + ``.json``.
 
@@ -158,18 +216,27 @@ def train(
     """
     from monai.losses import DiceCELoss
 
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     rng = np.random.default_rng(seed)
+    dev = torch.device(device)
     t0 = time.perf_counter()
-    pool = [make_sample(rng, n_nodules=int(rng.integers(2, 7))) for _ in range(pool_size)]
+    stream = SampleStream(seed, workers)
+    pool = [stream.next() for _ in range(pool_size)]
     logger.info("generated %d phantoms in %.1f s", pool_size, time.perf_counter() - t0)
 
     net = build_network()
+    init_sha = None
+    if init_from is not None:  # fine-tune: start from earlier weights
+        net.load_state_dict(torch.load(init_from, map_location="cpu", weights_only=True))
+        init_sha = sha256_file(init_from)
+        logger.info("starting from %s (sha256 %s)", init_from.name, init_sha)
+    net = net.to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-5)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    ce_w = torch.tensor([1.0, 1.0, 1.0, 1.5, 3.0])
+    ce_w = torch.tensor([1.0, 1.0, 1.0, 1.5, 3.0], device=dev)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, weight=ce_w)
     net.train()
     t_train = time.perf_counter()
@@ -181,15 +248,15 @@ def train(
             f = f * float(rng.normal(1.0, 0.03)) + float(rng.normal(0.0, 0.02))
             xs.append(f)
             ys.append(lab[None].astype(np.int64))
-        x = torch.from_numpy(np.stack(xs))
-        y = torch.from_numpy(np.stack(ys))
+        x = torch.from_numpy(np.stack(xs)).to(dev)
+        y = torch.from_numpy(np.stack(ys)).to(dev)
         loss = loss_fn(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         if step % refresh_every == 0:
-            pool[int(rng.integers(len(pool)))] = make_sample(rng, n_nodules=int(rng.integers(2, 7)))
+            pool[int(rng.integers(len(pool)))] = stream.next()
         if step % 25 == 0 or step == 1:
             el = time.perf_counter() - t_train
             logger.info(
@@ -201,30 +268,32 @@ def train(
                 el,
             )
     train_s = time.perf_counter() - t_train
+    stream.close()
 
     # Held-out validation on the working grid (independent seed stream).
     net.eval()
-    vrng = np.random.default_rng(seed + 1_000_003)
+    val_stream = SampleStream(
+        seed + 1_000_003, workers, nodules=(1, 5), head_fraction=0.0, shell_fraction=0.0
+    )
     inter = np.zeros(N_CLASSES)
     total = np.zeros(N_CLASSES)
     with torch.inference_mode():
         for _ in range(n_val):
-            f, lab = make_sample(
-                vrng, n_nodules=int(vrng.integers(1, 5)), head_fraction=0.0, shell_fraction=0.0
-            )
+            f, lab = val_stream.next()
             pad = [(-n) % 16 for n in lab.shape]
             fp = np.pad(f, [(0, 0)] + [(0, p) for p in pad])
-            pred = net(torch.from_numpy(fp)[None]).argmax(1)[0].numpy()
+            pred = net(torch.from_numpy(fp)[None].to(dev)).argmax(1)[0].cpu().numpy()
             pred = pred[: lab.shape[0], : lab.shape[1], : lab.shape[2]]
             for v in range(1, N_CLASSES):
                 inter[v] += ((pred == v) & (lab == v)).sum()
                 total[v] += (pred == v).sum() + (lab == v).sum()
+    val_stream.close()
     val = {LABELS[v]: round(float(2 * inter[v] / max(total[v], 1)), 4) for v in range(1, N_CLASSES)}
     logger.info("held-out working-grid Dice: %s", val)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     pt = out_dir / "ct_lungs.pt"
-    torch.save({k: v.detach().clone() for k, v in net.state_dict().items()}, pt)
+    torch.save({k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, pt)
     meta = {
         "name": "ct-lungs",
         "architecture": ARCHITECTURE,
@@ -241,7 +310,9 @@ def train(
             "pool_size": pool_size,
             "refresh_every": refresh_every,
             "threads": threads,
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
             "train_seconds": round(train_s, 1),
+            "initialised_from_sha256": init_sha,
             "data": "synthetic chest and head CT phantoms (ai_models.training.phantoms)",
         },
         "metrics": {"heldout_working_grid_dice": val, "n_heldout_phantoms": n_val},
@@ -255,13 +326,22 @@ def train(
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=2200)
+    ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--seed", type=int, default=20240601)
     ap.add_argument("--out-dir", type=pathlib.Path, default=WEIGHTS_DIR)
     ap.add_argument("--pool-size", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps-per-refresh", type=int, default=16, dest="refresh_every")
+    ap.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
+    ap.add_argument("--workers", type=int, default=1, help="processes making phantoms")
+    ap.add_argument(
+        "--init-from",
+        type=pathlib.Path,
+        default=None,
+        help="fine-tune: start from these weights (a state dict .pt) instead of random ones",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     train(
@@ -272,6 +352,10 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         threads=args.threads,
+        refresh_every=args.refresh_every,
+        device=args.device,
+        workers=args.workers,
+        init_from=args.init_from,
     )
 
 

@@ -44,11 +44,11 @@ def pipeline() -> CtLungsPipeline:
 
 @pytest.fixture(scope="module")
 def phantom_run(pipeline):
-    rng = np.random.default_rng(424242)  # not a training stream
+    rng = np.random.default_rng(424244)  # not a training stream
     ph = random_phantom(
         rng,
         spacing=np.array([2.0, 1.2, 1.2], np.float32),
-        fov_mm=(240.0, 400.0, 400.0),
+        fov_mm=(300.0, 400.0, 400.0),
         head_fraction=0.0,
         nodule_diameters_mm=[16.0],
     )
@@ -204,11 +204,11 @@ def test_real_head_phantom_is_refused_but_its_bone_is_right(pipeline, dicom_data
 
 
 def test_partial_coverage_reports_no_lung_volume(pipeline):
-    """Lungs cut by the last slice: the lung findings say "Anatomy coverage
-    incomplete" instead of a volume; nodules keep their measurements."""
-    from tests.support.chest_ct import chest_phantom_volume
+    """Lungs cut by the first and last slices: the lung findings say "Anatomy
+    coverage incomplete" instead of a volume; nodules keep their measurements."""
+    from tests.support.chest_ct import PARTIAL_SLICES, chest_phantom_volume
 
-    vol = chest_phantom_volume(seed=1)  # the apices are cut off
+    vol = chest_phantom_volume(slices=PARTIAL_SLICES)  # apices and bases cut off
     res = pipeline.run(vol)
     lungs = [f for f in res.findings if f.tracking_id in ("Right lung", "Left lung")]
     assert len(lungs) == 2
@@ -217,8 +217,8 @@ def test_partial_coverage_reports_no_lung_volume(pipeline):
         assert [(q.name.value, q.value.value) for q in f.qualitative_evaluations] == [
             ("121071", "130576")
         ]
-    assert any("partial (the apices are cut off)" in n for n in res.notes), res.notes
-    complete = pipeline.run(chest_phantom_volume(seed=0))
+    assert any("partial (the apices and bases are cut off)" in n for n in res.notes), res.notes
+    complete = pipeline.run(chest_phantom_volume())
     for f in complete.findings:
         if f.tracking_id.endswith("lung"):
             assert f.measurements and not f.qualitative_evaluations
@@ -232,9 +232,9 @@ def test_partial_coverage_sr_says_so_and_is_valid(pipeline, tmp_path):
     from ai_models.volume import load_series
     from dicom_node.results import write_results
     from tests.results.helpers import assert_valid
-    from tests.support.chest_ct import write_chest_ct
+    from tests.support.chest_ct import PARTIAL_SLICES, write_chest_ct
 
-    write_chest_ct(tmp_path / "ct", seed=1)
+    write_chest_ct(tmp_path / "ct", slices=PARTIAL_SLICES)
     res = pipeline.run(load_series(tmp_path / "ct"))
     datasets = write_results(res, ("seg", "sr"))
     for d in datasets:
@@ -280,3 +280,29 @@ def test_site_weights_as_torchscript_and_bundle(pipeline, phantom_run, tmp_path)
             if want[name].any():
                 assert dice(got[name], want[name]) > 0.99, (kind, name)
         assert result.algorithm.weights_sha256 != reference.algorithm.weights_sha256
+
+
+def test_implausible_lung_volume_is_not_reported(pipeline):
+    """The same chest with 1.5x the voxel size holds 3.4x the lung volume
+    (over 9 L): the lungs keep their segments but say "Value out of range"
+    (DCM 114009) instead of a volume, and the notes give the range."""
+    import copy
+
+    from tests.support.chest_ct import chest_phantom_volume
+
+    vol = chest_phantom_volume()
+    giant = copy.copy(vol)
+    giant.spacing = vol.spacing * 1.5
+    res = pipeline.run(giant)
+    lungs = [f for f in res.findings if f.tracking_id in ("Right lung", "Left lung")]
+    assert len(lungs) == 2
+    for f in lungs:
+        assert f.measurements == []
+        assert [(q.name.value, q.value.value) for q in f.qualitative_evaluations] == [
+            ("121071", "114009")
+        ]
+    assert any("outside the plausible 1,000-9,000 mL" in n for n in res.notes), res.notes
+    normal = pipeline.run(vol)
+    total = sum(m.value for f in normal.findings if f.tracking_id.endswith("lung")
+                for m in f.measurements) / 1e6  # fmt: skip
+    assert 1.0 <= total <= 9.0, total

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from storage.db import Database
 from storage.models import Instance, Series, Study
 from storage.received import DuplicateAction, InstanceRecord, ReceivedStore, StoreOutcome
-from storage.spool import Spool, safe_component
+from storage.spool import Spool, SpoolConflict, safe_component
 
 
 def record(
@@ -111,7 +111,7 @@ def test_concurrent_stores_of_one_series(store: ReceivedStore) -> None:
 def test_unsafe_uids_get_safe_stable_names(store: ReceivedStore) -> None:
     bad = "1.2.3/../../etc"
     assert safe_component(bad) == safe_component(bad)
-    assert "/" not in safe_component(bad) and safe_component(bad).startswith("x")
+    assert "/" not in safe_component(bad) and safe_component(bad).startswith("@")
     result = store.store(record(bad), store.spool.write_temp(b"x"))
     assert store.spool.absolute(result.path).resolve().is_relative_to(store.spool.root.resolve())
 
@@ -144,3 +144,48 @@ def test_lost_file_is_repaired_by_a_resend(store: ReceivedStore) -> None:
     again = store.store(record("7.7"), store.spool.write_temp(b"payload"))
     assert again.outcome is StoreOutcome.REPAIRED
     assert store.spool.absolute(first.path).read_bytes() == b"payload"
+
+
+def test_hashed_names_cannot_be_taken_by_another_uid(store: ReceivedStore) -> None:
+    """A UID that spells another UID's hashed name (old ``x<sha1>`` or new ``@<sha1>``)
+    gets its own file; the first instance's file is never overwritten."""
+    unsafe = "1.2.3/4"
+    digest = hashlib.sha1(unsafe.encode()).hexdigest()
+    results = [
+        store.store(record(uid), store.spool.write_temp(uid.encode()))
+        for uid in (unsafe, "x" + digest, "@" + digest)
+    ]
+    assert [r.outcome for r in results] == [StoreOutcome.STORED] * 3
+    assert len({r.path for r in results}) == 3
+    for uid, result in zip((unsafe, "x" + digest, "@" + digest), results, strict=True):
+        assert store.spool.absolute(result.path).read_bytes() == uid.encode()
+    assert safe_component("1.2.840.10008") == "1.2.840.10008"
+    assert safe_component("1.2.A") != "1.2.A"  # one name on case-insensitive disks too
+
+
+def test_a_new_instance_never_replaces_a_file(store: ReceivedStore) -> None:
+    """A file already at a new instance's path (no row of its own) is kept; the store fails."""
+    rel = store.spool.relative_path("1.2.3.1", "1.2.3.2", "9.9")
+    store.spool.absolute(rel).parent.mkdir(parents=True)
+    store.spool.absolute(rel).write_bytes(b"first")
+    spooled = store.spool.write_temp(b"second")
+    with pytest.raises(SpoolConflict):
+        store.store(record("9.9"), spooled)
+    assert store.spool.absolute(rel).read_bytes() == b"first"
+    assert not spooled.temp_path.exists()
+    with store.db.session() as s:
+        assert s.scalar(select(func.count(Instance.id))) == 0
+
+
+def test_iter_adopt_and_quarantine(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s")
+    (spool.root / "1/2").mkdir(parents=True)
+    (spool.root / "1/2/3.dcm").write_bytes(b"META" + b"data")
+    (spool.tmp_dir / "t.part").write_bytes(b"x")
+    assert list(spool.iter_files()) == ["1/2/3.dcm"]
+    adopted = spool.adopt("1/2/3.dcm", unhashed_bytes=4)
+    assert adopted.sha256 == hashlib.sha256(b"data").hexdigest() and adopted.size_bytes == 8
+    assert not (spool.root / "1/2/3.dcm").exists()
+    target = spool.quarantine(adopted.temp_path, "1/2/3.dcm")
+    assert target == spool.root / ".quarantine/1/2/3.dcm" and target.read_bytes() == b"METAdata"
+    assert list(spool.iter_files()) == []
