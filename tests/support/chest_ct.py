@@ -52,7 +52,10 @@ def chest_phantom_volume(seed: int = CHEST_SEED, slices: int = CHEST_SLICES):  #
 
 
 def write_chest_ct(
-    folder: Path, seed: int = CHEST_SEED, body_part: str | None = "CHEST", slices: int = CHEST_SLICES
+    folder: Path,
+    seed: int = CHEST_SEED,
+    body_part: str | None = "CHEST",
+    slices: int = CHEST_SLICES,
 ) -> list[Path]:
     """Write the chest phantom of ``seed`` as a DICOM series into ``folder`` (new UIDs)."""
     return write_volume_series(
