@@ -1,7 +1,8 @@
 """Classification and detection reports in the radiologist's viewer: radiographs.
 
-``dicom-node analyze --pipeline cxr-findings`` classifies the real chest CR
-of the shared data (NEMA WG-04 RG1, MONOCHROME1); DCMTK ``storescu`` puts
+``dicom-node analyze --pipeline cxr-findings`` classifies a chest CR of the
+demonstration model's training family (``tests/support/radiographs.py``: the
+shared real CR is refused by the model's out-of-distribution check); DCMTK ``storescu`` puts
 the radiograph and the node's SR into Orthanc, and the OHIF viewer opens the
 SR in headless Chromium.  A classification SR holds no outline of its own:
 OHIF 3.12 stops with a TypeError (and shows an empty viewer) on a Tracking
@@ -9,7 +10,8 @@ UID without an SCOORD, so every finding needs its TID 1410 region group
 (``dicom_node/results/sr_regions.py``).  The checks: the SR opens, each
 finding is drawn on the radiograph with the probability the node wrote, and
 OHIF's measurement panel lists every finding under the node's label.  The
-same for ``mg-masses`` on the shared mammogram: each mass's box and score.
+same for ``mg-masses`` on a mammogram of its training family: each mass's box
+and score.
 """
 
 from __future__ import annotations
@@ -36,13 +38,12 @@ from tests.support.ohif import (
 )
 from tests.support.orthanc import OrthancServer
 from tests.support.peers import storescu_as_is
+from tests.support.radiographs import write_cxr, write_mammogram
 from tests.viewer.page import Viewer, open_viewer
 from tests.viewer.sr_content import Finding, listed_labels, sr_findings
 
 pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(600)]
 
-CHEST_CR = "nema_wg04/RG1_chest_CR/RG1_UNCR.dcm"
-MAMMOGRAM = "nema_wg04/MG1_mammo/MG1_J2KI.dcm"
 
 
 @dataclass
@@ -99,9 +100,8 @@ def _analyzed(
 def radiograph(
     dicom_data: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RadiographStack]:
-    with _analyzed(
-        dicom_data / CHEST_CR, "cxr-findings", tmp_path_factory.mktemp("viewer-radiograph")
-    ) as stack:
+    work = tmp_path_factory.mktemp("viewer-radiograph")
+    with _analyzed(write_cxr(work / "src"), "cxr-findings", work) as stack:
         yield stack
 
 
@@ -109,9 +109,8 @@ def radiograph(
 def mammogram(
     dicom_data: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RadiographStack]:
-    with _analyzed(
-        dicom_data / MAMMOGRAM, "mg-masses", tmp_path_factory.mktemp("viewer-mammogram")
-    ) as stack:
+    work = tmp_path_factory.mktemp("viewer-mammogram")
+    with _analyzed(write_mammogram(work / "src"), "mg-masses", work) as stack:
         yield stack
 
 
@@ -179,7 +178,7 @@ def test_classification_findings_are_listed_in_the_measurement_panel(
 def test_detection_sr_draws_and_lists_each_mass(
     mammogram: RadiographStack, mg_viewer: Viewer
 ) -> None:
-    """The mg-masses SR on the shared mammogram (JPEG 2000, sent as RG): each mass's
+    """The mg-masses SR on a mammogram of the training family: each mass's
     box drawn with its score, and listed in the panel as ``Mass 1 (Probability ...)``."""
     findings = sr_findings(mammogram.sr)
     labels = listed_labels(mammogram.sr)
