@@ -110,11 +110,30 @@ class NodeSettings(_Section):
     max_pdu: Annotated[int, Field(ge=0)] = 262144
     """Maximum PDU length we accept (0 = unlimited); larger is faster."""
     max_associations: Annotated[int, Field(ge=1)] = 32
+    """Established associations at once; beyond, A-ASSOCIATE-RJ (transient,
+    local limit exceeded, PS3.8 9.3.4)."""
     require_called_ae: bool = True
     """Reject associations whose Called AE Title is not :attr:`ae_title`."""
+    # -- limits on what one peer can hold (connections, memory, time) -----------------
+    max_connections: Annotated[int | None, Field(ge=1)] = None
+    """TCP connections at once, associated or not (each has one thread, so this
+    also bounds the receiver's threads); ``None``: twice :attr:`max_associations`.
+    Beyond, the connection is refused with A-ASSOCIATE-RJ (transient, local limit
+    exceeded)."""
+    max_connections_per_host: Annotated[int | None, Field(ge=1)] = None
+    """Connections at once from one source address; ``None``: :attr:`max_associations`."""
+    max_associate_rq: Annotated[int, Field(ge=1024, le=16 * 2**20)] = 65536
+    """Longest A-ASSOCIATE-RQ accepted, in bytes (the first PDU on a connection);
+    longer ones get A-ASSOCIATE-RJ (permanent, local limit exceeded)."""
     acse_timeout: timedelta = timedelta(seconds=30)
+    """Deadline of the whole ACSE phase, from accepting the connection to the
+    A-ASSOCIATE-AC/RJ (the ARTIM timer, PS3.8 9.1.6)."""
     dimse_timeout: timedelta = timedelta(seconds=60)
+    """Deadline of one DIMSE message as it arrives, from its first byte to its
+    last fragment (command and data set); must cover the largest data set
+    over the slowest link."""
     network_timeout: timedelta = timedelta(seconds=60)
+    """Longest wait for any bytes at all from an associated peer (idle)."""
     shutdown_grace: timedelta = timedelta(seconds=30)
     """How long SIGTERM waits for in-flight associations to finish."""
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
@@ -135,6 +154,25 @@ class NodeSettings(_Section):
     disk_check_mb: Annotated[int, Field(ge=1)] = 16
     """While a data set is written, free space is checked against
     ``[storage] min_free_disk_mb`` after every this many MiB (0xA700 below it)."""
+
+    @model_validator(mode="after")
+    def _connections_cover_associations(self) -> NodeSettings:
+        if self.max_connections is not None and self.max_connections < self.max_associations:
+            raise ValueError(
+                f"max_connections ({self.max_connections}) must be at least "
+                f"max_associations ({self.max_associations})"
+            )
+        return self
+
+    @property
+    def connection_limit(self) -> int:
+        """:attr:`max_connections` with its default applied."""
+        return self.max_connections or 2 * self.max_associations
+
+    @property
+    def per_host_limit(self) -> int:
+        """:attr:`max_connections_per_host` with its default applied."""
+        return self.max_connections_per_host or self.max_associations
 
 
 class StorageSettings(_Section):

@@ -104,6 +104,8 @@ class Node:
         self.web = (
             WebServer(settings, self.store.db, store=self.store) if settings.web.enabled else None
         )
+        if self.web is not None:  # /api/health reports the DICOM listener's state
+            self.web.app.state.dicom_listener = self.scp.listener_problem
         self._collector_stop = threading.Event()
         self._collector_thread = threading.Thread(
             target=self.collector.run, args=(self._collector_stop,), name="collector", daemon=True

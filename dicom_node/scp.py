@@ -15,6 +15,15 @@ nothing a peer sends takes the node down or touches other associations.
 
 Sockets get ``TCP_NODELAY``, and ``TCP_QUICKACK`` is re-armed before each
 read so that senders which leave Nagle on are not stalled by delayed ACKs.
+
+What one peer can hold is bounded before it authenticates: connections in
+total and per source address (each has one thread, so threads are bounded
+too), the size of the A-ASSOCIATE-RQ and of each later PDU (near the
+negotiated maximum), the command set, and time -- the ACSE phase has one
+deadline (``acse_timeout``, PS3.8 9.1.6 ARTIM) and so does each DIMSE message
+(``dimse_timeout``), besides the idle ``network_timeout``.  Whatever happens
+to one connection, the accept loop goes on; :meth:`StorageSCP.listener_problem`
+tells the health endpoint when it does not.
 """
 
 from __future__ import annotations
@@ -59,13 +68,17 @@ from dicom_node.upper_layer import (
     A_RELEASE_RQ,
     P_DATA_TF,
     AssociationRequest,
+    DeadlineExceeded,
     PduError,
+    PduReader,
+    PduTooLarge,
     PeerClosed,
     abort_pdu,
     accept_pdu,
+    ae_title_problem,
     iter_pdvs,
     p_data_pdu,
-    read_pdu,
+    raw_ae_titles,
     reject_pdu,
     release_rp_pdu,
 )
@@ -78,7 +91,22 @@ LOGGER = logging.getLogger(__name__)
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 _MAX_INCOMING_PDU = 64 * 2**20
-"""Hard cap on an incoming PDU body, whatever the peer claims (memory safety)."""
+"""Cap on a PDU body after association when ``max_pdu`` is 0 (unlimited)."""
+_PDU_SLACK = 1024
+"""Bytes tolerated beyond the negotiated maximum PDU length: some senders count
+the PDV item header in it, or the PDU header (PS3.8 9.3.5, D.1)."""
+_MAX_COMMAND_SET = 64 * 2**10
+"""Longest command set (all its fragments); real ones have a few hundred bytes."""
+_REFUSAL_LINGER_S = 2.0
+"""How long a refused connection stays half-open so the peer reads the A-ASSOCIATE-RJ."""
+
+# A-ASSOCIATE-RJ (result, source, reason), PS3.8 9.3.4 Table 9-21.
+_RJ_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # transient, presentation provider, local-limit-exceeded
+_RJ_RQ_TOO_LONG = (0x01, 0x03, 0x02)  # permanent, presentation provider, local-limit-exceeded
+_RJ_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service-user, calling-AE-title-not-recognized
+_RJ_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service-user, called-AE-title-not-recognized
+# A-ABORT reason (source 2, service provider), PS3.8 9.3.8 Table 9-26.
+_ABORT_INVALID_PARAMETER = 0x06  # invalid-PDU-parameter value
 _HEAD_BYTES = 256 * 2**10
 """How much of each data set is kept in memory to parse its header from; the
 rest only goes to the spool file (headers longer than this are read back)."""
@@ -120,6 +148,81 @@ def _same_host(configured: str, address: str) -> bool:
         except OSError:
             return False
         return any(info[4][0] == address for info in infos)
+
+
+class _Refusals:
+    """Refused connections, kept half-open until the peer has read the A-ASSOCIATE-RJ.
+
+    Closing a socket with the peer's A-ASSOCIATE-RQ still unread makes the
+    kernel send a reset, which can destroy the rejection before the peer reads
+    it; so the accept thread sends the RJ, shuts down its side, and closes
+    the socket when the peer closes or after :data:`_REFUSAL_LINGER_S`.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._parked: list[tuple[float, socket.socket]] = []
+
+    def refuse(self, conn: socket.socket, rj: tuple[int, int, int]) -> None:
+        """Send A-ASSOCIATE-RJ without blocking and park the socket."""
+        try:
+            conn.setblocking(False)
+            conn.send(reject_pdu(*rj))
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            conn.close()
+            return
+        self._parked.append((time.monotonic() + _REFUSAL_LINGER_S, conn))
+        while len(self._parked) > self.limit:
+            self._parked.pop(0)[1].close()
+
+    def reap(self) -> None:
+        """Close the parked sockets whose peer closed or whose time is up."""
+        now = time.monotonic()
+        keep = []
+        for deadline, conn in self._parked:
+            if now < deadline and not _drained(conn):
+                keep.append((deadline, conn))
+            else:
+                conn.close()
+        self._parked = keep
+
+    def close_all(self) -> None:
+        for _deadline, conn in self._parked:
+            conn.close()
+        self._parked = []
+
+
+def _drained(conn: socket.socket) -> bool:
+    """Discard what the peer sent; True once it has closed (or the socket failed)."""
+    try:
+        while conn.recv(65536):
+            pass
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+class _Throttled:
+    """One log line per *interval_s* for a repeated event, with the count in between."""
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self._last = 0.0
+        self._suppressed = 0
+
+    def warning(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            msg += " (and %d more like it since the last such line)"
+            args = (*args, self._suppressed)
+        self._last, self._suppressed = now, 0
+        LOGGER.warning(msg, *args)
 
 
 def supported_contexts(*, deflated: bool = True) -> list[PresentationContext]:
@@ -176,6 +279,8 @@ class StorageSCP:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._associations: set[_Association] = set()
+        self._refusals = _Refusals(settings.node.connection_limit)
+        self._refusal_log = _Throttled()
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -199,12 +304,15 @@ class StorageSCP:
         )
         self._accept_thread.start()
         LOGGER.info(
-            "listening as %s on %s:%d (max PDU %d, max associations %d)",
+            "listening as %s on %s:%d (max PDU %d, max associations %d, "
+            "max connections %d, %d per address)",
             node.ae_title,
             node.host,
             self.port,
             node.max_pdu,
             node.max_associations,
+            node.connection_limit,
+            node.per_host_limit,
         )
 
     @property
@@ -218,6 +326,26 @@ class StorageSCP:
         """Established associations in progress."""
         with self._lock:
             return sum(1 for a in self._associations if a.established)
+
+    def open_connections(self) -> int:
+        """Connections being served, associated or not."""
+        with self._lock:
+            return len(self._associations)
+
+    def listener_problem(self) -> str | None:
+        """Why this listener cannot take associations now, or ``None`` if it can.
+
+        The listening socket must be open and the accept thread alive (the
+        web health endpoint reports this).
+        """
+        listener, thread = self._listener, self._accept_thread
+        if thread is None:
+            return "the DICOM listener has not started"
+        if listener is None or listener.fileno() == -1:
+            return "the DICOM listening socket is closed"
+        if thread is None or not thread.is_alive():
+            return "the DICOM accept thread is not running"
+        return None
 
     def stop_accepting(self) -> None:
         """Close the listening socket; associations in progress go on."""
@@ -252,31 +380,88 @@ class StorageSCP:
 
     # -- accepting ----------------------------------------------------------------
     def _accept_loop(self) -> None:
+        """Accept connections until stopped; nothing about one connection ends it."""
         assert self._listener is not None
         listener = self._listener
-        while not self._stopping.is_set():
-            try:
-                conn, addr = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stopping.is_set():
-                    return
-                LOGGER.exception("accept failed")
-                time.sleep(0.1)
-                continue
-            assoc = _Association(self, conn, addr)
-            with self._lock:
+        try:
+            while not self._stopping.is_set():
+                self._refusals.reap()
+                try:
+                    conn, addr = listener.accept()
+                except TimeoutError:
+                    continue
+                except OSError as exc:
+                    if self._stopping.is_set():
+                        return
+                    if listener.fileno() == -1:
+                        LOGGER.error("DICOM listening socket closed: no more associations")
+                        return
+                    self._refusal_log.warning("accept failed: %s", exc)  # e.g. out of descriptors
+                    time.sleep(0.1)
+                    continue
+                try:
+                    self._admit(conn, addr)
+                except Exception:  # a bug for one connection must not stop the listener
+                    LOGGER.exception("could not hand over the connection from %s", addr)
+                    conn.close()
+        finally:
+            self._refusals.close_all()
+
+    def _admit(self, conn: socket.socket, addr: Any) -> None:
+        """Start a thread for *conn*, or refuse it beyond the connection limits."""
+        assoc = _Association(self, conn, addr)
+        with self._lock:
+            reason = self._over_limit(assoc.address)
+            if reason is None:
                 self._associations.add(assoc)
-            assoc.thread.start()
+        if reason is None:
+            try:
+                assoc.thread.start()
+                return
+            except RuntimeError as exc:  # e.g. the process's thread or pid limit
+                self._forget(assoc)
+                reason = f"cannot start a thread ({exc})"
+        self._refusal_log.warning(
+            "refused connection from %s: %s (A-ASSOCIATE-RJ transient, local limit exceeded)",
+            assoc.stats.peer,
+            reason,
+        )
+        self._refusals.refuse(conn, _RJ_LOCAL_LIMIT)
+
+    def _over_limit(self, address: str) -> str | None:
+        """Why one more connection from *address* is too many (call under the lock)."""
+        node = self.settings.node
+        if len(self._associations) >= node.connection_limit:
+            return f"{node.connection_limit} connections already open (max_connections)"
+        same = sum(1 for a in self._associations if a.address == address)
+        if same >= node.per_host_limit:
+            return f"{same} connections already open from {address} (max_connections_per_host)"
+        return None
 
     def _forget(self, assoc: _Association) -> None:
         with self._lock:
             self._associations.discard(assoc)
 
-    def _established_count(self) -> int:
+    def _try_establish(self, assoc: _Association) -> bool:
+        """Count *assoc* as established unless ``max_associations`` are (atomically)."""
         with self._lock:
-            return sum(1 for a in self._associations if a.established)
+            established = sum(1 for a in self._associations if a.established)
+            if established >= self.settings.node.max_associations:
+                return False
+            assoc.established = True
+            return True
+
+
+def _ae_title_rejection(body: bytearray) -> tuple[tuple[int, int, int], str] | None:
+    """A-ASSOCIATE-RJ for an invalid called or calling AE title (PS3.8 9.3.2, 9.3.4)."""
+    called, calling = raw_ae_titles(body)
+    problem = ae_title_problem(called)
+    if problem is not None:
+        return _RJ_CALLED_AE, f"invalid called AE title {called!r} ({problem})"
+    problem = ae_title_problem(calling)
+    if problem is not None:
+        return _RJ_CALLING_AE, f"invalid calling AE title {calling!r} ({problem})"
+    return None
 
 
 class _Association:
@@ -294,6 +479,7 @@ class _Association:
         )
         self._closed = False
         self._send_lock = threading.Lock()
+        self.reader = PduReader(conn, idle_s=scp.settings.node.network_timeout.total_seconds())
         # message being received
         self._command = bytearray()
         self._cmd: CommandSet | None = None
@@ -322,30 +508,46 @@ class _Association:
                 pass
             self.sock.close()
 
-    def abort(self) -> None:
-        """A-ABORT (service provider) and close."""
+    def abort(self, reason: int = 0x00) -> None:
+        """A-ABORT (service provider, PS3.8 9.3.8) and close."""
         try:
-            self.send(abort_pdu(0x02, 0x00))
+            self.send(abort_pdu(0x02, reason))
         except OSError:
             pass
         self.stats.outcome = "aborted"
         self.close()
+
+    def reject(self, rj: tuple[int, int, int], reason: str) -> None:
+        """A-ASSOCIATE-RJ (PS3.8 9.3.4) with one log line; the connection closes after."""
+        LOGGER.warning("rejected association from %s: %s", self.stats.peer, reason)
+        self.send(reject_pdu(*rj))
 
     # -- thread body -------------------------------------------------------------
     def run(self) -> None:
         node = self.scp.settings.node
         try:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.sock.settimeout(node.acse_timeout.total_seconds())
+            # ARTIM (PS3.8 9.1.6): the A-ASSOCIATE-RQ must arrive by then, counted
+            # from the accept, whatever the pace of its bytes.
+            self.reader.deadline = self.stats.started + node.acse_timeout.total_seconds()
             if self._negotiate():
-                self.sock.settimeout(node.network_timeout.total_seconds())
+                self.reader.deadline = None
+                self.reader.phase_s = node.dimse_timeout.total_seconds()
                 self._serve()
         except PeerClosed:
             if self.established and self.stats.outcome == "open":
                 self.stats.outcome = "closed by peer"
+        except DeadlineExceeded:
+            self._on_deadline()
         except TimeoutError:
-            LOGGER.warning("association with %s timed out; aborting", self.stats.peer)
+            LOGGER.warning(
+                "association with %s idle for %.0f s (network_timeout); aborting",
+                self.stats.peer,
+                node.network_timeout.total_seconds(),
+            )
             self.abort()
+        except PduTooLarge as exc:
+            self._on_too_large(exc)
         except PduError as exc:
             LOGGER.warning("invalid PDU from %s (%s); aborting", self.stats.peer, exc)
             self.abort()
@@ -362,34 +564,68 @@ class _Association:
             if self.established:
                 self._log_summary()
 
+    def _on_deadline(self) -> None:
+        node = self.scp.settings.node
+        if not self.established:
+            # PS3.8 9.1.6: ARTIM expiry closes the transport connection, no A-ABORT.
+            LOGGER.warning(
+                "no association from %s within %.0f s (acse_timeout); closing",
+                self.stats.peer,
+                node.acse_timeout.total_seconds(),
+            )
+            self.close()
+            return
+        LOGGER.warning(
+            "DIMSE message from %s not complete within %.0f s (dimse_timeout); aborting",
+            self.stats.peer,
+            node.dimse_timeout.total_seconds(),
+        )
+        self.abort()
+
+    def _on_too_large(self, exc: PduTooLarge) -> None:
+        if not self.established:
+            self.reject(
+                _RJ_RQ_TOO_LONG,
+                f"first PDU (type 0x{exc.pdu_type:02X}) announces {exc.length} bytes, "
+                f"more than max_associate_rq ({exc.limit})",
+            )
+            self.close()
+            return
+        LOGGER.warning(
+            "PDU of %d bytes from %s exceeds the negotiated maximum (%d); aborting",
+            exc.length,
+            self.stats.peer,
+            exc.limit,
+        )
+        self.abort(_ABORT_INVALID_PARAMETER)
+
     def _negotiate(self) -> bool:
-        """Read the A-ASSOCIATE-RQ and accept or reject it (PS3.8 7.1)."""
+        """Read the A-ASSOCIATE-RQ and accept or reject it (PS3.8 7.1, 9.3.2-9.3.4)."""
         scp = self.scp
         node = scp.settings.node
-        pdu_type, body = read_pdu(self.sock, _MAX_INCOMING_PDU)
+        pdu_type, body = self.reader.read(node.max_associate_rq)
         if pdu_type != A_ASSOCIATE_RQ_TYPE:
             raise PduError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
+        rejection = _ae_title_rejection(body)
+        if rejection is not None:
+            self.reject(*rejection)
+            return False
         request = AssociationRequest.decode(body)
         calling, called = request.calling_ae_title, request.called_ae_title
         self.stats.calling_ae, self.stats.called_ae = calling, called
-        reason: str | None = None
-        rj: tuple[int, int, int] | None = None
         if node.require_called_ae and called != node.ae_title:
-            reason = f"called AE title {called!r} is not {node.ae_title!r}"
-            rj = (0x01, 0x01, 0x07)  # permanent, service-user, called-AE-title-not-recognized
-        elif scp.settings.peers and not _peer_allowed(scp.settings.peers, calling, self.address):
+            self.reject(_RJ_CALLED_AE, f"called AE title {called!r} is not {node.ae_title!r}")
+            return False
+        if scp.settings.peers and not _peer_allowed(scp.settings.peers, calling, self.address):
             reason = f"unknown peer {calling!r} at {self.address} (not in [[peers]])"
-            rj = (0x01, 0x01, 0x03)  # permanent, service-user, calling-AE-title-not-recognized
-        elif scp._established_count() >= node.max_associations:
-            reason = f"{node.max_associations} associations already open"
-            rj = (0x02, 0x03, 0x02)  # transient, presentation provider, local-limit-exceeded
-        if rj is not None:
-            LOGGER.warning("rejected association from %s: %s", self.stats.peer, reason)
-            self.send(reject_pdu(*rj))
+            self.reject(_RJ_CALLING_AE, reason)
+            return False
+        if not scp._try_establish(self):
+            reason = f"{node.max_associations} associations already open (max_associations)"
+            self.reject(_RJ_LOCAL_LIMIT, reason)
             return False
         ac, self.accepted = accept_pdu(request, scp.contexts, node.max_pdu)
         self.send(ac)
-        self.established = True
         LOGGER.info(
             "association from %s at %s (%d presentation contexts accepted)",
             calling,
@@ -399,17 +635,27 @@ class _Association:
         return True
 
     def _serve(self) -> None:
-        # Peers that exceed the negotiated maximum PDU length exist; be lenient
-        # (PS3.8 says they must not), and bound only what memory can take.
-        limit = _MAX_INCOMING_PDU
+        """The DIMSE loop: PDUs until release or abort (PS3.8 9.3.5-9.3.8).
+
+        Each message (command and data set) must arrive within
+        ``dimse_timeout`` of its first byte: the reader's deadline starts at
+        the first byte of a PDU when none runs, and is cleared once no
+        message is in progress.
+        """
+        node = self.scp.settings.node
+        # PS3.8 D.1: the peer must not exceed our Maximum Length Received; a little
+        # slack for senders that count headers in it, an A-ABORT beyond.
+        limit = node.max_pdu + _PDU_SLACK if node.max_pdu else _MAX_INCOMING_PDU
         sock = self.sock
         while True:
             if _QUICKACK is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-            pdu_type, body = read_pdu(sock, limit)
+            pdu_type, body = self.reader.read(limit)
             if pdu_type == P_DATA_TF:
                 for context_id, mch, data in iter_pdvs(body):
                     self._on_pdv(context_id, mch, data)
+                if self._cmd is None and not self._command:
+                    self.reader.deadline = None  # no message in progress
             elif pdu_type == A_RELEASE_RQ:
                 if self._cmd is not None:
                     LOGGER.warning(
@@ -432,6 +678,8 @@ class _Association:
         if is_command:
             if self._cmd is not None:
                 raise PduError("command fragment while a data set was expected")
+            if len(self._command) + len(data) > _MAX_COMMAND_SET:
+                raise PduError(f"command set longer than {_MAX_COMMAND_SET} bytes")
             self._command += data
             if is_last:
                 try:

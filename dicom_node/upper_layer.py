@@ -5,12 +5,19 @@ The receive path reads PDUs straight from a blocking socket: a 6-byte header
 reuses pynetdicom's PDU codecs and presentation-context negotiation, so only
 the hot path -- P-DATA-TF parsing (PS3.8 9.3.5) and the small fixed PDUs --
 is written here.
+
+A peer is not trusted with memory or time: :class:`PduReader` refuses a PDU
+longer than the caller's limit as soon as its header arrives, grows the body
+buffer only as bytes really arrive (a header announcing 64 MiB costs nothing
+until 64 MiB are sent), and bounds every read by an idle timeout and by the
+deadline of the phase in progress (PS3.8 9.1.6, ARTIM).
 """
 
 from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -31,14 +38,18 @@ __all__ = [
     "A_ASSOCIATE_RQ_TYPE",
     "A_RELEASE_RQ",
     "AssociationRequest",
+    "DeadlineExceeded",
     "P_DATA_TF",
     "PduError",
+    "PduReader",
+    "PduTooLarge",
     "PeerClosed",
     "abort_pdu",
     "accept_pdu",
+    "ae_title_problem",
     "iter_pdvs",
     "p_data_pdu",
-    "read_pdu",
+    "raw_ae_titles",
     "reject_pdu",
     "release_rp_pdu",
 ]
@@ -58,44 +69,127 @@ _HEADER = struct.Struct(">BxL")
 _PDV_HEADER = struct.Struct(">LBB")
 
 
+_FIRST_ALLOCATION = 256 * 2**10
+"""A PDU body buffer starts at most this large (the default maximum PDU fits)
+and then grows only as fast as bytes arrive, never to the announced length."""
+
+
 class PduError(Exception):
     """The peer sent something that is not a valid PDU here (PS3.8 9.3.1)."""
+
+
+class PduTooLarge(PduError):
+    """A PDU header announced more than the limit of the current phase."""
+
+    def __init__(self, pdu_type: int, length: int, limit: int) -> None:
+        super().__init__(f"PDU type 0x{pdu_type:02X} of {length} bytes exceeds {limit}")
+        self.pdu_type = pdu_type
+        self.length = length
+        self.limit = limit
 
 
 class PeerClosed(Exception):
     """The peer closed the TCP connection."""
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytearray:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:], n - got)
-        if k == 0:
-            raise PeerClosed(f"connection closed after {got} of {n} bytes")
-        got += k
-    return buf
+class DeadlineExceeded(TimeoutError):
+    """The phase in progress did not end by its deadline (PS3.8 9.1.6)."""
 
 
-def read_pdu(sock: socket.socket, max_length: int) -> tuple[int, bytearray]:
-    """Read one PDU; returns ``(pdu_type, body)``.
+class PduReader:
+    """Reads whole PDUs from one blocking socket within timeouts (PS3.8 9.3.1).
 
-    Raises
-    ------
-    PeerClosed
-        The connection was closed (cleanly between PDUs or in the middle).
-    PduError
-        Unknown PDU type, or a body longer than *max_length*.
-    socket.timeout
-        Nothing arrived within the socket's timeout.
+    Parameters
+    ----------
+    sock:
+        The connection.
+    idle_s:
+        Longest wait for any single read to return bytes (the network
+        timeout); ``None`` waits as long as :attr:`deadline` allows.
+
+    Attributes
+    ----------
+    deadline:
+        ``time.monotonic()`` value by which the phase in progress must end
+        (the ACSE phase, or one DIMSE message); ``None`` for none.  A read
+        that would end after it raises :class:`DeadlineExceeded`.
+    phase_s:
+        When set and :attr:`deadline` is ``None``, the first byte of the next
+        PDU starts a deadline this many seconds later (a DIMSE message's).
+    started:
+        When the first byte of the last PDU read arrived (monotonic), so a
+        caller can start a deadline at a message's first byte.
     """
-    pdu_type, length = _HEADER.unpack(_recv_exact(sock, 6))
-    if pdu_type not in (1, 2, 3, 4, 5, 6, 7):
-        raise PduError(f"unknown PDU type 0x{pdu_type:02X}")
-    if length > max_length:
-        raise PduError(f"PDU of {length} bytes exceeds the limit of {max_length}")
-    return pdu_type, _recv_exact(sock, length)
+
+    def __init__(self, sock: socket.socket, *, idle_s: float | None) -> None:
+        self.sock = sock
+        self.idle_s = idle_s
+        self.deadline: float | None = None
+        self.phase_s: float | None = None
+        self.started = 0.0
+
+    def read(self, max_length: int) -> tuple[int, bytearray]:
+        """Read one PDU; returns ``(pdu_type, body)``.
+
+        Raises
+        ------
+        PeerClosed
+            The connection was closed (cleanly between PDUs or in the middle).
+        PduTooLarge
+            The header announced a body longer than *max_length*; nothing of
+            the body has been read.
+        PduError
+            Unknown PDU type.
+        DeadlineExceeded
+            :attr:`deadline` passed before the PDU was complete.
+        TimeoutError
+            No byte arrived within :attr:`idle_s`.
+        """
+        header = self._recv_exact(6, first=True)
+        pdu_type, length = _HEADER.unpack(header)
+        if pdu_type not in (1, 2, 3, 4, 5, 6, 7):
+            raise PduError(f"unknown PDU type 0x{pdu_type:02X}")
+        if length > max_length:
+            raise PduTooLarge(pdu_type, length, max_length)
+        return pdu_type, self._recv_exact(length)
+
+    def _recv_exact(self, n: int, *, first: bool = False) -> bytearray:
+        """*n* bytes, the buffer growing with what has arrived (at most doubling)."""
+        buf = bytearray(min(n, _FIRST_ALLOCATION))
+        got = 0
+        while got < n:
+            if got == len(buf):
+                buf.extend(bytes(min(n - got, got)))
+            with memoryview(buf) as view:
+                k = self._recv_into(view[got:])
+            if k == 0:
+                raise PeerClosed(f"connection closed after {got} of {n} bytes")
+            if first and got == 0:
+                self._first_byte()
+            got += k
+        return buf
+
+    def _first_byte(self) -> None:
+        self.started = time.monotonic()
+        if self.deadline is None and self.phase_s is not None:
+            self.deadline = self.started + self.phase_s
+
+    def _recv_into(self, view: memoryview) -> int:
+        self.sock.settimeout(self._timeout())
+        try:
+            return self.sock.recv_into(view)
+        except TimeoutError:
+            if self.deadline is not None and time.monotonic() >= self.deadline - 0.01:
+                raise DeadlineExceeded("deadline passed in the middle of a PDU") from None
+            raise TimeoutError(f"no data for {self.idle_s} s") from None
+
+    def _timeout(self) -> float | None:
+        if self.deadline is None:
+            return self.idle_s
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded("deadline passed")
+        return remaining if self.idle_s is None else min(remaining, self.idle_s)
 
 
 def iter_pdvs(body: bytearray) -> Iterator[tuple[int, int, memoryview]]:
@@ -146,6 +240,33 @@ def reject_pdu(result: int, source: int, reason: int) -> bytes:
     recognised, with source 3: 2 = local limit exceeded).
     """
     return b"\x03\x00\x00\x00\x00\x04\x00" + bytes((result, source, reason))
+
+
+def raw_ae_titles(body: bytes | bytearray) -> tuple[bytes, bytes]:
+    """``(called, calling)`` AE title fields of an A-ASSOCIATE-RQ body (PS3.8 9.3.2).
+
+    Bytes 5-20 and 21-36 of the PDU, i.e. offsets 4 and 20 of its body.
+    """
+    if len(body) < 68:
+        raise PduError(f"A-ASSOCIATE-RQ of {len(body)} bytes is shorter than its fixed fields")
+    return bytes(body[4:20]), bytes(body[20:36])
+
+
+def ae_title_problem(raw: bytes) -> str | None:
+    """Why *raw* is not a valid AE title field, or ``None`` (PS3.8 9.3.2, PS3.5 6.2).
+
+    The field holds ISO 646 characters without backslash or control
+    characters; leading and trailing spaces are not significant (trailing
+    NULs, which some senders pad with, are tolerated), and a value of only
+    spaces is not allowed.
+    """
+    value = raw.rstrip(b"\x00").strip(b" ")
+    if not value:
+        return "empty"
+    bad = [b for b in value if b < 0x20 or b > 0x7E or b == 0x5C]
+    if bad:
+        return f"byte 0x{bad[0]:02X} is not allowed"
+    return None
 
 
 @dataclass

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
 from dicom_node import __version__
@@ -44,11 +44,15 @@ health = APIRouter(prefix="/api", tags=["health"])
 
 
 @health.get("/health", response_model=Health, responses={503: {"model": Health}})
-def get_health(ctx: Context, response: Response) -> Health:
-    """Whether the node can work: the database answers and its schema is current.
+def get_health(ctx: Context, request: Request, response: Response) -> Health:
+    """Whether the node can work: the database answers, its schema is current,
+    and the DICOM listener accepts associations.
 
-    200 with ``status: ok``, else 503 with the ``problem``.
+    200 with ``status: ok``, else 503 with the ``problem``.  The listener is
+    known when the node set ``app.state.dicom_listener`` (a callable that
+    returns why the listener cannot accept, or ``None``).
     """
+    listener, listener_problem = _listener_state(request)
     try:
         revision = ctx.db.current_revision()
     except DatabaseError as exc:
@@ -60,11 +64,15 @@ def get_health(ctx: Context, response: Response) -> Health:
             schema_revision=None,
             schema_head=ctx.schema_head,
             version=__version__,
+            listener=listener,
             problem=f"database unreachable ({exc.__class__.__name__})",
         )
     problem = None
     if revision != ctx.schema_head:
         problem = f"schema at revision {revision}, code expects {ctx.schema_head}"
+    elif listener_problem is not None:
+        problem = listener_problem
+    if problem:
         response.status_code = 503
     return Health(
         status="error" if problem else "ok",
@@ -72,8 +80,20 @@ def get_health(ctx: Context, response: Response) -> Health:
         schema_revision=revision,
         schema_head=ctx.schema_head,
         version=__version__,
+        listener=listener,
         problem=problem,
     )
+
+
+def _listener_state(request: Request) -> tuple[bool | None, str | None]:
+    """``(accepting, problem)`` of the DICOM listener; ``(None, None)`` without one."""
+    probe = getattr(request.app.state, "dicom_listener", None)
+    if probe is None:
+        return None, None
+    problem = probe()
+    if problem is not None:
+        LOGGER.warning("health: %s", problem)
+    return problem is None, problem
 
 
 # -- studies -----------------------------------------------------------------------------

@@ -48,6 +48,9 @@ class Health(_Body):
     schema_head: str | None
     """The newest revision this code knows; ``ok`` needs both to be equal."""
     version: str
+    listener: bool | None = None
+    """The DICOM listener accepts associations (its socket is open and its
+    accept thread alive); ``None`` where this process runs none."""
     problem: str | None = None
     """Why ``status`` is ``error``."""
 
