@@ -395,7 +395,7 @@ def ood_features(
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(device)
     pooled = []
     with torch.inference_mode():
-        images, _ = network.transform([t])
+        images, _ = network.transform([t])  # type: ignore[operator]
         z = images.tensors
         for stage in (backbone.stem, backbone.layer2, backbone.layer3, backbone.layer4):
             z = stage(z)

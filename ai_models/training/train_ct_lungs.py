@@ -138,7 +138,7 @@ class SampleStream:
         if self._pool is None:
             self._queue.append(make_sample(child, **self._kwargs))  # type: ignore[arg-type]
         else:
-            self._queue.append(self._pool.submit(make_sample, child, **self._kwargs))
+            self._queue.append(self._pool.submit(make_sample, child, **self._kwargs))  # type: ignore[arg-type]
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
         """The next phantom in order (features, labels)."""
