@@ -216,12 +216,11 @@ def test_connections_per_address_are_limited_before_association(node: NodeProces
         for sock in idle:
             sock.close()
     assert "(max_connections_per_host)" in node.log()
+    # The node notices the closed connections within a moment; then the slots are free.
     deadline = time.monotonic() + 5
-    while "max_connections_per_host" in node.log() and time.monotonic() < deadline:
-        if echoscu(node.port, timeout_s=20).returncode == 0:
-            break
-        time.sleep(0.2)  # the node notices the closed connections within a moment
-    assert_echo(node.port)
+    while echoscu(node.port, timeout_s=20).returncode != 0:
+        assert time.monotonic() < deadline, "slots of closed connections were not freed"
+        time.sleep(0.2)
 
 
 # -- 5. max_associations is atomic -------------------------------------------------
@@ -409,7 +408,11 @@ def test_listener_survives_thread_start_failure_and_health_reports_it(
 
         monkeypatch.setattr(threading.Thread, "start", start_or_fail)
         for _ in range(3):
-            assert echoscu(dicom_port, timeout_s=20).returncode != 0
+            refused = echoscu(dicom_port, timeout_s=20)
+            assert refused.returncode != 0
+            # DCMTK reads the rejection: transient, local limit exceeded
+            assert "Association Rejected" in refused.stdout + refused.stderr
+            assert "Local Limit Exceeded" in refused.stdout + refused.stderr
         assert failures["left"] == 0
         assert_echo(dicom_port)
         assert "cannot start a thread (can't start new thread)" in caplog.text
