@@ -165,6 +165,55 @@ def _iter_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[pathlib.Pat
             logger.debug("not a file or folder: %s", path)
 
 
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+MAX_INFLATED_BYTES = 1 << 30
+"""Largest inflated data set read from a Deflated file (PS3.5 A.5): 1 GiB.
+
+pydicom inflates a Deflated data set whole, in memory, before it parses a
+single element; a file of a few MB can inflate to many GB (a decompression
+bomb).  Such files are measured first, streaming, and refused above this."""
+
+
+def deflate_bomb_reason(path: str | os.PathLike[str], limit: int | None = None) -> str:
+    """Why a Deflated file must not be read ('' for any other file, or one within ``limit``).
+
+    Streams the deflated data set (after the File Meta Information, PS3.10
+    7.1) through :mod:`zlib` in bounded steps, so the measurement itself never
+    holds more than a few MB.  ``limit`` defaults to :data:`MAX_INFLATED_BYTES`.
+    """
+    import zlib
+
+    limit = MAX_INFLATED_BYTES if limit is None else limit
+
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    try:
+        with open(path, "rb") as fp:
+            read_preamble(fp, force=True)
+            meta = _read_file_meta_info(fp)
+            if str(meta.get("TransferSyntaxUID", "")) != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+                return ""
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            total = 0
+            while chunk := fp.read(1 << 20):
+                data = inflater.decompress(chunk, 1 << 24)
+                while True:
+                    total += len(data)
+                    if total > limit:
+                        return (
+                            f"Deflated data set inflates to over {limit >> 20} MiB "
+                            "(a decompression bomb?): not read"
+                        )
+                    if not inflater.unconsumed_tail:
+                        break
+                    data = inflater.decompress(inflater.unconsumed_tail, 1 << 24)
+    except (OSError, zlib.error, ValueError, EOFError, InvalidDicomError) as exc:
+        return f"Deflated data set cannot be inflated ({type(exc).__name__})"
+    except Exception:  # noqa: BLE001 - not a DICOM file meta: pydicom decides later
+        return ""
+    return ""
+
+
 def _non_image_reason(ds: Dataset) -> str | None:
     """Why ``ds`` cannot be an image input, or None when it can."""
     sop_class = str(ds.get("SOPClassUID", ""))
@@ -184,6 +233,9 @@ def _non_image_reason(ds: Dataset) -> str | None:
 def _read_header(path: pathlib.Path, *, full: bool = False) -> tuple[Dataset | None, str]:
     """Read a header (or, with ``full``, the whole file); ``(None, reason)`` if not DICOM."""
     preamble = is_dicom_file(path)
+    bomb = deflate_bomb_reason(path) if preamble else ""
+    if bomb:
+        return None, bomb
     try:
         # defer_size keeps Pixel Data on disk but still tells us it is there.
         ds = pydicom.dcmread(path, defer_size=None if full else 1024, force=not preamble)

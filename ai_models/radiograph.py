@@ -47,7 +47,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from scipy import ndimage
 
-from ai_models.dicom_files import DicomFile, read_image_datasets
+from ai_models.dicom_files import DicomFile, deflate_bomb_reason, read_image_datasets
 from ai_models.errors import VolumeError
 from ai_models.types import FrameRef, Volume
 
@@ -108,6 +108,9 @@ def _read(sources: Iterable[Source] | Source) -> list[Dataset]:
             found, _ = read_image_datasets(path)
             out.extend(found)
             continue
+        bomb = deflate_bomb_reason(path)
+        if bomb:
+            raise VolumeError(f"cannot read a source file: {bomb}")
         try:
             out.append(pydicom.dcmread(path, force=True))
         except Exception as exc:  # noqa: BLE001 - translate any reader failure

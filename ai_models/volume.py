@@ -87,6 +87,7 @@ from pydicom.sequence import Sequence as DicomSequence
 
 from ai_models.dicom_files import (
     DicomFile,
+    deflate_bomb_reason,
     discover_series,
     one_line,
     read_image_datasets,
@@ -212,6 +213,9 @@ def _read_sources(sources: Iterable[Source] | Source) -> list[_Instance]:
             else:
                 paths.append(p)
     for p in paths:
+        bomb = deflate_bomb_reason(p)
+        if bomb:
+            raise VolumeError(f"cannot read a source file: {bomb}")
         try:
             read = pydicom.dcmread(p, force=True)
         except Exception as exc:  # noqa: BLE001 - translate any reader failure
