@@ -53,11 +53,12 @@ from typing import Any
 
 import numpy as np
 
-from ai_models.errors import ModelLoadError
+from ai_models.errors import ModelLoadError, PipelineNotApplicable
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "refuse_out_of_distribution",
     "MAHALANOBIS",
     "OodStats",
     "energy_score",
@@ -270,3 +271,22 @@ def stats_for(weights: str | pathlib.Path, weights_sha256: str, name: str) -> Oo
     with _LOCK:
         _CACHE[key] = stats
     return stats
+
+
+def refuse_out_of_distribution(name: str, scored: tuple[float, float] | None, what: str) -> None:
+    """Raise :class:`PipelineNotApplicable` when ``scored = (score, threshold)`` is above.
+
+    ``None`` (weights without statistics) passes; ``what`` names the output
+    that would not be meaningful (``"findings"``, ``"detections"``).
+    """
+    if scored is None:
+        return
+    score, threshold = scored
+    logger.debug("%s: OOD score %.1f (threshold %.1f)", name, score, threshold)
+    if score > threshold:
+        raise PipelineNotApplicable(
+            f"{name}: the image is out of the model's training distribution "
+            f"(OOD score {score:.1f} above the threshold {threshold:.1f}; Mahalanobis "
+            "distance of the network features from the synthetic training phantoms): "
+            f"its {what} would not be meaningful"
+        )

@@ -650,18 +650,7 @@ class MgMassesPipeline(Pipeline):
             Its OOD score (:meth:`ood_score`) is above the threshold; the
             message gives both.
         """
-        scored = self.ood_score(x)
-        if scored is None:
-            return
-        score, threshold = scored
-        logger.debug("%s: OOD score %.1f (threshold %.1f)", self.name, score, threshold)
-        if score > threshold:
-            raise PipelineNotApplicable(
-                f"{self.name}: the image is out of the model's training distribution "
-                f"(OOD score {score:.1f} above the threshold {threshold:.1f}; Mahalanobis "
-                "distance of the network features from the synthetic training phantoms): "
-                "its detections would not be meaningful"
-            )
+        ood.refuse_out_of_distribution(self.name, self.ood_score(x), "detections")
 
     def preprocess(self, volume: Volume) -> tuple[np.ndarray, tuple[float, float]]:
         """The working image and its scale factors (see :func:`model_input`).
