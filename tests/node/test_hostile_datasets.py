@@ -32,7 +32,6 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     generate_uid,
 )
-from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import select
 
@@ -41,7 +40,7 @@ from dicom_node import status as st
 from dicom_node.file_meta import encode_file_meta
 from storage.db import Database
 from storage.models import Instance
-from tests.support.peers import NodeProcess, echoscu, free_port, storescu
+from tests.support.peers import NodeProcess, echoscu, free_port, sender_ae, storescu
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(180)]
 
@@ -128,7 +127,7 @@ class Item:
 def send(port: int, items: list[Item], calling_ae: str = "RAWSCU") -> list[Dataset]:
     """Send *items* on one association with pynetdicom, each data set exactly as given;
     returns each C-STORE response (Status and Error Comment)."""
-    ae = AE(ae_title=calling_ae)
+    ae = sender_ae(calling_ae)
     ae.maximum_pdu_size = 256 * 1024
     for syntax in sorted({i.syntax for i in items}):
         ae.add_requested_context(CT_IMAGE, syntax)
@@ -240,7 +239,7 @@ def test_deflate_bomb_keeps_memory_bounded(
 def test_deflated_syntax_refused_by_config(tmp_path: Path, dicom_data: Path) -> None:
     """``accept_deflated = false``: a Deflated presentation context is rejected."""
     with started(tmp_path, node={"accept_deflated": False}) as node:
-        ae = AE(ae_title="RAWSCU")
+        ae = sender_ae("RAWSCU")
         ae.add_requested_context(CT_IMAGE, DeflatedExplicitVRLittleEndian)
         ae.add_requested_context(CT_IMAGE, ImplicitVRLittleEndian)
         ae.add_requested_context(Verification)

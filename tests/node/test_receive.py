@@ -25,14 +25,20 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _read_file_meta_info, read_preamble  # type: ignore[attr-defined]
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
 from sqlalchemy import select
 
 from bench.synthetic import write_ct_series
 from dicom_node import status as st
 from storage.db import Database
 from storage.models import Instance, Series
-from tests.support.peers import NodeProcess, echoscu, free_port, storescu, storescu_as_is
+from tests.support.peers import (
+    NodeProcess,
+    echoscu,
+    free_port,
+    sender_ae,
+    storescu,
+    storescu_as_is,
+)
 
 pytestmark = [pytest.mark.network]
 
@@ -109,7 +115,7 @@ def test_every_shared_file_is_stored_byte_identical(
     rows = good_files(dicom_data)
     assert len(rows) > 150
     contexts = sorted({(r["sop_class_uid"], r["transfer_syntax_uid"]) for r in rows})
-    ae = AE(ae_title="PYNETDICOM")
+    ae = sender_ae("PYNETDICOM")
     for sop_class, syntax in contexts:
         ae.add_requested_context(sop_class, syntax)
     assoc = ae.associate("127.0.0.1", node.port, ae_title="DICOM_NODE")
@@ -327,7 +333,7 @@ def test_free_space_watermark_answers_out_of_resources(tmp_path: Path, dicom_dat
 def _pynetdicom_store(port: int, path: Path) -> int:
     """C-STORE one file as it is with pynetdicom (for SOP classes DCMTK does not know)."""
     ds = dcmread(path, stop_before_pixels=True)
-    ae = AE(ae_title="PYNETDICOM")
+    ae = sender_ae("PYNETDICOM")
     ae.add_requested_context(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
     assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_NODE")
     assert assoc.is_established
@@ -357,7 +363,7 @@ def _raw_store(port: int, dataset_bytes: bytes, sop_class: str, affected_uid: st
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "raw.dcm"
         path.write_bytes(buf.getvalue() + dataset_bytes)
-        ae = AE(ae_title="RAWSCU")
+        ae = sender_ae("RAWSCU")
         ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
         old = pynetdicom._config.STORE_SEND_CHUNKED_DATASET
         pynetdicom._config.STORE_SEND_CHUNKED_DATASET = True

@@ -46,6 +46,23 @@ def wait_for_port(
     raise TimeoutError(f"nothing listening on port {port} after {timeout_s} s")
 
 
+SENDER_DIMSE_TIMEOUT_S = 180.0
+"""How long a test's pynetdicom sender waits for one response.  The node
+acknowledges only after its group-committed flush (``syncfs``), and on a
+loaded disk that can take longer than pynetdicom's default 30 s."""
+
+
+def sender_ae(ae_title: str) -> Any:
+    """A pynetdicom AE to send with, its timeouts bounded but generous."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=ae_title)
+    ae.acse_timeout = 60
+    ae.dimse_timeout = SENDER_DIMSE_TIMEOUT_S
+    ae.network_timeout = SENDER_DIMSE_TIMEOUT_S
+    return ae
+
+
 def dcmtk_env() -> dict[str, str]:
     env = dict(os.environ)
     env["TCP_NODELAY"] = "1"
