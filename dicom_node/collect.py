@@ -16,7 +16,9 @@ their unsent deliveries cancelled.  ``dicom-node complete UID`` forces
 completion without waiting.
 
 The collector polls the database, so it works the same when receivers run in
-other processes; it only reads rows the receivers wrote.
+other processes; it only reads rows the receivers wrote.  The SQL lives in
+:mod:`storage.completions`; this module holds the decisions (which rules
+match, whether the quiet period is over, which jobs a completion makes).
 """
 
 from __future__ import annotations
@@ -26,17 +28,15 @@ import secrets
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
-
-from sqlalchemy import func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
 
 from dicom_node.config import RuleSettings, Settings
 from dicom_node.routing import evaluate_rules
-from storage.db import Database
-from storage.jobs import DeliveryStatus, JobStatus, as_utc
-from storage.models import Completion, Delivery, Instance, Job, Result, Series, Study, utcnow
+from storage.completions import CompletionStore, CompletionTransaction, SeriesRow, StudyRow
+from storage.db import Database, DatabaseUnavailable, DuplicateRow
+from storage.jobs import NewJob
+from storage.models import utcnow
 
 __all__ = ["Collector", "CompletionReport", "series_attributes"]
 
@@ -75,6 +75,19 @@ class CompletionReport:
     """Forced completions that were already complete with the same instances."""
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    """What one completion covers."""
+
+    level: str
+    uid: str
+    study_id: int
+    series_id: int | None
+    series_ids: Sequence[int]
+    count: int
+    last: datetime
+
+
 class Collector:
     """Turns quiet series and studies into jobs.
 
@@ -95,6 +108,7 @@ class Collector:
         on_jobs: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
+        self.store = CompletionStore(db)
         self.on_jobs = on_jobs
         """Called after a pass that queued jobs (the local pool wakes at once)."""
         self.rules: list[RuleSettings] = list(settings.rules)
@@ -116,7 +130,7 @@ class Collector:
             try:
                 if self.tick().job_ids and self.on_jobs is not None:
                     self.on_jobs()
-            except (IntegrityError, OperationalError) as exc:
+            except (DuplicateRow, DatabaseUnavailable) as exc:
                 LOGGER.debug("collector pass retried next time: %s", exc)
             except Exception:
                 LOGGER.exception("collector pass failed; trying again")
@@ -127,31 +141,14 @@ class Collector:
         report = CompletionReport()
         if not self.rules:
             return report
-        for row in self._unsettled(Series, self._series_horizon, now):
-            with self.db.engine.begin() as conn:
-                self._settle_series(conn, row, now, False, report)
+        for series in self.store.unsettled_series(self._series_horizon, now):
+            with self.store.transaction() as tx:
+                self._settle_series(tx, series, now, False, report)
         if self._has_study_rules:
-            for study in self._unsettled(Study, self._study_horizon, now):
-                with self.db.engine.begin() as conn:
-                    self._settle_study(conn, study, now, False, report)
+            for study in self.store.unsettled_studies(self._study_horizon, now):
+                with self.store.transaction() as tx:
+                    self._settle_study(tx, study, now, False, report)
         return report
-
-    def _unsettled(
-        self, model: type[Series] | type[Study], horizon_s: float, now: datetime
-    ) -> list[Any]:
-        """Rows with instances since the collector last settled them, quiet for *horizon_s*."""
-        with self.db.engine.connect() as conn:
-            return list(
-                conn.execute(
-                    select(model.__table__).where(
-                        model.last_received_at <= now - timedelta(seconds=horizon_s),
-                        or_(
-                            model.collected_at.is_(None),
-                            model.last_received_at > model.collected_at,
-                        ),
-                    )
-                ).all()
-            )
 
     def complete(self, uid: str, now: datetime | None = None) -> CompletionReport:
         """Force completion of a series (its series-level rules) or a study (all its rules).
@@ -163,23 +160,17 @@ class Collector:
         """
         now = now or utcnow()
         report = CompletionReport()
-        with self.db.engine.begin() as conn:
-            series = conn.execute(
-                select(Series.__table__).where(Series.series_instance_uid == uid)
-            ).one_or_none()
+        with self.store.transaction() as tx:
+            series = tx.series_by_uid(uid)
             if series is not None:
-                self._settle_series(conn, series, now, True, report)
+                self._settle_series(tx, series, now, True, report)
                 return report
-            study = conn.execute(
-                select(Study.__table__).where(Study.study_instance_uid == uid)
-            ).one_or_none()
+            study = tx.study_by_uid(uid)
             if study is None:
                 raise LookupError(f"no series or study {uid} has been received")
-            for row in conn.execute(
-                select(Series.__table__).where(Series.study_id == study.id).order_by(Series.id)
-            ).all():
-                self._settle_series(conn, row, now, True, report)
-            self._settle_study(conn, study, now, True, report)
+            for row in tx.series_of_study(study.id):
+                self._settle_series(tx, row, now, True, report)
+            self._settle_study(tx, study, now, True, report)
         return report
 
     # -- series ----------------------------------------------------------------
@@ -188,14 +179,16 @@ class Collector:
         return [self.by_name[n] for n in matched if self.by_name[n].trigger == trigger]
 
     def _settle_series(
-        self, conn: Any, row: Any, now: datetime, force: bool, report: CompletionReport
+        self,
+        tx: CompletionTransaction,
+        row: SeriesRow,
+        now: datetime,
+        force: bool,
+        report: CompletionReport,
     ) -> None:
         attrs = series_attributes(row)
         rules = self._matching(attrs, "series")
-        count, last = conn.execute(
-            select(func.count(), func.max(Instance.received_at)).where(Instance.series_id == row.id)
-        ).one()
-        last = as_utc(last)
+        count, last = tx.series_instances(row.id)
         settled = True
         if not rules and not force and row.collected_at is None:
             study_rules = self._matching(attrs, "study")
@@ -214,42 +207,27 @@ class Collector:
             if not force and quiet < max(MIN_QUIET_S, rule.quiet_period_s):
                 settled = False
                 continue
-            self._complete(
-                conn,
-                "series",
-                row.series_instance_uid,
-                rule,
-                row.study_id,
-                row.id,
-                [row.id],
-                count,
-                last,
-                now,
-                force,
-                report,
+            snapshot = _Snapshot(
+                "series", row.series_instance_uid, row.study_id, row.id, [row.id], count, last
             )
+            self._complete(tx, snapshot, rule, now, force, report)
         if settled:
-            conn.execute(
-                update(Series).where(Series.id == row.id).values(collected_at=row.last_received_at)
-            )
+            tx.mark_series_collected(row)
 
     # -- study -----------------------------------------------------------------
     def _settle_study(
-        self, conn: Any, study: Any, now: datetime, force: bool, report: CompletionReport
+        self,
+        tx: CompletionTransaction,
+        study: StudyRow,
+        now: datetime,
+        force: bool,
+        report: CompletionReport,
     ) -> None:
-        series_rows = conn.execute(
-            select(Series.__table__).where(Series.study_id == study.id).order_by(Series.id)
-        ).all()
         per_rule: dict[str, list[int]] = {}
-        for row in series_rows:
+        for row in tx.series_of_study(study.id):
             for rule in self._matching(series_attributes(row), "study"):
                 per_rule.setdefault(rule.name, []).append(row.id)
-        count, last = conn.execute(
-            select(func.count(), func.max(Instance.received_at))
-            .join(Series, Series.id == Instance.series_id)
-            .where(Series.study_id == study.id)
-        ).one()
-        last = as_utc(last)
+        count, last = tx.study_instances(study.id)
         settled = True
         for name, series_ids in per_rule.items():
             rule = self.by_name[name]
@@ -259,150 +237,74 @@ class Collector:
             if not force and quiet < max(MIN_QUIET_S, rule.quiet_period_s):
                 settled = False
                 continue
-            self._complete(
-                conn,
-                "study",
-                study.study_instance_uid,
-                rule,
-                study.id,
-                None,
-                series_ids,
-                count,
-                last,
-                now,
-                force,
-                report,
+            snapshot = _Snapshot(
+                "study", study.study_instance_uid, study.id, None, series_ids, count, last
             )
+            self._complete(tx, snapshot, rule, now, force, report)
         if settled:
-            conn.execute(
-                update(Study)
-                .where(Study.id == study.id)
-                .values(collected_at=study.last_received_at)
-            )
+            tx.mark_study_collected(study)
 
     # -- completion rows and jobs ---------------------------------------------------
     def _complete(
         self,
-        conn: Any,
-        level: str,
-        uid: str,
+        tx: CompletionTransaction,
+        snap: _Snapshot,
         rule: RuleSettings,
-        study_id: int,
-        series_id: int | None,
-        series_ids: Sequence[int],
-        count: int,
-        last: datetime,
         now: datetime,
         force: bool,
         report: CompletionReport,
     ) -> None:
-        existing = conn.execute(
-            select(Completion.__table__).where(
-                Completion.level == level, Completion.uid == uid, Completion.rule == rule.name
+        recorded = tx.record(
+            level=snap.level,
+            uid=snap.uid,
+            rule=rule.name,
+            study_id=snap.study_id,
+            series_id=snap.series_id,
+            count=snap.count,
+            last=snap.last,
+            now=now,
+            forced=force,
+        )
+        if recorded.id is None:
+            if force:
+                report.unchanged.append(f"{snap.level} {snap.uid} rule {rule.name}")
+            return
+        if recorded.superseded_jobs or recorded.cancelled_deliveries:
+            LOGGER.info(
+                "superseded %d queued job(s) and cancelled %d unsent deliverie(s)",
+                recorded.superseded_jobs,
+                recorded.cancelled_deliveries,
             )
-        ).one_or_none()
-        if existing is None:
-            completion_id = conn.execute(
-                insert(Completion)
-                .values(
-                    level=level,
-                    uid=uid,
-                    rule=rule.name,
-                    study_id=study_id,
-                    series_id=series_id,
-                    instance_count=count,
-                    last_instance_at=last,
-                    revision=0,
-                    forced=force,
-                    completed_at=now,
-                )
-                .returning(Completion.id)
-            ).scalar_one()
-            revision = 0
-        else:
-            same = existing.instance_count == count and as_utc(existing.last_instance_at) == last
-            if same:
-                if force:
-                    report.unchanged.append(f"{level} {uid} rule {rule.name}")
-                return
-            completion_id = existing.id
-            revision = existing.revision + 1
-            conn.execute(
-                update(Completion)
-                .where(Completion.id == completion_id)
-                .values(
-                    instance_count=count,
-                    last_instance_at=last,
-                    revision=revision,
-                    forced=force,
-                    completed_at=now,
-                )
-            )
-            self._supersede(conn, completion_id, revision)
-        outputs = list(rule.outputs)
+        outputs: list[str] = [str(k) for k in rule.outputs]
         destinations: dict[str, list[str]] = {}
         for dest in rule.destinations:
             narrowed = self.destination_outputs.get(dest)
             destinations[dest] = [k for k in outputs if narrowed is None or k in narrowed]
         for pipeline in rule.pipelines:
-            job_id = conn.execute(
-                insert(Job)
-                .values(
-                    completion_id=completion_id,
-                    revision=revision,
-                    rule=rule.name,
-                    pipeline=pipeline,
-                    level=level,
-                    study_id=study_id,
-                    series_ids=list(series_ids),
-                    outputs=outputs,
-                    destinations=destinations,
-                    priority=rule.priority,
-                    status=JobStatus.QUEUED.value,
-                    attempts=0,
-                    max_attempts=self.max_attempts,
-                    not_before=now,
-                    uid_seed=secrets.token_hex(16),
-                    created_at=now,
-                    timings={},
-                )
-                .returning(Job.id)
-            ).scalar_one()
-            report.job_ids.append(int(job_id))
-        what = f"{level} {uid} rule {rule.name} rev {revision}"
-        report.completed.append(what)
+            job = NewJob(
+                completion_id=recorded.id,
+                revision=recorded.revision,
+                rule=rule.name,
+                pipeline=pipeline,
+                level=snap.level,
+                study_id=snap.study_id,
+                series_ids=list(snap.series_ids),
+                outputs=outputs,
+                destinations=destinations,
+                priority=rule.priority,
+                max_attempts=self.max_attempts,
+                uid_seed=secrets.token_hex(16),
+                created_at=now,
+            )
+            report.job_ids.append(tx.enqueue(job))
+        revision = recorded.revision
+        report.completed.append(f"{snap.level} {snap.uid} rule {rule.name} rev {revision}")
         LOGGER.info(
             "%s complete%s (%d instance(s)): rule %s -> %s%s",
-            level,
+            snap.level,
             " (forced)" if force else "",
-            count,
+            snap.count,
             rule.name,
             ", ".join(rule.pipelines) or "no pipeline",
             f" (revision {revision}: supersedes earlier results)" if revision else "",
         )
-
-    @staticmethod
-    def _supersede(conn: Any, completion_id: int, revision: int) -> None:
-        older = select(Job.id).where(Job.completion_id == completion_id, Job.revision < revision)
-        n_jobs = conn.execute(
-            update(Job)
-            .where(Job.id.in_(older), Job.status == JobStatus.QUEUED.value)
-            .values(status=JobStatus.SUPERSEDED.value, error="superseded by a later revision")
-        ).rowcount
-        n_deliveries = conn.execute(
-            update(Delivery)
-            .where(
-                Delivery.result_id.in_(select(Result.id).where(Result.job_id.in_(older))),
-                Delivery.status == DeliveryStatus.PENDING.value,
-            )
-            .values(
-                status=DeliveryStatus.CANCELLED.value,
-                error="superseded by a later revision before it was sent",
-            )
-        ).rowcount
-        if n_jobs or n_deliveries:
-            LOGGER.info(
-                "superseded %d queued job(s) and cancelled %d unsent deliverie(s)",
-                n_jobs,
-                n_deliveries,
-            )

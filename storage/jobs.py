@@ -29,6 +29,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.engine import Connection
 
 from storage.db import Database
 from storage.models import Completion, Delivery, Instance, Job, Result, Series, Study, utcnow
@@ -43,9 +44,11 @@ __all__ = [
     "JobQueue",
     "JobStatus",
     "LeaseLost",
+    "NewJob",
     "NewResult",
     "as_utc",
     "backoff_s",
+    "insert_job",
     "worker_name",
 ]
 
@@ -129,6 +132,54 @@ class ClaimedJob:
     max_attempts: int
     created_at: datetime
     owner: str
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job to queue: one pipeline on the series of one completion revision."""
+
+    completion_id: int
+    revision: int
+    rule: str
+    pipeline: str
+    level: str
+    study_id: int
+    series_ids: list[int]
+    outputs: list[str]
+    destinations: dict[str, list[str]]
+    priority: int
+    max_attempts: int
+    uid_seed: str
+    """Seeds the UIDs of every result object, fixed before anything is sent."""
+    created_at: datetime
+
+
+def insert_job(conn: Connection, job: NewJob) -> int:
+    """Insert *job* as ``queued`` (due at once) on *conn*; returns its id."""
+    job_id = conn.execute(
+        insert(Job)
+        .values(
+            completion_id=job.completion_id,
+            revision=job.revision,
+            rule=job.rule,
+            pipeline=job.pipeline,
+            level=job.level,
+            study_id=job.study_id,
+            series_ids=list(job.series_ids),
+            outputs=list(job.outputs),
+            destinations={k: list(v) for k, v in job.destinations.items()},
+            priority=job.priority,
+            status=JobStatus.QUEUED.value,
+            attempts=0,
+            max_attempts=job.max_attempts,
+            not_before=job.created_at,
+            uid_seed=job.uid_seed,
+            created_at=job.created_at,
+            timings={},
+        )
+        .returning(Job.id)
+    ).scalar_one()
+    return int(job_id)
 
 
 @dataclass(frozen=True)
@@ -229,6 +280,16 @@ class JobQueue:
         self.lease = timedelta(seconds=lease_s)
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
+
+    # -- queueing ------------------------------------------------------------
+    def enqueue(self, job: NewJob) -> int:
+        """Queue *job* in a transaction of its own; returns its id.
+
+        The collector queues the jobs of a completion together with it
+        (:meth:`storage.completions.CompletionTransaction.enqueue`).
+        """
+        with self.db.engine.begin() as conn:
+            return insert_job(conn, job)
 
     # -- claiming ------------------------------------------------------------
     @staticmethod

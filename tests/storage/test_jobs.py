@@ -24,6 +24,7 @@ from storage.jobs import (
     JobQueue,
     JobStatus,
     LeaseLost,
+    NewJob,
     NewResult,
     as_utc,
     backoff_s,
@@ -406,3 +407,33 @@ def test_a_job_finishing_after_a_revision_is_superseded(
 def test_backoff_schedule() -> None:
     assert [backoff_s(n, 5, 60) for n in range(1, 6)] == [5, 10, 20, 40, 60]
     assert as_utc(datetime(2026, 1, 1)).tzinfo is not None  # type: ignore[union-attr]
+
+
+def test_enqueue_outside_the_collector_is_claimable(store: ReceivedStore) -> None:
+    """``JobQueue.enqueue``: a job for an existing completion, due at once, by priority."""
+    receive(store, f"{CT}.1")
+    Collector(store.db, settings()).complete(CT)
+    queue = JobQueue(store.db)
+    first = jobs(store.db)[0]
+    now = utcnow()
+    job_id = queue.enqueue(
+        NewJob(
+            completion_id=first.completion_id,
+            revision=first.revision,
+            rule="manual",
+            pipeline="ct-third",
+            level="series",
+            study_id=first.study_id,
+            series_ids=list(first.series_ids),
+            outputs=["sr"],
+            destinations={"pacs": ["sr"]},
+            priority=9,
+            max_attempts=2,
+            uid_seed="ab" * 16,
+            created_at=now,
+        )
+    )
+    claimed = queue.claim("test-worker", now=now)
+    assert claimed is not None and claimed.id == job_id
+    assert (claimed.pipeline, claimed.outputs, claimed.max_attempts) == ("ct-third", ["sr"], 2)
+    assert claimed.destinations == {"pacs": ["sr"]} and claimed.uid_seed == "ab" * 16
