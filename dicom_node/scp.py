@@ -253,9 +253,10 @@ class StorageSCP:
     store:
         Where received instances become durable.
     on_stored:
-        Optional callback ``(record, result)`` after each durable store
-        (the collector hooks in here); its exceptions are logged, never
-        answered to the peer.
+        Optional callback ``(record, result)`` after each durable store, for
+        embedding (the node's collector does not use it: it polls the
+        database, so receivers in other processes feed it too); its
+        exceptions are logged, never answered to the peer.
     reuse_port:
         Bind with ``SO_REUSEPORT`` so several receiver processes can share
         the port (the kernel spreads connections over them).
