@@ -39,22 +39,14 @@ from typing import TYPE_CHECKING
 import highdicom as hd
 import numpy as np
 
-from dicom_node.results.common import (
-    DEFAULT_SERIES_NUMBERS,
-    RADIOGRAPH_MODALITIES,
-    check_result,
-    check_revision,
-    check_uid,
-    presentation_grey,
-    series_description,
-)
-from dicom_node.results.sc import (
+from dicom_node.results.common import RADIOGRAPH_MODALITIES, check_uid, presentation_grey
+from dicom_node.results.sc_image import (
     NOT_FOR_DIAGNOSTIC_USE,
-    _orientation_letter,
     burned_in_image,
+    checked_result,
     frame_key,
+    sc_series,
 )
-from dicom_node.results.source_header import clean_result
 
 if TYPE_CHECKING:
     from ai_models.types import HeatMap, PipelineResult
@@ -84,7 +76,7 @@ _ANCHORS = np.array(
 def heatmap_key(result: PipelineResult, heatmap: HeatMap) -> str:
     """Key of a heat map's image in ``sop_instance_uids``.
 
-    ``"<frame key>#heatmap:<tracking UID>"`` (see :func:`.sc.frame_key`).
+    ``"<frame key>#heatmap:<tracking UID>"`` (see :func:`.sc_image.frame_key`).
     """
     k = int(heatmap.frame_index)
     if not 0 <= k < len(result.volume.frames):
@@ -243,16 +235,19 @@ def write_heatmaps(
         For maps that do not fit the volume, repeated maps, bad UIDs or
         arguments.
     """
-    check_result(result)
-    result = clean_result(result)  # invalid source values never reach the object
+    result = checked_result(result)
     heatmaps = list(getattr(result, "heatmaps", ()) or ())
     _check(result, heatmaps)
-    if series_instance_uid is not None:
-        check_uid(series_instance_uid, "series_instance_uid")
-    check_revision(revision)
-    fixed = dict(sop_instance_uids or {})
-    for key, uid in fixed.items():
-        check_uid(uid, f"sop_instance_uids[{key!r}]")
+    series = sc_series(
+        result,
+        "heat map",
+        series_instance_uid=series_instance_uid,
+        sop_instance_uids=sop_instance_uids,
+        series_number=series_number,
+        instance_number=instance_number,
+        series_description_text=series_description_text,
+        revision=revision,
+    )
     if not 0.0 < float(alpha) <= 1.0:
         raise ValueError(f'Argument "alpha" must be in (0, 1], got {alpha!r}.')
     if int(max_size) < 64:
@@ -275,16 +270,6 @@ def write_heatmaps(
         if spacing is not None
         else None
     )
-    series_uid = series_instance_uid or hd.UID()
-    number = series_number if series_number is not None else DEFAULT_SERIES_NUMBERS["SC"]
-    first = instance_number if instance_number is not None else 1
-    description = series_description_text or series_description(
-        result.pipeline, result.algorithm, "heat map", revision
-    )
-    orientation = (
-        _orientation_letter(volume.direction[:, 2]),
-        _orientation_letter(volume.direction[:, 1]),
-    )
     images: list[hd.sc.SCImage] = []
     for t, hm in enumerate(heatmaps):
         k = int(hm.frame_index)
@@ -302,13 +287,13 @@ def write_heatmaps(
             rgb,
             src,
             ref,
-            series_instance_uid=series_uid,
-            series_number=number,
-            sop_instance_uid=fixed.get(heatmap_key(result, hm)) or hd.UID(),
-            instance_number=first + t,
+            series_instance_uid=series.series_instance_uid,
+            series_number=series.series_number,
+            sop_instance_uid=series.fixed_uids.get(heatmap_key(result, hm)) or hd.UID(),
+            instance_number=series.first_instance_number + t,
             pixel_spacing=pixel_spacing,
-            patient_orientation=orientation,
-            series_description=description,
+            patient_orientation=series.patient_orientation,
+            series_description=series.series_description,
             derivation=(
                 f"{hm.method} explanation map of {hm.label!r} from {result.pipeline} "
                 f"{result.algorithm.version}, blended over the source image"

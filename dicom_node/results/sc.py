@@ -36,26 +36,21 @@ from typing import TYPE_CHECKING
 
 import highdicom as hd
 import numpy as np
-from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence as DicomSequence
 
 from dicom_node.results._geometry import edges
-from dicom_node.results.common import (
-    DEFAULT_SERIES_NUMBERS,
-    MANUFACTURER_MODEL_NAME,
-    SOFTWARE_VERSION,
-    check_result,
-    check_revision,
-    check_uid,
-    contributing_equipment,
-    presentation_grey,
-    series_description,
+from dicom_node.results.common import presentation_grey
+from dicom_node.results.sc_image import (
+    NOT_FOR_DIAGNOSTIC_USE,
+    SECONDARY_CAPTURE_SOP_CLASS_UID,
+    burned_in_image,
+    checked_result,
+    frame_key,
+    sc_series,
 )
 from dicom_node.results.seg import segment_color
-from dicom_node.results.source_header import clean_result
 
 if TYPE_CHECKING:
-    from ai_models.types import FrameRef, PipelineResult
+    from ai_models.types import PipelineResult
 
 logger = logging.getLogger(__name__)
 
@@ -67,43 +62,7 @@ __all__ = [
     "write_sc",
 ]
 
-#: Secondary Capture Image Storage (PS3.4 B.5).
-SECONDARY_CAPTURE_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.7"
-
-#: Text of ImageComments and of the burned-in banner.
-NOT_FOR_DIAGNOSTIC_USE = "AI overlay - NOT FOR DIAGNOSTIC USE"
-
 _SLICE_CHOICES = ("mask", "all")
-
-
-def frame_key(ref: FrameRef) -> str:
-    """Key of a source frame in ``sop_instance_uids``: ``uid`` or ``uid#frame``."""
-    if ref.frame_number is None:
-        return ref.sop_instance_uid
-    return f"{ref.sop_instance_uid}#{ref.frame_number}"
-
-
-def _laterality(src: Dataset) -> str:
-    """Laterality ``R``/``L`` of a source, or ``""``.
-
-    From Laterality, Image Laterality or the Frame Anatomy macro's Frame
-    Laterality (PS3.3 C.7.6.16.2.8).
-    """
-    values = [src.get("Laterality"), src.get("ImageLaterality")]
-    shared = src.get("SharedFunctionalGroupsSequence")
-    if shared and "FrameAnatomySequence" in shared[0]:
-        values.append(shared[0].FrameAnatomySequence[0].get("FrameLaterality"))
-    for value in values:
-        if value in ("R", "L"):
-            return str(value)
-    return ""
-
-
-def _orientation_letter(vector: np.ndarray) -> str:
-    """Main LPS direction of a unit vector as a Patient Orientation letter."""
-    axis = int(np.argmax(np.abs(vector)))
-    positive = vector[axis] >= 0
-    return ("L", "P", "H")[axis] if positive else ("R", "A", "F")[axis]
 
 
 def _window(result: PipelineResult) -> tuple[float, float]:
@@ -201,16 +160,19 @@ def write_sc(
     ValueError
         For an unknown ``slices`` value, a bad window or invalid UIDs.
     """
-    check_result(result)
-    result = clean_result(result)  # invalid source values never reach the object
+    result = checked_result(result)
     if slices not in _SLICE_CHOICES:
         raise ValueError(f'Argument "slices" must be one of {_SLICE_CHOICES}, got {slices!r}.')
-    if series_instance_uid is not None:
-        check_uid(series_instance_uid, "series_instance_uid")
-    check_revision(revision)
-    fixed = dict(sop_instance_uids or {})
-    for key, uid in fixed.items():
-        check_uid(uid, f"sop_instance_uids[{key!r}]")
+    series = sc_series(
+        result,
+        "overlay",
+        series_instance_uid=series_instance_uid,
+        sop_instance_uids=sop_instance_uids,
+        series_number=series_number,
+        instance_number=instance_number,
+        series_description_text=series_description_text,
+        revision=revision,
+    )
     if window is not None:
         center, width = (float(v) for v in window)
         if not width > 0:
@@ -233,16 +195,6 @@ def write_sc(
         thickness = 2 if cols >= 384 else 1
 
     src = volume.source_datasets[0]
-    series_uid = series_instance_uid or hd.UID()
-    number = series_number if series_number is not None else DEFAULT_SERIES_NUMBERS["SC"]
-    first = instance_number if instance_number is not None else 1
-    description = series_description_text or series_description(
-        result.pipeline, result.algorithm, "overlay", revision
-    )
-    orientation = (
-        _orientation_letter(volume.direction[:, 2]),  # along a row (j)
-        _orientation_letter(volume.direction[:, 1]),  # down a column (i)
-    )
     out: list[hd.sc.SCImage] = []
     for t, k_ in enumerate(ks):
         k = int(k_)
@@ -270,13 +222,13 @@ def write_sc(
             rgb,
             src,
             ref,
-            series_instance_uid=series_uid,
-            series_number=number,
-            sop_instance_uid=fixed.get(frame_key(ref)) or hd.UID(),
-            instance_number=first + t,
+            series_instance_uid=series.series_instance_uid,
+            series_number=series.series_number,
+            sop_instance_uid=series.fixed_uids.get(frame_key(ref)) or hd.UID(),
+            instance_number=series.first_instance_number + t,
             pixel_spacing=(float(volume.spacing[1]), float(volume.spacing[2])),
-            patient_orientation=orientation,
-            series_description=description,
+            patient_orientation=series.patient_orientation,
+            series_description=series.series_description,
             derivation=(
                 f"Segment outlines of {result.pipeline} {result.algorithm.version} "
                 f"burned into the source image {shown_as}"
@@ -285,87 +237,3 @@ def write_sc(
         out.append(sc)
     logger.debug("SC overlay: %d image(s)", len(out))
     return out
-
-
-def burned_in_image(
-    result: PipelineResult,
-    rgb: np.ndarray,
-    source: Dataset,
-    ref: FrameRef,
-    *,
-    series_instance_uid: str,
-    series_number: int,
-    sop_instance_uid: str,
-    instance_number: int,
-    pixel_spacing: tuple[float, float] | None,
-    patient_orientation: tuple[str, str],
-    series_description: str,
-    derivation: str,
-) -> hd.sc.SCImage:
-    """One RGB Secondary Capture image (PS3.3 A.8.1) made from ``source``'s frame ``ref``.
-
-    Patient and study from the source; Body Part Examined and Laterality
-    (General Series, Type 2C) copied, Laterality empty (unknown) when the
-    body part is not recorded; BurnedInAnnotation YES, "not for diagnostic
-    use", ConversionType WSD, DERIVED\\SECONDARY; ``derivation`` as the
-    Derivation Description; the source frame in Source and Referenced Image
-    Sequences.  Shared by the outline overlays and the heat maps.
-    """
-    sc = hd.sc.SCImage(
-        pixel_array=rgb,
-        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-        bits_allocated=8,
-        coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        study_instance_uid=source.StudyInstanceUID,
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
-        manufacturer=result.algorithm.manufacturer or "dicom-node",
-        patient_id=source.get("PatientID"),
-        patient_name=source.get("PatientName"),
-        patient_birth_date=source.get("PatientBirthDate"),
-        patient_sex=source.get("PatientSex") or None,
-        accession_number=source.get("AccessionNumber"),
-        study_id=source.get("StudyID"),
-        study_date=source.get("StudyDate"),
-        study_time=source.get("StudyTime"),
-        referring_physician_name=source.get("ReferringPhysicianName"),
-        pixel_spacing=pixel_spacing,
-        patient_orientation=patient_orientation,
-        contributing_equipment=[contributing_equipment(result.algorithm)],
-        series_description=series_description,
-        manufacturer_model_name=MANUFACTURER_MODEL_NAME,
-        software_versions=SOFTWARE_VERSION,
-    )
-    # General Series Laterality is Type 2C (paired body parts): copied
-    # with Body Part Examined; empty (= unknown) when the body part is.
-    if source.get("BodyPartExamined"):
-        sc.BodyPartExamined = source.BodyPartExamined
-    laterality = _laterality(source)
-    if laterality:
-        sc.Laterality = laterality
-    elif not source.get("BodyPartExamined"):
-        # Without a body part the validator cannot tell an unpaired
-        # structure: an empty value says "unknown" (Type 2C).
-        sc.Laterality = ""
-    sc.BurnedInAnnotation = "YES"
-    sc.ImageComments = NOT_FOR_DIAGNOSTIC_USE
-    sc.ConversionType = "WSD"
-    sc.ImageType = ["DERIVED", "SECONDARY"]
-    sc.DerivationDescription = derivation[:1024]
-    ref_item = Dataset()
-    ref_item.ReferencedSOPClassUID = ref.sop_class_uid
-    ref_item.ReferencedSOPInstanceUID = ref.sop_instance_uid
-    if ref.frame_number is not None:
-        ref_item.ReferencedFrameNumber = ref.frame_number
-    sc.SourceImageSequence = DicomSequence([ref_item])
-    sc.ReferencedImageSequence = DicomSequence([_copy(ref_item)])
-    return sc
-
-
-def _copy(item: Dataset) -> Dataset:
-    new = Dataset()
-    for elem in item:
-        new.add(elem)
-    return new
