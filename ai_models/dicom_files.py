@@ -36,6 +36,7 @@ __all__ = [
     "SkippedFile",
     "discover_series",
     "is_dicom_file",
+    "non_image_sop_class",
     "one_line",
     "read_image_datasets",
     "scan_paths",
@@ -124,7 +125,8 @@ class DicomFile:
     series_instance_uid: str
     study_instance_uid: str
     modality: str
-    number_of_frames: int
+    number_of_frames: int | None
+    """``None`` when the record was made from a database row, not the header."""
     transfer_syntax_uid: str
 
 
@@ -214,14 +216,23 @@ def deflate_bomb_reason(path: str | os.PathLike[str], limit: int | None = None) 
     return ""
 
 
+def non_image_sop_class(sop_class_uid: str) -> str | None:
+    """The name of a non-image SOP class (SR, presentation state, waveform, RT
+    plan, ...), or ``None`` when instances of it may be images."""
+    if sop_class_uid in NON_IMAGE_SOP_CLASSES:
+        return NON_IMAGE_SOP_CLASSES[sop_class_uid]
+    for prefix, name in _NON_IMAGE_PREFIXES.items():
+        if sop_class_uid.startswith(prefix):
+            return name
+    return None
+
+
 def _non_image_reason(ds: Dataset) -> str | None:
     """Why ``ds`` cannot be an image input, or None when it can."""
     sop_class = str(ds.get("SOPClassUID", ""))
-    if sop_class in NON_IMAGE_SOP_CLASSES:
-        return f"non-image SOP class {NON_IMAGE_SOP_CLASSES[sop_class]} ({sop_class})"
-    for prefix, name in _NON_IMAGE_PREFIXES.items():
-        if sop_class.startswith(prefix):
-            return f"non-image SOP class {name} ({sop_class})"
+    name = non_image_sop_class(sop_class)
+    if name is not None:
+        return f"non-image SOP class {name} ({sop_class})"
     if "DirectoryRecordSequence" in ds:
         return "DICOMDIR (Media Storage Directory)"
     has_pixels = any(kw in ds for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))

@@ -17,14 +17,14 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ai_models.dicom_files import discover_series
-from ai_models.errors import AIModelsError, PipelineNotApplicable, VolumeError
-from dicom_node.results import parse_outputs, save_datasets, write_results
+from ai_models.errors import AIModelsError
+from dicom_node.results import parse_outputs
+from dicom_node.series_run import ResultOptions, SeriesFiles, run_series
 
 logger = logging.getLogger(__name__)
 
@@ -138,50 +138,31 @@ def analyze_paths(
     pipeline = get_pipeline(pipeline_name, configured=configured, **options)
     out = pathlib.Path(out_dir)
     report = AnalyzeReport(pipeline=pipeline.name or pipeline_name, out_dir=out, outputs=kinds)
-    modalities = tuple(getattr(pipeline, "modalities", ()) or ())
 
     series = discover_series(paths)
     if not series:
         logger.warning("no DICOM image series found")
+    result_options = ResultOptions(outputs=kinds)
     for uid, files in series.items():
         modality = files[0].modality if files else ""
         entry = SeriesReport(uid, modality, len(files), SeriesStatus.SKIPPED)
         report.series.append(entry)
-        if modalities and modality not in modalities:
-            entry.reason = f"modality {modality or '(none)'} is not one of {', '.join(modalities)}"
-            logger.info("series skipped: %s", entry.reason)
-            continue
-        t0 = time.perf_counter()
         try:
-            volume = pipeline.read_series(files)
-        except VolumeError as exc:
-            entry.reason = f"not one volume: {exc}"
-            logger.info("series skipped: %s", type(exc).__name__)
-            continue
-        entry.timings["read"] = time.perf_counter() - t0
-        try:
-            pipeline.check(volume)
-        except PipelineNotApplicable as exc:
-            entry.reason = str(exc)
-            logger.info("series skipped: not applicable")
-            continue
-        try:
-            result = pipeline.run(volume)
-            for stage, seconds in result.timings.items():
-                if stage not in ("read", "write"):
-                    entry.timings[stage] = float(seconds)
-            t1 = time.perf_counter()
-            datasets = write_results(result, kinds)
-            entry.files = save_datasets(datasets, out)
-            entry.timings["write"] = time.perf_counter() - t1
+            run = run_series(pipeline, SeriesFiles(uid, modality, files), result_options, out)
         except (AIModelsError, ValueError, TypeError, RuntimeError, OSError) as exc:
             entry.status = SeriesStatus.FAILED
             entry.reason = f"{type(exc).__name__}: {exc}"
             logger.exception("analysis of a %s series failed", modality or "?")
             continue
+        entry.timings = run.timings
+        if run.skipped is not None or run.result is None:
+            entry.reason = run.skipped or ""
+            logger.info("series skipped: %s", entry.reason)
+            continue
         entry.status = SeriesStatus.DONE
-        entry.segments = len(result.segments)
-        entry.findings = len(result.findings)
+        entry.files = run.files
+        entry.segments = len(run.result.segments)
+        entry.findings = len(run.result.findings)
         logger.info(
             "series analysed: %d segment(s), %d finding(s), %d file(s) in %.2f s",
             entry.segments, entry.findings, len(entry.files), entry.total_s,

@@ -30,13 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.config import Settings
-from dicom_node.results import (
-    PreviousVersion,
-    kind_of,
-    nothing_to_report,
-    save_datasets,
-    write_results,
-)
+from dicom_node.results import PreviousVersion, kind_of, nothing_to_report
+from dicom_node.series_run import ResultOptions, SeriesFiles, run_series
 from storage.db import Database
 from storage.jobs import ClaimedJob, JobQueue, JobStatus, LeaseLost, NewResult, worker_name
 from storage.models import utcnow
@@ -163,9 +158,26 @@ class JobRunner:
         )
         return status
 
-    def _series_files(self, series_id: int) -> tuple[str, list[Path]]:
-        uid, rels = self.queue.series_files(series_id)
-        return uid, [self.spool_root / rel for rel in rels]
+    def _series(self, series_id: int) -> SeriesFiles:
+        """The series' image instances as the database knows them (no header is read)."""
+        from ai_models.dicom_files import DicomFile, non_image_sop_class
+
+        stored = self.queue.series_instances(series_id)
+        files = [
+            DicomFile(
+                path=self.spool_root / inst.path,
+                sop_instance_uid=inst.sop_instance_uid,
+                sop_class_uid=inst.sop_class_uid,
+                series_instance_uid=stored.series_instance_uid,
+                study_instance_uid=stored.study_instance_uid,
+                modality=stored.modality,
+                number_of_frames=None,
+                transfer_syntax_uid=inst.transfer_syntax_uid,
+            )
+            for inst in stored.instances
+            if non_image_sop_class(inst.sop_class_uid) is None
+        ]
+        return SeriesFiles(stored.series_instance_uid, stored.modality, files)
 
     def _negative_report(self, job: ClaimedJob) -> bool:
         """The ``negative_report`` option of the job's rule (on for a rule no longer
@@ -187,52 +199,26 @@ class JobRunner:
         lock: threading.Lock,
         timings: dict[str, float],
     ) -> _SeriesOutcome:
-        from ai_models.dicom_files import discover_series
-        from ai_models.errors import PipelineNotApplicable, VolumeError
-
-        uid, paths = self._series_files(series_id)
+        series = self._series(series_id)
+        uid = series.series_instance_uid
         outcome = _SeriesOutcome(uid)
-        t0 = time.perf_counter()
-        found = discover_series(paths)
-        files = found.get(uid) or next(iter(found.values()), None)
-        if not files:
-            outcome.skipped = "no image instances"
-            return outcome
-        modalities = tuple(getattr(pipeline, "modalities", ()) or ())
-        modality = files[0].modality
-        if modalities and modality not in modalities:
-            outcome.skipped = (
-                f"modality {modality or '(none)'} is not one of {', '.join(modalities)}"
-            )
-            return outcome
-        try:
-            volume = pipeline.read_series(files)
-        except VolumeError as exc:
-            outcome.skipped = f"not one volume: {exc}"
-            return outcome
-        _add(timings, "read", time.perf_counter() - t0)
-        try:
-            pipeline.check(volume)
-        except PipelineNotApplicable as exc:
-            outcome.skipped = str(exc)
-            return outcome
-        with lock:
-            result = pipeline.run(volume)
-        for stage, seconds in result.timings.items():
-            if stage not in ("read", "write"):
-                _add(timings, stage, float(seconds))
-        t1 = time.perf_counter()
         negative_report = self._negative_report(job)
-        datasets = write_results(
-            result,
-            job.outputs,
+        options = ResultOptions(
+            outputs=tuple(job.outputs),
             uid_seed=f"{job.uid_seed}:{uid}",
             previous_sr=self._previous_versions(job, uid) if job.revision else None,
             revision=job.revision,
             sc_slices=self.settings.worker.sc_slices,
             negative_report=negative_report,
         )
-        if nothing_to_report(result):
+        folder = self.results_root / f"job-{job.id}"
+        run = run_series(pipeline, series, options, folder, lock=lock)
+        for stage, seconds in run.timings.items():
+            _add(timings, stage, seconds)
+        if run.skipped is not None or run.result is None:
+            outcome.skipped = run.skipped or "no result"
+            return outcome
+        if nothing_to_report(run.result):
             outcome.note = _no_findings_note(job, negative_report)
             LOGGER.info(
                 "job %d, series %s: %s",
@@ -240,10 +226,9 @@ class JobRunner:
                 uid,
                 outcome.note or "no findings; negative report written",
             )
-        folder = self.results_root / f"job-{job.id}"
-        paths_out = save_datasets(datasets, folder)
-        _flush(paths_out, folder)
-        for ds, path in zip(datasets, paths_out, strict=True):
+        t0 = time.perf_counter()
+        _flush(run.files, folder)
+        for ds, path in zip(run.datasets, run.files, strict=True):
             outcome.results.append(
                 NewResult(
                     kind=kind_of(ds),
@@ -256,7 +241,7 @@ class JobRunner:
                     size_bytes=path.stat().st_size,
                 )
             )
-        _add(timings, "write", time.perf_counter() - t1)
+        _add(timings, "write", time.perf_counter() - t0)
         return outcome
 
 

@@ -46,6 +46,8 @@ __all__ = [
     "LeaseLost",
     "NewJob",
     "NewResult",
+    "StoredInstance",
+    "StoredSeries",
     "as_utc",
     "backoff_s",
     "insert_job",
@@ -132,6 +134,26 @@ class ClaimedJob:
     max_attempts: int
     created_at: datetime
     owner: str
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """One received instance: its spool path (relative) and identifiers."""
+
+    path: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+
+
+@dataclass(frozen=True)
+class StoredSeries:
+    """A received series with its instances, as a job reads it."""
+
+    series_instance_uid: str
+    study_instance_uid: str
+    modality: str
+    instances: list[StoredInstance]
 
 
 @dataclass(frozen=True)
@@ -734,22 +756,38 @@ class JobQueue:
         with self.db.engine.connect() as conn:
             return str(conn.execute(select(Job.status).where(Job.id == job_id)).scalar_one())
 
-    def series_files(self, series_id: int) -> tuple[str, list[str]]:
-        """A series' Series Instance UID and its instances' spool paths, in receive order."""
+    def series_instances(self, series_id: int) -> StoredSeries:
+        """A series as received: its UIDs, modality and instances in receive order."""
         with self.db.engine.connect() as conn:
-            uid = conn.execute(
-                select(Series.series_instance_uid).where(Series.id == series_id)
-            ).scalar_one()
-            paths = (
-                conn.execute(
-                    select(Instance.path)
-                    .where(Instance.series_id == series_id)
-                    .order_by(Instance.id)
+            series = conn.execute(
+                select(Series.series_instance_uid, Series.modality, Study.study_instance_uid)
+                .join(Study, Study.id == Series.study_id)
+                .where(Series.id == series_id)
+            ).one()
+            rows = conn.execute(
+                select(
+                    Instance.path,
+                    Instance.sop_instance_uid,
+                    Instance.sop_class_uid,
+                    Instance.transfer_syntax_uid,
                 )
-                .scalars()
-                .all()
-            )
-        return str(uid), [str(p) for p in paths]
+                .where(Instance.series_id == series_id)
+                .order_by(Instance.id)
+            ).all()
+        return StoredSeries(
+            series_instance_uid=str(series.series_instance_uid),
+            study_instance_uid=str(series.study_instance_uid),
+            modality=str(series.modality or ""),
+            instances=[
+                StoredInstance(
+                    path=str(r.path),
+                    sop_instance_uid=str(r.sop_instance_uid),
+                    sop_class_uid=str(r.sop_class_uid or ""),
+                    transfer_syntax_uid=str(r.transfer_syntax_uid or ""),
+                )
+                for r in rows
+            ],
+        )
 
     def earlier_srs(
         self, job: ClaimedJob, source_series_uid: str

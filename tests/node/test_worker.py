@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydicom import dcmread
 from sqlalchemy import select
 
 from dicom_node.collect import Collector
@@ -50,4 +51,61 @@ def test_run_job_claims_by_id_and_records_a_permanent_failure(tmp_path: Path) ->
     assert (status, attempts) == ("failed", 1)
     assert "no-such-model" in error
     assert run_job(job_id, settings, db) == "failed"  # not due: left alone
+    db.dispose()
+
+
+def test_a_refusal_inside_the_run_skips_the_job_with_its_reason(
+    tmp_path: Path, dicom_data: Path
+) -> None:
+    """The real chest CR: the pixel checks take it, then the OOD check inside the
+    pipeline's run refuses it; the job ends ``skipped`` with that reason, not
+    ``failed``.  A Structured Report stored in the same series is not an input."""
+    settings = Settings.model_validate(
+        {
+            "storage": {
+                "spool_dir": str(tmp_path / "spool"),
+                "results_dir": str(tmp_path / "results"),
+                "database_url": f"sqlite:///{tmp_path / 'node.db'}",
+            },
+            "rules": [{"name": "cxr", "match": {"Modality": "CR"}, "pipelines": ["cxr-findings"]}],
+        }
+    )
+    db = Database(settings.storage.database_url)
+    db.upgrade()
+    store = ReceivedStore(db, Spool(settings.storage.spool_dir))
+    source = dicom_data / "nema_wg04/RG1_chest_CR/RG1_UNCR.dcm"
+    ds = dcmread(source, stop_before_pixels=True)
+    common = {
+        "study_instance_uid": str(ds.StudyInstanceUID),
+        "series_instance_uid": str(ds.SeriesInstanceUID),
+        "modality": "CR",
+        "attributes": {"Modality": "CR"},
+    }
+    store.store(
+        InstanceRecord(
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID),
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            **common,
+        ),
+        store.spool.write_temp([source.read_bytes()]),
+    )
+    store.store(
+        InstanceRecord(
+            sop_instance_uid=str(ds.SOPInstanceUID) + ".99",
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR: not read
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+            **common,
+        ),
+        store.spool.write_temp([b"not an image"]),
+    )
+    (job_id,) = Collector(db, settings).complete(str(ds.SeriesInstanceUID)).job_ids
+    assert run_job(job_id, settings, db) == "skipped"
+    with db.engine.connect() as conn:
+        status, error, timings = conn.execute(
+            select(Job.status, Job.error, Job.timings).where(Job.id == job_id)
+        ).one()
+    assert status == "skipped"
+    assert "out of the model's training distribution" in error, error
+    assert "read" in timings, timings
     db.dispose()
