@@ -52,16 +52,14 @@ from dicom_node.dimse_command import (
 )
 from dicom_node.errors import StoreRejected
 from dicom_node.file_meta import encode_file_meta
-from dicom_node.header import (
-    DEFLATED_SYNTAXES,
-    MAX_INFLATED_HEADER,
-    header_from_file,
-    header_from_prefix,
-    header_record,
-    parse_header,
-    routing_attributes,
+from dicom_node.header import DEFLATED_SYNTAXES
+from dicom_node.store_handler import (
+    StoreRequest,
+    check_command_uids,
+    handle_store,
+    watermark_reason,
 )
-from dicom_node.uids import UidPolicy, check_uids
+from dicom_node.uids import UidPolicy
 from dicom_node.upper_layer import (
     A_ABORT,
     A_ASSOCIATE_RQ_TYPE,
@@ -83,7 +81,7 @@ from dicom_node.upper_layer import (
     release_rp_pdu,
 )
 from storage.received import InstanceRecord, ReceivedStore, StoreOutcome
-from storage.spool import SpoolConflict, TempWriter
+from storage.spool import TempWriter
 
 __all__ = ["AssociationStats", "StorageSCP", "supported_contexts"]
 
@@ -722,7 +720,7 @@ class _Association:
         try:
             self._check_command_uids(cmd)
             if not store.spool.has_room_for(0):
-                raise StoreRejected(st.OUT_OF_RESOURCES, self._watermark_reason())
+                raise StoreRejected(st.OUT_OF_RESOURCES, watermark_reason(store))
         except StoreRejected as exc:
             # Read the data set to its end without keeping it; answer then.
             self._refusal = exc
@@ -770,7 +768,9 @@ class _Association:
         if size >= self._next_disk_check:
             self._next_disk_check = size + node.disk_check_mb * 2**20
             if spool.free_bytes(max_age_s=0.0) < spool.min_free_bytes:
-                self._refuse_data(StoreRejected(st.OUT_OF_RESOURCES, self._watermark_reason()))
+                self._refuse_data(
+                    StoreRejected(st.OUT_OF_RESOURCES, watermark_reason(self.scp.store))
+                )
 
     def _refuse_data(self, refusal: StoreRejected) -> None:
         """Drop the data set being received (its partial file too); answer *refusal*."""
@@ -780,10 +780,6 @@ class _Association:
             self.scp.store.spool.free_bytes(max_age_s=0.0)  # its space is free again
         if self._refusal is None:
             self._refusal = refusal
-
-    def _watermark_reason(self) -> str:
-        spool = self.scp.store.spool
-        return f"spool disk below the free-space watermark ({spool.min_free_bytes // 2**20} MB)"
 
     def _peer_uid_policy(self) -> UidPolicy:
         """The UID policy for this association's peer (``[[peers]]`` entry, else ``[node]``)."""
@@ -800,19 +796,10 @@ class _Association:
         return self._uid_policy
 
     def _check_command_uids(self, cmd: CommandSet) -> None:
-        """Refuse a C-STORE whose Affected SOP Class/Instance UID is not a UID (PS3.5 9.1).
-
-        Under ``uid_policy = "warn"`` only values no UID may have (non-ASCII,
-        control characters, over-long) are refused here; the data set's own
-        UIDs are checked, and warned about, in :meth:`_record`.
-        """
-        uids = {
-            "Affected SOP Class UID": cmd.affected_sop_class_uid,
-            "Affected SOP Instance UID": cmd.affected_sop_instance_uid,
-        }
-        check = check_uids({k: v for k, v in uids.items() if v}, self._peer_uid_policy())
-        if check.refused:
-            raise StoreRejected(st.INVALID_UID, check.describe(check.refused))
+        """Refuse a C-STORE whose Affected UIDs are not UIDs, before its data set."""
+        check_command_uids(
+            cmd.affected_sop_class_uid, cmd.affected_sop_instance_uid, self._peer_uid_policy()
+        )
 
     def _drop_partial(self) -> None:
         self._refusal = None
@@ -837,147 +824,64 @@ class _Association:
         self.send(p_data_pdu(context_id, 0x03, encode_response(cmd, status, comment)))
 
     def _store(self, cmd: CommandSet, context_id: int) -> tuple[int, str | None]:
-        """Make the received data set durable; return the C-STORE status (PS3.4 B.2.3)."""
+        """Hand the received data set to :func:`handle_store`; return its status."""
         writer, self._writer = self._writer, None
         head, self._head = self._head, []
         refusal, self._refusal = self._refusal, None
-        try:
-            if refusal is not None:
-                raise refusal
-            if writer is None:
-                raise StoreRejected(st.OUT_OF_RESOURCES, "cannot write to the spool")
-            spooled = writer.finish()
-            outcome = self._record(cmd, context_id, spooled, head)
-        except StoreRejected as exc:
+        if refusal is None and writer is None:
+            refusal = StoreRejected(st.OUT_OF_RESOURCES, "cannot write to the spool")
+        if refusal is not None:
             if writer is not None:
                 writer.abort()
             self.stats.failures += 1
             LOGGER.warning(
                 "C-STORE from %s refused with 0x%04X (%s): %s",
                 self.stats.calling_ae,
-                exc.status,
-                st.describe(exc.status),
-                exc.reason,
+                refusal.status,
+                st.describe(refusal.status),
+                refusal.reason,
             )
-            return exc.status, exc.reason[:64]
-        except SpoolConflict as exc:
-            # Never reached with the collision-free names; refuse rather than overwrite.
-            if writer is not None:
-                writer.abort()
-            self.stats.failures += 1
-            LOGGER.error("C-STORE from %s refused: %s", self.stats.calling_ae, exc)
-            return st.STORAGE_FAILURE, "spool path taken by another file"
-        except Exception:
-            if writer is not None:
-                writer.abort()
-            self.stats.failures += 1
-            LOGGER.exception("C-STORE from %s failed while storing", self.stats.calling_ae)
-            return st.STORAGE_FAILURE, "internal error while storing; retry later"
-        self.stats.instances += 1
-        self.stats.bytes += self._data_size
-        if outcome is not StoreOutcome.STORED:
-            self.stats.duplicates += 1
-        return st.SUCCESS, None
-
-    def _record(
-        self, cmd: CommandSet, context_id: int, spooled: Any, head: list[bytes]
-    ) -> StoreOutcome:
-        store = self.scp.store
-        ts_uid = str(self.accepted[context_id].transfer_syntax[0])
+            return refusal.status, refusal.reason[:64]
+        assert writer is not None
         try:
-            prefix = b"".join(head)
-            parsed = header_from_prefix(prefix, self._data_size, ts_uid, record_only=True)
-            if parsed is None:  # a header longer than the kept prefix: read it from the file
-                parsed = header_from_file(
-                    spooled.temp_path, len(self._meta), ts_uid, record_only=True
-                )
-                prefix = b""
-        except Exception as exc:
-            raise StoreRejected(st.CANNOT_DECODE, f"cannot parse data set: {exc}") from exc
-        if parsed is None:
-            raise StoreRejected(
-                st.CANNOT_DECODE,
-                f"header longer than {MAX_INFLATED_HEADER // 2**20} MiB inflated (Deflated)",
-            )
-        ds = parsed
-
-        def attributes() -> dict[str, Any]:
-            # Only for the first instance of a series: a full header parse of the
-            # prefix; what cannot be read is left out, never failing the store.
-            if prefix:
-                try:
-                    return routing_attributes(parse_header(prefix, ts_uid))
-                except Exception as exc:
-                    LOGGER.warning(
-                        "header of a series' first instance only partly readable (%s); "
-                        "routing attributes from the record's elements",
-                        type(exc).__name__,
-                    )
-            return routing_attributes(ds)
-
-        record = header_record(ds, ts_uid, attributes)
-        self._check_dataset_uids(record)
-        if (
-            cmd.affected_sop_instance_uid
-            and cmd.affected_sop_instance_uid != record.sop_instance_uid
-        ):
-            raise StoreRejected(
-                st.UID_MISMATCH,
-                f"SOPInstanceUID {record.sop_instance_uid} differs from the command's "
-                f"Affected SOP Instance UID {cmd.affected_sop_instance_uid}",
-            )
-        if cmd.affected_sop_class_uid and cmd.affected_sop_class_uid != record.sop_class_uid:
-            raise StoreRejected(
-                st.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                f"SOPClassUID {record.sop_class_uid} differs from the command's "
-                f"Affected SOP Class UID {cmd.affected_sop_class_uid}",
-            )
-        if not store.spool.has_room_for(0):  # the file is written: its space is taken
-            raise StoreRejected(st.OUT_OF_RESOURCES, self._watermark_reason())
-        record.calling_ae = self.stats.calling_ae
-        record.called_ae = self.stats.called_ae
-        record.peer_address = self.address
-        result = store.store(record, spooled)
-        if result.outcome is StoreOutcome.REJECTED:
-            raise StoreRejected(
-                st.DUPLICATE_DIFFERS,
-                f"instance {record.sop_instance_uid} already stored with different content",
-            )
-        if result.outcome in (StoreOutcome.DUPLICATE_KEPT, StoreOutcome.REPLACED):
-            LOGGER.warning(
-                "instance re-sent with different content (%s): %s",
-                result.outcome.value,
-                record.sop_instance_uid,
-            )
-        if self.scp.on_stored is not None:
-            try:
-                self.scp.on_stored(record, result)
-            except Exception:
-                LOGGER.exception("on_stored callback failed (the instance is stored)")
-        return result.outcome
-
-    def _check_dataset_uids(self, record: InstanceRecord) -> None:
-        """Refuse (``INVALID_UID``, 0xC005) or warn about UIDs that break PS3.5 9.1."""
-        check = check_uids(
-            {
-                "StudyInstanceUID": record.study_instance_uid,
-                "SeriesInstanceUID": record.series_instance_uid,
-                "SOPInstanceUID": record.sop_instance_uid,
-                "SOPClassUID": record.sop_class_uid,
-            },
-            self._peer_uid_policy(),
+            spooled = writer.finish()
+        except OSError as exc:
+            writer.abort()
+            self.stats.failures += 1
+            status, comment = st.status_for(exc)
+            LOGGER.error("C-STORE from %s: spool file not closed: %s", self.stats.calling_ae, exc)
+            return status, comment[:64]
+        request = StoreRequest(
+            affected_sop_class_uid=cmd.affected_sop_class_uid,
+            affected_sop_instance_uid=cmd.affected_sop_instance_uid,
+            transfer_syntax_uid=str(self.accepted[context_id].transfer_syntax[0]),
+            spooled=spooled,
+            meta_length=len(self._meta),
+            head=b"".join(head),
+            data_size=self._data_size,
+            calling_ae=self.stats.calling_ae,
+            called_ae=self.stats.called_ae,
+            peer_address=self.address,
+            uid_policy=self._peer_uid_policy(),
         )
-        if check.refused:
-            raise StoreRejected(st.INVALID_UID, check.describe(check.refused))
-        if check.warnings:
+        answer = handle_store(request, self.scp.store, on_stored=self.scp.on_stored)
+        if answer.uid_warnings:
             # One WARNING per association; the rest at DEBUG (a legacy sender sends many).
             log = LOGGER.debug if self._uid_warned else LOGGER.warning
             self._uid_warned = True
             log(
                 "C-STORE from %s accepted with invalid UID(s) (uid_policy = warn): %s",
                 self.stats.calling_ae,
-                check.describe(check.warnings),
+                answer.uid_warnings,
             )
+        if not answer.stored:
+            self.stats.failures += 1
+            return answer.status, answer.comment
+        self.stats.instances += 1
+        self.stats.bytes += self._data_size
+        if answer.outcome is not StoreOutcome.STORED:
+            self.stats.duplicates += 1
+        return answer.status, answer.comment
 
     def _log_summary(self) -> None:
         s = self.stats
