@@ -21,6 +21,10 @@ SeriesDescription that says what made it and the algorithm in Contributing
 Equipment.  :func:`write_results` runs the writers a caller asked for;
 :func:`save_datasets` stores them as files named ``<kind>_<SOPInstanceUID>.dcm``.
 
+Each kind is a :class:`~dicom_node.results.writer.ResultWriter` registered in
+:mod:`dicom_node.results.registry`, which alone lists them; a new kind is one
+module with its writer and one line there.
+
 Idempotent retries: with a job's ``uid_seed`` every UID the caller does not
 fix is derived from the seed (:func:`~dicom_node.results.common.derive_uid`),
 so a retried job re-sends objects with the same UIDs.  Revisions: a result
@@ -35,7 +39,7 @@ import logging
 import os
 import pathlib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 
@@ -46,17 +50,17 @@ from dicom_node.results.common import (
     check_seed,
     derive_uid,
     device_uid,
-    revision_parts,
-    seeded_uids,
 )
-from dicom_node.results.gsps import (
-    GRAYSCALE_SOFTCOPY_PRESENTATION_STATE_SOP_CLASS_UID,
-    marks_of,
-    with_box_segments,
-    write_gsps,
-)
+from dicom_node.results.gsps import GRAYSCALE_SOFTCOPY_PRESENTATION_STATE_SOP_CLASS_UID, write_gsps
 from dicom_node.results.heatmap import heatmap_key, write_heatmaps
-from dicom_node.results.sc import SECONDARY_CAPTURE_SOP_CLASS_UID, frame_key, write_sc
+from dicom_node.results.registry import (
+    kind_of_sop_class,
+    register_writer,
+    result_kinds,
+    unregister_writer,
+    writers,
+)
+from dicom_node.results.sc import SECONDARY_CAPTURE_SOP_CLASS_UID, write_sc
 from dicom_node.results.seg import SEGMENTATION_SOP_CLASS_UID, segment_number_map, write_seg
 from dicom_node.results.source_header import SourceHeaderError, clean_result
 from dicom_node.results.sr import (
@@ -67,6 +71,7 @@ from dicom_node.results.sr import (
     write_negative_sr,
     write_sr,
 )
+from dicom_node.results.writer import ResultWriter, WriteContext
 
 if TYPE_CHECKING:
     from ai_models.types import PipelineResult
@@ -82,15 +87,20 @@ __all__ = [
     "SEGMENTATION_SOP_CLASS_UID",
     "OutputUIDs",
     "PreviousVersion",
+    "ResultWriter",
     "SourceHeaderError",
+    "WriteContext",
     "derive_uid",
     "device_uid",
     "heatmap_key",
     "kind_of",
     "nothing_to_report",
     "parse_outputs",
+    "register_writer",
+    "result_kinds",
     "save_datasets",
     "segment_number_map",
+    "unregister_writer",
     "write_gsps",
     "write_heatmaps",
     "write_negative_sr",
@@ -100,15 +110,9 @@ __all__ = [
     "write_sr",
 ]
 
-#: Output kinds in the order they are written (the SR references the SEG).
-OUTPUT_KINDS = ("seg", "sr", "gsps", "sc")
-
-_KIND_BY_SOP_CLASS = {
-    SEGMENTATION_SOP_CLASS_UID: "seg",
-    COMPREHENSIVE_3D_SR_SOP_CLASS_UID: "sr",
-    SECONDARY_CAPTURE_SOP_CLASS_UID: "sc",
-    GRAYSCALE_SOFTCOPY_PRESENTATION_STATE_SOP_CLASS_UID: "gsps",
-}
+#: The built-in output kinds in the order they are written (the SR references
+#: the SEG); :func:`result_kinds` also names those registered since.
+OUTPUT_KINDS = result_kinds()
 
 
 def parse_outputs(outputs: str | Iterable[str]) -> tuple[str, ...]:
@@ -123,17 +127,19 @@ def parse_outputs(outputs: str | Iterable[str]) -> tuple[str, ...]:
         items = [p.strip().lower() for p in outputs.split(",") if p.strip()]
     else:
         items = [str(p).strip().lower() for p in outputs]
-    unknown = sorted(set(items) - set(OUTPUT_KINDS))
+    kinds = result_kinds()
+    unknown = sorted(set(items) - set(kinds))
     if unknown:
-        raise ValueError(f"Unknown output kind(s) {unknown}; choose from {list(OUTPUT_KINDS)}.")
+        raise ValueError(f"Unknown output kind(s) {unknown}; choose from {list(kinds)}.")
     if not items:
         raise ValueError("No output kind selected.")
-    return tuple(k for k in OUTPUT_KINDS if k in items)
+    return tuple(k for k in kinds if k in items)
 
 
 def kind_of(dataset: Dataset) -> str:
-    """``"seg"``, ``"sr"``, ``"gsps"`` or ``"sc"`` for a dataset these writers made."""
-    return _KIND_BY_SOP_CLASS.get(str(dataset.SOPClassUID), "dcm")
+    """The registered kind (``"seg"``, ``"sr"``, ...) of a dataset these writers made,
+    found by its SOP Class UID; ``"dcm"`` for any other."""
+    return kind_of_sop_class(str(dataset.SOPClassUID)) or "dcm"
 
 
 def write_results(
@@ -154,8 +160,8 @@ def write_results(
     result:
         What a pipeline produced for one series.
     outputs:
-        Kinds to write, from ``"seg"``, ``"sr"``, ``"gsps"``, ``"sc"`` (a set,
-        a list or a comma-separated string).
+        Kinds to write, from ``"seg"``, ``"sr"``, ``"gsps"``, ``"sc"`` and any
+        registered kind (a set, a list or a comma-separated string).
     uids:
         Per kind, the UIDs and numbers fixed by the caller
         (:class:`OutputUIDs`); anything not given is generated.  For ``"sc"``,
@@ -189,7 +195,9 @@ def write_results(
     Returns
     -------
     list of pydicom.Dataset
-        SEG, then SR, then the GSPS, then the SC images.  A kind with nothing
+        SEG, then SR, then the GSPS, then the SC images (the registry's
+        order; each kind's :meth:`~dicom_node.results.writer.ResultWriter.applies`
+        says whether it writes anything).  A kind with nothing
         to show is skipped with a log line: no SEG when every mask is empty, no
         findings SR without findings (the negative report instead when the
         result has nothing to report at all and ``negative_report`` is on;
@@ -215,7 +223,7 @@ def write_results(
     """
     kinds = parse_outputs(outputs)
     uids = dict(uids or {})
-    unknown = sorted(set(uids) - set(OUTPUT_KINDS))
+    unknown = sorted(set(uids) - set(result_kinds()))
     if unknown:
         raise ValueError(f"uids has unknown kind(s) {unknown}.")
     for kind, value in uids.items():
@@ -226,134 +234,29 @@ def write_results(
     if uid_seed is not None:
         check_seed(uid_seed)
     predecessors = previous_versions_of(previous_sr)
-    heatmaps = list(getattr(result, "heatmaps", None) or ())
     if predecessors and "sr" not in kinds:
         logger.info("previous_sr given but no SR requested: no predecessor is recorded")
-
-    def fixed(kind: str) -> OutputUIDs:
-        u = uids.get(kind) or OutputUIDs()
-        if uid_seed is None:
-            return u
-        keys = [frame_key(f) for f in result.volume.frames] if kind == "sc" else ()
-        if kind == "sc":
-            keys = [*keys, *(heatmap_key(result, h) for h in heatmaps)]
-        return seeded_uids(u, uid_seed, kind, frame_keys=keys, revision=revision)
 
     # Once for all writers: invalid source values are emptied or left out
     # (one warning each), missing Type 2 attributes added empty.
     result = clean_result(result)
 
-    out: list[Dataset] = []
-    seg_ds = None
-    # A SEG is also needed to reference segments from the SR.
-    if "seg" in kinds:
-        if segment_number_map(result):
-            u = fixed("seg")
-            seg_ds = write_seg(
-                result,
-                series_instance_uid=u.series_instance_uid,
-                sop_instance_uid=u.sop_instance_uid,
-                series_number=u.series_number,
-                instance_number=u.instance_number,
-                dimension_organization_uid=(
-                    derive_uid(uid_seed, "seg", "dimension-organization", *revision_parts(revision))
-                    if uid_seed is not None
-                    else None
-                ),
-                revision=revision,
-            )
-            out.append(seg_ds)
-        else:
-            logger.info("no SEG written: every segment of the %s result is empty", result.pipeline)
-    if "sr" in kinds:
-        sr = _write_sr_kind(
-            result, seg_ds, fixed("sr"), predecessors, revision, negative_report=negative_report
-        )
-        if sr is not None:
-            out.append(sr)
-    if "gsps" in kinds:
-        if marks_of(result):
-            u = fixed("gsps")
-            out.append(
-                write_gsps(
-                    result,
-                    series_instance_uid=u.series_instance_uid,
-                    sop_instance_uid=u.sop_instance_uid,
-                    series_number=u.series_number,
-                    instance_number=u.instance_number,
-                    revision=revision,
-                )
-            )
-        else:
-            logger.info(
-                "no GSPS written: no finding of the %s result can be drawn", result.pipeline
-            )
-    if "sc" in kinds:
-        u = fixed("sc")
-        images = write_sc(
-            with_box_segments(result),  # detection boxes burned in too
-            series_instance_uid=u.series_instance_uid,
-            sop_instance_uids=u.sop_instance_uids,
-            series_number=u.series_number,
-            instance_number=u.instance_number,
-            slices=sc_slices,
-            revision=revision,
-        )
-        if not images and not heatmaps:
-            logger.info("no SC overlay written: no slice has a segment")
-        out.extend(images)
-        if heatmaps:
-            out.extend(
-                write_heatmaps(
-                    result,
-                    series_instance_uid=(
-                        images[0].SeriesInstanceUID if images else u.series_instance_uid
-                    ),
-                    sop_instance_uids=u.sop_instance_uids,
-                    series_number=u.series_number,
-                    instance_number=(
-                        u.instance_number if u.instance_number is not None else 1
-                    ) + len(images),
-                    series_description_text=(
-                        str(images[0].SeriesDescription) if images else None
-                    ),
-                    revision=revision,
-                )
-            )
-    return out
-
-
-def _write_sr_kind(
-    result: PipelineResult,
-    segmentation: Dataset | None,
-    u: OutputUIDs,
-    predecessors: Sequence[PreviousVersion],
-    revision: int,
-    *,
-    negative_report: bool,
-) -> Dataset | None:
-    """The ``"sr"`` kind: the findings report, the negative report, or nothing."""
-    common: dict[str, Any] = dict(
-        series_instance_uid=u.series_instance_uid,
-        sop_instance_uid=u.sop_instance_uid,
-        series_number=u.series_number,
-        instance_number=u.instance_number,
-        previous_versions=list(predecessors) or None,
+    context = WriteContext(
+        uids=uids,
+        uid_seed=uid_seed,
         revision=revision,
+        predecessors=predecessors,
+        negative_report=negative_report,
+        sc_slices=sc_slices,
     )
-    if result.findings:
-        return write_sr(result, segmentation=segmentation, **common)
-    if not nothing_to_report(result):
-        logger.info("no SR written: the %s result has segments but no findings", result.pipeline)
-        return None
-    if not negative_report:
-        logger.info(
-            "no SR written: the %s result has no findings; negative report disabled",
-            result.pipeline,
-        )
-        return None
-    logger.info("negative report: the %s result has no findings", result.pipeline)
-    return write_negative_sr(result, **common)
+    out: list[Dataset] = []
+    for writer in writers():
+        if writer.kind not in kinds or not writer.applies(result, context):
+            continue
+        written = writer.write(result, context)
+        context.written[writer.kind] = written
+        out.extend(written)
+    return out
 
 
 def save_datasets(

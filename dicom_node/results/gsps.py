@@ -71,6 +71,7 @@ from dicom_node.results.source_header import clean_result
 
 if TYPE_CHECKING:
     from ai_models.types import PipelineResult
+    from dicom_node.results.writer import WriteContext
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ __all__ = [
     "GRAPHIC_LAYER",
     "GRAYSCALE_SOFTCOPY_PRESENTATION_STATE_SOP_CLASS_UID",
     "BOX_COLOUR",
+    "GspsWriter",
     "Mark",
     "PAIRED_BODY_PARTS",
     "marks_of",
@@ -478,3 +480,33 @@ def write_gsps(
         "GSPS %s: %d graphic(s) on %d image(s)", gsps.SOPInstanceUID, len(marks), len(ks)
     )
     return gsps
+
+
+class GspsWriter:
+    """Result kind ``"gsps"``: the findings drawn in a Grayscale Softcopy
+    Presentation State (PS3.3 A.33.1), when there is a box or segment to draw."""
+
+    kind = "gsps"
+    sop_class_uid = GRAYSCALE_SOFTCOPY_PRESENTATION_STATE_SOP_CLASS_UID
+    series_number = DEFAULT_SERIES_NUMBER
+
+    def applies(self, result: PipelineResult, context: WriteContext) -> bool:
+        """Whether a finding can be drawn (:func:`marks_of`)."""
+        if marks_of(result):
+            return True
+        logger.info("no GSPS written: no finding of the %s result can be drawn", result.pipeline)
+        return False
+
+    def write(self, result: PipelineResult, context: WriteContext) -> list[Dataset]:
+        """The presentation state of ``result``."""
+        u = context.uids_for(self.kind)
+        return [
+            write_gsps(
+                result,
+                series_instance_uid=u.series_instance_uid,
+                sop_instance_uid=u.sop_instance_uid,
+                series_number=u.series_number,
+                instance_number=u.instance_number,
+                revision=context.revision,
+            )
+        ]

@@ -36,9 +36,12 @@ from typing import TYPE_CHECKING
 
 import highdicom as hd
 import numpy as np
+from pydicom.dataset import Dataset
 
 from dicom_node.results._geometry import edges
-from dicom_node.results.common import presentation_grey
+from dicom_node.results.common import DEFAULT_SERIES_NUMBERS, presentation_grey
+from dicom_node.results.gsps import with_box_segments
+from dicom_node.results.heatmap import heatmap_key, write_heatmaps
 from dicom_node.results.sc_image import (
     NOT_FOR_DIAGNOSTIC_USE,
     SECONDARY_CAPTURE_SOP_CLASS_UID,
@@ -51,12 +54,14 @@ from dicom_node.results.seg import segment_color
 
 if TYPE_CHECKING:
     from ai_models.types import PipelineResult
+    from dicom_node.results.writer import WriteContext
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "NOT_FOR_DIAGNOSTIC_USE",
     "SECONDARY_CAPTURE_SOP_CLASS_UID",
+    "ScWriter",
     "burned_in_image",
     "frame_key",
     "write_sc",
@@ -237,3 +242,62 @@ def write_sc(
         out.append(sc)
     logger.debug("SC overlay: %d image(s)", len(out))
     return out
+
+
+class ScWriter:
+    """Result kind ``"sc"``: the opt-in Secondary Capture series (PS3.3 A.8.1).
+
+    The outline overlays (detection boxes burned in as outlines too,
+    :func:`~dicom_node.results.gsps.with_box_segments`), then the result's
+    heat maps (:func:`~dicom_node.results.heatmap.write_heatmaps`) in the
+    same series, numbered after them.  With a seed each image's SOP Instance
+    UID is keyed by its source frame (:func:`frame_key`) or heat map
+    (:func:`~dicom_node.results.heatmap.heatmap_key`).
+    """
+
+    kind = "sc"
+    sop_class_uid = SECONDARY_CAPTURE_SOP_CLASS_UID
+    series_number = DEFAULT_SERIES_NUMBERS["SC"]
+
+    def applies(self, result: PipelineResult, context: WriteContext) -> bool:
+        """Always: which slices have an outline is known once they are drawn."""
+        return True
+
+    def write(self, result: PipelineResult, context: WriteContext) -> list[Dataset]:
+        """The overlay images, then the heat map images."""
+        heatmaps = list(getattr(result, "heatmaps", None) or ())
+        keys: list[str] = []
+        if context.uid_seed is not None:
+            keys = [frame_key(f) for f in result.volume.frames]
+            keys += [heatmap_key(result, h) for h in heatmaps]
+        u = context.uids_for(self.kind, keys)
+        images = write_sc(
+            with_box_segments(result),  # detection boxes burned in too
+            series_instance_uid=u.series_instance_uid,
+            sop_instance_uids=u.sop_instance_uids,
+            series_number=u.series_number,
+            instance_number=u.instance_number,
+            slices=context.sc_slices,
+            revision=context.revision,
+        )
+        if not images and not heatmaps:
+            logger.info("no SC overlay written: no slice has a segment")
+        out: list[Dataset] = list(images)
+        if heatmaps:
+            out.extend(
+                write_heatmaps(
+                    result,
+                    series_instance_uid=(
+                        images[0].SeriesInstanceUID if images else u.series_instance_uid
+                    ),
+                    sop_instance_uids=u.sop_instance_uids,
+                    series_number=u.series_number,
+                    instance_number=(u.instance_number if u.instance_number is not None else 1)
+                    + len(images),
+                    series_description_text=(
+                        str(images[0].SeriesDescription) if images else None
+                    ),
+                    revision=context.revision,
+                )
+            )
+        return out

@@ -31,6 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from dicom_node.results.common import (
+    DEFAULT_SERIES_NUMBERS,
     MANUFACTURER_MODEL_NAME,
     NOT_FOR_DIAGNOSIS,
     SOFTWARE_VERSION,
@@ -48,10 +49,17 @@ from dicom_node.results.source_header import clean_result
 
 if TYPE_CHECKING:
     from ai_models.types import PipelineResult, Segment
+    from dicom_node.results.writer import WriteContext
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SEGMENTATION_SOP_CLASS_UID", "write_seg", "segment_number_map", "default_color"]
+__all__ = [
+    "SEGMENTATION_SOP_CLASS_UID",
+    "SegWriter",
+    "default_color",
+    "segment_number_map",
+    "write_seg",
+]
 
 #: Segmentation Storage (PS3.4 B.5).
 SEGMENTATION_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -497,3 +505,39 @@ def write_seg(
         int(out.NumberOfFrames),
     )
     return out
+
+
+class SegWriter:
+    """Result kind ``"seg"``: one BINARY Segmentation (PS3.3 A.51) per result.
+
+    Nothing is written when every segment is empty.  With a seed, the
+    Dimension Organization UID is derived too.
+    """
+
+    kind = "seg"
+    sop_class_uid = SEGMENTATION_SOP_CLASS_UID
+    series_number = DEFAULT_SERIES_NUMBERS["SEG"]
+
+    def applies(self, result: PipelineResult, context: WriteContext) -> bool:
+        """Whether any segment has a pixel."""
+        if segment_number_map(result):
+            return True
+        logger.info("no SEG written: every segment of the %s result is empty", result.pipeline)
+        return False
+
+    def write(self, result: PipelineResult, context: WriteContext) -> list[Dataset]:
+        """The SEG of ``result``."""
+        u = context.uids_for(self.kind)
+        return [
+            write_seg(
+                result,
+                series_instance_uid=u.series_instance_uid,
+                sop_instance_uid=u.sop_instance_uid,
+                series_number=u.series_number,
+                instance_number=u.instance_number,
+                dimension_organization_uid=context.derived_uid(
+                    self.kind, "dimension-organization"
+                ),
+                revision=context.revision,
+            )
+        ]

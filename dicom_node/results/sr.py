@@ -101,6 +101,7 @@ from pydicom.sr.codedict import codes
 
 from ai_models.types import ClassificationFinding, CodedConcept, DetectionFinding, Finding
 from dicom_node.results.common import (
+    DEFAULT_SERIES_NUMBERS,
     MANUFACTURER_MODEL_NAME,
     SOFTWARE_VERSION,
     algorithm_identification,
@@ -131,6 +132,7 @@ from dicom_node.results.sr_regions import (
 
 if TYPE_CHECKING:
     from ai_models.types import HeatMap, PipelineResult, Segment
+    from dicom_node.results.writer import WriteContext
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +144,7 @@ __all__ = [
     "PRESENT",
     "PROBABILITY",
     "PreviousVersion",
+    "SrWriter",
     "UNITY",
     "negative_finding",
     "nothing_to_report",
@@ -882,3 +885,52 @@ def write_sr(
         len(predecessors),
     )
     return sr
+
+
+class SrWriter:
+    """Result kind ``"sr"``: the TID 1500 Measurement Report (PS3.3 A.35.13).
+
+    The findings report, referencing the segments of the SEG written before
+    it; for a result with nothing to report, the negative report
+    (:func:`write_negative_sr`) unless the context turns it off; nothing for
+    a result whose segments are all it has.  The superseded SR(s) go in the
+    Predecessor Documents Sequence.
+    """
+
+    kind = "sr"
+    sop_class_uid = COMPREHENSIVE_3D_SR_SOP_CLASS_UID
+    series_number = DEFAULT_SERIES_NUMBERS["SR"]
+
+    def applies(self, result: PipelineResult, context: WriteContext) -> bool:
+        """Whether there are findings, or a negative report to write."""
+        if result.findings:
+            return True
+        if not nothing_to_report(result):
+            logger.info(
+                "no SR written: the %s result has segments but no findings", result.pipeline
+            )
+            return False
+        if not context.negative_report:
+            logger.info(
+                "no SR written: the %s result has no findings; negative report disabled",
+                result.pipeline,
+            )
+            return False
+        return True
+
+    def write(self, result: PipelineResult, context: WriteContext) -> list[Dataset]:
+        """The findings report or the negative report."""
+        u = context.uids_for(self.kind)
+        common: dict[str, Any] = dict(
+            series_instance_uid=u.series_instance_uid,
+            sop_instance_uid=u.sop_instance_uid,
+            series_number=u.series_number,
+            instance_number=u.instance_number,
+            previous_versions=list(context.predecessors) or None,
+            revision=context.revision,
+        )
+        if result.findings:
+            segs = context.written.get("seg")
+            return [write_sr(result, segmentation=segs[0] if segs else None, **common)]
+        logger.info("negative report: the %s result has no findings", result.pipeline)
+        return [write_negative_sr(result, **common)]
