@@ -25,7 +25,23 @@ more attenuating tissue bright, values in ``0..1``, MONOCHROME2 sense):
   outside the pectoral muscle.
 
 Acquisition and display vary: pixel size, grey-scale curve (gamma,
-contrast, background level), blur and noise.  Views are CC or MLO, left or
+contrast, background level), blur and noise.
+
+On top of that, seeded random **variants of real (digitised) mammograms**
+(:data:`VARIANT_PROBABILITY`), drawn from a child generator
+(:func:`ai_models.training.film.variant_rng`) so that a seed keeps its
+breast and masses:
+
+* **film texture** -- grain, the density non-uniformity of a digitised film
+  and scanner lines (:func:`ai_models.training.film.film_texture`);
+* **burned-in label** -- a bright view label such as ``"L MLO"`` (sometimes
+  a bright block with dark text, sometimes with a date) in a corner of the
+  background;
+* **lead marker** -- a bright square or disc with a letter, in the
+  background near the breast, now and then touching the skin line.
+
+Labels and markers are never masses: they are not in ``boxes``, so the
+detector learns to leave them alone.  Views are CC or MLO, left or
 right; a right breast is shown with the chest wall on the image right, a
 left one on the image left (the usual hanging), with some images stored the
 other way round, and CC views flipped top/bottom at random.
@@ -38,14 +54,19 @@ included.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from ai_models.training.film import film_texture, text_mask, variant_rng
+
 __all__ = [
     "MASS_SHAPES",
+    "VARIANT_PROBABILITY",
     "VIEWS",
     "MammoPhantom",
     "random_mammo_phantom",
@@ -59,6 +80,9 @@ VIEWS: tuple[str, ...] = ("CC", "MLO")
 
 REFERENCE_ROWS = 320
 """Rows at which the random size ranges below are stated (they scale with ``rows``)."""
+
+VARIANT_PROBABILITY: dict[str, float] = {"film_texture": 0.6, "label": 0.5, "lead_marker": 0.4}
+"""How often each variant of real mammograms is drawn (independently)."""
 
 
 @dataclass
@@ -86,6 +110,11 @@ class MammoPhantom:
         ``(rows, cols)`` bool, the breast (pectoral muscle included).
     density:
         Fraction of the breast drawn as fibroglandular tissue.
+    variants:
+        The variants of :data:`VARIANT_PROBABILITY` drawn (``{"label": "L
+        MLO", "lead_marker": "L", "film_texture": True}``), with the boxes
+        ``(x0, y0, x1, y1)`` of a label and a marker (``"label_box"``,
+        ``"lead_marker_box"``; ``None`` when there was no room).
     """
 
     image: np.ndarray
@@ -98,6 +127,7 @@ class MammoPhantom:
     pixel_spacing_mm: float
     breast: np.ndarray
     density: float
+    variants: dict[str, Any] = field(default_factory=dict)
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -243,6 +273,7 @@ def random_mammo_phantom(
     view: str | None = None,
     laterality: str | None = None,
     n_masses: int | None = None,
+    variants: Mapping[str, bool] | None = None,
 ) -> MammoPhantom:
     """Draw one synthetic mammogram (see the module docstring).
 
@@ -257,6 +288,11 @@ def random_mammo_phantom(
     n_masses:
         Number of masses; random (0: 30 %, 1: 45 %, 2: 18 %, 3: 7 %) when
         ``None``.  Fewer are drawn when the breast has no room left.
+    variants:
+        Force variants of :data:`VARIANT_PROBABILITY` on (``True``) or off
+        (``False``); the others are drawn at random.  The variant stream is
+        drawn the same either way, so a phantom with and without a forced
+        variant differs only by it.
     """
     view = view or str(rng.choice(VIEWS))
     laterality = laterality or str(rng.choice(("L", "R")))
@@ -267,6 +303,12 @@ def random_mammo_phantom(
     mm = float(rng.uniform(0.62, 0.85) / s)  # mm per pixel
     shape = (rows, cols)
     y, x = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    var = variant_rng(rng)  # the variants' own stream: rng's draws stay as they were
+    on = {k: bool(var.random() < p) for k, p in VARIANT_PROBABILITY.items()}
+    for k, v in (variants or {}).items():
+        if k not in on:
+            raise ValueError(f"unknown variant {k!r}; known: {sorted(on)}")
+        on[k] = bool(v)
 
     xb, (nx, ny) = _outline(rng, rows, cols, view)
     breast = x <= xb[:, None]
@@ -286,9 +328,9 @@ def random_mammo_phantom(
         rng.choice([rng.uniform(0.03, 0.2), rng.uniform(0.2, 0.45), rng.uniform(0.45, 0.75)])
     )
     cx, cy = nx * rng.uniform(0.3, 0.6), ny + rng.normal(0.0, rows * 0.05)
-    prior = np.exp(
-        -(((x - cx) / (nx * 0.55 + 1)) ** 2 + ((y - cy) / (rows * 0.28)) ** 2)
-    ).astype(np.float32)
+    prior = np.exp(-(((x - cx) / (nx * 0.55 + 1)) ** 2 + ((y - cy) / (rows * 0.28)) ** 2)).astype(
+        np.float32
+    )
     fibres = _noise(rng, shape, 0.8 * s)
     fibres = ndimage.gaussian_filter(fibres, (1.0 * s, rng.uniform(3.0, 6.0) * s))
     fibres /= max(float(fibres.std()), 1e-6)
@@ -435,6 +477,10 @@ def random_mammo_phantom(
     img = img * rng.uniform(0.75, 1.0)
     img += rng.normal(0.0, rng.uniform(0.004, 0.025), shape).astype(np.float32)
     img = np.clip(img, 0.0, 1.0).astype(np.float32)
+    drawn: dict[str, Any] = {}
+    if on["film_texture"]:
+        drawn["film_texture"] = True
+        img = film_texture(var, img, grain=0.03, unevenness=0.1)
 
     # orientation: right breast -> chest wall on the right (sometimes stored otherwise)
     flip = (laterality == "R") != (rng.random() < 0.15)
@@ -449,6 +495,14 @@ def random_mammo_phantom(
         breast = breast[::-1]
         box_arr = box_arr[:, [0, 3, 2, 1]].copy()
         box_arr[:, [1, 3]] = rows - box_arr[:, [1, 3]]
+    # labels and markers go on last, the way they read on the displayed image
+    img = np.ascontiguousarray(img)
+    if on["label"]:
+        text, box = _burn_label(var, img, breast, f"{laterality} {view}", flip)
+        drawn["label"], drawn["label_box"] = text, box
+    if on["lead_marker"]:
+        letter, box = _burn_marker(var, img, breast, laterality, flip)
+        drawn["lead_marker"], drawn["lead_marker_box"] = letter, box
     return MammoPhantom(
         image=np.ascontiguousarray(img),
         boxes=box_arr,
@@ -460,4 +514,110 @@ def random_mammo_phantom(
         pixel_spacing_mm=mm,
         breast=np.ascontiguousarray(breast),
         density=density,
+        variants=drawn,
     )
+
+
+def _background_spot(
+    var: np.random.Generator,
+    breast: np.ndarray,
+    h: int,
+    w: int,
+    corner: bool,
+    wall_right: bool = False,
+) -> tuple[int, int] | None:
+    """Top left ``(row, col)`` of an ``h`` x ``w`` box in the background (no breast).
+
+    ``corner``: one of the two corners away from the chest wall (image right
+    unless ``wall_right``); otherwise anywhere.  ``None`` when no place is
+    free.
+    """
+    rows, cols = breast.shape
+    if h >= rows or w >= cols:
+        return None
+    for _ in range(20):
+        if corner:
+            r = int(var.uniform(0.01, 0.06) * rows)
+            r = r if var.random() < 0.5 else rows - h - r
+            c = int(var.uniform(0.01, 0.08) * cols)
+            c = c if wall_right else cols - w - c
+        else:
+            r = int(var.integers(0, rows - h))
+            c = int(var.integers(0, cols - w))
+        if c >= 0 and not breast[r : r + h, c : c + w].any():
+            return r, c
+    return None
+
+
+def _burn_label(
+    var: np.random.Generator, img: np.ndarray, breast: np.ndarray, text: str, wall_right: bool
+) -> tuple[str, tuple[int, int, int, int] | None]:
+    """Burn a bright view label (``"L MLO"``) into a background corner of ``img`` (in place).
+
+    Returns the text burned in and its box ``(x0, y0, x1, y1)`` (``""`` and
+    ``None`` when there was no room).
+    """
+    rows, cols = img.shape
+    if var.random() < 0.3:
+        text = text.replace(" ", "")
+    if var.random() < 0.3:
+        text += f" {int(var.integers(1, 28)):02d}/{int(var.integers(1, 13)):02d}"
+    size = max(7, int(round(rows * float(var.uniform(0.035, 0.07)))))
+    w = int(len(text) * size * 0.62) + 4
+    spot = _background_spot(var, breast, size + 4, w, corner=True, wall_right=wall_right)
+    if spot is None:
+        return "", None
+    r, c = spot
+    mask = text_mask(img.shape, text, c + 2, r + 1, size)
+    value = float(var.uniform(0.8, 1.0))
+    if var.random() < 0.35:  # a bright block with dark text
+        img[r : r + size + 4, c : c + w] = value
+        img *= 1.0 - 0.9 * mask
+    else:
+        np.maximum(img, mask * value, out=img)
+    return text, (c, r, c + w, r + size + 4)
+
+
+def _burn_marker(
+    var: np.random.Generator,
+    img: np.ndarray,
+    breast: np.ndarray,
+    laterality: str,
+    wall_right: bool,
+) -> tuple[str, tuple[int, int, int, int] | None]:
+    """Burn a lead marker (bright square or disc with a dark letter) into ``img`` (in place).
+
+    Placed in the background; one in four touches the skin line (its box
+    may cover the outermost breast pixels).  Returns the letter and the box
+    ``(x0, y0, x1, y1)`` (``""`` and ``None`` when there was no room).
+    """
+    rows, cols = img.shape
+    m = max(6, int(round(rows * float(var.uniform(0.03, 0.06)))))
+    letter = laterality if var.random() < 0.7 else str(var.choice(["A", "B", "1", "2", "*"]))
+    touching = bool(var.random() < 0.25)
+    spot = None
+    if touching:
+        skin = breast & ~ndimage.binary_erosion(breast, iterations=2)
+        skin[:, :2] = skin[:, -2:] = False  # the chest wall is no skin line
+        edge = np.argwhere(skin)
+        edge = edge[(edge[:, 1] < cols - m - 1) & (edge[:, 1] > m)]
+        if len(edge):
+            r0, c0 = edge[int(var.integers(len(edge)))]
+            c0 = c0 if not wall_right else c0 - m + 1
+            spot = (int(np.clip(r0 - m // 2, 0, rows - m)), int(c0))
+    if spot is None:
+        spot = _background_spot(var, breast, m, m, corner=False)
+    if spot is None:
+        return "", None
+    r, c = spot
+    yy, xx = np.mgrid[0:m, 0:m].astype(np.float32)
+    if var.random() < 0.5:
+        shape_mask = np.ones((m, m), np.float32)
+    else:
+        shape_mask = (np.hypot(yy - (m - 1) / 2, xx - (m - 1) / 2) <= m / 2).astype(np.float32)
+    value = float(var.uniform(0.85, 1.0))
+    patch = img[r : r + m, c : c + m]
+    patch[...] = np.maximum(patch, shape_mask * value)
+    lm = text_mask((m, m), letter, 0.2 * m, 0.05 * m, int(0.8 * m))
+    patch *= 1.0 - 0.85 * lm * shape_mask
+    return letter, (c, r, c + m, r + m)
