@@ -8,6 +8,16 @@ with codes and thresholds, seed, held-out metrics, sha256) and, through
 
     python -m ai_models.training.train_cxr_findings --seed 20240607 --threads 1
 
+or, as the shipped weights were made, a fine-tune of earlier weights on the
+current phantoms (``--init-from``; the sidecar's ``training`` block records
+the command and the sha256 of the initial weights)::
+
+    python -m ai_models.training.train_cxr_findings --seed 20251205 --threads 1 \
+        --init-from ai_models/weights/cxr_findings.pt --epochs 4 --lr 5e-4
+
+(the initial weights are read before the new ones replace them; their
+sha256 names the version in the repository history).
+
 Everything random comes from generators seeded by ``--seed`` and torch runs
 with deterministic algorithms, so the same command on the same software
 stack and thread count gives the same weights (the shipped ones were trained
@@ -35,6 +45,7 @@ import hashlib
 import json
 import logging
 import pathlib
+import sys
 import time
 from typing import Any
 
@@ -183,6 +194,17 @@ def sha256_file(path: pathlib.Path) -> str:
     return h.hexdigest()
 
 
+def _init(net: torch.nn.Module, init_from: pathlib.Path | None) -> str | None:
+    """Load ``init_from`` (a float16 or float32 state dict) into ``net``; its sha256 or ``None``."""
+    if init_from is None:
+        return None
+    sha = sha256_file(init_from)
+    state = torch.load(init_from, map_location="cpu", weights_only=True)
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    logger.info("fine-tuning from %s (sha256 %s)", init_from.name, sha)
+    return sha
+
+
 def train(
     seed: int,
     out_dir: pathlib.Path,
@@ -193,6 +215,8 @@ def train(
     batch_size: int = 32,
     lr: float = 2e-3,
     threads: int = 2,
+    init_from: pathlib.Path | None = None,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Train, pick thresholds, measure held-out AUC, write ``cxr_findings.pt`` + ``.json``.
 
@@ -217,6 +241,7 @@ def train(
     )
 
     net = build_network()
+    init_sha = _init(net, init_from)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     steps_per_epoch = n_train // batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -304,10 +329,15 @@ def train(
             "lr": lr,
             "threads": threads,
             "phantom_size": PHANTOM_SIZE,
+            "initialised_from": init_from.name if init_from is not None else None,
+            "initialised_from_sha256": init_sha,
+            "command": command,
             "train_seconds": round(train_s, 1),
             "total_seconds": round(time.perf_counter() - t0, 1),
             "data": "synthetic frontal chest radiographs (ai_models.training.cxr_phantoms), "
-            "each finding with prevalence 0.4",
+            "each finding with prevalence 0.4; with seeded variants of real radiographs: "
+            "patient tilt, axial rotation, film/detector texture, burned-in side markers "
+            "and text strips, collimation",
         },
         "metrics": {
             "heldout": test,
@@ -339,7 +369,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--init-from",
+        type=pathlib.Path,
+        default=None,
+        help="fine-tune: start from these weights (a state dict .pt) instead of random ones",
+    )
     args = ap.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    command = " ".join(["python -m ai_models.training.train_cxr_findings", *words])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     train(
         args.seed,
@@ -351,6 +389,8 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         threads=args.threads,
+        init_from=args.init_from,
+        command=command,
     )
 
 

@@ -8,6 +8,16 @@ seed, held-out metrics, sha256) and, through
 
     python -m ai_models.training.train_mg_masses --seed 20240611
 
+or, as the shipped weights were made, a fine-tune of earlier weights on the
+current phantoms (``--init-from``; the sidecar's ``training`` block records
+the command and the sha256 of the initial weights)::
+
+    python -m ai_models.training.train_mg_masses --seed 20251206 --threads 1 \
+        --init-from ai_models/weights/mg_masses.pt --steps 2400 --lr 1e-3
+
+(the initial weights are read before the new ones replace them; their
+sha256 names the version in the repository history).
+
 Everything random comes from generators seeded by ``--seed`` and torch runs
 with deterministic algorithms, so the same command on the same software
 stack and thread count gives the same weights.
@@ -42,6 +52,7 @@ import hashlib
 import json
 import logging
 import pathlib
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -275,6 +286,17 @@ def sha256_file(path: pathlib.Path) -> str:
     return h.hexdigest()
 
 
+def _init(net: torch.nn.Module, init_from: pathlib.Path | None) -> str | None:
+    """Load ``init_from`` (a float16 or float32 state dict) into ``net``; its sha256 or ``None``."""
+    if init_from is None:
+        return None
+    sha = sha256_file(init_from)
+    state = torch.load(init_from, map_location="cpu", weights_only=True)
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    logger.info("fine-tuning from %s (sha256 %s)", init_from.name, sha)
+    return sha
+
+
 def train(
     seed: int,
     out_dir: pathlib.Path,
@@ -285,6 +307,8 @@ def train(
     batch_size: int = 8,
     lr: float = 2e-3,
     threads: int = 1,
+    init_from: pathlib.Path | None = None,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Train, pick the threshold, measure held-out metrics, write ``mg_masses.pt`` + ``.json``.
 
@@ -310,6 +334,7 @@ def train(
     )
 
     net = build_detector()
+    init_sha = _init(net, init_from)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     t_train = time.perf_counter()
@@ -381,10 +406,15 @@ def train(
             "batch_size": batch_size,
             "lr": lr,
             "threads": threads,
+            "initialised_from": init_from.name if init_from is not None else None,
+            "initialised_from_sha256": init_sha,
+            "command": command,
             "train_seconds": round(train_s, 1),
             "total_seconds": round(time.perf_counter() - t0, 1),
             "data": "synthetic mammograms (ai_models.training.mammo_phantoms): CC and MLO, "
-            "left and right, 0-3 round/oval/irregular/spiculated masses of 5-40 mm",
+            "left and right, 0-3 round/oval/irregular/spiculated masses of 5-40 mm; with "
+            "seeded variants of real mammograms: film grain, density non-uniformity and "
+            "scanner lines, burned-in view labels and lead markers (never masses)",
         },
         "metrics": {
             "hit": f"IoU >= {IOU_HIT} with a mass box",
@@ -416,7 +446,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--init-from",
+        type=pathlib.Path,
+        default=None,
+        help="fine-tune: start from these weights (a state dict .pt) instead of random ones",
+    )
     args = ap.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    command = " ".join(["python -m ai_models.training.train_mg_masses", *words])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     train(
         args.seed,
@@ -428,6 +466,8 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         threads=args.threads,
+        init_from=args.init_from,
+        command=command,
     )
 
 
