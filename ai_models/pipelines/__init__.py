@@ -34,6 +34,7 @@ Examples
 from __future__ import annotations
 
 import difflib
+import importlib
 import logging
 import pathlib
 from collections.abc import Callable, Iterable
@@ -66,7 +67,9 @@ __all__ = [
     "MG_MASSES",
     "MR_BRAIN_LESION",
     "Pipeline",
+    "PipelineEntry",
     "PipelineInfo",
+    "PipelineTarget",
     "SHIPPED_PIPELINES",
     "SegmentationSpec",
     "SiteWeightsSpec",
@@ -93,66 +96,71 @@ MG_MASSES = "mg-masses"
 """Name of the built-in mammography mass detection pipeline."""
 
 
-def _ct_lungs(**options: Any) -> Pipeline:
-    from ai_models.pipelines.ct_lungs import CtLungsPipeline
-
-    return CtLungsPipeline(**options)
-
-
-def _ct_lungs_info() -> PipelineInfo:
-    from ai_models.pipelines.ct_lungs import CtLungsPipeline
-
-    return CtLungsPipeline.static_info()
+PipelineTarget = str | type[Pipeline] | Callable[..., Pipeline]
+"""What the registry builds a pipeline from: ``"package.module:ClassName"``
+(imported on first use, so listing pipelines loads no torch), a
+:class:`Pipeline` subclass, or a factory ``f(**options) -> Pipeline``."""
 
 
-def _cxr_findings(**options: Any) -> Pipeline:
-    from ai_models.pipelines.cxr_findings import CxrFindingsPipeline
+@dataclass(frozen=True)
+class PipelineEntry:
+    """One registered pipeline: how to build it and how to list it."""
 
-    return CxrFindingsPipeline(**options)
+    target: PipelineTarget
+    info: Callable[[], PipelineInfo] | None = None
+    """Listing info without building the pipeline; default: the class's
+    :meth:`Pipeline.static_info` (a factory target must give one)."""
+
+    def pipeline_class(self) -> type[Pipeline] | None:
+        """The target's class (imported now), or ``None`` for a factory."""
+        target = self.target
+        if isinstance(target, str):
+            module_name, _, attr = target.partition(":")
+            target = getattr(importlib.import_module(module_name), attr)
+        if isinstance(target, type) and issubclass(target, Pipeline):
+            return target
+        return None
+
+    def build(self, **options: Any) -> Pipeline:
+        cls = self.pipeline_class()
+        if cls is not None:
+            return cls(**options)
+        assert callable(self.target) and not isinstance(self.target, str)
+        return self.target(**options)
+
+    def describe(self) -> PipelineInfo:
+        if self.info is not None:
+            return self.info()
+        cls = self.pipeline_class()
+        if cls is None:
+            raise TypeError("a pipeline factory needs an info callable")
+        return cls.static_info()
 
 
-def _cxr_findings_info() -> PipelineInfo:
-    from ai_models.pipelines.cxr_findings import CxrFindingsPipeline
-
-    return CxrFindingsPipeline.static_info()
-
-
-def _mr_brain_lesion(**options: Any) -> Pipeline:
-    from ai_models.pipelines.mr_brain_lesion import MrBrainLesionPipeline
-
-    return MrBrainLesionPipeline(**options)
-
-
-def _mr_brain_lesion_info() -> PipelineInfo:
-    from ai_models.pipelines.mr_brain_lesion import MrBrainLesionPipeline
-
-    return MrBrainLesionPipeline.static_info()
-
-
-def _mg_masses(**options: Any) -> Pipeline:
-    from ai_models.pipelines.mg_masses import MgMassesPipeline
-
-    return MgMassesPipeline(**options)
-
-
-def _mg_masses_info() -> PipelineInfo:
-    from ai_models.pipelines.mg_masses import MgMassesPipeline
-
-    return MgMassesPipeline.static_info()
-
-
-_BUILTIN: dict[str, tuple[Callable[..., Pipeline], Callable[[], PipelineInfo]]] = {
-    CT_LUNGS: (_ct_lungs, _ct_lungs_info),
-    CXR_FINDINGS: (_cxr_findings, _cxr_findings_info),
-    MR_BRAIN_LESION: (_mr_brain_lesion, _mr_brain_lesion_info),
-    MG_MASSES: (_mg_masses, _mg_masses_info),
+#: The registry: pipeline name -> entry.  A new built-in pipeline is one module
+#: under ``ai_models/pipelines/`` and one line here.
+_BUILTIN: dict[str, PipelineEntry] = {
+    CT_LUNGS: PipelineEntry("ai_models.pipelines.ct_lungs:CtLungsPipeline"),
+    CXR_FINDINGS: PipelineEntry("ai_models.pipelines.cxr_findings:CxrFindingsPipeline"),
+    MR_BRAIN_LESION: PipelineEntry("ai_models.pipelines.mr_brain_lesion:MrBrainLesionPipeline"),
+    MG_MASSES: PipelineEntry("ai_models.pipelines.mg_masses:MgMassesPipeline"),
 }
 
 
 def register_pipeline(
-    name: str, factory: Callable[..., Pipeline], info: Callable[[], PipelineInfo]
+    name: str, factory: PipelineTarget, info: Callable[[], PipelineInfo] | None = None
 ) -> None:
-    """Add a built-in pipeline (for extensions); ``factory(**options)`` builds it.
+    """Add a pipeline (for extensions and tests).
+
+    Parameters
+    ----------
+    name:
+        The name routing rules use.
+    factory:
+        ``"package.module:ClassName"``, a :class:`Pipeline` subclass, or a
+        callable ``factory(**options) -> Pipeline``.
+    info:
+        Listing info without building it (required for a plain callable).
 
     Raises
     ------
@@ -161,7 +169,9 @@ def register_pipeline(
     """
     if name in _BUILTIN:
         raise ValueError(f"pipeline {name!r} is already registered")
-    _BUILTIN[name] = (factory, info)
+    if info is None and not isinstance(factory, (str, type)):
+        raise ValueError(f"pipeline {name!r}: a factory function needs an info callable")
+    _BUILTIN[name] = PipelineEntry(factory, info)
 
 
 @dataclass(frozen=True)
@@ -205,7 +215,7 @@ def _site_weights_pipeline(spec: SiteWeightsSpec) -> Pipeline:
     options: dict[str, Any] = {"weights": spec.path, "weights_kind": spec.kind}
     if spec.device is not None:
         options["device"] = spec.device
-    pipe = _BUILTIN[spec.pipeline][0](**options)
+    pipe = _BUILTIN[spec.pipeline].build(**options)
     pipe.name = spec.name
     pipe.source = "configured"
     if spec.version:
@@ -242,15 +252,14 @@ def list_pipelines(
     configured:
         The site's configured models.
     """
-    out = [info() for _, info in _BUILTIN.values()]
+    out = [entry.describe() for entry in _BUILTIN.values()]
     for spec in configured:
         if isinstance(spec, SiteWeightsSpec):
-            base = _BUILTIN[spec.pipeline][1]() if spec.pipeline in _BUILTIN else None
+            base = _BUILTIN[spec.pipeline].describe() if spec.pipeline in _BUILTIN else None
             out.append(
                 PipelineInfo(
                     spec.name,
-                    spec.description
-                    or f"{spec.pipeline} with site weights ({spec.kind})",
+                    spec.description or f"{spec.pipeline} with site weights ({spec.kind})",
                     tuple(base.modalities) if base is not None else (),
                     spec.version or (base.version if base is not None else ""),
                     "configured",
@@ -296,7 +305,7 @@ def get_pipeline(
     if name in _BUILTIN:
         if name in specs:
             logger.warning("configured pipeline %r is shadowed by the built-in one", name)
-        return _BUILTIN[name][0](**options)
+        return _BUILTIN[name].build(**options)
     if name in specs:
         spec = specs[name]
         if isinstance(spec, SiteWeightsSpec):

@@ -103,6 +103,13 @@ class Pipeline(abc.ABC):
     """Algorithm version (TID 4019)."""
     source: str = "built-in"
 
+    @classmethod
+    def static_info(cls) -> PipelineInfo:
+        """Listing info from the class attributes, without building it (no model load)."""
+        return PipelineInfo(
+            cls.name, cls.description, tuple(cls.modalities), cls.version, cls.source
+        )
+
     def info(self) -> PipelineInfo:
         """This pipeline's :class:`PipelineInfo`."""
         return PipelineInfo(

@@ -56,7 +56,6 @@ from ai_models.pipelines._grid import (
 from ai_models.pipelines.base import (
     CODES,
     Pipeline,
-    PipelineInfo,
     longest_diameter_mm,
     tracking_uid,
     volume_measurement,
@@ -209,11 +208,6 @@ class CtLungsPipeline(Pipeline):
         self.device = device
         self.sw_batch_size = int(sw_batch_size)
         self.nodules = bool(nodules)
-
-    @classmethod
-    def static_info(cls) -> PipelineInfo:
-        """Listing info without instantiating (no model load)."""
-        return PipelineInfo(cls.name, cls.description, cls.modalities, cls.version, "built-in")
 
     def check(self, volume: Volume) -> None:
         """CT with enough slices, extent and matrix size, showing lung fields.

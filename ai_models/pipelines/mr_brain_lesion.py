@@ -68,7 +68,6 @@ from ai_models.pipelines._grid import Orientation, orientation_from_direction, w
 from ai_models.pipelines.base import (
     CODES,
     Pipeline,
-    PipelineInfo,
     longest_diameter_mm,
     tracking_uid,
     volume_measurement,
@@ -558,11 +557,6 @@ class MrBrainLesionPipeline(Pipeline):
         self.weights_kind = kind
         self.device = device
         self.sw_batch_size = int(sw_batch_size)
-
-    @classmethod
-    def static_info(cls) -> PipelineInfo:
-        """Listing info without instantiating (no model load)."""
-        return PipelineInfo(cls.name, cls.description, cls.modalities, cls.version, "built-in")
 
     def read_series(self, files: Sequence[DicomFile]) -> Volume:
         """One volume, as the default loader builds it.
