@@ -156,6 +156,7 @@ class ReceivedStore:
         already holds a file (it is never replaced).
         """
         placed = False
+        self._resolve_attributes(record)
         try:
             for attempt in range(_ATTEMPTS):
                 try:
@@ -179,6 +180,20 @@ class ReceivedStore:
         finally:
             if not placed:
                 self.spool.discard(spooled)
+
+    def _resolve_attributes(self, record: InstanceRecord) -> None:
+        """Make a series' routing attributes before the write transaction.
+
+        They are needed only when the series row is new; a callable (a full
+        header parse) runs here, outside the transaction, so the database's
+        write lock is never held while a header is parsed.
+        """
+        if not callable(record.attributes):
+            return
+        with self._ids_lock:
+            known = record.series_instance_uid in self._series_ids
+        if not known:
+            record.attributes = record.attributes()
 
     def _forget_ids(self, record: InstanceRecord) -> None:
         """Drop cached row ids after a rollback (the rows may not exist)."""
