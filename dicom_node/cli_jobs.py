@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dicom_node.config import Settings
-from dicom_node.deliver import folder_file
+from dicom_node.destinations.folder import FolderDestinationSettings, folder_file
 from storage.db import Database
 from storage.jobs import DeliveryStatus, JobQueue, JobStatus
 
@@ -210,14 +210,12 @@ def _delivered_to(
 ) -> dict[str, Any]:
     """The destination's type, and for a sent folder delivery the file it wrote.
 
-    The folder layout is the sender's (:func:`dicom_node.deliver.folder_file`).
+    The folder layout is the sender's (:func:`dicom_node.destinations.folder.folder_file`).
     """
     dest = next((d for d in settings.destinations if d.name == delivery["destination"]), None)
     written_to = None
     if (
-        dest is not None
-        and dest.type == "folder"
-        and dest.path is not None
+        isinstance(dest, FolderDestinationSettings)
         and delivery["status"] == DeliveryStatus.SENT.value
     ):
         written_to = str(

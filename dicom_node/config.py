@@ -25,6 +25,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     SecretStr,
     ValidationError,
     field_validator,
@@ -49,6 +50,7 @@ __all__ = [
     "ModelSettings",
     "NodeSettings",
     "PeerSettings",
+    "ResultKind",
     "RuleSettings",
     "Settings",
     "StorageSettings",
@@ -81,6 +83,20 @@ def _check_ae_title(value: str) -> str:
 
 AETitle = Annotated[str, AfterValidator(_check_ae_title)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _check_result_kind(value: str) -> str:
+    """A result kind registered in :mod:`dicom_node.results.registry`."""
+    from dicom_node.results.registry import result_kinds
+
+    kinds = result_kinds()
+    if value not in kinds:
+        raise ValueError(f"unknown result kind {value!r}; choose from {', '.join(kinds)}")
+    return value
+
+
+ResultKind = Annotated[str, AfterValidator(_check_result_kind)]
+"""A result kind in ``outputs``: ``"seg"``, ``"sr"``, ``"gsps"``, ``"sc"`` or a registered one."""
 
 
 class _Section(BaseModel):
@@ -208,44 +224,57 @@ class PeerSettings(_Section):
 
 
 class DestinationSettings(_Section):
-    """``[[destinations]]``: where results go: a DICOM peer or a folder."""
+    """``[[destinations]]``: where results go; what every destination type has.
+
+    Each ``type`` has its own settings model, a subclass registered with its
+    destination in :mod:`dicom_node.destinations.registry` (``dicom``: a
+    DICOM peer, ``folder``: a folder); a table is validated by the model its
+    ``type`` names (:data:`Destination`).
+    """
+
+    required_fields: ClassVar[tuple[str, ...]] = ()
+    """Keys the type needs; missing ones are reported in one line."""
+    path_fields: ClassVar[tuple[str, ...]] = ()
+    """Path settings made relative to the configuration file (:meth:`Settings.resolve_paths`)."""
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
-    type: Literal["dicom", "folder"]
-    ae_title: AETitle | None = None
-    host: str | None = None
-    port: Port | None = None
-    path: Path | None = None
-    outputs: list[Literal["seg", "sr", "gsps", "sc"]] | None = None
+    type: str
+    outputs: list[ResultKind] | None = None
     """Narrow the outputs a rule sends here (``None`` = all the rule makes)."""
-    tls: bool = False
-    """DICOM over TLS (PS3.15 B.1) to a ``dicom`` destination."""
-    tls_ca_file: Path | None = None
-    """CA bundle to verify the peer (``None``: the system's)."""
-    tls_cert_file: Path | None = None
-    """Client certificate, when the peer asks for one."""
-    tls_key_file: Path | None = None
-    tls_check_hostname: bool = True
     max_attempts: Annotated[int, Field(ge=1)] = 12
     """Attempts per object before its delivery is marked failed (retryable by command)."""
     retry_base_s: Annotated[float, Field(gt=0)] = 5.0
     """Wait after the first failed attempt; doubled after each further one."""
     retry_max_s: Annotated[float, Field(gt=0)] = 600.0
     """Longest wait between attempts."""
-    timeout_s: Annotated[float, Field(gt=0)] = 30.0
-    """Network timeout of an association to a ``dicom`` destination."""
 
-    @model_validator(mode="after")
-    def _complete_for_type(self) -> DestinationSettings:
-        if self.type == "dicom":
-            missing = [k for k in ("ae_title", "host", "port") if getattr(self, k) is None]
+    @model_validator(mode="before")
+    @classmethod
+    def _complete_for_type(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            missing = [k for k in cls.required_fields if data.get(k) is None]
             if missing:
                 raise ValueError(
-                    f"destination {self.name!r} of type 'dicom' needs {', '.join(missing)}"
+                    f"destination {data.get('name')!r} of type {data.get('type')!r} "
+                    f"needs {', '.join(missing)}"
                 )
-        elif self.path is None:
-            raise ValueError(f"destination {self.name!r} of type 'folder' needs path")
-        return self
+        return data
+
+
+def _destination(value: Any) -> DestinationSettings:
+    """Validate a ``[[destinations]]`` table with the settings model of its ``type``."""
+    if isinstance(value, DestinationSettings):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError("a destination is a table")
+    from dicom_node.destinations.registry import destination_type
+
+    model = destination_type(value.get("type")).settings_model
+    return model.model_validate(value)
+
+
+Destination = Annotated[DestinationSettings, PlainValidator(_destination)]
+"""A destination's settings: a union discriminated by ``type`` over the registered types."""
 
 
 class RuleSettings(_Section):
@@ -262,9 +291,7 @@ class RuleSettings(_Section):
     quiet_period_s: Annotated[float, Field(ge=0)] = 30.0
     """Seconds with no new instance before the series (study) counts as complete
     (at least 1 s is waited)."""
-    outputs: list[Literal["seg", "sr", "gsps", "sc"]] = Field(
-        default_factory=lambda: ["seg", "sr"]  # type: ignore[arg-type,return-value]
-    )
+    outputs: list[ResultKind] = Field(default_factory=lambda: ["seg", "sr"])
     priority: int = 0
     fallback: bool = False
     negative_report: bool = True
@@ -515,7 +542,7 @@ class Settings(BaseSettings):
     node: NodeSettings = Field(default_factory=NodeSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     peers: list[PeerSettings] = Field(default_factory=list)
-    destinations: list[DestinationSettings] = Field(default_factory=list)
+    destinations: list[Destination] = Field(default_factory=list)
     rules: list[RuleSettings] = Field(default_factory=list)
     models: list[ModelSettings] = Field(default_factory=list)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
@@ -586,7 +613,7 @@ class Settings(BaseSettings):
             if rel and rel != ":memory:":
                 self.storage.database_url = "sqlite:///" + str((base / rel).resolve())
         for dest in self.destinations:
-            for key in ("path", "tls_ca_file", "tls_cert_file", "tls_key_file"):
+            for key in type(dest).path_fields:
                 value = getattr(dest, key)
                 if value is not None and not value.is_absolute():
                     setattr(dest, key, (base / value).resolve())

@@ -1,129 +1,47 @@
 """Delivery: result objects -> destinations, recorded per object and destination.
 
 The sender claims due deliveries of one destination at a time (so one
-association carries a job's SEG, SR and SC images), sends them and records
-each outcome: ``sent``; a retry after an exponential backoff (peer down,
-association aborted, Out of Resources); or ``failed`` at once for what a
-retry cannot fix (refused SOP class, a data set the peer cannot accept) and
-after the destination's ``max_attempts``.  ``dicom-node jobs retry ID`` puts
-failed deliveries back.
+association carries a job's SEG, SR and SC images, in the registry's order of
+result kinds), sends them and records each outcome: ``sent``; a retry after
+an exponential backoff (peer down, association aborted, Out of Resources); or
+``failed`` at once for what a retry cannot fix (refused SOP class, a data set
+the peer cannot accept) and after the destination's ``max_attempts``.
+``dicom-node jobs retry ID`` puts failed deliveries back.
 
-``dicom`` destinations get a C-STORE (PS3.4 B.2) per object with its SOP
-class proposed in its own transfer syntax and in Explicit VR Little Endian;
-the sender sets ``TCP_NODELAY`` and re-associates after a lost reply
-(:func:`dicom_node.scu.send_files`).  ``folder`` destinations get the file
-under ``<path>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``, written
-atomically and flushed.  Objects keep their UIDs on every attempt, so a
-re-send replaces nothing and duplicates nothing at the archive.
+How an object is sent is its destination type's business
+(:mod:`dicom_node.destinations`): ``dicom`` destinations get a C-STORE
+(PS3.4 B.2) per object (:mod:`dicom_node.destinations.dicom`), ``folder``
+destinations a file under ``<path>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``
+(:mod:`dicom_node.destinations.folder`).  Objects keep their UIDs on every
+attempt, so a re-send replaces nothing and duplicates nothing at the archive.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 
-from pydicom import dcmread
-
-from dicom_node import status as st
-from dicom_node.config import DestinationSettings, Settings
-from dicom_node.errors import AssociationRejectedError, DeliveryError
-from dicom_node.scu import peer_of, send_files
+from dicom_node.config import Settings
+from dicom_node.destinations import Outgoing, open_destination
+from dicom_node.destinations.dicom import is_permanent_failure
+from dicom_node.destinations.folder import folder_file
+from dicom_node.results.registry import result_kinds
 from storage.db import Database
 from storage.jobs import ClaimedDelivery, DeliveryOutcome, DeliveryQueue, worker_name
-from storage.spool import safe_component
 
-__all__ = ["Sender", "deliver_batch", "is_permanent_failure"]
+__all__ = ["Sender", "deliver_batch", "folder_file", "is_permanent_failure"]
 
 LOGGER = logging.getLogger(__name__)
 
 
-def is_permanent_failure(status: int | None) -> bool:
-    """Failure statuses a retry cannot fix (PS3.4 B.2.3; PS3.7 C).
-
-    ``None`` (the presentation context was refused), 0xA9xx (data set does
-    not match the SOP class), 0xCxxx (cannot understand), 0x0122 (SOP class
-    not supported).  Out of Resources (0xA7xx) and processing failures
-    (0x0110, 0x0111, 0x0212) are worth retrying.
-    """
-    if status is None:
-        return True
-    return status & 0xFF00 == 0xA900 or status & 0xF000 == 0xC000 or status == 0x0122
-
-
-def _send_dicom(
-    dest: DestinationSettings, items: Sequence[ClaimedDelivery], root: Path, calling_ae: str
-) -> list[DeliveryOutcome]:
-    files = [root / item.path for item in items]
-    try:
-        report = send_files(peer_of(dest), files, calling_ae=calling_ae, timeout_s=dest.timeout_s)
-    except (AssociationRejectedError, DeliveryError, OSError, RuntimeError) as exc:
-        error = f"{dest.name}: {exc}"
-        return [DeliveryOutcome(i.id, False, None, error, retry=True) for i in items]
-    reasons = dict(report.failed)
-    out = []
-    for item, path in zip(items, files, strict=True):
-        status = report.statuses.get(path)
-        if status is not None and (status == st.SUCCESS or status & 0xF000 == 0xB000):
-            out.append(DeliveryOutcome(item.id, True, status))
-            continue
-        reason = reasons.get(path, "not sent")
-        unsent = status is None and "presentation context" not in reason
-        permanent = not unsent and is_permanent_failure(status)
-        out.append(DeliveryOutcome(item.id, False, status, reason, retry=not permanent))
-    return out
-
-
-def folder_file(root: Path, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
-    """Where a folder destination keeps one object:
-    ``<root>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm`` (each part made safe)."""
-    return (
-        Path(root)
-        / safe_component(study_uid)
-        / safe_component(series_uid)
-        / f"{safe_component(sop_instance_uid)}.dcm"
-    )
-
-
-def _send_folder(
-    dest: DestinationSettings, items: Sequence[ClaimedDelivery], root: Path
-) -> list[DeliveryOutcome]:
-    assert dest.path is not None
-    out = []
-    for item in items:
-        src = root / item.path
-        try:
-            ds = dcmread(
-                src,
-                stop_before_pixels=True,
-                specific_tags=["StudyInstanceUID", "SeriesInstanceUID"],
-            )
-            final = folder_file(
-                dest.path,
-                str(ds.StudyInstanceUID),
-                str(ds.SeriesInstanceUID),
-                item.sop_instance_uid,
-            )
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = final.parent / f".{final.name}.part"
-            shutil.copyfile(src, tmp)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-            out.append(DeliveryOutcome(item.id, True, st.SUCCESS))
-        except OSError as exc:
-            out.append(DeliveryOutcome(item.id, False, None, f"{dest.name}: {exc}", retry=True))
-    return out
-
-
 def deliver_batch(settings: Settings, items: Sequence[ClaimedDelivery]) -> list[DeliveryOutcome]:
-    """Send claimed deliveries (all to one destination); one outcome per item."""
+    """Send claimed deliveries (all to one destination); one outcome per item.
+
+    A destination no longer configured, or a result file gone, fails the
+    delivery at once; the rest go to the destination's
+    :meth:`~dicom_node.destinations.base.Destination.send`.
+    """
     if not items:
         return []
     name = items[0].destination
@@ -142,9 +60,9 @@ def deliver_batch(settings: Settings, items: Sequence[ClaimedDelivery]) -> list[
         ]
     else:
         lost = []
-    if dest.type == "dicom":
-        return lost + _send_dicom(dest, items, root, settings.node.ae_title)
-    return lost + _send_folder(dest, items, root)
+    destination = open_destination(dest, calling_ae=settings.node.ae_title)
+    objects = [Outgoing(i.id, root / i.path, i.sop_instance_uid, i.kind) for i in items]
+    return lost + destination.send(objects)
 
 
 class Sender:
@@ -158,7 +76,7 @@ class Sender:
 
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings = settings
-        self.queue = DeliveryQueue(db)
+        self.queue = DeliveryQueue(db, kind_order=result_kinds())
         self.owner = worker_name("sender")
         self._stop = threading.Event()
         self._wake = threading.Event()

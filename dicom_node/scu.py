@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -27,6 +28,9 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from dicom_node import status as st
 from dicom_node.config import DestinationSettings
 from dicom_node.errors import AssociationRejectedError, DeliveryError
+
+if TYPE_CHECKING:
+    from dicom_node.destinations.dicom import DicomDestinationSettings
 
 __all__ = [
     "DicomPeer",
@@ -71,9 +75,11 @@ def parse_peer(spec: str, destinations: Sequence[DestinationSettings] = ()) -> D
     ValueError
         With a message that lists the known destinations.
     """
+    from dicom_node.destinations.dicom import DicomDestinationSettings
+
     for dest in destinations:
         if dest.name == spec:
-            if dest.type != "dicom":
+            if not isinstance(dest, DicomDestinationSettings):
                 raise ValueError(f"destination {spec!r} is a {dest.type!r} destination, not DICOM")
             return peer_of(dest)
     parts = spec.rsplit(":", 2)
@@ -84,7 +90,7 @@ def parse_peer(spec: str, destinations: Sequence[DestinationSettings] = ()) -> D
     raise ValueError(f"unknown destination {spec!r}: use a name ({known}) or HOST:PORT:AET")
 
 
-def peer_of(dest: DestinationSettings) -> DicomPeer:
+def peer_of(dest: DicomDestinationSettings) -> DicomPeer:
     """The peer a ``dicom`` destination names."""
     if dest.type != "dicom" or not (dest.ae_title and dest.host and dest.port):
         raise ValueError(f"destination {dest.name!r} is not a complete DICOM destination")

@@ -233,8 +233,13 @@ class ClaimedDelivery:
 
 @dataclass
 class DeliveryOutcome:
-    """What happened to one delivery attempt.
+    """What happened to one delivery attempt, whatever the destination's protocol.
 
+    ``sent`` says whether the object arrived.  ``status`` is the status code
+    the destination answered with, if its protocol has one (a DIMSE status,
+    PS3.7 Annex C, for a DICOM peer; 0x0000 for a file written; ``None`` when
+    there was no answer); it is kept as the delivery's ``last_status``.
+    ``error`` says in words why an attempt failed, for any destination.
     ``retry`` says whether a failure may succeed later (peer down, out of
     resources); permanent failures (refused SOP class, bad data set) are
     marked failed at once.
@@ -901,11 +906,19 @@ class DeliveryQueue:
         The node's database.
     lease_s:
         How long a claimed batch is held before another sender may take it.
+    kind_order:
+        Result kinds in the order a job's objects are sent (the node's order
+        of writing them, e.g. SEG before the SR that references it); kinds
+        not named come after, and objects of one kind in the order they were
+        stored.
     """
 
-    def __init__(self, db: Database, *, lease_s: float = 120.0) -> None:
+    def __init__(
+        self, db: Database, *, lease_s: float = 120.0, kind_order: Sequence[str] = ()
+    ) -> None:
         self.db = db
         self.lease = timedelta(seconds=lease_s)
+        self.kind_order = {kind: i for i, kind in enumerate(kind_order)}
 
     @staticmethod
     def _due(now: datetime) -> Any:
@@ -920,10 +933,10 @@ class DeliveryQueue:
     ) -> list[ClaimedDelivery]:
         """Lease up to *limit* due deliveries of one destination (the longest waiting).
 
-        They come in job order and, within a job, SEG, SR, GSPS, then SC.
+        They come in job order and, within a job, in ``kind_order``.
         """
         now = now or utcnow()
-        kind_order = {"seg": 0, "sr": 1, "gsps": 2, "sc": 3}
+        kind_order = self.kind_order
         with self.db.engine.begin() as conn:
             first = conn.execute(
                 select(Delivery.destination)
@@ -968,7 +981,8 @@ class DeliveryQueue:
                         )
                     )
         by_id = {r.id: r.job_id for r in rows}
-        claimed.sort(key=lambda c: (by_id[c.id], kind_order.get(c.kind, 9), c.id))
+        last = len(kind_order)
+        claimed.sort(key=lambda c: (by_id[c.id], kind_order.get(c.kind, last), c.id))
         return claimed
 
     def record(

@@ -303,7 +303,7 @@ def test_results_and_deliveries_are_written_with_the_job(
     )
     assert finish.status is JobStatus.SUCCEEDED
     assert finish.deliveries == 4  # pacs: seg, sr, sc; viewer: sc only
-    deliveries = DeliveryQueue(queue.db)
+    deliveries = DeliveryQueue(queue.db, kind_order=("seg", "sr", "gsps", "sc"))
     batch = deliveries.claim_batch("host:1:s")
     assert {d.destination for d in batch} in ({"pacs"}, {"viewer"})
     if batch[0].destination == "pacs":

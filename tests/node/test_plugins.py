@@ -1,0 +1,198 @@
+"""A new result kind and a new destination type, each one file and one registration.
+
+The toys of :mod:`tests.support.toy_plugins` are registered for a test,
+go through the configuration, ``write_results``, ``save_datasets`` and
+``deliver_batch`` as the built-in ones do, and are unregistered after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Iterator
+
+import pydicom
+import pytest
+from pydantic import ValidationError
+
+from dicom_node.config import RuleSettings, Settings, load_settings
+from dicom_node.deliver import deliver_batch
+from dicom_node.destinations import (
+    destination_types,
+    open_destination,
+    register_destination_type,
+    unregister_destination_type,
+)
+from dicom_node.destinations.folder import FolderDestination, folder_file
+from dicom_node.errors import ConfigError
+from dicom_node.results import (
+    COMPREHENSIVE_3D_SR_SOP_CLASS_UID,
+    kind_of,
+    parse_outputs,
+    register_writer,
+    result_kinds,
+    save_datasets,
+    unregister_writer,
+    write_results,
+)
+from storage.jobs import ClaimedDelivery
+from tests.results.conftest import load
+from tests.results.helpers import make_result
+from tests.support.toy_plugins import (
+    BASIC_TEXT_SR_SOP_CLASS_UID,
+    FindingCountWriter,
+    MemoryDestination,
+    MemoryDestinationSettings,
+)
+
+
+@pytest.fixture
+def count_kind() -> Iterator[FindingCountWriter]:
+    writer = FindingCountWriter()
+    register_writer(writer)
+    try:
+        yield writer
+    finally:
+        unregister_writer(writer.kind)
+
+
+@pytest.fixture
+def memory_type() -> Iterator[type[MemoryDestination]]:
+    register_destination_type(MemoryDestination)
+    MemoryDestination.boxes.clear()
+    try:
+        yield MemoryDestination
+    finally:
+        unregister_destination_type(MemoryDestination.type_name)
+        MemoryDestination.boxes.clear()
+        MemoryDestination.refused_kinds.clear()
+
+
+def test_a_new_result_kind_is_written_after_the_built_in_ones(
+    count_kind: FindingCountWriter, dicom_data: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    assert result_kinds() == ("seg", "sr", "gsps", "sc", "count")
+    assert parse_outputs("count, seg") == ("seg", "count")
+    assert RuleSettings(name="r", outputs=["seg", "count"]).outputs == ["seg", "count"]
+
+    result = make_result(load(dicom_data, "ct3"))
+    datasets = write_results(result, "count,sr,seg", uid_seed="ab" * 16)
+    assert [kind_of(ds) for ds in datasets] == ["seg", "sr", "count"]
+    count = datasets[-1]
+    assert count.SOPClassUID == BASIC_TEXT_SR_SOP_CLASS_UID and count.SeriesNumber == 9099
+    assert count.StudyInstanceUID == result.volume.source_datasets[0].StudyInstanceUID
+    # Its UIDs come from the job's seed like every kind's: a retry repeats them.
+    (again,) = write_results(result, "count", uid_seed="ab" * 16)
+    assert again.SOPInstanceUID == count.SOPInstanceUID
+    assert again.SeriesInstanceUID == count.SeriesInstanceUID
+
+    paths = save_datasets(datasets, tmp_path)
+    assert paths[-1].name == f"count_{count.SOPInstanceUID}.dcm"
+    text = pydicom.dcmread(paths[-1]).ContentSequence[0].TextValue
+    assert text == f"{len(result.findings)} finding(s) by test-pipeline"
+
+
+def test_an_unregistered_kind_is_unknown_everywhere() -> None:
+    assert "count" not in result_kinds()
+    with pytest.raises(ValueError, match="Unknown output kind"):
+        parse_outputs("count")
+    with pytest.raises(ValidationError, match="unknown result kind 'count'"):
+        RuleSettings(name="r", outputs=["count"])
+
+
+def test_the_registries_refuse_clashes(count_kind: FindingCountWriter) -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_writer(FindingCountWriter())
+
+    class SecondSr(FindingCountWriter):
+        kind = "sr2"
+        sop_class_uid = COMPREHENSIVE_3D_SR_SOP_CLASS_UID
+
+    with pytest.raises(ValueError, match="already the kind 'sr'"):
+        register_writer(SecondSr())
+    with pytest.raises(ValueError, match="already registered"):
+        register_destination_type(FolderDestination)
+
+
+def _claimed(
+    results_dir: pathlib.Path, destination: str, paths: list[pathlib.Path]
+) -> list[ClaimedDelivery]:
+    out = []
+    for i, path in enumerate(paths, 1):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        out.append(
+            ClaimedDelivery(
+                id=i,
+                result_id=i,
+                destination=destination,
+                path=str(path.relative_to(results_dir)),
+                kind=kind_of(ds),
+                sop_instance_uid=str(ds.SOPInstanceUID),
+                attempts=0,
+            )
+        )
+    return out
+
+
+def test_a_new_destination_type_is_configured_and_delivered_to(
+    count_kind: FindingCountWriter,
+    memory_type: type[MemoryDestination],
+    dicom_data: pathlib.Path,
+    tmp_path: pathlib.Path,
+) -> None:
+    results_dir = tmp_path / "results"
+    settings = Settings.model_validate(
+        {
+            "storage": {"results_dir": str(results_dir)},
+            "destinations": [
+                {"name": "mem", "type": "memory", "box": "a", "outputs": ["sr", "count"]},
+                {"name": "out", "type": "folder", "path": str(tmp_path / "outbox")},
+            ],
+        }
+    )
+    mem, out = settings.destinations
+    assert isinstance(mem, MemoryDestinationSettings) and mem.outputs == ["sr", "count"]
+    assert "memory" in destination_types()
+    assert open_destination(mem, calling_ae="NODE").echo() == 0.0
+
+    datasets = write_results(make_result(load(dicom_data, "ct3")), "seg,sr,count")
+    paths = save_datasets(datasets, results_dir / "job-1")
+    items = _claimed(results_dir, "mem", paths)
+    MemoryDestination.refused_kinds.add("sr")
+    outcomes = deliver_batch(settings, items)
+    assert [(o.delivery_id, o.sent, o.retry) for o in outcomes] == [
+        (1, True, True),
+        (2, False, False),
+        (3, True, True),
+    ]
+    assert outcomes[1].error == "sr refused"
+    assert MemoryDestination.boxes["a"] == [paths[0].read_bytes(), paths[2].read_bytes()]
+
+    # The built-in folder type, through the same path.
+    to_folder = [dataclasses.replace(i, destination="out") for i in items]
+    assert all(o.sent for o in deliver_batch(settings, to_folder))
+    for ds, path in zip(datasets, paths, strict=True):
+        written = folder_file(
+            tmp_path / "outbox", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+        )
+        assert written.read_bytes() == path.read_bytes()
+    assert open_destination(out, calling_ae="NODE").echo() >= 0.0
+
+
+def test_an_unknown_destination_type_is_a_config_error(tmp_path: pathlib.Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[[destinations]]\nname = "m"\ntype = "memory"\nbox = "a"\n')
+    with pytest.raises(ConfigError, match="unknown destination type 'memory'"):
+        load_settings(cfg)
+
+
+def test_a_new_destination_type_reports_missing_keys(
+    memory_type: type[MemoryDestination], tmp_path: pathlib.Path
+) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[[destinations]]\nname = "m"\ntype = "memory"\n')
+    with pytest.raises(ConfigError, match="of type 'memory' needs box"):
+        load_settings(cfg)
+    cfg.write_text('[[destinations]]\nname = "m"\ntype = "memory"\nbox = "a"\nport = 1\n')
+    with pytest.raises(ConfigError, match="port: unknown key"):
+        load_settings(cfg)
