@@ -185,12 +185,26 @@ def _redact(url: str) -> str:
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds.")
 @pass_state
 def echo(state: _State, destination: str, timeout: float) -> None:
-    """C-ECHO a destination (a configured name or HOST:PORT:AET)."""
+    """Check a destination: a configured name (of any type), or HOST:PORT:AET (C-ECHO).
+
+    A ``dicom`` destination is sent a C-ECHO; another type checks what it
+    needs (a ``folder`` destination: that a file can be written there).
+    """
+    from dicom_node.destinations.registry import open_destination
     from dicom_node.scu import echo as do_echo
     from dicom_node.scu import parse_peer
 
     settings = state.settings()
+    configured = {d.name: d for d in settings.destinations}
     try:
+        if destination in configured and configured[destination].type != "dicom":
+            dest = configured[destination]
+            seconds = open_destination(dest, calling_ae=settings.node.ae_title).echo()
+            console.print(
+                f"[green]{dest.type} destination {dest.name}: reachable[/] "
+                f"in {seconds * 1000:.1f} ms"
+            )
+            return
         peer = parse_peer(destination, settings.destinations)
         seconds = do_echo(peer, settings.node.ae_title, timeout)
     except (ValueError, DeliveryError) as exc:

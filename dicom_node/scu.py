@@ -258,7 +258,7 @@ def send_files(
                 status = int(rsp.Status)
                 report.statuses[info.path] = status
                 done += 1
-                if status == st.SUCCESS or status & 0xF000 == 0xB000:
+                if st.is_success_or_warning(status):
                     report.sent += 1
                     report.bytes += info.path.stat().st_size
                     if status != st.SUCCESS:

@@ -91,7 +91,7 @@ class DicomDestination:
         out = []
         for obj, path in zip(objects, files, strict=True):
             status = report.statuses.get(path)
-            if status is not None and (status == st.SUCCESS or status & 0xF000 == 0xB000):
+            if status is not None and st.is_success_or_warning(status):
                 out.append(DeliveryOutcome(obj.delivery_id, True, status))
                 continue
             reason = reasons.get(path, "not sent")
