@@ -25,8 +25,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
     PlainValidator,
     SecretStr,
+    SerializationInfo,
     ValidationError,
     field_validator,
     model_validator,
@@ -273,7 +275,16 @@ def _destination(value: Any) -> DestinationSettings:
     return model.model_validate(value)
 
 
-Destination = Annotated[DestinationSettings, PlainValidator(_destination)]
+def _dump_destination(value: DestinationSettings, info: SerializationInfo) -> Any:
+    """Dump a destination with the fields of its own type (not only the base's)."""
+    return value.model_dump(mode=info.mode)
+
+
+Destination = Annotated[
+    DestinationSettings,
+    PlainValidator(_destination),
+    PlainSerializer(_dump_destination),
+]
 """A destination's settings: a union discriminated by ``type`` over the registered types."""
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.config import DuplicatePolicy, load_settings
+from dicom_node.config import DuplicatePolicy, Settings, load_settings
 from dicom_node.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,3 +108,21 @@ port = 4242
     assert [p.ae_title for p in settings.peers] == ["CT1", "MR1"]
     assert settings.peers[1].host is None
     assert settings.destinations[0].port == 4242
+
+
+def test_destinations_dump_with_their_own_type_fields() -> None:
+    """A dump (JSON or Python) keeps each destination's type fields and validates back."""
+    settings = Settings.model_validate(
+        {
+            "destinations": [
+                {"name": "pacs", "type": "dicom", "ae_title": "PACS", "host": "h", "port": 104},
+                {"name": "outbox", "type": "folder", "path": "/srv/outbox"},
+            ]
+        }
+    )
+    for mode in ("json", "python"):
+        dumped = settings.model_dump(mode=mode)["destinations"]
+        assert dumped[0]["ae_title"] == "PACS" and dumped[0]["port"] == 104
+        assert str(dumped[1]["path"]) == "/srv/outbox"
+        again = Settings.model_validate({"destinations": dumped})
+        assert again.destinations == settings.destinations
