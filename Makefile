@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_INDEX_URL ?=
 CPU_TORCH_INDEX_URL := https://download.pytorch.org/whl/cpu
 
-.PHONY: run test setup torch-info system-deps viewer-deps bench lint clean
+.PHONY: run test test-fast setup torch-info system-deps viewer-deps bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ run: setup
 
 test: setup system-deps viewer-deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The unit and fast integration tests (no DCMTK, Orthanc or browser): a few minutes.
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: setup system-deps
 	$(PY) -m bench.receive

@@ -18,6 +18,51 @@ DICOM_DATA = pathlib.Path(
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+#: Test tiers.  ``pytest -m "not slow"`` runs the unit and fast integration
+#: tests (a few minutes on two cores); ``make test`` runs everything.  A test
+#: is ``slow`` when it starts real peers (a node, DCMTK, Orthanc, a browser)
+#: or runs a model on full-size images; these files are slow throughout, and
+#: single tests elsewhere carry ``@pytest.mark.slow`` themselves.
+SLOW_FILES = frozenset(
+    {
+        "ai_models/test_applicability_matrix.py",
+        "ai_models/test_ct_lungs.py",
+        "ai_models/test_cxr_findings.py",
+        "ai_models/test_mg_masses.py",
+        "ai_models/test_mr_brain_constraints.py",
+        "ai_models/test_mr_brain_lesion.py",
+        "ai_models/test_ood.py",
+        "ai_models/test_radiograph_applicability.py",
+        "ai_models/test_readers_never_throw.py",
+        "ai_models/test_site_weights.py",
+        "node/test_cli.py",
+        "node/test_codecs.py",
+        "node/test_delivery_peers.py",
+        "node/test_hostile_datasets.py",
+        "node/test_hostile_peers.py",
+        "node/test_negative_report.py",
+        "node/test_orthanc_peer.py",
+        "node/test_receive.py",
+        "node/test_route_deliver.py",
+        "node/test_site_models.py",
+        "viewer/test_ohif.py",
+        "viewer/test_ohif_radiograph.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests of :data:`SLOW_FILES` ``slow``."""
+    tests_dir = pathlib.Path(__file__).resolve().parent
+    for item in items:
+        try:
+            rel = item.path.resolve().relative_to(tests_dir).as_posix()
+        except ValueError:
+            continue
+        if rel in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+
+
 def require_tool(name: str) -> str:
     """Return the path of an external peer program, or skip (fail under CI).
 

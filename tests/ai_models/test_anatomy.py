@@ -45,6 +45,7 @@ def _mr(data: pathlib.Path, rel: str):  # noqa: ANN202
     return get_pipeline("mr-brain-lesion", device="cpu").read_series(files)
 
 
+@pytest.mark.slow
 def test_chest_phantoms_show_lung_fields() -> None:
     rng = np.random.default_rng(SEED)
     for _ in range(20):
@@ -134,6 +135,7 @@ def test_real_abdominal_ct_lung_bases_are_parenchyma(dicom_data: pathlib.Path) -
     assert [r for r in fields.reasons() if "superior-inferior" in r]  # too short to analyse
 
 
+@pytest.mark.slow
 def test_brain_phantoms_are_heads() -> None:
     rng = np.random.default_rng(SEED + 3)
     planes, contrasts = ("axial", "sagittal", "coronal", "oblique"), ("T1", "T2", "FLAIR")
