@@ -1,4 +1,4 @@
-"""A new result kind and a new destination type, each one file and one registration.
+"""A new pipeline, result kind and destination type, each one file and one registration.
 
 The toys of :mod:`tests.support.toy_plugins` are registered for a test,
 go through the configuration, ``write_results``, ``save_datasets`` and
@@ -15,6 +15,8 @@ import pydicom
 import pytest
 from pydantic import ValidationError
 
+from ai_models.pipelines import list_pipelines, register_pipeline, unregister_pipeline
+from dicom_node.analyze import SeriesStatus, analyze_paths
 from dicom_node.config import RuleSettings, Settings, load_settings
 from dicom_node.deliver import deliver_batch
 from dicom_node.destinations import (
@@ -54,6 +56,44 @@ def count_kind() -> Iterator[FindingCountWriter]:
         yield writer
     finally:
         unregister_writer(writer.kind)
+
+
+@pytest.fixture
+def dense_pipeline() -> Iterator[str]:
+    register_pipeline("toy-dense", "tests.support.toy_plugins:DenseVoxelsPipeline")
+    try:
+        yield "toy-dense"
+    finally:
+        unregister_pipeline("toy-dense")
+
+
+def test_a_new_pipeline_runs_like_a_built_in_one(
+    dense_pipeline: str,
+    count_kind: FindingCountWriter,
+    dicom_data: pathlib.Path,
+    tmp_path: pathlib.Path,
+) -> None:
+    """Registered by its class path: listed without being built, run by ``analyze``
+    on a real CT (and skipped on an MR by its modality), with a new result kind."""
+    (info,) = [p for p in list_pipelines() if p.name == dense_pipeline]
+    assert (info.modalities, info.version, info.source) == (("CT",), "0.1", "built-in")
+    report = analyze_paths(
+        [
+            dicom_data / "dcm_qa_ct/Philips_Ingenuity_headphantom_5mm",
+            dicom_data / "dcmqi/qin-prostate-01-0001_adc",
+        ],
+        dense_pipeline,
+        tmp_path,
+        outputs="seg,count",
+    )
+    by_modality = {s.modality: s for s in report.series}
+    assert by_modality["CT"].status == SeriesStatus.DONE
+    assert by_modality["MR"].status == SeriesStatus.SKIPPED
+    assert "modality MR" in by_modality["MR"].reason
+    names = sorted(p.name.split("_")[0] for p in report.files)
+    assert names == ["count", "seg"]
+    count = pydicom.dcmread(next(p for p in report.files if p.name.startswith("count_")))
+    assert count.ContentSequence[0].TextValue == "1 finding(s) by toy-dense"
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
-"""A toy result kind and a toy destination type, each in this one file.
+"""A toy pipeline, a toy result kind and a toy destination type, each in this one file.
 
-They show what an extension needs: a result kind is a class with ``kind``,
-``sop_class_uid``, ``series_number``, ``applies`` and ``write``
-(:class:`dicom_node.results.writer.ResultWriter`); a destination type is a
+They show what an extension needs: a pipeline is a
+:class:`ai_models.pipelines.Pipeline` subclass with ``name``, ``modalities``,
+``version`` and ``run`` (registered by its ``"module:Class"`` path); a
+result kind is a class with ``kind``, ``sop_class_uid``, ``series_number``,
+``applies`` and ``write`` (:class:`dicom_node.results.writer.ResultWriter`); a destination type is a
 settings model and a class with ``send`` and ``echo``
 (:class:`dicom_node.destinations.base.Destination`).  The tests register
 them for a while (a built-in one would be a line in the registry).
@@ -10,24 +12,54 @@ them for a while (a built-in one would be a line in the registry).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian
 
+from ai_models.pipelines import Pipeline
+from ai_models.types import Finding, Measurement, PipelineResult, Segment, Volume
 from dicom_node.config import DestinationSettings
 from dicom_node.destinations import Outgoing
 from storage.jobs import DeliveryOutcome
+from tests.results.helpers import ANATOMY, BONE, MM3, VOLUME, algorithm
 
 if TYPE_CHECKING:
-    from ai_models.types import PipelineResult
     from dicom_node.results.writer import WriteContext
 
 #: Basic Text SR Storage (PS3.4 B.5).
 BASIC_TEXT_SR_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.88.11"
+
+
+class DenseVoxelsPipeline(Pipeline):
+    """Pipeline ``toy-dense``: CT voxels above 300 HU as one segment, with its volume."""
+
+    name = "toy-dense"
+    description = "toy: CT voxels above 300 HU"
+    modalities = ("CT",)
+    version = "0.1"
+
+    def run(self, volume: Volume) -> PipelineResult:
+        self.check(volume)
+        t0 = time.perf_counter()
+        mask = volume.array > 300.0
+        uid = hd.UID()
+        segment = Segment(1, "Dense", ANATOMY, BONE, mask, "dense", uid)
+        ml = float(np.count_nonzero(mask)) * volume.voxel_volume_mm3
+        finding = Finding("dense", uid, BONE, None, 1, [Measurement(VOLUME, ml, MM3)])
+        return PipelineResult(
+            self.name,
+            volume,
+            algorithm(),
+            [segment],
+            [finding],
+            timings={"infer": time.perf_counter() - t0},
+        )
 
 
 class FindingCountWriter:
