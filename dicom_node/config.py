@@ -347,7 +347,8 @@ class ModelSettings(_Section):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
     kind: Literal["torchscript", "bundle", "state_dict"]
     path: Path
-    pipeline: Literal["ct-lungs", "cxr-findings", "mg-masses", "mr-brain-lesion"] | None = None
+    pipeline: str | None = None
+    """A shipped pipeline (``ai_models.pipelines.SHIPPED_PIPELINES``) run with these weights."""
     labels: list[ModelLabelSettings] = Field(default_factory=list)
     description: str = ""
     modalities: list[str] = Field(default_factory=list)
@@ -363,6 +364,20 @@ class ModelSettings(_Section):
     architecture: str | None = None
     architecture_kwargs: dict[str, Any] = Field(default_factory=dict)
     min_slices: Annotated[int, Field(ge=1)] = 1
+
+    @field_validator("pipeline")
+    @classmethod
+    def _shipped_pipeline(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from ai_models.pipelines import SHIPPED_PIPELINES
+
+        if value not in SHIPPED_PIPELINES:
+            raise ValueError(
+                f"pipeline {value!r} is not a shipped pipeline; "
+                f"choose from {', '.join(sorted(SHIPPED_PIPELINES))}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _architecture_for_state_dict(self) -> ModelSettings:

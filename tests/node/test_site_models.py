@@ -82,6 +82,11 @@ def test_models_section_validates(tmp_path: Path) -> None:
     bad.write_text('[[models]]\nname = "x"\nkind = "torchscript"\npath = "m"\nlabels = []\n')
     with pytest.raises(ConfigError, match=r"models\.0.*needs at least one \[\[models\.labels\]\]"):
         load_settings(bad)
+    bad.write_text(
+        '[[models]]\nname = "x"\nkind = "torchscript"\npath = "m"\npipeline = "ct-lung"\n'
+    )
+    with pytest.raises(ConfigError, match=r"'ct-lung' is not a shipped pipeline; choose from"):
+        load_settings(bad)
 
 
 def test_site_model_listed_and_run(tmp_path: Path, dicom_data: Path) -> None:
