@@ -190,9 +190,9 @@ def echo(state: _State, destination: str, timeout: float) -> None:
     A ``dicom`` destination is sent a C-ECHO; another type checks what it
     needs (a ``folder`` destination: that a file can be written there).
     """
-    from dicom_node.destinations.registry import open_destination
-    from dicom_node.scu import echo as do_echo
-    from dicom_node.scu import parse_peer
+    from dicom_node.deliver.destinations.registry import open_destination
+    from dicom_node.deliver.scu import echo as do_echo
+    from dicom_node.deliver.scu import parse_peer
 
     settings = state.settings()
     configured = {d.name: d for d in settings.destinations}
@@ -219,7 +219,7 @@ def echo(state: _State, destination: str, timeout: float) -> None:
 @pass_state
 def send(state: _State, paths: tuple[Path, ...], destination: str) -> None:
     """C-STORE DICOM files or folders to a destination, with a progress bar."""
-    from dicom_node.scu import collect_dicom_files, parse_peer, send_files
+    from dicom_node.deliver.scu import collect_dicom_files, parse_peer, send_files
 
     settings = state.settings()
     try:
@@ -266,7 +266,7 @@ def send(state: _State, paths: tuple[Path, ...], destination: str) -> None:
 @pass_state
 def studies(state: _State, limit: int) -> None:
     """Table of received studies and their series with instance counts."""
-    from dicom_node.node import open_store
+    from dicom_node.receive.store import open_store
 
     settings = state.settings()
     store = open_store(settings, clean_temp=False)  # a running node may be writing them
@@ -325,9 +325,9 @@ def rules_test(
     """Run the rules on files or folders, send nothing, and explain each decision."""
     from pydicom import dcmread
 
-    from dicom_node.header import routing_attributes
-    from dicom_node.routing import evaluate_rules
-    from dicom_node.scu import collect_dicom_files
+    from dicom_node.collect.routing import evaluate_rules
+    from dicom_node.deliver.scu import collect_dicom_files
+    from dicom_node.receive.header import routing_attributes
 
     settings = state.settings()
     if not settings.rules:

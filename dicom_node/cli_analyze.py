@@ -1,6 +1,6 @@
 """``dicom-node analyze`` and ``dicom-node pipelines`` (click commands).
 
-Thin wrappers around :func:`dicom_node.analyze.analyze_paths` and
+Thin wrappers around :func:`dicom_node.work.analyze.analyze_paths` and
 :func:`ai_models.pipelines.list_pipelines`; the CLI group registers them with
 ``main.add_command(analyze)`` / ``main.add_command(pipelines)``.
 """
@@ -58,7 +58,7 @@ def analyze(
 ) -> None:
     """Run a pipeline on the series under PATH... and write SEG/SR/SC files."""
     from ai_models.pipelines import UnknownPipelineError
-    from dicom_node.analyze import analyze_paths
+    from dicom_node.work.analyze import analyze_paths
 
     console = Console()
     try:

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dicom_node.config import Settings
-from dicom_node.destinations.folder import FolderDestinationSettings, folder_file
+from dicom_node.deliver.destinations.folder import FolderDestinationSettings, folder_file
 from storage.db import Database
 from storage.jobs import DeliveryStatus, JobQueue, JobStatus
 
@@ -210,7 +210,7 @@ def _delivered_to(
 ) -> dict[str, Any]:
     """The destination's type, and for a sent folder delivery the file it wrote.
 
-    The folder layout is the sender's (:func:`dicom_node.destinations.folder.folder_file`).
+    The folder layout is the sender's (:func:`dicom_node.deliver.destinations.folder.folder_file`).
     """
     dest = next((d for d in settings.destinations if d.name == delivery["destination"]), None)
     written_to = None

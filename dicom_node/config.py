@@ -42,7 +42,7 @@ from pydantic_settings import (
 )
 
 from dicom_node.errors import ConfigError
-from dicom_node.uids import UidPolicy
+from dicom_node.receive.uids import UidPolicy
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -229,7 +229,7 @@ class DestinationSettings(_Section):
     """``[[destinations]]``: where results go; what every destination type has.
 
     Each ``type`` has its own settings model, a subclass registered with its
-    destination in :mod:`dicom_node.destinations.registry` (``dicom``: a
+    destination in :mod:`dicom_node.deliver.destinations.registry` (``dicom``: a
     DICOM peer, ``folder``: a folder); a table is validated by the model its
     ``type`` names (:data:`Destination`).
     """
@@ -269,7 +269,7 @@ def _destination(value: Any) -> DestinationSettings:
         return value
     if not isinstance(value, dict):
         raise ValueError("a destination is a table")
-    from dicom_node.destinations.registry import destination_type
+    from dicom_node.deliver.destinations.registry import destination_type
 
     model = destination_type(value.get("type")).settings_model
     return model.model_validate(value)
@@ -291,7 +291,7 @@ Destination = Annotated[
 class RuleSettings(_Section):
     """``[[rules]]``: which pipelines run on which series, and where results go.
 
-    The match language is data (see ``dicom_node.routing``), never code.
+    The match language is data (see ``dicom_node.collect.routing``), never code.
     """
 
     name: Annotated[str, Field(min_length=1)]
@@ -607,7 +607,7 @@ class Settings(BaseSettings):
         dupes = sorted({n for n in rule_names if rule_names.count(n) > 1})
         if dupes:
             raise ValueError(f"rule names must be unique; repeated: {', '.join(dupes)}")
-        from dicom_node.routing import RuleError, compile_match
+        from dicom_node.collect.routing import RuleError, compile_match
 
         for rule in self.rules:
             try:

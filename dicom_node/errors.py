@@ -29,7 +29,7 @@ class StoreRejected(DicomNodeError):
     Parameters
     ----------
     status:
-        The PS3.4 Annex B.2.3 status to answer (see :mod:`dicom_node.status`).
+        The PS3.4 Annex B.2.3 status to answer (see :mod:`dicom_node.protocol.status`).
     reason:
         A sentence for the log and the response's Error Comment (0000,0902).
     """

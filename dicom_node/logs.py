@@ -20,7 +20,7 @@ def _extras(record: logging.LogRecord) -> dict[str, object]:
 
 
 class TextFormatter(logging.Formatter):
-    """``2026-11-22 12:00:00,123 INFO  dicom_node.scp: message``."""
+    """``2026-11-22 12:00:00,123 INFO  dicom_node.receive.scp: message``."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")

@@ -14,63 +14,15 @@ from types import FrameType
 from dicom_node.collect import Collector
 from dicom_node.config import Settings
 from dicom_node.deliver import Sender
-from dicom_node.receivers import ReceiverPool
-from dicom_node.reconcile import reconcile_spool
-from dicom_node.scp import StorageSCP
+from dicom_node.receive.receivers import ReceiverPool
+from dicom_node.receive.scp import StorageSCP
+from dicom_node.receive.store import open_store
 from dicom_node.web import WebServer
-from dicom_node.worker import WorkerPool
-from storage.db import Database
-from storage.durability import DurabilityBarrier, syncfs_available
-from storage.received import DuplicateAction, ReceivedStore
-from storage.spool import Spool
+from dicom_node.work.worker import WorkerPool
 
-__all__ = ["Node", "open_store"]
+__all__ = ["Node"]
 
 LOGGER = logging.getLogger(__name__)
-
-
-def open_store(
-    settings: Settings, *, upgrade: bool = True, clean_temp: bool = True
-) -> ReceivedStore:
-    """Open the database (running migrations) and the spool.
-
-    With ``storage.fsync`` on, durability comes from a group-committed
-    ``syncfs`` of the spool's and the SQLite file's file systems after each
-    store (one flush shared by concurrent associations) instead of per-file
-    ``fsync`` calls; where ``syncfs`` is missing, files are fsync'd one by one
-    and SQLite commits with ``synchronous=FULL``.
-
-    ``clean_temp`` (only the main process, before anyone receives) also
-    removes unfinished temporary files and reconciles the spool with the
-    database (:func:`~dicom_node.reconcile.reconcile_spool`).
-    """
-    durable = settings.storage.fsync
-    use_barrier = durable and syncfs_available()
-    db = Database(
-        settings.storage.database_url,
-        sqlite_synchronous="NORMAL" if (use_barrier or not durable) else "FULL",
-    )
-    if upgrade:
-        db.upgrade()
-    spool = Spool(
-        settings.storage.spool_dir,
-        fsync=durable and not use_barrier,
-        min_free_bytes=settings.storage.min_free_disk_mb * 2**20,
-    )
-    if clean_temp:  # only the main process, before anyone receives
-        spool.clean_temp()
-    barrier = None
-    if use_barrier:
-        folders = [spool.root]
-        if db.sqlite_folder is not None:
-            folders.append(db.sqlite_folder)
-        barrier = DurabilityBarrier(folders)
-    store = ReceivedStore(
-        db, spool, DuplicateAction(settings.node.duplicate_policy.value), barrier=barrier
-    )
-    if clean_temp:
-        reconcile_spool(store)
-    return store
 
 
 class Node:

@@ -19,8 +19,8 @@ import pytest
 
 from dicom_node.cli import main as cli_main
 from dicom_node.config import Settings, load_settings
+from dicom_node.deliver.scu import parse_peer
 from dicom_node.errors import ConfigError
-from dicom_node.scu import parse_peer
 from dicom_node.web.server import WebServerError, refuse_open_listener
 
 yaml = pytest.importorskip("yaml")

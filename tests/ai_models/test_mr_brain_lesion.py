@@ -362,7 +362,7 @@ def test_cli_analyze(dicom_data, tmp_path):
 
 
 def test_analyze_reasons(dicom_data, tmp_path):
-    from dicom_node.analyze import analyze_paths
+    from dicom_node.work.analyze import analyze_paths
 
     report = analyze_paths(
         [dicom_data / ADC, dicom_data / LOCALIZER], MR_BRAIN_LESION, tmp_path, device="cpu"

@@ -9,9 +9,9 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble  # type: ignore[attr-defined]
 from pydicom.filewriter import write_file_meta_info
 
-from dicom_node.dimse_command import CommandSet, decode_command, encode_response
-from dicom_node.file_meta import IMPLEMENTATION_CLASS_UID, encode_file_meta
-from dicom_node.upper_layer import PduError, iter_pdvs, p_data_pdu
+from dicom_node.protocol.dimse_command import CommandSet, decode_command, encode_response
+from dicom_node.protocol.file_meta import IMPLEMENTATION_CLASS_UID, encode_file_meta
+from dicom_node.protocol.upper_layer import PduError, iter_pdvs, p_data_pdu
 
 
 @pytest.mark.parametrize("ae", ["STORESCU", "ODD", ""])

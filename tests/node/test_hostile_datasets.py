@@ -36,8 +36,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from bench.synthetic import write_ct_series
-from dicom_node import status as st
-from dicom_node.file_meta import encode_file_meta
+from dicom_node.protocol import status as st
+from dicom_node.protocol.file_meta import encode_file_meta
 from storage.db import Database
 from storage.models import Instance
 from tests.support.peers import NodeProcess, echoscu, free_port, sender_ae, storescu

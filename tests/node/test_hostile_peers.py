@@ -27,7 +27,7 @@ from pynetdicom.presentation import build_context
 
 from dicom_node.config import NodeSettings, load_settings
 from dicom_node.node import Node
-from dicom_node.upper_layer import PduReader, PeerClosed, p_data_pdu
+from dicom_node.protocol.upper_layer import PduReader, PeerClosed, p_data_pdu
 from tests.support.peers import NodeProcess, echoscu, free_port, render_config
 
 pytestmark = [pytest.mark.network]

@@ -1,7 +1,7 @@
 """The worker path of a negative report: a rule's pipeline finds nothing.
 
 The real 28-slice head CT is received into the spool and database, the
-collector makes the job, and :func:`dicom_node.worker.run_job` runs it with a
+collector makes the job, and :func:`dicom_node.work.worker.run_job` runs it with a
 pipeline registered here that reads the series and finds nothing.  With the
 rule's ``negative_report`` on (the default) the job writes one SR that passes
 dciodvfy and says "Clinical finding absent", and queues its delivery; with it
@@ -30,8 +30,8 @@ from ai_models.pipelines.base import Pipeline, PipelineInfo
 from ai_models.types import AlgorithmInfo, PipelineResult, Volume
 from dicom_node.collect import Collector
 from dicom_node.config import RuleSettings, Settings
-from dicom_node.header import header_record
-from dicom_node.worker import run_job
+from dicom_node.receive.header import header_record
+from dicom_node.work.worker import run_job
 from storage.db import Database
 from storage.models import Delivery, Job, Result
 from storage.received import ReceivedStore

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
+from dicom_node.deliver.scu import DicomPeer, send_files
 from dicom_node.errors import AssociationRejectedError
-from dicom_node.scu import DicomPeer, send_files
 from tests.support.orthanc import OrthancServer
 from tests.support.peers import storescu
 

@@ -16,16 +16,15 @@ import pytest
 from pydantic import ValidationError
 
 from ai_models.pipelines import list_pipelines, register_pipeline, unregister_pipeline
-from dicom_node.analyze import SeriesStatus, analyze_paths
 from dicom_node.config import RuleSettings, Settings, load_settings
 from dicom_node.deliver import deliver_batch
-from dicom_node.destinations import (
+from dicom_node.deliver.destinations import (
     destination_types,
     open_destination,
     register_destination_type,
     unregister_destination_type,
 )
-from dicom_node.destinations.folder import FolderDestination, folder_file
+from dicom_node.deliver.destinations.folder import FolderDestination, folder_file
 from dicom_node.errors import ConfigError
 from dicom_node.results import (
     COMPREHENSIVE_3D_SR_SOP_CLASS_UID,
@@ -37,6 +36,7 @@ from dicom_node.results import (
     unregister_writer,
     write_results,
 )
+from dicom_node.work.analyze import SeriesStatus, analyze_paths
 from storage.jobs import ClaimedDelivery
 from tests.results.conftest import load
 from tests.results.helpers import make_result

@@ -28,7 +28,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 
 from bench.synthetic import write_ct_series
-from dicom_node import status as st
+from dicom_node.protocol import status as st
 from storage.db import Database
 from storage.models import Instance, Series
 from tests.support.peers import (

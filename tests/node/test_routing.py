@@ -1,7 +1,7 @@
 """Routing rules on real series: a table of series x rules -> the rules that apply.
 
 Attributes come from each series' first file exactly as the receiver records
-them (:func:`dicom_node.header.routing_attributes`).
+them (:func:`dicom_node.receive.header.routing_attributes`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 
+from dicom_node.collect.routing import RuleError, compile_match, evaluate_rules
 from dicom_node.config import RuleSettings, load_settings
 from dicom_node.errors import ConfigError
-from dicom_node.header import routing_attributes
-from dicom_node.routing import RuleError, compile_match, evaluate_rules
+from dicom_node.receive.header import routing_attributes
 
 SERIES = {
     "philips_head_ct": "dcm_qa_ct/Philips_Ingenuity_headphantom_5mm",

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from dicom_node import status as st
 from dicom_node.errors import StoreRejected
-from dicom_node.file_meta import encode_file_meta
-from dicom_node.store_handler import StoreRequest, check_command_uids, handle_store
-from dicom_node.uids import UidPolicy
+from dicom_node.protocol import status as st
+from dicom_node.protocol.file_meta import encode_file_meta
+from dicom_node.receive.store_handler import StoreRequest, check_command_uids, handle_store
+from dicom_node.receive.uids import UidPolicy
 from storage.db import Database
 from storage.received import DuplicateAction, ReceivedStore, StoreOutcome
 from storage.spool import Spool, SpoolConflict

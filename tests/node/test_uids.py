@@ -1,10 +1,10 @@
-"""UID checks of PS3.5 9.1 (dicom_node.uids)."""
+"""UID checks of PS3.5 9.1 (dicom_node.receive.uids)."""
 
 from __future__ import annotations
 
 import pytest
 
-from dicom_node.uids import UidPolicy, check_uids, uid_problem, unusable_uid
+from dicom_node.receive.uids import UidPolicy, check_uids, uid_problem, unusable_uid
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from dicom_node.collect import Collector
 from dicom_node.config import Settings
-from dicom_node.worker import run_job
+from dicom_node.work.worker import run_job
 from storage.db import Database
 from storage.models import Job
 from storage.received import InstanceRecord, ReceivedStore

@@ -21,8 +21,8 @@ from ai_models.pipelines import (
     unregister_pipeline,
 )
 from ai_models.types import Finding, Measurement, PipelineResult, Segment, Volume
-from dicom_node.analyze import SeriesStatus, analyze_paths
 from dicom_node.cli_analyze import analyze, pipelines
+from dicom_node.work.analyze import SeriesStatus, analyze_paths
 from tests.results.helpers import ANATOMY, BONE, MM3, VOLUME, algorithm, assert_valid
 
 CT = "dcm_qa_ct/Philips_Ingenuity_headphantom_5mm"

@@ -254,7 +254,7 @@ def test_invalid_study_uid_refuses_with_the_attribute_named(
 def test_analyze_paths_with_a_bad_chest_export(
     dicom_data: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
-    from dicom_node.analyze import SeriesStatus, analyze_paths
+    from dicom_node.work.analyze import SeriesStatus, analyze_paths
     from tests.support.radiographs import write_cxr
 
     # a chest phantom of the training family: the real chest CR is refused by

@@ -6,7 +6,7 @@ They show what an extension needs: a pipeline is a
 result kind is a class with ``kind``, ``sop_class_uid``, ``series_number``,
 ``applies`` and ``write`` (:class:`dicom_node.results.writer.ResultWriter`); a destination type is a
 settings model and a class with ``send`` and ``echo``
-(:class:`dicom_node.destinations.base.Destination`).  The tests register
+(:class:`dicom_node.deliver.destinations.base.Destination`).  The tests register
 them for a while (a built-in one would be a line in the registry).
 """
 
@@ -25,7 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from ai_models.pipelines import Pipeline
 from ai_models.types import Finding, Measurement, PipelineResult, Segment, Volume
 from dicom_node.config import DestinationSettings
-from dicom_node.destinations import Outgoing
+from dicom_node.deliver.destinations import Outgoing
 from storage.jobs import DeliveryOutcome
 from tests.results.helpers import ANATOMY, BONE, MM3, VOLUME, algorithm
 

@@ -4,7 +4,7 @@ A destination type (``dicom``, ``folder``, ...) is a settings model (a
 subclass of :class:`dicom_node.config.DestinationSettings` whose ``type`` is
 a literal) and a class that, built from those settings, sends a batch of
 result objects (:meth:`Destination.send`) and checks that it can be reached
-(:meth:`Destination.echo`).  :mod:`dicom_node.destinations.registry` lists
+(:meth:`Destination.echo`).  :mod:`dicom_node.deliver.destinations.registry` lists
 the types; ``[[destinations]]`` tables are validated by the model their
 ``type`` names and :func:`dicom_node.deliver.deliver_batch` sends through it.
 """

@@ -27,8 +27,8 @@ from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from dicom_node import status as st
 from dicom_node.errors import StoreRejected
+from dicom_node.protocol import status as st
 from storage.received import InstanceRecord
 
 __all__ = [

@@ -24,7 +24,7 @@ from typing import Any
 from ai_models.dicom_files import discover_series
 from ai_models.errors import AIModelsError
 from dicom_node.results import parse_outputs
-from dicom_node.series_run import ResultOptions, SeriesFiles, run_series
+from dicom_node.work.series_run import ResultOptions, SeriesFiles, run_series
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from dicom_node.config import Settings
 from dicom_node.results import PreviousVersion, kind_of, nothing_to_report
-from dicom_node.series_run import ResultOptions, SeriesFiles, run_series
+from dicom_node.work.series_run import ResultOptions, SeriesFiles, run_series
 from storage.db import Database
 from storage.jobs import ClaimedJob, JobQueue, JobStatus, LeaseLost, NewResult, worker_name
 from storage.models import utcnow

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from dicom_node.collect.routing import evaluate_rules
 from dicom_node.config import RuleSettings, Settings
-from dicom_node.routing import evaluate_rules
 from storage.completions import CompletionStore, CompletionTransaction, SeriesRow, StudyRow
 from storage.db import Database, DatabaseUnavailable, DuplicateRow
 from storage.jobs import NewJob

@@ -12,9 +12,9 @@ import re
 from typing import Any
 
 from dicom_node.config import DestinationSettings
-from dicom_node.destinations.base import Destination, DestinationType
-from dicom_node.destinations.dicom import DicomDestination
-from dicom_node.destinations.folder import FolderDestination
+from dicom_node.deliver.destinations.base import Destination, DestinationType
+from dicom_node.deliver.destinations.dicom import DicomDestination
+from dicom_node.deliver.destinations.folder import FolderDestination
 
 __all__ = [
     "BUILT_IN_TYPES",

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 
 from dicom_node.errors import StoreRejected
-from dicom_node.file_meta import read_file_meta
-from dicom_node.header import header_from_file, header_record
+from dicom_node.protocol.file_meta import read_file_meta
+from dicom_node.receive.header import header_from_file, header_record
 from storage.received import ReceivedStore, StoreOutcome
 from storage.spool import QUARANTINE_DIR
 

@@ -1,11 +1,11 @@
 """Where a C-STORE becomes durable data: :func:`handle_store` (PS3.4 B.2.2, B.2.3).
 
-The association (:mod:`dicom_node.scp`) streams a C-STORE's data set into a
+The association (:mod:`dicom_node.receive.scp`) streams a C-STORE's data set into a
 temporary spool file and then hands it here as a :class:`StoreRequest`; this
 module parses the header, checks the UIDs against the command and PS3.5 9.1,
 checks the watermark, records the instance (:class:`storage.received.ReceivedStore`)
 and answers with the status to send (:class:`StoreAnswer`).  It never raises:
-every exception becomes a status through :func:`dicom_node.status.status_for`.
+every exception becomes a status through :func:`dicom_node.protocol.status.status_for`.
 No socket is involved, so it is tested directly with files.
 """
 
@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dicom_node import status as st
 from dicom_node.errors import StoreRejected
-from dicom_node.header import (
+from dicom_node.protocol import status as st
+from dicom_node.receive.header import (
     MAX_INFLATED_HEADER,
     header_from_file,
     header_from_prefix,
@@ -26,7 +26,7 @@ from dicom_node.header import (
     parse_header,
     routing_attributes,
 )
-from dicom_node.uids import UidCheck, UidPolicy, check_uids
+from dicom_node.receive.uids import UidCheck, UidPolicy, check_uids
 from storage.received import InstanceRecord, ReceivedStore, StoreOutcome, StoreResult
 from storage.spool import SpooledFile
 

@@ -3,7 +3,7 @@
 Each object is proposed with its SOP class in its own transfer syntax and in
 Explicit VR Little Endian; one association carries a batch; the sender sets
 ``TCP_NODELAY`` and re-associates after a lost reply
-(:func:`dicom_node.scu.send_files`).  Echo is a C-ECHO (PS3.4 A.4).
+(:func:`dicom_node.deliver.scu.send_files`).  Echo is a C-ECHO (PS3.4 A.4).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from dicom_node import status as st
 from dicom_node.config import AETitle, DestinationSettings, Port
-from dicom_node.destinations.base import Outgoing
+from dicom_node.deliver.destinations.base import Outgoing
+from dicom_node.deliver.scu import echo, peer_of, send_files
 from dicom_node.errors import AssociationRejectedError, DeliveryError
-from dicom_node.scu import echo, peer_of, send_files
+from dicom_node.protocol import status as st
 from storage.jobs import DeliveryOutcome
 
 __all__ = ["DicomDestination", "DicomDestinationSettings", "is_permanent_failure"]

@@ -2,7 +2,7 @@
 
 pynetdicom-style receiving is bound by Python's global interpreter lock near
 one core per process.  With ``receivers = N`` the node runs N-1 additional
-processes, each with its own :class:`~dicom_node.scp.StorageSCP` bound to the
+processes, each with its own :class:`~dicom_node.receive.scp.StorageSCP` bound to the
 same address with ``SO_REUSEPORT``; the kernel spreads incoming connections
 over them.  They share the spool and the database (SQLite in WAL mode copes
 with several writer processes; PostgreSQL is made for it).
@@ -30,8 +30,8 @@ def _receiver_main(
 ) -> None:
     """Entry point of one extra receiver process."""
     from dicom_node.logs import configure_logging
-    from dicom_node.node import open_store
-    from dicom_node.scp import StorageSCP
+    from dicom_node.receive.scp import StorageSCP
+    from dicom_node.receive.store import open_store
 
     configure_logging(log_level, log_json)
     stop = threading.Event()

@@ -1,16 +1,16 @@
 """Storage and Verification SCP (PS3.4 Annex B and A.4) on a lean receive path.
 
 One thread per association reads PDUs straight from its socket
-(:mod:`dicom_node.upper_layer`), streams each C-STORE data set into a
+(:mod:`dicom_node.protocol.upper_layer`), streams each C-STORE data set into a
 temporary spool file as its fragments arrive, and answers each request with a
-C-STORE-RSP (:mod:`dicom_node.dimse_command`).  Association negotiation
+C-STORE-RSP (:mod:`dicom_node.protocol.dimse_command`).  Association negotiation
 (A-ASSOCIATE-RQ decoding, presentation contexts, roles) uses pynetdicom's
 codecs; every storage SOP class pynetdicom knows is accepted with every
 transfer syntax, plus Verification.
 
 A C-STORE is answered Success (0x0000) only after :class:`ReceivedStore` made
 the file and its rows durable.  Each failure gets a status from
-:mod:`dicom_node.status` with an Error Comment (0000,0902) and a log line;
+:mod:`dicom_node.protocol.status` with an Error Comment (0000,0902) and a log line;
 nothing a peer sends takes the node down or touches other associations.
 
 Sockets get ``TCP_NODELAY``, and ``TCP_QUICKACK`` is re-armed before each
@@ -41,26 +41,18 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_node import status as st
 from dicom_node.config import PeerSettings, Settings
-from dicom_node.dimse_command import (
+from dicom_node.errors import StoreRejected
+from dicom_node.protocol import status as st
+from dicom_node.protocol.dimse_command import (
     C_ECHO_RQ,
     C_STORE_RQ,
     CommandSet,
     decode_command,
     encode_response,
 )
-from dicom_node.errors import StoreRejected
-from dicom_node.file_meta import encode_file_meta
-from dicom_node.header import DEFLATED_SYNTAXES
-from dicom_node.store_handler import (
-    StoreRequest,
-    check_command_uids,
-    handle_store,
-    watermark_reason,
-)
-from dicom_node.uids import UidPolicy
-from dicom_node.upper_layer import (
+from dicom_node.protocol.file_meta import encode_file_meta
+from dicom_node.protocol.upper_layer import (
     A_ABORT,
     A_ASSOCIATE_RQ_TYPE,
     A_RELEASE_RQ,
@@ -80,6 +72,14 @@ from dicom_node.upper_layer import (
     reject_pdu,
     release_rp_pdu,
 )
+from dicom_node.receive.header import DEFLATED_SYNTAXES
+from dicom_node.receive.store_handler import (
+    StoreRequest,
+    check_command_uids,
+    handle_store,
+    watermark_reason,
+)
+from dicom_node.receive.uids import UidPolicy
 from storage.received import InstanceRecord, ReceivedStore, StoreOutcome
 from storage.spool import TempWriter
 

@@ -17,10 +17,10 @@ from typing import ClassVar, Literal
 
 from pydicom import dcmread
 
-from dicom_node import status as st
 from dicom_node.config import DestinationSettings
-from dicom_node.destinations.base import Outgoing
+from dicom_node.deliver.destinations.base import Outgoing
 from dicom_node.errors import DeliveryError
+from dicom_node.protocol import status as st
 from storage.jobs import DeliveryOutcome
 from storage.spool import safe_component
 

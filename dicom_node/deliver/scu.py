@@ -25,12 +25,12 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_node import status as st
 from dicom_node.config import DestinationSettings
 from dicom_node.errors import AssociationRejectedError, DeliveryError
+from dicom_node.protocol import status as st
 
 if TYPE_CHECKING:
-    from dicom_node.destinations.dicom import DicomDestinationSettings
+    from dicom_node.deliver.destinations.dicom import DicomDestinationSettings
 
 __all__ = [
     "DicomPeer",
@@ -75,7 +75,7 @@ def parse_peer(spec: str, destinations: Sequence[DestinationSettings] = ()) -> D
     ValueError
         With a message that lists the known destinations.
     """
-    from dicom_node.destinations.dicom import DicomDestinationSettings
+    from dicom_node.deliver.destinations.dicom import DicomDestinationSettings
 
     for dest in destinations:
         if dest.name == spec:

@@ -9,10 +9,10 @@ the peer cannot accept) and after the destination's ``max_attempts``.
 ``dicom-node jobs retry ID`` puts failed deliveries back.
 
 How an object is sent is its destination type's business
-(:mod:`dicom_node.destinations`): ``dicom`` destinations get a C-STORE
-(PS3.4 B.2) per object (:mod:`dicom_node.destinations.dicom`), ``folder``
+(:mod:`dicom_node.deliver.destinations`): ``dicom`` destinations get a C-STORE
+(PS3.4 B.2) per object (:mod:`dicom_node.deliver.destinations.dicom`), ``folder``
 destinations a file under ``<path>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``
-(:mod:`dicom_node.destinations.folder`).  Objects keep their UIDs on every
+(:mod:`dicom_node.deliver.destinations.folder`).  Objects keep their UIDs on every
 attempt, so a re-send replaces nothing and duplicates nothing at the archive.
 """
 
@@ -23,9 +23,9 @@ import threading
 from collections.abc import Sequence
 
 from dicom_node.config import Settings
-from dicom_node.destinations import Outgoing, open_destination
-from dicom_node.destinations.dicom import is_permanent_failure
-from dicom_node.destinations.folder import folder_file
+from dicom_node.deliver.destinations import Outgoing, open_destination
+from dicom_node.deliver.destinations.dicom import is_permanent_failure
+from dicom_node.deliver.destinations.folder import folder_file
 from dicom_node.results.registry import result_kinds
 from storage.db import Database
 from storage.jobs import ClaimedDelivery, DeliveryOutcome, DeliveryQueue, worker_name
@@ -40,7 +40,7 @@ def deliver_batch(settings: Settings, items: Sequence[ClaimedDelivery]) -> list[
 
     A destination no longer configured, or a result file gone, fails the
     delivery at once; the rest go to the destination's
-    :meth:`~dicom_node.destinations.base.Destination.send`.
+    :meth:`~dicom_node.deliver.destinations.base.Destination.send`.
     """
     if not items:
         return []
