@@ -229,6 +229,8 @@ class ClaimedDelivery:
     kind: str
     sop_instance_uid: str
     attempts: int
+    sop_class_uid: str = ""
+    """The object's SOP Class UID (from its result row; the sender need not read it)."""
 
 
 @dataclass
@@ -954,6 +956,7 @@ class DeliveryQueue:
                     Result.path,
                     Result.kind,
                     Result.sop_instance_uid,
+                    Result.sop_class_uid,
                     Result.job_id,
                 )
                 .join(Result, Result.id == Delivery.result_id)
@@ -978,6 +981,7 @@ class DeliveryQueue:
                             kind=row.kind,
                             sop_instance_uid=row.sop_instance_uid,
                             attempts=row.attempts,
+                            sop_class_uid=row.sop_class_uid,
                         )
                     )
         by_id = {r.id: r.job_id for r in rows}

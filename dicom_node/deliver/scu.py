@@ -14,13 +14,14 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -186,7 +187,15 @@ class SendReport:
     associations: int = 0
 
 
-def _read_info(path: Path) -> _FileInfo:
+def _read_info(path: Path, known: tuple[str, str] | None = None) -> _FileInfo:
+    """The file's SOP Class and Instance UIDs and its transfer syntax.
+
+    With *known* UIDs (the node's own result objects: their rows hold them),
+    only the File Meta Information is read, for the transfer syntax.
+    """
+    if known is not None:
+        meta = read_file_meta_info(path)
+        return _FileInfo(path, known[0], known[1], str(meta.TransferSyntaxUID))
     ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
     return _FileInfo(
         path,
@@ -204,6 +213,7 @@ def send_files(
     timeout_s: float = 30.0,
     max_reassociations: int = 3,
     progress: Callable[[Path, int | None], None] | None = None,
+    known_uids: Mapping[Path, tuple[str, str]] | None = None,
 ) -> SendReport:
     """C-STORE *files* to *peer*, one association per group of <=128 contexts.
 
@@ -212,13 +222,15 @@ def send_files(
     transcoding.  Files that cannot be read, are
     refused by context negotiation, or get a failure status are reported in
     :attr:`SendReport.failed`; warning statuses are logged and reported.
+    ``known_uids`` maps files to their (SOP Class, SOP Instance) UIDs when the
+    caller has them; only the file meta of those is read.
     """
     report = SendReport()
     t0 = time.perf_counter()
     infos: list[_FileInfo] = []
     for f in files:
         try:
-            infos.append(_read_info(f))
+            infos.append(_read_info(f, (known_uids or {}).get(f)))
         except (InvalidDicomError, AttributeError, OSError, ValueError) as exc:
             report.failed.append((f, f"not a readable DICOM file: {exc}"))
             if progress:
@@ -230,9 +242,7 @@ def send_files(
         ae = _make_ae(calling_ae, timeout_s)
         for sop_class, syntaxes in contexts:
             ae.add_requested_context(sop_class, syntaxes)
-        assoc = ae.associate(
-            peer.host, peer.port, ae_title=peer.ae_title, tls_args=_tls_args(peer)
-        )
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=_tls_args(peer))
         report.associations += 1
         if not assoc.is_established:
             raise AssociationRejectedError(f"association with {peer} rejected or failed")

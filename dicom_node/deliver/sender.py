@@ -61,7 +61,9 @@ def deliver_batch(settings: Settings, items: Sequence[ClaimedDelivery]) -> list[
     else:
         lost = []
     destination = open_destination(dest, calling_ae=settings.node.ae_title)
-    objects = [Outgoing(i.id, root / i.path, i.sop_instance_uid, i.kind) for i in items]
+    objects = [
+        Outgoing(i.id, root / i.path, i.sop_instance_uid, i.kind, i.sop_class_uid) for i in items
+    ]
     return lost + destination.send(objects)
 
 

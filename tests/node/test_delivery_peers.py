@@ -9,6 +9,7 @@ node reaches with ``tls = true``.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 
 from dicom_node.config import Settings
 from dicom_node.deliver import deliver_batch, is_permanent_failure
@@ -89,9 +91,14 @@ def settings_for(tmp_path: Path, port: int, **dest: object) -> Settings:
     )
 
 
+@pytest.mark.parametrize("uids_known", [False, True], ids=["read-from-file", "from-rows"])
 def test_refused_sop_class_fails_at_once_and_the_rest_is_sent(
-    dicom_data: Path, tmp_path: Path, stop_later: list[subprocess.Popen[bytes]]
+    dicom_data: Path,
+    tmp_path: Path,
+    stop_later: list[subprocess.Popen[bytes]],
+    uids_known: bool,
 ) -> None:
+    """Deliveries whose rows carry their UIDs are sent the same (only the file meta is read)."""
     profile = tmp_path / "ct-only.cfg"
     profile.write_text(CT_ONLY_PROFILE)
     proc, port = start_storescp(tmp_path / "archive", "-xf", str(profile), "CTOnly")
@@ -104,6 +111,16 @@ def test_refused_sop_class_fails_at_once_and_the_rest_is_sent(
         ClaimedDelivery(1, 1, "archive", "seg.dcm", "seg", "1.2.3", 0),
         ClaimedDelivery(2, 2, "archive", "ct.dcm", "sc", "1.2.4", 0),
     ]
+    if uids_known:
+        items = [
+            dataclasses.replace(
+                item,
+                sop_instance_uid=str(ds.SOPInstanceUID),
+                sop_class_uid=str(ds.SOPClassUID),
+            )
+            for item in items
+            for ds in [dcmread(results / item.path, stop_before_pixels=True)]
+        ]
     seg, ct = deliver_batch(settings_for(tmp_path, port), items)
     assert not seg.sent and seg.status is None and seg.retry is False
     assert "presentation context" in (seg.error or "")

@@ -308,6 +308,9 @@ def test_results_and_deliveries_are_written_with_the_job(
     assert {d.destination for d in batch} in ({"pacs"}, {"viewer"})
     if batch[0].destination == "pacs":
         assert [d.kind for d in batch] == ["seg", "sr", "sc"]
+    # A delivery carries the UIDs it sends (the sender does not read them from the file).
+    assert all(d.sop_class_uid == "1.2.840.10008.5.1.4.1.1.66.4" for d in batch)
+    assert all(d.sop_instance_uid.startswith(f"2.25.{job.id}0") for d in batch)
     assert deliveries.claim_batch("host:1:s2")[0].destination != batch[0].destination
 
 

@@ -32,6 +32,8 @@ class Outgoing:
     path: Path
     sop_instance_uid: str
     kind: str
+    sop_class_uid: str = ""
+    """Known from the result row; empty when the sender must read it from the file."""
 
 
 class Destination(Protocol):

@@ -80,9 +80,14 @@ class DicomDestination:
             return []
         dest = self.settings
         files = [o.path for o in objects]
+        known = {o.path: (o.sop_class_uid, o.sop_instance_uid) for o in objects if o.sop_class_uid}
         try:
             report = send_files(
-                peer_of(dest), files, calling_ae=self.calling_ae, timeout_s=dest.timeout_s
+                peer_of(dest),
+                files,
+                calling_ae=self.calling_ae,
+                timeout_s=dest.timeout_s,
+                known_uids=known,
             )
         except (AssociationRejectedError, DeliveryError, OSError, RuntimeError) as exc:
             error = f"{dest.name}: {exc}"

@@ -51,8 +51,7 @@ def register_destination_type(cls: DestinationType) -> DestinationType:
     if name in _TYPES:
         raise ValueError(f"destination type {name!r} is already registered")
     if not (
-        isinstance(cls.settings_model, type)
-        and issubclass(cls.settings_model, DestinationSettings)
+        isinstance(cls.settings_model, type) and issubclass(cls.settings_model, DestinationSettings)
     ):
         raise ValueError(f"destination type {name!r}: settings_model is no DestinationSettings")
     _TYPES[name] = cls
