@@ -18,12 +18,21 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["DurabilityBarrier", "syncfs_available"]
+__all__ = ["DurabilityBarrier", "fsync_path", "syncfs_available"]
 
 LOGGER = logging.getLogger(__name__)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _syncfs = getattr(_libc, "syncfs", None)
+
+
+def fsync_path(path: Path) -> None:
+    """``fsync`` one file or folder (a folder: the entries made in it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def syncfs_available() -> bool:

@@ -21,7 +21,6 @@ ends with no object for that series and says why in its ``error`` column
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from dicom_node.config import Settings
 from dicom_node.results import PreviousVersion, kind_of, nothing_to_report
 from dicom_node.work.series_run import ResultOptions, SeriesFiles, run_series
 from storage.db import Database
+from storage.durability import fsync_path
 from storage.jobs import ClaimedJob, JobQueue, JobStatus, LeaseLost, NewResult, worker_name
 from storage.models import utcnow
 
@@ -261,17 +261,8 @@ def _add(timings: dict[str, float], stage: str, seconds: float) -> None:
 
 def _flush(paths: list[Path], folder: Path) -> None:
     """fsync the result files and their folder (they must outlive a crash)."""
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    for path in [*paths, folder]:
+        fsync_path(path)
 
 
 class _Heartbeat:

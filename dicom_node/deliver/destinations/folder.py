@@ -21,6 +21,7 @@ from dicom_node.config import DestinationSettings
 from dicom_node.deliver.destinations.base import Outgoing
 from dicom_node.errors import DeliveryError
 from dicom_node.protocol import status as st
+from storage.durability import fsync_path
 from storage.jobs import DeliveryOutcome
 from storage.spool import safe_component
 
@@ -46,14 +47,6 @@ def folder_file(root: Path, study_uid: str, series_uid: str, sop_instance_uid: s
         / safe_component(series_uid)
         / f"{safe_component(sop_instance_uid)}.dcm"
     )
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class FolderDestination:
@@ -85,7 +78,7 @@ class FolderDestination:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 tmp = final.parent / f".{final.name}.part"
                 shutil.copyfile(obj.path, tmp)
-                _fsync(tmp)
+                fsync_path(tmp)
                 os.replace(tmp, final)
                 out.append(DeliveryOutcome(obj.delivery_id, True, st.SUCCESS))
             except OSError as exc:
@@ -101,7 +94,7 @@ class FolderDestination:
         try:
             probe.parent.mkdir(parents=True, exist_ok=True)
             probe.write_bytes(b"")
-            _fsync(probe)
+            fsync_path(probe)
             probe.unlink()
         except OSError as exc:
             raise DeliveryError(f"folder {self.settings.path} is not writable: {exc}") from exc
