@@ -413,13 +413,17 @@ CHEST_FIELD_MM = (280.0, 500.0, 200.0)
 #: "Applicability checks"): a chest fills the image (little open background,
 #: the midline column is body from the neck to the abdomen, the body spans the
 #: width at lung level, no large white open field), two lung fields are darker
-#: than the mediastinum on both sides and lie symmetric about it, and the
-#: image is not bright on one side and open background on the other.
+#: than the mediastinum on both sides and lie symmetric about it, the
+#: mediastinum lies near the middle and stands out between the apices too
+#: (not so on a lateral view), and the image is not bright on one side and
+#: open background on the other.
 MAX_CHEST_BACKGROUND = 0.30
 MIN_MIDLINE_BODY = 0.93
 MIN_BODY_WIDTH = 0.60
 MAX_WHITE_FIELD = 0.25
 MIN_MEDIASTINUM_CONTRAST = 0.12
+MAX_MEDIASTINUM_OFFSET = 0.12
+MIN_UPPER_MEDIASTINUM = 0.20
 MIN_LUNG_DEPTH_RATIO = 0.30
 MAX_LUNG_ASYMMETRY = 0.20
 MAX_SIDE_IMBALANCE = 0.55
@@ -486,6 +490,8 @@ class ChestFeatures(_Features):
     mediastinum: float
     lung_depth_ratio: float
     lung_asymmetry: float
+    mediastinum_offset: float
+    upper_mediastinum: float
     lung_level: float
     below_lungs: float
 
@@ -523,13 +529,22 @@ def chest_features(img: np.ndarray) -> ChestFeatures:
         the larger; ``lung_asymmetry`` -- distance of the midpoint of the two
         lung fields from the mediastinum, in image widths (a lateral view has
         one lung field and no bright midline between two dark ones; a rotated
-        view puts them off centre); ``lung_level`` -- the darker lung's grey
-        level.  The image is smoothed (sigma = height / 48) first, which
-        blurs ribs and noise into the fields they cross, and columns within
-        two sigma of the background are left out of the profiles (the
-        smoothed body edge is dark but is not lung).  The mediastinum
-        contrast is the smallest of three bands (30-60 %, 25-45 %, 45-65 % of
-        the height): it must stand between the lungs at every height.
+        view puts them off centre); ``mediastinum_offset`` -- distance of that
+        brightest column from the middle of the image, in image widths: the
+        mediastinum of a frontal film lies near the middle, while on a
+        lateral view the brightness rises towards the heart or the spine and
+        the brightest column sits at the edge of the 35-65 % window
+        (offset 0.15); ``upper_mediastinum`` -- the same contrast as
+        ``mediastinum`` in the band at 10-30 % of the height: on a frontal
+        film the upper mediastinum (trachea, spine, great vessels) stands
+        bright between the two dark apices, on a lateral view the single
+        lung field with the dark trachea and the shoulders does not;
+        ``lung_level`` -- the darker lung's grey level.  The image is smoothed
+        (sigma = height / 48) first, which blurs ribs and noise into the fields
+        they cross, and columns within two sigma of the background are left out
+        of the profiles (the smoothed body edge is dark but is not lung).  The
+        mediastinum contrast is the smallest of three bands (30-60 %, 25-45 %,
+        45-65 % of the height): it must stand between the lungs at every height.
         ``below_lungs`` -- median grey level of the middle half of the
         columns at 80-95 % of the height (diaphragm and abdomen, bright on a
         frontal film) minus ``lung_level``.
@@ -546,19 +561,22 @@ def chest_features(img: np.ndarray) -> ChestFeatures:
     near_bg = ndimage.binary_dilation(bg, iterations=int(np.ceil(2 * sigma)))
     fields = _lung_fields(sm, near_bg, 0.30, 0.60)
     if fields is None:
-        mediastinum, ratio, asym, level = 0.0, 0.0, 1.0, 0.0
+        mediastinum, ratio, asym, level, offset = 0.0, 0.0, 1.0, 0.0, 0.5
     else:
         mi, li, ri, middle, lv, rv = fields
         dl, dr = middle - lv, middle - rv
         mediastinum = min(dl, dr)
         ratio = max(0.0, min(dl, dr)) / max(dl, dr, 1e-6)
         asym = abs((li + ri) / 2.0 - mi) / w
+        offset = abs(mi - (w - 1) / 2.0) / w
         level = min(lv, rv)
         # the mediastinum must stand between the lungs at both heights
         for lo, hi in ((0.25, 0.45), (0.45, 0.65)):
             sub = _lung_fields(sm, near_bg, lo, hi)
             sub_contrast = 0.0 if sub is None else min(sub[3] - sub[4], sub[3] - sub[5])
             mediastinum = min(mediastinum, sub_contrast)
+    upper = _lung_fields(sm, near_bg, 0.10, 0.30)
+    upper_contrast = 0.0 if upper is None else min(upper[3] - upper[4], upper[3] - upper[5])
     # below the lungs: the abdomen (bright) across the middle of the image
     rows = slice(int(0.80 * h), max(int(0.95 * h), int(0.80 * h) + 1))
     cols = slice(int(0.25 * w), int(0.75 * w) + 1)
@@ -573,6 +591,8 @@ def chest_features(img: np.ndarray) -> ChestFeatures:
         mediastinum=float(mediastinum),
         lung_depth_ratio=float(ratio),
         lung_asymmetry=float(asym),
+        mediastinum_offset=float(offset),
+        upper_mediastinum=float(upper_contrast),
         lung_level=float(level),
         below_lungs=float(base - level),
     )
@@ -605,11 +625,15 @@ def frontal_chest(
         long_, short = max(field_mm), min(field_mm)
         lo, hi, short_lo = CHEST_FIELD_MM
         if not (lo <= long_ <= hi and short >= short_lo):
-            return False, (
-                f"the imaged field is {field_mm[0] / 10:.1f} x {field_mm[1] / 10:.1f} cm; an "
-                f"adult chest radiograph shows {lo / 10:.0f}-{hi / 10:.0f} cm (at least "
-                f"{short_lo / 10:.0f} cm across)"
-            ), f
+            return (
+                False,
+                (
+                    f"the imaged field is {field_mm[0] / 10:.1f} x {field_mm[1] / 10:.1f} cm; an "
+                    f"adult chest radiograph shows {lo / 10:.0f}-{hi / 10:.0f} cm (at least "
+                    f"{short_lo / 10:.0f} cm across)"
+                ),
+                f,
+            )
     checks = (
         (
             f.background > MAX_CHEST_BACKGROUND,
@@ -642,6 +666,18 @@ def frontal_chest(
             f.mediastinum < MIN_MEDIASTINUM_CONTRAST,
             f"the image does not show two lung fields darker than a bright mediastinum "
             f"(contrast {f.mediastinum:.2f}, at least {MIN_MEDIASTINUM_CONTRAST:.2f})",
+        ),
+        (
+            f.mediastinum_offset > MAX_MEDIASTINUM_OFFSET,
+            f"the brightest column between the lung fields lies {f.mediastinum_offset:.2f} of "
+            f"the width from the middle (at most {MAX_MEDIASTINUM_OFFSET:.2f}): no mediastinum "
+            "in the middle of the chest, as in a lateral view",
+        ),
+        (
+            f.upper_mediastinum < MIN_UPPER_MEDIASTINUM,
+            f"the upper mediastinum does not stand out between two lung apices (contrast "
+            f"{f.upper_mediastinum:.2f} at 10-30 % of the height, at least "
+            f"{MIN_UPPER_MEDIASTINUM:.2f}): one lung field, as in a lateral view",
         ),
         (
             f.lung_depth_ratio < MIN_LUNG_DEPTH_RATIO or f.lung_asymmetry > MAX_LUNG_ASYMMETRY,

@@ -15,7 +15,8 @@ Modality or View Position say:
   OOD check (``tests/ai_models/test_ood.py``); phantoms of the training
   families written as DICOM run with results;
 * synthetic training phantoms pass (at least 98 % of 50 each), synthetic
-  off-anatomy images (a lateral-like chest, a limb on a dark and on a white
+  off-anatomy images (a lateral-like chest, lateral chest phantoms of
+  :func:`~ai_models.training.cxr_phantoms.random_lateral_cxr`, a limb on a dark and on a white
   open field, a frontal phantom turned on its side, the other pipeline's
   phantoms) are refused;
 * each check takes well under a second on the 4664 x 3064 mammogram.
@@ -42,7 +43,7 @@ from ai_models.pipelines.cxr_findings import model_input as cxr_input
 from ai_models.pipelines.mg_masses import MgMassesPipeline
 from ai_models.pipelines.mg_masses import model_input as mg_input
 from ai_models.radiograph import breast_region, frontal_chest, load_radiograph
-from ai_models.training.cxr_phantoms import random_cxr_phantom
+from ai_models.training.cxr_phantoms import random_cxr_phantom, random_lateral_cxr
 from ai_models.training.mammo_phantoms import random_mammo_phantom
 from ai_models.types import Volume
 from tests.support.radiographs import cxr_dataset, mammo_dataset
@@ -245,6 +246,7 @@ def test_training_phantoms_pass() -> None:
     ("name", "make"),
     [
         ("lateral", lateral_chest),
+        ("lateral chest phantom", lambda rng: random_lateral_cxr(rng, 320)),
         ("limb on a dark field", lambda rng: limb(rng, white=False)),
         ("limb on a white field", lambda rng: limb(rng, white=True)),
         ("frontal phantom on its side", lambda rng: np.rot90(random_cxr_phantom(rng).image)),
@@ -264,6 +266,7 @@ def test_off_anatomy_refused_by_cxr(
     ("name", "make"),
     [
         ("lateral", lateral_chest),
+        ("lateral chest phantom", lambda rng: random_lateral_cxr(rng, 320)),
         ("limb on a dark field", lambda rng: limb(rng, white=False)),
         ("limb on a white field", lambda rng: limb(rng, white=True)),
         ("chest phantom", lambda rng: random_cxr_phantom(rng).image),
