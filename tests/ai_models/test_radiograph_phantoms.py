@@ -27,6 +27,7 @@ from ai_models.radiograph import breast_region, load_radiograph
 from ai_models.training import cxr_phantoms, mammo_phantoms
 from ai_models.training.cxr_phantoms import random_cxr_phantom, random_lateral_cxr
 from ai_models.training.mammo_phantoms import random_mammo_phantom
+from ai_models.types import Volume
 from tests.support.radiographs import cxr_dataset
 
 torch.set_num_threads(2)
@@ -93,11 +94,14 @@ def test_axial_rotation_moves_the_mediastinum() -> None:
     of the lung band with and without the variant."""
     moved = []
     for seed in range(8):
-        kw = {"labels": (False, False, False, False)}
+        none = (False, False, False, False)
         on = random_cxr_phantom(
-            np.random.default_rng(seed), 240, variants={**CXR_OFF, "axial_rotation": True}, **kw
+            np.random.default_rng(seed),
+            240,
+            variants={**CXR_OFF, "axial_rotation": True},
+            labels=none,
         )
-        off = random_cxr_phantom(np.random.default_rng(seed), 240, variants=CXR_OFF, **kw)
+        off = random_cxr_phantom(np.random.default_rng(seed), 240, variants=CXR_OFF, labels=none)
         rows, cols = on.image.shape
         band = slice(int(0.25 * rows), int(0.55 * rows))
         mid = slice(int(0.3 * cols), int(0.7 * cols))
@@ -155,7 +159,8 @@ def test_labelled_mammogram_phantoms_pass_the_breast_check() -> None:
     assert len(refused) <= 1, refused
 
 
-def _lateral_volume(image: np.ndarray, view: str | None):  # type: ignore[no-untyped-def]
+def _lateral_volume(image: np.ndarray, view: str | None) -> Volume:
+    """A lateral phantom as a chest CR (Body Part Examined CHEST), View Position ``view``."""
     ds = cxr_dataset(size=320)
     top = 4095
     stored = np.round(np.clip(image, 0.0, 1.0) * top).astype(np.uint16)
