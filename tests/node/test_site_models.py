@@ -153,9 +153,12 @@ version = "2.1"
     assert (spec.name, spec.pipeline, spec.kind, spec.version) == (
         "site-chest", "cxr-findings", "torchscript", "2.1"
     )
-    # The config offers exactly the shipped pipelines.
-    allowed = ModelSettings.model_fields["pipeline"].annotation
-    assert set(getattr(allowed, "__args__", ())[0].__args__) == SHIPPED_PIPELINES
+    # The config offers exactly the shipped pipelines (it asks the registry).
+    base = {"name": "m", "kind": "torchscript", "path": "m.ts"}
+    for name in sorted(SHIPPED_PIPELINES):
+        assert ModelSettings.model_validate({**base, "pipeline": name}).pipeline == name
+    with pytest.raises(ValueError, match="not a shipped pipeline"):
+        ModelSettings.model_validate({**base, "pipeline": "ct-lungs-v2"})
     listed = cli("-c", str(cfg), "pipelines")
     assert listed.returncode == 0, listed.stderr
     assert "site-chest" in listed.stdout
