@@ -27,7 +27,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ai_models.types import CodedConcept, Finding, QualitativeEvaluation
+from ai_models.codes import CODES
+from ai_models.types import Finding, QualitativeEvaluation
 
 __all__ = [
     "FINDING",
@@ -38,8 +39,8 @@ __all__ = [
     "mark_out_of_range",
 ]
 
-FINDING = CodedConcept("121071", "DCM", "Finding")
-VALUE_OUT_OF_RANGE = CodedConcept("114009", "DCM", "Value out of range")
+FINDING = CODES.FINDING
+VALUE_OUT_OF_RANGE = CODES.VALUE_OUT_OF_RANGE
 """CID 42 "Numeric Value Qualifier": why a measurement is not given."""
 
 

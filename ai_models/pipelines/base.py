@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydicom.uid import generate_uid
 
+from ai_models.codes import CODES
 from ai_models.errors import AIModelsError, PipelineNotApplicable
-from ai_models.types import CodedConcept, Measurement, PipelineResult, Volume
+from ai_models.types import Measurement, PipelineResult, Volume
 
 if TYPE_CHECKING:
     from ai_models.dicom_files import DicomFile
@@ -43,39 +44,6 @@ __all__ = [
 
 class UnknownPipelineError(AIModelsError, LookupError):
     """No pipeline of that name (the message lists the valid ones)."""
-
-
-def _c(value: str, scheme: str, meaning: str) -> CodedConcept:
-    return CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
-
-
-class CODES:
-    """Coded concepts the built-in pipelines use.
-
-    Values and meanings follow ``pydicom.sr.codedict.codes`` where it has the
-    concept (CID 7150 segmentation property categories, CID 7151 types,
-    CID 7470 linear measurements, UCUM units).
-    """
-
-    ANATOMICAL_STRUCTURE = _c("91723000", "SCT", "Anatomical Structure")  # CID 7150
-    MORPHOLOGICALLY_ABNORMAL_STRUCTURE = _c("49755003", "SCT", "Morphologically Abnormal Structure")
-    TISSUE = _c("85756007", "SCT", "Tissue")
-    LUNG = _c("39607008", "SCT", "Lung")
-    RIGHT_LUNG = _c("3341006", "SCT", "Right lung")
-    LEFT_LUNG = _c("44029006", "SCT", "Left lung")
-    BONE = _c("272673000", "SCT", "Bone")
-    NODULE = _c("27925004", "SCT", "Nodule")
-    LUNG_NODULE = _c("786838002", "SCT", "Pulmonary nodule")
-    VOLUME = _c("118565006", "SCT", "Volume")
-    DIAMETER = _c("81827009", "SCT", "Diameter")
-    LONG_AXIS = _c("103339001", "SCT", "Long axis")
-    MM = _c("mm", "UCUM", "mm")
-    MM3 = _c("mm3", "UCUM", "cubic millimeter")
-    CT_UNSPECIFIED = _c("25045-6", "LN", "CT unspecified body region")
-    FINDING = _c("121071", "DCM", "Finding")
-    ANATOMY_COVERAGE_INCOMPLETE = _c("130576", "DCM", "Anatomy coverage incomplete")
-    """The images do not cover the whole structure (a qualitative evaluation
-    ``Finding = Anatomy coverage incomplete``, instead of a whole-organ volume)."""
 
 
 @dataclass(frozen=True)

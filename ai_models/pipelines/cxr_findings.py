@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from ai_models import ood, runtime
+from ai_models.codes import CODES, coded
 from ai_models.errors import ModelLoadError, PipelineNotApplicable
 from ai_models.pipelines import CXR_FINDINGS
 from ai_models.pipelines.base import Pipeline, PipelineInfo, tracking_uid, weights_kind_of
@@ -154,23 +155,6 @@ CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "CHEST_LAT", "TORAX", "
 common vendor spellings)."""
 
 
-def _c(value: str, scheme: str, meaning: str) -> CodedConcept:
-    return CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
-
-
-class CODES:
-    """Coded concepts of the findings (values and meanings as in
-    ``pydicom.sr.codedict.codes``, i.e. PS3.16)."""
-
-    OPACITY = _c("112001", "DCM", "Opacity")  # CID 6102 chest finding or feature
-    PLEURAL_EFFUSION = _c("60046008", "SCT", "Pleural effusion")
-    CARDIOMEGALY = _c("287272002", "SCT", "Cardiomegaly")  # CID 12248
-    PNEUMOTHORAX = _c("36118008", "SCT", "Pneumothorax")  # CID 6102
-    LUNG = _c("39607008", "SCT", "Lung")
-    HEART = _c("80891009", "SCT", "Heart")
-    PLAIN_CHEST_XRAY = _c("399208008", "SCT", "Plain chest X-ray")
-
-
 @dataclass(frozen=True)
 class FindingLabel:
     """One output of the classifier: its name, codes and operating threshold."""
@@ -198,7 +182,7 @@ def _concept(value: Any, what: str) -> CodedConcept | None:
         code, scheme, meaning = (str(v) for v in value)
     except (TypeError, ValueError) as exc:
         raise ModelLoadError(f"{what} must be [value, scheme, meaning], got {value!r}") from exc
-    return _c(code, scheme, meaning)
+    return coded(code, scheme, meaning)
 
 
 def labels_from_metadata(meta: dict[str, Any]) -> tuple[FindingLabel, ...]:

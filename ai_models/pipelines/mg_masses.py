@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ai_models import ood, runtime
+from ai_models.codes import CODES, MAMMOGRAPHY_VIEWS, coded
 from ai_models.errors import ModelLoadError, PipelineNotApplicable
 from ai_models.pipelines import MG_MASSES
 from ai_models.pipelines.base import Pipeline, PipelineInfo, tracking_uid, weights_kind_of
@@ -90,7 +91,6 @@ __all__ = [
     "ARCHITECTURE",
     "BREAST_BODY_PARTS",
     "DEFAULT_WEIGHTS",
-    "MAMMO_CODES",
     "MAX_MASSES",
     "MG_FOR_PRESENTATION",
     "MG_FOR_PROCESSING",
@@ -157,37 +157,7 @@ ARCHITECTURE: dict[str, Any] = {
 """The network: torchvision RetinaNet with a small from-scratch backbone."""
 
 
-def _c(value: str, scheme: str, meaning: str) -> CodedConcept:
-    return CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
-
-
-class MAMMO_CODES:
-    """Coded concepts of ``mg-masses`` (``pydicom.sr.codedict`` values)."""
-
-    MASS = _c("4147007", "SCT", "Mass")  # CID 7151 / 6102
-    BREAST = _c("76752008", "SCT", "Breast")
-    LEFT = _c("7771000", "SCT", "Left")  # CID 244
-    RIGHT = _c("24028007", "SCT", "Right")
-    IMAGE_VIEW = _c("111031", "DCM", "Image View")
-    # LOINC mammography procedures (CID 6050 / 6083)
-    MAMMOGRAM_LEFT = _c("36627-8", "LN", "breast - left mammogram")
-    MAMMOGRAM_RIGHT = _c("37774-7", "LN", "breast - right mammogram")
-    MAMMOGRAM = _c("46339-8", "LN", "breast - unilateral mammogram")
-
-
-# View Position (0018,5101) terms -> CID 4014 "View for Mammography" codes.
-_VIEWS: dict[str, CodedConcept] = {
-    "CC": _c("399162004", "SCT", "cranio-caudal"),
-    "MLO": _c("399368009", "SCT", "medio-lateral oblique"),
-    "ML": _c("399260004", "SCT", "medial-lateral"),
-    "LM": _c("399352003", "SCT", "latero-medial"),
-    "LMO": _c("399099002", "SCT", "latero-medial oblique"),
-    "XCCL": _c("399192008", "SCT", "cranio-caudal exaggerated laterally"),
-    "XCCM": _c("399101009", "SCT", "cranio-caudal exaggerated medially"),
-    "FB": _c("399196006", "SCT", "caudo-cranial"),
-    "SIO": _c("399188001", "SCT", "superolateral to inferomedial oblique"),
-    "ISO": _c("441555000", "SCT", "inferomedial to superolateral oblique"),
-}
+_VIEWS = MAMMOGRAPHY_VIEWS
 _VIEW_BY_CODE = {c.value: term for term, c in _VIEWS.items()}
 
 
@@ -225,7 +195,7 @@ def mammo_view(ds: Dataset) -> tuple[str, CodedConcept | None]:
         meaning = str(item.get("CodeMeaning", "") or "")
         if meaning:
             scheme = str(item.get("CodingSchemeDesignator", "") or "SCT")
-            return meaning.upper(), _c(code or meaning, scheme, meaning) if code else None
+            return meaning.upper(), coded(code or meaning, scheme, meaning) if code else None
     return "", None
 
 
@@ -695,9 +665,9 @@ class MgMassesPipeline(Pipeline):
             ", ".join(f"{k} {v:.2f}s" for k, v in timer.timings.items()),
         )
         procedure = {
-            "L": MAMMO_CODES.MAMMOGRAM_LEFT,
-            "R": MAMMO_CODES.MAMMOGRAM_RIGHT,
-        }.get(lat, MAMMO_CODES.MAMMOGRAM)
+            "L": CODES.MAMMOGRAM_LEFT,
+            "R": CODES.MAMMOGRAM_RIGHT,
+        }.get(lat, CODES.MAMMOGRAM)
         return PipelineResult(
             pipeline=self.name,
             volume=volume,
@@ -728,10 +698,10 @@ class MgMassesPipeline(Pipeline):
         _, rows, cols = volume.shape
         ds = volume.source_datasets[0]
         lat = image_laterality(ds)
-        laterality = {"L": MAMMO_CODES.LEFT, "R": MAMMO_CODES.RIGHT}.get(lat)
+        laterality = {"L": CODES.LEFT, "R": CODES.RIGHT}.get(lat)
         _, view_code = mammo_view(ds)
         evaluations = (
-            [QualitativeEvaluation(MAMMO_CODES.IMAGE_VIEW, view_code)] if view_code else []
+            [QualitativeEvaluation(CODES.IMAGE_VIEW, view_code)] if view_code else []
         )
         order = np.argsort(-out["scores"], kind="stable")
         findings: list[DetectionFinding] = []
@@ -756,8 +726,8 @@ class MgMassesPipeline(Pipeline):
                 DetectionFinding(
                     tracking_id=label,
                     tracking_uid=uid,
-                    finding_type=MAMMO_CODES.MASS,
-                    finding_site=MAMMO_CODES.BREAST,
+                    finding_type=CODES.MASS,
+                    finding_site=CODES.BREAST,
                     qualitative_evaluations=list(evaluations),
                     frame_index=0,
                     box=box,

@@ -63,10 +63,10 @@ from scipy import ndimage
 
 from ai_models import runtime
 from ai_models.anatomy import SCALP_SKULL_MM, MrIntracranial, mr_head, mr_intracranial
+from ai_models.codes import CODES
 from ai_models.errors import DuplicateSlicesError, ModelLoadError, PipelineNotApplicable
 from ai_models.pipelines._grid import Orientation, orientation_from_direction, working_shape
 from ai_models.pipelines.base import (
-    CODES,
     Pipeline,
     longest_diameter_mm,
     tracking_uid,
@@ -94,7 +94,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_WEIGHTS",
-    "MR_BRAIN_CODES",
     "MrBrainLesionPipeline",
     "NAME",
     "VERSION",
@@ -231,23 +230,6 @@ NON_ANATOMICAL_DESCRIPTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     (re.compile(r"field\s*map|\bb0\s*map\b", re.I), "field map"),
 )
-
-
-def _c(value: str, scheme: str, meaning: str) -> CodedConcept:
-    return CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
-
-
-class MR_BRAIN_CODES:  # noqa: N801 - a namespace of constants, like CODES
-    """Coded concepts of this pipeline (values as ``pydicom.sr.codedict.codes``).
-
-    All SNOMED CT concepts are members of CID 7151 "Segmentation Property
-    Types"; lesion and edema also of CID 7159 "Lesion Segmentation Types".
-    """
-
-    BRAIN = _c("12738006", "SCT", "Brain")  # Brain structure (body structure)
-    LESION = _c("52988006", "SCT", "Lesion")  # Lesion (morphologic abnormality)
-    EDEMA = _c("79654002", "SCT", "Edema")  # Edema (morphologic abnormality)
-    MRI_UNSPECIFIED = _c("25056-3", "LN", "MRI unspecified body region")  # CID 100
 
 
 BACKGROUND, BRAIN, LESION, EDEMA = 0, 1, 2, 3
@@ -714,7 +696,7 @@ class MrBrainLesionPipeline(Pipeline):
             ),
             segments=segments,
             findings=findings,
-            procedure_reported=MR_BRAIN_CODES.MRI_UNSPECIFIED,
+            procedure_reported=CODES.MRI_UNSPECIFIED,
             timings=timer.timings,
             notes=notes,
         )
@@ -852,7 +834,7 @@ class MrBrainLesionPipeline(Pipeline):
                 "Brain",
                 brain,
                 CODES.ANATOMICAL_STRUCTURE,
-                MR_BRAIN_CODES.BRAIN,
+                CODES.BRAIN,
                 COLORS[BRAIN],
                 [volume_measurement(brain, volume)],
             )
@@ -863,7 +845,7 @@ class MrBrainLesionPipeline(Pipeline):
                 f"Lesion {i}",
                 m,
                 CODES.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
-                MR_BRAIN_CODES.LESION,
+                CODES.LESION,
                 COLORS[LESION],
                 [
                     volume_measurement(m, volume),
@@ -873,17 +855,17 @@ class MrBrainLesionPipeline(Pipeline):
                         unit=CODES.MM,
                     ),
                 ],
-                region=MR_BRAIN_CODES.BRAIN,
+                region=CODES.BRAIN,
             )
         if edema.any():
             add(
                 "Edema",
                 edema,
                 CODES.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
-                MR_BRAIN_CODES.EDEMA,
+                CODES.EDEMA,
                 COLORS[EDEMA],
                 [volume_measurement(edema, volume)],
-                region=MR_BRAIN_CODES.BRAIN,
+                region=CODES.BRAIN,
             )
         if not lesions:
             notes.append("no lesion found")

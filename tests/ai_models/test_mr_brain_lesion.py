@@ -35,7 +35,6 @@ from ai_models.pipelines import CODES, MR_BRAIN_LESION, get_pipeline, list_pipel
 from ai_models.pipelines.base import longest_diameter_mm
 from ai_models.pipelines.mr_brain_lesion import (
     DEFAULT_WEIGHTS,
-    MR_BRAIN_CODES,
     MrBrainLesionPipeline,
     class_channels,
     non_anatomical_reasons,
@@ -124,20 +123,20 @@ def test_result_structure_and_codes(phantom_runs):
     assert [s.number for s in res.segments] == list(range(1, len(labels) + 1))
     by = {s.label: s for s in res.segments}
     # codes as in pydicom.sr.codedict (CID 7150 / 7151)
-    assert by["Brain"].type == MR_BRAIN_CODES.BRAIN and by["Brain"].type.value == "12738006"
+    assert by["Brain"].type == CODES.BRAIN and by["Brain"].type.value == "12738006"
     assert by["Brain"].category == CODES.ANATOMICAL_STRUCTURE
     assert by["Lesion 1"].type.value == "52988006" and by["Lesion 1"].type.meaning == "Lesion"
     assert by["Edema"].type.value == "79654002" and by["Edema"].type.meaning == "Edema"
     for s in ("Lesion 1", "Edema"):
         assert by[s].category.value == "49755003"
-        assert by[s].anatomic_region == MR_BRAIN_CODES.BRAIN
+        assert by[s].anatomic_region == CODES.BRAIN
     from pydicom.sr.codedict import codes
 
     for concept, ref in (
-        (MR_BRAIN_CODES.BRAIN, codes.SCT.Brain),
-        (MR_BRAIN_CODES.LESION, codes.SCT.Lesion),
-        (MR_BRAIN_CODES.EDEMA, codes.SCT.Edema),
-        (MR_BRAIN_CODES.MRI_UNSPECIFIED, codes.LN.MRIUnspecifiedBodyRegion),
+        (CODES.BRAIN, codes.SCT.Brain),
+        (CODES.LESION, codes.SCT.Lesion),
+        (CODES.EDEMA, codes.SCT.Edema),
+        (CODES.MRI_UNSPECIFIED, codes.LN.MRIUnspecifiedBodyRegion),
     ):
         assert (concept.value, concept.scheme_designator, concept.meaning) == (
             ref.value,
