@@ -178,7 +178,12 @@ def jobs_show(ctx: click.Context, job_id: int, as_json: bool) -> None:
             markup=False,
         )
     if job["error"]:
-        out.print(f"error: {job['error']}", markup=False)
+        # The column holds why a job failed, why it was skipped or superseded, or
+        # a note on a job that succeeded (e.g. no findings and no negative report).
+        label = {"succeeded": "note", "skipped": "skipped", "superseded": "superseded"}.get(
+            job["status"], "error"
+        )
+        out.print(f"{label}: {job['error']}", markup=False)
     if not results:
         out.print("no result files", markup=False)
     for result in results:

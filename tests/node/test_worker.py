@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from click.testing import CliRunner
 from pydicom import dcmread
 from sqlalchemy import select
 
+from dicom_node.cli import main as cli_main
 from dicom_node.collect import Collector
 from dicom_node.config import Settings
 from dicom_node.work.worker import run_job
@@ -14,6 +16,7 @@ from storage.db import Database
 from storage.models import Job
 from storage.received import InstanceRecord, ReceivedStore
 from storage.spool import Spool
+from tests.support.peers import render_config
 
 
 def test_run_job_claims_by_id_and_records_a_permanent_failure(tmp_path: Path) -> None:
@@ -60,16 +63,17 @@ def test_a_refusal_inside_the_run_skips_the_job_with_its_reason(
     """The real chest CR: the pixel checks take it, then the OOD check inside the
     pipeline's run refuses it; the job ends ``skipped`` with that reason, not
     ``failed``.  A Structured Report stored in the same series is not an input."""
-    settings = Settings.model_validate(
-        {
-            "storage": {
-                "spool_dir": str(tmp_path / "spool"),
-                "results_dir": str(tmp_path / "results"),
-                "database_url": f"sqlite:///{tmp_path / 'node.db'}",
-            },
-            "rules": [{"name": "cxr", "match": {"Modality": "CR"}, "pipelines": ["cxr-findings"]}],
-        }
-    )
+    sections = {
+        "storage": {
+            "spool_dir": str(tmp_path / "spool"),
+            "results_dir": str(tmp_path / "results"),
+            "database_url": f"sqlite:///{tmp_path / 'node.db'}",
+        },
+        "rules": [{"name": "cxr", "match": {"Modality": "CR"}, "pipelines": ["cxr-findings"]}],
+    }
+    settings = Settings.model_validate(sections)
+    config = tmp_path / "config.toml"
+    config.write_text(render_config(sections))
     db = Database(settings.storage.database_url)
     db.upgrade()
     store = ReceivedStore(db, Spool(settings.storage.spool_dir))
@@ -109,3 +113,7 @@ def test_a_refusal_inside_the_run_skips_the_job_with_its_reason(
     assert "out of the model's training distribution" in error, error
     assert "read" in timings, timings
     db.dispose()
+    # `jobs show` says why it was skipped, labelled as such (not as an error).
+    shown = CliRunner().invoke(cli_main, ["-c", str(config), "jobs", "show", str(job_id)])
+    assert shown.exit_code == 0, shown.output
+    assert "skipped: " in shown.output and "error: " not in shown.output, shown.output
