@@ -7,7 +7,12 @@ codes), which the SEG and TID 1500 SR writers turn into DICOM.
 
 Subclasses set :attr:`Pipeline.name`, :attr:`Pipeline.description`,
 :attr:`Pipeline.modalities` and :attr:`Pipeline.version`, may extend
-:meth:`Pipeline.check` and implement :meth:`Pipeline.run`.
+:meth:`Pipeline.check` and implement the hooks :meth:`Pipeline.run` calls in
+order: :meth:`~Pipeline.applicability` (the check, returning what later
+stages need), then the timed stages ``load`` (:meth:`~Pipeline.load`),
+``preprocess`` (:meth:`~Pipeline.preprocess`), ``infer``
+(:meth:`~Pipeline.predict`) and ``postprocess`` (:meth:`~Pipeline.postprocess`).
+A pipeline that needs another shape may still override :meth:`Pipeline.run`.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydicom.uid import generate_uid
@@ -27,7 +32,7 @@ from ai_models.types import Measurement, PipelineResult, Volume
 
 if TYPE_CHECKING:
     from ai_models.dicom_files import DicomFile
-    from ai_models.runtime import ModelKind
+    from ai_models.runtime import ModelKind, StageTimer
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +40,7 @@ __all__ = [
     "CODES",
     "Pipeline",
     "PipelineInfo",
+    "PipelineRun",
     "UnknownPipelineError",
     "tracking_uid",
     "volume_measurement",
@@ -58,8 +64,39 @@ class PipelineInfo:
     """``"built-in"`` or ``"configured"`` (from the site's config)."""
 
 
-class Pipeline(abc.ABC):
-    """A series-level analysis: ``check(volume)`` then ``run(volume)``."""
+@dataclass
+class PipelineRun:
+    """What one :meth:`Pipeline.run` carries from one hook to the next."""
+
+    volume: Volume
+    """The volume being analysed."""
+    context: Any = None
+    """What :meth:`Pipeline.applicability` returned (e.g. measured anatomy)."""
+    model: Any = None
+    """What :meth:`Pipeline.load` returned (usually a ``LoadedModel``)."""
+    inputs: Any = None
+    """What :meth:`Pipeline.preprocess` returned."""
+    outputs: Any = None
+    """What :meth:`Pipeline.predict` returned."""
+    timer: StageTimer = field(default_factory=lambda: _stage_timer())
+    """Seconds per stage: ``load``, ``preprocess``, ``infer``, ``postprocess``."""
+
+
+def _stage_timer() -> StageTimer:
+    """A new :class:`~ai_models.runtime.StageTimer` (torch loads only when a pipeline runs)."""
+    from ai_models.runtime import StageTimer
+
+    return StageTimer()
+
+
+class Pipeline(abc.ABC):  # noqa: B024 (a template: every hook has a default)
+    """A series-level analysis: ``check(volume)`` then ``run(volume)``.
+
+    :meth:`run` is a template over the hooks :meth:`applicability`,
+    :meth:`load`, :meth:`preprocess`, :meth:`predict` and :meth:`postprocess`;
+    a subclass implements :meth:`predict` and :meth:`postprocess` (and
+    usually :meth:`load` and :meth:`preprocess`), or overrides :meth:`run`.
+    """
 
     name: str = ""
     """Stable identifier used by routing rules and the CLI (an interface)."""
@@ -107,9 +144,47 @@ class Pipeline(abc.ABC):
                 f"{', '.join(self.modalities)}"
             )
 
-    @abc.abstractmethod
+    def applicability(self, volume: Volume) -> Any:
+        """The applicability check run by :meth:`run`; returns what later stages need.
+
+        The default calls :meth:`check` and returns ``None``.  Pipelines whose
+        check measures something the postprocessing uses (e.g. lung fields)
+        return it here; it reaches the hooks as :attr:`PipelineRun.context`.
+
+        Raises
+        ------
+        PipelineNotApplicable
+            Out of scope (the message gives the reason).
+        """
+        self.check(volume)
+        return None
+
+    def load(self) -> Any:
+        """The model (stage ``load``); the default has none (``None``)."""
+        return None
+
+    def preprocess(self, volume: Volume, model: Any = None) -> Any:
+        """The network input for ``volume`` (stage ``preprocess``).
+
+        ``model`` is what :meth:`load` returned (``None``: load it).  The
+        default passes the volume through.
+        """
+        return volume
+
+    def predict(self, model: Any, inputs: Any) -> Any:
+        """The network output for the preprocessed ``inputs`` (stage ``infer``)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither predict nor run")
+
+    def postprocess(self, run: PipelineRun) -> PipelineResult:
+        """The result from the network output (stage ``postprocess``).
+
+        ``run`` carries the volume, the applicability context, the model,
+        the inputs and outputs; :meth:`run` sets the result's ``timings``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} implements neither postprocess nor run")
+
     def run(self, volume: Volume) -> PipelineResult:
-        """Analyse one volume.
+        """Analyse one volume: the applicability check, then the four timed stages.
 
         Parameters
         ----------
@@ -121,7 +196,28 @@ class Pipeline(abc.ABC):
         PipelineResult
             Segment masks on the volume's own ``(k, i, j)`` grid, findings,
             algorithm identification and per-stage ``timings`` (seconds).
+
+        Raises
+        ------
+        PipelineNotApplicable
+            From :meth:`applicability`.
         """
+        run = PipelineRun(volume, context=self.applicability(volume))
+        with run.timer("load"):
+            run.model = self.load()
+        with run.timer("preprocess"):
+            run.inputs = self.preprocess(volume, run.model)
+        with run.timer("infer"):
+            run.outputs = self.predict(run.model, run.inputs)
+        with run.timer("postprocess"):
+            result = self.postprocess(run)
+        result.timings = run.timer.timings
+        logger.info(
+            "%s: %s",
+            self.name,
+            ", ".join(f"{k} {v:.2f}s" for k, v in run.timer.timings.items()),
+        )
+        return result
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} v{self.version}>"

@@ -41,7 +41,13 @@ import torch.nn.functional as F
 from ai_models import runtime
 from ai_models.errors import ModelLoadError, PipelineNotApplicable
 from ai_models.pipelines._grid import Orientation, nearest_index, orientation_from_direction
-from ai_models.pipelines.base import CODES, Pipeline, tracking_uid, volume_measurement
+from ai_models.pipelines.base import (
+    CODES,
+    Pipeline,
+    PipelineRun,
+    tracking_uid,
+    volume_measurement,
+)
 from ai_models.types import AlgorithmInfo, CodedConcept, Finding, PipelineResult, Segment, Volume
 
 logger = logging.getLogger(__name__)
@@ -257,77 +263,90 @@ class ConfiguredSegmentationPipeline(Pipeline):
             return (x - x.mean()) / x.std().clamp_min(1e-6)
         return x
 
-    def run(self, volume: Volume) -> PipelineResult:
-        """Resample, normalise, infer (sliding window), map labels back."""
-        self.check(volume)
+    def preprocess(
+        self, volume: Volume, model: Any = None
+    ) -> tuple[torch.Tensor, Orientation, tuple[int, ...]]:
+        """Canonical orientation, resampling to the spec's spacing, normalisation.
+
+        Returns
+        -------
+        (x, orientation, source_shape)
+            ``x`` ``(1, z, y, x)`` float32 on the working grid; the canonical
+            shape of the volume.
+        """
         s = self.spec
-        timer = runtime.StageTimer()
-        with timer("load"):
-            model = self.load()
-        with timer("preprocess"):
-            orient = _orientation(s, volume)
-            arr = orient.to_canonical(volume.array)
-            src_shape = tuple(int(n) for n in arr.shape)
-            x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
-            if s.spacing_mm is not None:
-                sp = orient.spacing(volume.spacing)
-                work = tuple(
-                    max(1, int(round(n * a / b)))
-                    for n, a, b in zip(src_shape, sp, s.spacing_mm, strict=False)
+        orient = _orientation(s, volume)
+        arr = orient.to_canonical(volume.array)
+        src_shape = tuple(int(n) for n in arr.shape)
+        x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
+        if s.spacing_mm is not None:
+            sp = orient.spacing(volume.spacing)
+            work = tuple(
+                max(1, int(round(n * a / b)))
+                for n, a, b in zip(src_shape, sp, s.spacing_mm, strict=False)
+            )
+            x = F.interpolate(x, size=work, mode="trilinear", align_corners=False)
+        return self._normalise(x)[0], orient, src_shape
+
+    def predict(self, model: runtime.LoadedModel, inputs: Any) -> torch.Tensor:
+        """Sliding-window inference: ``(channels, z, y, x)`` on the working grid."""
+        s = self.spec
+        x = inputs[0]
+        return runtime.run_network(
+            model, x, roi_size=s.patch_size, sw_batch_size=s.sw_batch_size, overlap=s.overlap
+        )[0]
+
+    def postprocess(self, run: PipelineRun) -> PipelineResult:
+        """Labels mapped back to the volume's grid: segments and volume findings."""
+        s = self.spec
+        volume, model, out = run.volume, run.model, run.outputs
+        _, orient, src_shape = run.inputs
+        work_shape = tuple(out.shape[1:])
+        iz, iy, ix = (nearest_index(n, m) for n, m in zip(src_shape, work_shape, strict=False))
+        if s.output == "argmax":
+            lab = out.argmax(0).numpy().astype(np.int32)
+            lab = lab[iz][:, iy][:, :, ix]
+            masks = [lab == ls.value for ls in s.labels]
+        else:
+            if out.shape[0] < len(s.labels):
+                raise ModelLoadError(
+                    f"{self.name}: model gives {out.shape[0]} channels, "
+                    f"{len(s.labels)} labels configured"
                 )
-                x = F.interpolate(x, size=work, mode="trilinear", align_corners=False)
-            x = self._normalise(x)[0]
-        with timer("infer"):
-            out = runtime.run_network(
-                model, x, roi_size=s.patch_size, sw_batch_size=s.sw_batch_size, overlap=s.overlap
-            )[0]
-        with timer("postprocess"):
-            work_shape = tuple(out.shape[1:])
-            iz, iy, ix = (nearest_index(n, m) for n, m in zip(src_shape, work_shape, strict=False))
-            if s.output == "argmax":
-                lab = out.argmax(0).numpy().astype(np.int32)
-                lab = lab[iz][:, iy][:, :, ix]
-                masks = [lab == ls.value for ls in s.labels]
-            else:
-                if out.shape[0] < len(s.labels):
-                    raise ModelLoadError(
-                        f"{self.name}: model gives {out.shape[0]} channels, "
-                        f"{len(s.labels)} labels configured"
-                    )
-                prob = torch.sigmoid(out).numpy() > 0.5
-                masks = [prob[c][iz][:, iy][:, :, ix] for c in range(len(s.labels))]
-            segments: list[Segment] = []
-            findings: list[Finding] = []
-            for n, (ls, m) in enumerate(zip(s.labels, masks, strict=False), start=1):
-                m = np.ascontiguousarray(orient.from_canonical(m))
-                if not m.any():
-                    continue
-                tid = ls.label
-                uid = tracking_uid(volume.series_instance_uid, self.name, tid)
-                segments.append(
-                    Segment(
-                        number=len(segments) + 1,
-                        label=ls.label,
-                        category=ls.category,
-                        type=ls.type,
-                        mask=m,
+            prob = torch.sigmoid(out).numpy() > 0.5
+            masks = [prob[c][iz][:, iy][:, :, ix] for c in range(len(s.labels))]
+        segments: list[Segment] = []
+        findings: list[Finding] = []
+        for n, (ls, m) in enumerate(zip(s.labels, masks, strict=False), start=1):
+            m = np.ascontiguousarray(orient.from_canonical(m))
+            if not m.any():
+                continue
+            tid = ls.label
+            uid = tracking_uid(volume.series_instance_uid, self.name, tid)
+            segments.append(
+                Segment(
+                    number=len(segments) + 1,
+                    label=ls.label,
+                    category=ls.category,
+                    type=ls.type,
+                    mask=m,
+                    tracking_id=tid,
+                    tracking_uid=uid,
+                    anatomic_region=ls.anatomic_region,
+                )
+            )
+            if ls.measure_volume:
+                findings.append(
+                    Finding(
                         tracking_id=tid,
                         tracking_uid=uid,
-                        anatomic_region=ls.anatomic_region,
+                        finding_type=ls.type,
+                        finding_site=ls.anatomic_region,
+                        segment_number=len(segments),
+                        measurements=[volume_measurement(m, volume)],
                     )
                 )
-                if ls.measure_volume:
-                    findings.append(
-                        Finding(
-                            tracking_id=tid,
-                            tracking_uid=uid,
-                            finding_type=ls.type,
-                            finding_site=ls.anatomic_region,
-                            segment_number=len(segments),
-                            measurements=[volume_measurement(m, volume)],
-                        )
-                    )
-                logger.debug("label %d (%s): %d voxels", n, ls.label, int(m.sum()))
+            logger.debug("label %d (%s): %d voxels", n, ls.label, int(m.sum()))
         return PipelineResult(
             pipeline=self.name,
             volume=volume,
@@ -340,7 +359,6 @@ class ConfiguredSegmentationPipeline(Pipeline):
             segments=segments,
             findings=findings,
             procedure_reported=CODES.CT_UNSPECIFIED if volume.modality == "CT" else None,
-            timings=timer.timings,
         )
 
 

@@ -69,7 +69,13 @@ from ai_models import ood, runtime
 from ai_models.codes import CODES, MAMMOGRAPHY_VIEWS, coded
 from ai_models.errors import ModelLoadError, PipelineNotApplicable
 from ai_models.pipelines import MG_MASSES
-from ai_models.pipelines.base import Pipeline, PipelineInfo, tracking_uid, weights_kind_of
+from ai_models.pipelines.base import (
+    Pipeline,
+    PipelineInfo,
+    PipelineRun,
+    tracking_uid,
+    weights_kind_of,
+)
 from ai_models.radiograph import breast_region, load_radiograph, presentation_image, thumbnail
 from ai_models.types import (
     AlgorithmInfo,
@@ -622,7 +628,9 @@ class MgMassesPipeline(Pipeline):
         """
         ood.refuse_out_of_distribution(self.name, self.ood_score(x), "detections")
 
-    def preprocess(self, volume: Volume) -> tuple[np.ndarray, tuple[float, float]]:
+    def preprocess(
+        self, volume: Volume, model: Any = None
+    ) -> tuple[np.ndarray, tuple[float, float]]:
         """The working image and its scale factors (see :func:`model_input`).
 
         Kept for the last volume, so that :meth:`check` and :meth:`run` make it once.
@@ -635,19 +643,18 @@ class MgMassesPipeline(Pipeline):
         self._prepared = (weakref.ref(volume), out)
         return out
 
-    def run(self, volume: Volume) -> PipelineResult:
-        """Detect masses on the image: findings with boxes and scores."""
-        self.check(volume)
-        timer = runtime.StageTimer()
-        with timer("load"):
-            model = self.load()
-            threshold = self.operating_threshold()
-        with timer("preprocess"):
-            x, (fy, fx) = self.preprocess(volume)
-        with timer("infer"):
-            out = detect(model.network, x, model.device)
-        with timer("postprocess"):
-            findings = self._findings(volume, out, fy, fx, threshold)
+    def predict(
+        self, model: runtime.LoadedModel, inputs: tuple[np.ndarray, tuple[float, float]]
+    ) -> dict[str, np.ndarray]:
+        """Boxes and scores of the detector on the working image (:func:`detect`)."""
+        return detect(model.network, inputs[0], model.device)
+
+    def postprocess(self, run: PipelineRun) -> PipelineResult:
+        """Masses above the operating threshold: findings with boxes and scores."""
+        volume, model = run.volume, run.model
+        x, (fy, fx) = run.inputs
+        threshold = self.operating_threshold()
+        findings = self._findings(volume, run.outputs, fy, fx, threshold)
         ds = volume.source_datasets[0]
         lat = image_laterality(ds)
         view, _ = mammo_view(ds)
@@ -657,12 +664,11 @@ class MgMassesPipeline(Pipeline):
         if not view:
             notes.append("view not recorded")
         logger.info(
-            "%s: %d mass(es) at threshold %.2f (%s); %s",
+            "%s: %d mass(es) at threshold %.2f (%s)",
             self.name,
             len(findings),
             threshold,
             ", ".join(f"{f.score:.2f}" for f in findings) or "none",
-            ", ".join(f"{k} {v:.2f}s" for k, v in timer.timings.items()),
         )
         procedure = {
             "L": CODES.MAMMOGRAM_LEFT,
@@ -683,7 +689,6 @@ class MgMassesPipeline(Pipeline):
             ),
             findings=list(findings),
             procedure_reported=procedure,
-            timings=timer.timings,
             notes=notes,
         )
 
