@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from ai_models import runtime
@@ -56,6 +57,7 @@ from ai_models.pipelines._grid import (
 from ai_models.pipelines.base import (
     CODES,
     Pipeline,
+    PipelineRun,
     longest_diameter_mm,
     tracking_uid,
     volume_measurement,
@@ -249,6 +251,28 @@ class CtLungsPipeline(Pipeline):
 
     # -- the stages ---------------------------------------------------------
 
+    def applicability(self, volume: Volume) -> CtLungFields:
+        """:meth:`check`, returning the lung fields the postprocessing uses."""
+        return self._lung_fields(volume)
+
+    def preprocess(self, volume: Volume, model: Any = None) -> tuple[torch.Tensor, Orientation]:
+        """HU features on the working grid (canonical orientation) and the orientation."""
+        model = model if model is not None else self.load()
+        ws = float(model.metadata.get("working_spacing_mm", 4.0))
+        orient = orientation_from_direction(volume.direction)
+        hu = orient.to_canonical(volume.array)
+        wshape = working_shape(hu.shape, orient.spacing(volume.spacing), ws)
+        return hu_features(hu, wshape), orient
+
+    def predict(
+        self, model: runtime.LoadedModel, inputs: tuple[torch.Tensor, Orientation]
+    ) -> np.ndarray:
+        """Network labels ``(z', y', x')`` uint8 (0..4) on the working grid."""
+        logits = runtime.run_network(
+            model, inputs[0], roi_size=ROI_SIZE, sw_batch_size=self.sw_batch_size, divisible_by=16
+        )
+        return logits[0].argmax(0).numpy().astype(np.uint8)
+
     def predict_working(
         self, volume: Volume, timer: runtime.StageTimer | None = None
     ) -> tuple[np.ndarray, Orientation, runtime.LoadedModel]:
@@ -262,20 +286,13 @@ class CtLungsPipeline(Pipeline):
         timer = timer or runtime.StageTimer()
         with timer("load"):
             model = self.load()
-        ws = float(model.metadata.get("working_spacing_mm", 4.0))
         with timer("preprocess"):
-            orient = orientation_from_direction(volume.direction)
-            hu = orient.to_canonical(volume.array)
-            wshape = working_shape(hu.shape, orient.spacing(volume.spacing), ws)
-            feats = hu_features(hu, wshape)
+            feats, orient = self.preprocess(volume, model)
         with timer("infer"):
-            logits = runtime.run_network(
-                model, feats, roi_size=ROI_SIZE, sw_batch_size=self.sw_batch_size, divisible_by=16
-            )
-            labels = logits[0].argmax(0).numpy().astype(np.uint8)
+            labels = self.predict(model, (feats, orient))
         return labels, orient, model
 
-    def run(self, volume: Volume) -> PipelineResult:
+    def postprocess(self, run: PipelineRun) -> PipelineResult:
         """Segment lungs, bone and nodules and measure them.
 
         When the lungs are cut by the first or last slice (partial coverage,
@@ -283,19 +300,11 @@ class CtLungsPipeline(Pipeline):
         volume: they say "Finding: Anatomy coverage incomplete" instead, and the
         result's notes say which end is cut.
         """
-        fields = self._lung_fields(volume)
-        timer = runtime.StageTimer()
-        work, orient, model = self.predict_working(volume, timer)
-        with timer("postprocess"):
-            segments, findings, notes = self._postprocess(volume, work, orient, fields)
-            notes.extend(self._qualify_lung_volumes(findings, fields))
-        logger.info(
-            "%s: %d segment(s), %d finding(s); %s",
-            self.name,
-            len(segments),
-            len(findings),
-            ", ".join(f"{k} {v:.2f}s" for k, v in timer.timings.items()),
-        )
+        volume, model, fields = run.volume, run.model, run.context
+        orient = run.inputs[1]
+        segments, findings, notes = self._postprocess(volume, run.outputs, orient, fields)
+        notes.extend(self._qualify_lung_volumes(findings, fields))
+        logger.info("%s: %d segment(s), %d finding(s)", self.name, len(segments), len(findings))
         return PipelineResult(
             pipeline=self.name,
             volume=volume,
@@ -312,7 +321,6 @@ class CtLungsPipeline(Pipeline):
             segments=segments,
             findings=findings,
             procedure_reported=CODES.CT_UNSPECIFIED,
-            timings=timer.timings,
             notes=notes,
         )
 
