@@ -202,15 +202,29 @@ class Pipeline(abc.ABC):  # noqa: B024 (a template: every hook has a default)
         PipelineNotApplicable
             From :meth:`applicability`.
         """
-        run = PipelineRun(volume, context=self.applicability(volume))
+        return self.run_stages(volume, self.applicability(volume))
+
+    def run_stages(self, volume: Volume, context: Any = None) -> PipelineResult:
+        """The four timed stages of :meth:`run` on a volume already found applicable.
+
+        ``context`` is what :meth:`applicability` returned.
+        """
+        run = PipelineRun(volume, context=context)
         with run.timer("load"):
             run.model = self.load()
         with run.timer("preprocess"):
             run.inputs = self.preprocess(volume, run.model)
         with run.timer("infer"):
             run.outputs = self.predict(run.model, run.inputs)
+        before = dict(run.timer.timings)
         with run.timer("postprocess"):
             result = self.postprocess(run)
+        # Stages the postprocessing times itself (e.g. an explanation) are not
+        # counted twice.
+        nested = sum(
+            v - before.get(k, 0.0) for k, v in run.timer.timings.items() if k != "postprocess"
+        )
+        run.timer.timings["postprocess"] -= nested
         result.timings = run.timer.timings
         logger.info(
             "%s: %s",

@@ -68,6 +68,7 @@ from ai_models.errors import DuplicateSlicesError, ModelLoadError, PipelineNotAp
 from ai_models.pipelines._grid import Orientation, orientation_from_direction, working_shape
 from ai_models.pipelines.base import (
     Pipeline,
+    PipelineRun,
     longest_diameter_mm,
     tracking_uid,
     volume_measurement,
@@ -621,66 +622,75 @@ class MrBrainLesionPipeline(Pipeline):
 
     # -- the stages ---------------------------------------------------------
 
-    def predict_logits(
-        self, volume: Volume, timer: runtime.StageTimer | None = None
-    ) -> tuple[torch.Tensor, Orientation, runtime.LoadedModel]:
+    def preprocess(self, volume: Volume, model: Any = None) -> tuple[torch.Tensor, Orientation]:
+        """MR features on the working grid (canonical orientation) and the orientation."""
+        model = model if model is not None else self.load()
+        ws = working_spacing(model.metadata, self.weights_kind)
+        orient = orientation_from_direction(volume.direction)
+        arr = orient.to_canonical(volume.array)
+        wshape = working_shape(arr.shape, orient.spacing(volume.spacing), ws)
+        return mr_features(arr, wshape), orient
+
+    def predict(
+        self, model: runtime.LoadedModel, inputs: tuple[torch.Tensor, Orientation]
+    ) -> torch.Tensor:
         """Network output on the working grid (canonical orientation), ``(1, 4, z', y', x')``.
 
         The channels are in class order (background, brain, lesion, edema),
         whatever the network's own order (the metadata's ``labels``).
         """
+        feats = inputs[0]
+        channels = class_channels(model.metadata, self.weights_kind)
+        shape = tuple(int(n) for n in feats.shape[1:])
+        pad = [max(r - n, 0) for r, n in zip(ROI_SIZE, shape, strict=True)]
+        if any(pad):  # zero (air) at the far ends, as the training crops were padded
+            feats = F.pad(feats, [v for p in reversed(pad) for v in (0, p)])
+        logits = runtime.run_network(
+            model,
+            feats,
+            roi_size=ROI_SIZE,
+            sw_batch_size=self.sw_batch_size,
+            overlap=OVERLAP,
+        )
+        logits = logits[(slice(None), slice(None)) + tuple(slice(0, n) for n in shape)]
+        if logits.shape[1] != N_CLASSES:
+            raise ModelLoadError(
+                f"{NAME}: the network returns {logits.shape[1]} channels; "
+                f"{N_CLASSES} are expected ({', '.join(CLASS_NAMES)})"
+            )
+        if channels != list(range(N_CLASSES)):
+            logits = logits[:, channels]
+        return logits
+
+    def predict_logits(
+        self, volume: Volume, timer: runtime.StageTimer | None = None
+    ) -> tuple[torch.Tensor, Orientation, runtime.LoadedModel]:
+        """Network output on the working grid (canonical orientation), ``(1, 4, z', y', x')``.
+
+        The stages ``load``, ``preprocess`` and ``infer`` of :meth:`run`, timed
+        on ``timer``; see :meth:`predict`.
+        """
         timer = timer or runtime.StageTimer()
         with timer("load"):
             model = self.load()
-        ws = working_spacing(model.metadata, self.weights_kind)
-        channels = class_channels(model.metadata, self.weights_kind)
         with timer("preprocess"):
-            orient = orientation_from_direction(volume.direction)
-            arr = orient.to_canonical(volume.array)
-            wshape = working_shape(arr.shape, orient.spacing(volume.spacing), ws)
-            feats = mr_features(arr, wshape)
+            feats, orient = self.preprocess(volume, model)
         with timer("infer"):
-            shape = tuple(int(n) for n in feats.shape[1:])
-            pad = [max(r - n, 0) for r, n in zip(ROI_SIZE, shape, strict=True)]
-            if any(pad):  # zero (air) at the far ends, as the training crops were padded
-                feats = F.pad(feats, [v for p in reversed(pad) for v in (0, p)])
-            logits = runtime.run_network(
-                model,
-                feats,
-                roi_size=ROI_SIZE,
-                sw_batch_size=self.sw_batch_size,
-                overlap=OVERLAP,
-            )
-            logits = logits[(slice(None), slice(None)) + tuple(slice(0, n) for n in shape)]
-            if logits.shape[1] != N_CLASSES:
-                raise ModelLoadError(
-                    f"{NAME}: the network returns {logits.shape[1]} channels; "
-                    f"{N_CLASSES} are expected ({', '.join(CLASS_NAMES)})"
-                )
-            if channels != list(range(N_CLASSES)):
-                logits = logits[:, channels]
+            logits = self.predict(model, (feats, orient))
         return logits, orient, model
-
-    def run(self, volume: Volume) -> PipelineResult:
-        """Segment brain, lesions and edema and measure them."""
-        self.check(volume)
-        return self._analyse(volume)
 
     def _analyse(self, volume: Volume) -> PipelineResult:
         """The network and the post-processing, on a volume :meth:`check` accepted."""
-        timer = runtime.StageTimer()
-        logits, orient, model = self.predict_logits(volume, timer)
-        with timer("postprocess"):
-            fine_shape = tuple(int(volume.shape[p]) for p in orient.perm)
-            labels = upsample_labels(logits, fine_shape)  # type: ignore[arg-type]
-            segments, findings, notes = self._postprocess(volume, labels, orient)
-        logger.info(
-            "%s: %d segment(s), %d finding(s); %s",
-            self.name,
-            len(segments),
-            len(findings),
-            ", ".join(f"{k} {v:.2f}s" for k, v in timer.timings.items()),
-        )
+        return self.run_stages(volume)
+
+    def postprocess(self, run: PipelineRun) -> PipelineResult:
+        """Segment brain, lesions and edema and measure them."""
+        volume, model, logits = run.volume, run.model, run.outputs
+        orient = run.inputs[1]
+        fine_shape = tuple(int(volume.shape[p]) for p in orient.perm)
+        labels = upsample_labels(logits, fine_shape)  # type: ignore[arg-type]
+        segments, findings, notes = self._postprocess(volume, labels, orient)
+        logger.info("%s: %d segment(s), %d finding(s)", self.name, len(segments), len(findings))
         return PipelineResult(
             pipeline=self.name,
             volume=volume,
@@ -697,7 +707,6 @@ class MrBrainLesionPipeline(Pipeline):
             segments=segments,
             findings=findings,
             procedure_reported=CODES.MRI_UNSPECIFIED,
-            timings=timer.timings,
             notes=notes,
         )
 
