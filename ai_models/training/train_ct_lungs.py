@@ -28,11 +28,8 @@ About 15 % of the phantoms are head-like and 7 % QA-phantom-like shells.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import multiprocessing
-import os
 import pathlib
 import time
 from collections import deque
@@ -42,6 +39,12 @@ import numpy as np
 import torch
 
 from ai_models.pipelines._grid import hu_features, pool_labels, working_shape
+from ai_models.training.export import (
+    load_initial_weights,
+    save_state_dict,
+    seed_torch,
+    write_sidecar,
+)
 from ai_models.training.phantoms import LABELS, NODULE, random_phantom
 
 logger = logging.getLogger(__name__)
@@ -184,15 +187,6 @@ def dice_per_label(pred: np.ndarray, ref: np.ndarray, labels: list[int]) -> dict
     return out
 
 
-def sha256_file(path: pathlib.Path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def train(
     steps: int,
     seed: int,
@@ -216,10 +210,7 @@ def train(
     """
     from monai.losses import DiceCELoss
 
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    seed_torch(seed, threads, deterministic=True)
     rng = np.random.default_rng(seed)
     dev = torch.device(device)
     t0 = time.perf_counter()
@@ -228,11 +219,7 @@ def train(
     logger.info("generated %d phantoms in %.1f s", pool_size, time.perf_counter() - t0)
 
     net = build_network()
-    init_sha = None
-    if init_from is not None:  # fine-tune: start from earlier weights
-        net.load_state_dict(torch.load(init_from, map_location="cpu", weights_only=True))
-        init_sha = sha256_file(init_from)
-        logger.info("starting from %s (sha256 %s)", init_from.name, init_sha)
+    init_sha = load_initial_weights(net, init_from)  # fine-tune: start from earlier weights
     net = net.to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-5)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -293,7 +280,7 @@ def train(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     pt = out_dir / "ct_lungs.pt"
-    torch.save({k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, pt)
+    save_state_dict(net, pt)
     meta = {
         "name": "ct-lungs",
         "architecture": ARCHITECTURE,
@@ -316,10 +303,8 @@ def train(
             "data": "synthetic chest and head CT phantoms (ai_models.training.phantoms)",
         },
         "metrics": {"heldout_working_grid_dice": val, "n_heldout_phantoms": n_val},
-        "sha256": sha256_file(pt),
     }
-    (out_dir / "ct_lungs.json").write_text(json.dumps(meta, indent=2) + "\n")
-    logger.info("wrote %s (%.1f MB), sha256 %s", pt, pt.stat().st_size / 1e6, meta["sha256"])
+    meta = write_sidecar(out_dir / "ct_lungs.json", meta, pt)
     return meta
 
 

@@ -41,8 +41,6 @@ contrast, offset, noise) and geometry (scale, shift, small rotation).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import pathlib
 import sys
@@ -61,6 +59,12 @@ from ai_models.pipelines.cxr_findings import (
     model_input,
 )
 from ai_models.training.cxr_phantoms import FINDINGS, random_cxr_phantom
+from ai_models.training.export import (
+    load_initial_weights,
+    save_state_dict,
+    seed_torch,
+    write_sidecar,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -185,26 +189,6 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (img - 0.5) / 0.25
 
 
-def sha256_file(path: pathlib.Path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _init(net: torch.nn.Module, init_from: pathlib.Path | None) -> str | None:
-    """Load ``init_from`` (a float16 or float32 state dict) into ``net``; its sha256 or ``None``."""
-    if init_from is None:
-        return None
-    sha = sha256_file(init_from)
-    state = torch.load(init_from, map_location="cpu", weights_only=True)
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    logger.info("fine-tuning from %s (sha256 %s)", init_from.name, sha)
-    return sha
-
-
 def train(
     seed: int,
     out_dir: pathlib.Path,
@@ -225,9 +209,7 @@ def train(
     dict
         The metadata written to ``cxr_findings.json``.
     """
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    seed_torch(seed, threads, deterministic=True)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     xs, ys = make_set(np.random.default_rng(seed), n_train)
@@ -241,7 +223,7 @@ def train(
     )
 
     net = build_network()
-    init_sha = _init(net, init_from)
+    init_sha = load_initial_weights(net, init_from)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     steps_per_epoch = n_train // batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -276,11 +258,7 @@ def train(
     # Store in float16 and measure what is stored.
     out_dir.mkdir(parents=True, exist_ok=True)
     pt = out_dir / "cxr_findings.pt"
-    sd = {
-        k: (v.detach().half() if v.is_floating_point() else v.detach()).clone()
-        for k, v in net.state_dict().items()
-    }
-    torch.save(sd, pt)
+    save_state_dict(net, pt, half=True)
     stored = build_network()
     stored.load_state_dict({k: v.float() for k, v in torch.load(pt, weights_only=True).items()})
     pv = predict(stored, xv)
@@ -345,10 +323,8 @@ def train(
             "heldout_seed": HELDOUT_SEED,
             "thresholds_from": f"Youden's J on {n_val} validation phantoms (seed + 1)",
         },
-        "sha256": sha256_file(pt),
     }
-    (out_dir / "cxr_findings.json").write_text(json.dumps(meta, indent=2) + "\n")
-    logger.info("wrote %s (%.1f MB), sha256 %s", pt, pt.stat().st_size / 1e6, meta["sha256"])
+    meta = write_sidecar(out_dir / "cxr_findings.json", meta, pt)
     # The OOD statistics belong to these weights: recompute them now.
     from ai_models.pipelines import CXR_FINDINGS
     from ai_models.training.calibrate_ood import calibrate

@@ -48,8 +48,6 @@ at 0.25, 0.5 and 1 false positive per image.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import pathlib
 import sys
@@ -66,6 +64,12 @@ from ai_models.pipelines.mg_masses import (
     WORK_SIZE,
     build_detector,
     model_input,
+)
+from ai_models.training.export import (
+    load_initial_weights,
+    save_state_dict,
+    seed_torch,
+    write_sidecar,
 )
 from ai_models.training.mammo_phantoms import random_mammo_phantom
 
@@ -277,26 +281,6 @@ def _augment(s: Sample, rng: np.random.Generator) -> tuple[torch.Tensor, dict[st
     return t, target
 
 
-def sha256_file(path: pathlib.Path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _init(net: torch.nn.Module, init_from: pathlib.Path | None) -> str | None:
-    """Load ``init_from`` (a float16 or float32 state dict) into ``net``; its sha256 or ``None``."""
-    if init_from is None:
-        return None
-    sha = sha256_file(init_from)
-    state = torch.load(init_from, map_location="cpu", weights_only=True)
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    logger.info("fine-tuning from %s (sha256 %s)", init_from.name, sha)
-    return sha
-
-
 def train(
     seed: int,
     out_dir: pathlib.Path,
@@ -317,9 +301,7 @@ def train(
     dict
         The metadata written to ``mg_masses.json``.
     """
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    seed_torch(seed, threads, deterministic=True)
     rng = np.random.default_rng(seed + 2)
     t0 = time.perf_counter()
     train_set = make_set(np.random.default_rng(seed), n_train)
@@ -334,7 +316,7 @@ def train(
     )
 
     net = build_detector()
-    init_sha = _init(net, init_from)
+    init_sha = load_initial_weights(net, init_from)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     t_train = time.perf_counter()
@@ -367,11 +349,7 @@ def train(
     # Store in float16 and measure what is stored.
     out_dir.mkdir(parents=True, exist_ok=True)
     pt = out_dir / "mg_masses.pt"
-    sd = {
-        k: (v.detach().half() if v.is_floating_point() else v.detach()).clone()
-        for k, v in net.state_dict().items()
-    }
-    torch.save(sd, pt)
+    save_state_dict(net, pt, half=True)
     stored = build_detector()
     stored.load_state_dict({k: v.float() for k, v in torch.load(pt, weights_only=True).items()})
     stored.eval()
@@ -422,10 +400,8 @@ def train(
             "heldout": test,
             "heldout_seed": HELDOUT_SEED,
         },
-        "sha256": sha256_file(pt),
     }
-    (out_dir / "mg_masses.json").write_text(json.dumps(meta, indent=2) + "\n")
-    logger.info("wrote %s (%.2f MB), sha256 %s", pt, pt.stat().st_size / 1e6, meta["sha256"])
+    meta = write_sidecar(out_dir / "mg_masses.json", meta, pt)
     # The OOD statistics belong to these weights: recompute them now.
     from ai_models.pipelines import MG_MASSES
     from ai_models.training.calibrate_ood import calibrate

@@ -41,7 +41,6 @@ does the held-out check here), not on the whole volume at once.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import pathlib
 import time
@@ -58,8 +57,8 @@ from ai_models.pipelines.mr_brain_lesion import (
     mr_features,
     working_kij,
 )
-from ai_models.runtime import file_sha256
 from ai_models.training.brain_phantoms import LABELS, labels_on_grid, random_brain_phantom
+from ai_models.training.export import save_state_dict, seed_torch, write_sidecar
 
 logger = logging.getLogger(__name__)
 
@@ -203,9 +202,7 @@ def train(
     """
     from monai.losses import DiceCELoss
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    seed_torch(seed, threads, deterministic=True)
     rng = np.random.default_rng(seed)
     cpu0 = time.process_time()
     t0 = time.perf_counter()
@@ -256,7 +253,7 @@ def train(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     pt = out_dir / "mr_brain_lesion.pt"
-    torch.save({k: v.detach().clone() for k, v in net.state_dict().items()}, pt)
+    save_state_dict(net, pt)
     meta = {
         "name": "mr-brain-lesion",
         "architecture": ARCHITECTURE,
@@ -283,10 +280,8 @@ def train(
             "T1/T2/FLAIR-like, axial/sagittal/coronal/oblique, bias field, Rician noise",
         },
         "metrics": {"heldout_working_grid_dice": val, "n_heldout_phantoms": n_val},
-        "sha256": file_sha256(pt),
     }
-    (out_dir / "mr_brain_lesion.json").write_text(json.dumps(meta, indent=2) + "\n")
-    logger.info("wrote %s (%.1f MB), sha256 %s", pt, pt.stat().st_size / 1e6, meta["sha256"])
+    meta = write_sidecar(out_dir / "mr_brain_lesion.json", meta, pt)
     return meta
 
 
