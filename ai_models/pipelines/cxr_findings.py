@@ -51,8 +51,20 @@ import torch.nn.functional as F
 from ai_models import ood, runtime
 from ai_models.codes import CODES, coded
 from ai_models.errors import ModelLoadError, PipelineNotApplicable
+from ai_models.networks.chest_classifier import (
+    ARCHITECTURE,
+    ARCHITECTURES,
+    MONAI_RESNET,
+    build_network,
+)
 from ai_models.pipelines import CXR_FINDINGS
-from ai_models.pipelines.base import Pipeline, PipelineInfo, tracking_uid, weights_kind_of
+from ai_models.pipelines.base import (
+    Pipeline,
+    PipelineInfo,
+    PipelineRun,
+    tracking_uid,
+    weights_kind_of,
+)
 from ai_models.radiograph import (
     FRONTAL_VIEWS,
     RADIOGRAPH_MODALITIES,
@@ -110,42 +122,6 @@ INPUT_SIZE = 192
 
 MIN_MATRIX = 256
 """Smallest accepted rows/columns of a radiograph."""
-
-ARCHITECTURE: dict[str, Any] = {
-    "name": "torchvision.models.resnet.ResNet",
-    "kwargs": {
-        "block": "basic",
-        "layers": [1, 1, 1, 1],
-        "num_classes": 4,
-        "in_channels": 1,
-    },
-}
-"""The network: torchvision ``ResNet`` with BasicBlock and one block per stage
-(a ResNet-10, 64-128-256-512 channels), its first convolution taking
-``in_channels`` grey channels."""
-
-MONAI_RESNET: dict[str, Any] = {
-    "name": "monai.networks.nets.ResNet",
-    "kwargs": {
-        "block": "basic",
-        "layers": [2, 2, 2, 2],
-        "block_inplanes": [16, 32, 64, 128],
-        "spatial_dims": 2,
-        "n_input_channels": 1,
-        "conv1_t_size": 7,
-        "conv1_t_stride": 2,
-        "num_classes": 4,
-    },
-}
-"""The earlier sidecar architecture (MONAI ``ResNet``, quarter-width ResNet-18,
-2D), still loaded for site state dicts written for it; its ``kwargs`` are the
-defaults of such a sidecar."""
-
-ARCHITECTURES: dict[str, dict[str, Any]] = {
-    ARCHITECTURE["name"]: ARCHITECTURE,
-    MONAI_RESNET["name"]: MONAI_RESNET,
-}
-"""Architecture names a weights sidecar may give, with their default arguments."""
 
 OOD_LAYER = "layer3"
 """Residual stage whose pooled activations are the OOD features (:func:`ood_features`)."""
@@ -215,55 +191,6 @@ def labels_from_metadata(meta: dict[str, Any]) -> tuple[FindingLabel, ...]:
             )
         )
     return tuple(out)
-
-
-def build_network(kwargs: dict[str, Any] | None = None, name: str | None = None) -> torch.nn.Module:
-    """The (untrained) classifier of :data:`ARCHITECTURE` (or with ``kwargs``).
-
-    Parameters
-    ----------
-    kwargs:
-        Arguments of the architecture; default ``ARCHITECTURE["kwargs"]``.
-        For torchvision's ``ResNet``: ``block`` (``"basic"`` or
-        ``"bottleneck"``), ``layers`` (blocks per stage), ``num_classes``,
-        ``in_channels`` (channels of the first convolution, default 1) and
-        any other keyword argument of ``torchvision.models.resnet.ResNet``
-        (e.g. ``width_per_group``).  For MONAI's ``ResNet``: its own
-        arguments.
-    name:
-        A key of :data:`ARCHITECTURES`; default ``ARCHITECTURE["name"]``.
-
-    Raises
-    ------
-    ValueError
-        For an unknown architecture or block.
-    TypeError
-        For arguments the architecture does not take.
-    """
-    name = name or ARCHITECTURE["name"]
-    kw = dict(kwargs if kwargs is not None else ARCHITECTURES.get(name, {}).get("kwargs", {}))
-    if name == MONAI_RESNET["name"]:
-        from monai.networks.nets import ResNet as MonaiResNet
-
-        return MonaiResNet(**kw)
-    if name != ARCHITECTURE["name"]:
-        raise ValueError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}")
-    from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
-
-    blocks: dict[str, type[BasicBlock] | type[Bottleneck]] = {
-        "basic": BasicBlock,
-        "bottleneck": Bottleneck,
-    }
-    block = str(kw.pop("block", "basic"))
-    if block not in blocks:
-        raise ValueError(f"block must be one of {sorted(blocks)}, got {block!r}")
-    in_channels = int(kw.pop("in_channels", 1))
-    layers = [int(n) for n in kw.pop("layers")]
-    net = ResNet(blocks[block], layers, **kw)
-    if in_channels != net.conv1.in_channels:
-        net.conv1 = torch.nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        torch.nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
-    return net
 
 
 # --------------------------------------------------------------------------- input
@@ -614,29 +541,48 @@ class CxrFindingsPipeline(Pipeline):
         """
         ood.refuse_out_of_distribution(self.name, self.ood_score(x), "findings")
 
-    def preprocess(self, volume: Volume, size: int | None = None) -> tuple[np.ndarray, Letterbox]:
-        """The network input ``(size, size)`` for the volume's radiograph."""
-        image = presentation_image(volume.source_datasets[0], volume.array[0])
-        return model_input(image, size or self.input_size())
+    def preprocess(self, volume: Volume, model: Any = None) -> tuple[np.ndarray, Letterbox]:
+        """The network input ``(size, size)`` for the volume's radiograph.
 
-    def run(self, volume: Volume) -> PipelineResult:
-        """Classify the radiograph and explain the findings (Grad-CAM)."""
-        self.check(volume)
-        timer = runtime.StageTimer()
-        with timer("load"):
-            model, labels = self.load()
-        with timer("preprocess"):
-            x, box = self.preprocess(volume, int(model.metadata.get("input_size", INPUT_SIZE)))
-            xt = torch.from_numpy(x)[None, None].to(model.device)
-        layer = str(model.metadata.get("cam_layer", "layer4"))
-        with timer("infer"):
-            with torch.inference_mode():
-                probs = torch.sigmoid(model.network(xt)[0]).float().cpu().numpy()
+        ``model`` is what :meth:`load` returned (``None``: load it); the size
+        is its metadata's ``input_size`` (default :data:`INPUT_SIZE`).
+        """
+        loaded = model[0] if model is not None else self.load()[0]
+        size = int(loaded.metadata.get("input_size", INPUT_SIZE))
+        image = presentation_image(volume.source_datasets[0], volume.array[0])
+        return model_input(image, size)
+
+    def predict(
+        self,
+        model: tuple[runtime.LoadedModel, tuple[FindingLabel, ...]],
+        inputs: tuple[np.ndarray, Letterbox],
+    ) -> tuple[np.ndarray, torch.Tensor]:
+        """Probabilities per label, and the input tensor (for the explanation maps).
+
+        Raises
+        ------
+        ModelLoadError
+            The network gives another number of outputs than there are labels.
+        """
+        loaded, labels = model
+        xt = torch.from_numpy(inputs[0])[None, None].to(loaded.device)
+        with torch.inference_mode():
+            probs = torch.sigmoid(loaded.network(xt)[0]).float().cpu().numpy()
         if probs.shape != (len(labels),):
             raise ModelLoadError(
-                f"{model.path.name}: the network gives {probs.size} output(s) for "
+                f"{loaded.path.name}: the network gives {probs.size} output(s) for "
                 f"{len(labels)} label(s)"
             )
+        return probs, xt
+
+    def postprocess(self, run: PipelineRun) -> PipelineResult:
+        """Findings with probabilities, and Grad-CAM maps (stage ``explain``)."""
+        volume = run.volume
+        model, labels = run.model
+        _, box = run.inputs
+        probs, xt = run.outputs
+        timer = run.timer
+        layer = str(model.metadata.get("cam_layer", "layer4"))
         present = [float(p) >= lab.threshold for p, lab in zip(probs, labels, strict=True)]
         if self.explain == "all":
             explain = list(range(len(labels)))
@@ -652,41 +598,39 @@ class CxrFindingsPipeline(Pipeline):
             maps: np.ndarray | list[np.ndarray] = (
                 grad_cam(model.network, xt, explain, layer)[1] if explain else []
             )
-        with timer("postprocess"):
-            series_uid = volume.series_instance_uid
-            findings = []
-            for p, lab in zip(probs, labels, strict=True):
-                findings.append(
-                    ClassificationFinding(
-                        tracking_id=lab.name,
-                        tracking_uid=tracking_uid(series_uid, self.name, lab.name),
-                        finding_type=lab.finding_type,
-                        finding_site=lab.finding_site,
-                        probability=float(np.clip(p, 0.0, 1.0)),
-                        threshold=lab.threshold,
-                        source_frames=(0,),
-                    )
+        series_uid = volume.series_instance_uid
+        findings = []
+        for p, lab in zip(probs, labels, strict=True):
+            findings.append(
+                ClassificationFinding(
+                    tracking_id=lab.name,
+                    tracking_uid=tracking_uid(series_uid, self.name, lab.name),
+                    finding_type=lab.finding_type,
+                    finding_site=lab.finding_site,
+                    probability=float(np.clip(p, 0.0, 1.0)),
+                    threshold=lab.threshold,
+                    source_frames=(0,),
                 )
-            heatmaps = [
-                HeatMap(
-                    label=labels[c].name,
-                    tracking_id=findings[c].tracking_id,
-                    tracking_uid=findings[c].tracking_uid,
-                    frame_index=0,
-                    map=_to_image_grid(m, box, volume.shape[1:]),
-                    probability=findings[c].probability,
-                    present=findings[c].present,
-                    method=f"Grad-CAM ({layer})",
-                )
-                for c, m in zip(explain, maps, strict=True)
-            ]
+            )
+        heatmaps = [
+            HeatMap(
+                label=labels[c].name,
+                tracking_id=findings[c].tracking_id,
+                tracking_uid=findings[c].tracking_uid,
+                frame_index=0,
+                map=_to_image_grid(m, box, volume.shape[1:]),
+                probability=findings[c].probability,
+                present=findings[c].present,
+                method=f"Grad-CAM ({layer})",
+            )
+            for c, m in zip(explain, maps, strict=True)
+        ]
         if not view_position(volume.source_datasets[0]):
             notes.append("View Position not recorded; read as a frontal view")
         logger.info(
-            "%s: %s; %s",
+            "%s: %s",
             self.name,
             ", ".join(f"{lab.name} {p:.2f}" for p, lab in zip(probs, labels, strict=True)),
-            ", ".join(f"{k} {v:.2f}s" for k, v in timer.timings.items()),
         )
         return PipelineResult(
             pipeline=self.name,
@@ -702,7 +646,6 @@ class CxrFindingsPipeline(Pipeline):
             ),
             findings=list(findings),
             procedure_reported=CODES.PLAIN_CHEST_XRAY,
-            timings=timer.timings,
             notes=notes,
             heatmaps=heatmaps,
         )
