@@ -23,6 +23,7 @@ match, whether the quiet period is over, which jobs a completion makes).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import threading
@@ -200,17 +201,13 @@ class Collector:
                     attrs.get("SeriesDescription", ""),
                     count,
                 )
-        for rule in rules:
-            if count == 0 or last is None:
-                continue
-            quiet = (now - last).total_seconds()
-            if not force and quiet < max(MIN_QUIET_S, rule.quiet_period_s):
-                settled = False
-                continue
+        if count and last is not None:
             snapshot = _Snapshot(
                 "series", row.series_instance_uid, row.study_id, row.id, [row.id], count, last
             )
-            self._complete(tx, snapshot, rule, now, force, report)
+            settled = self._complete_quiet(
+                tx, snapshot, [(r, [row.id]) for r in rules], now, force, report
+            )
         if settled:
             tx.mark_series_collected(row)
 
@@ -229,20 +226,34 @@ class Collector:
                 per_rule.setdefault(rule.name, []).append(row.id)
         count, last = tx.study_instances(study.id)
         settled = True
-        for name, series_ids in per_rule.items():
-            rule = self.by_name[name]
-            if count == 0 or last is None:
-                continue
-            quiet = (now - last).total_seconds()
+        if count and last is not None:
+            snapshot = _Snapshot("study", study.study_instance_uid, study.id, None, [], count, last)
+            rules = [(self.by_name[name], ids) for name, ids in per_rule.items()]
+            settled = self._complete_quiet(tx, snapshot, rules, now, force, report)
+        if settled:
+            tx.mark_study_collected(study)
+
+    def _complete_quiet(
+        self,
+        tx: CompletionTransaction,
+        snap: _Snapshot,
+        rules: Sequence[tuple[RuleSettings, list[int]]],
+        now: datetime,
+        force: bool,
+        report: CompletionReport,
+    ) -> bool:
+        """Complete *snap* for each rule whose quiet period is over (all when *force*),
+        on that rule's series; False when some rule must wait longer."""
+        settled = True
+        for rule, series_ids in rules:
+            quiet = (now - snap.last).total_seconds()
             if not force and quiet < max(MIN_QUIET_S, rule.quiet_period_s):
                 settled = False
                 continue
-            snapshot = _Snapshot(
-                "study", study.study_instance_uid, study.id, None, series_ids, count, last
+            self._complete(
+                tx, dataclasses.replace(snap, series_ids=series_ids), rule, now, force, report
             )
-            self._complete(tx, snapshot, rule, now, force, report)
-        if settled:
-            tx.mark_study_collected(study)
+        return settled
 
     # -- completion rows and jobs ---------------------------------------------------
     def _complete(
