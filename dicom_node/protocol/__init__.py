@@ -7,5 +7,5 @@
 * :mod:`~dicom_node.protocol.file_meta` -- the File Meta Information the
   receiver writes in front of each data set (PS3.10 7.1);
 * :mod:`~dicom_node.protocol.status` -- the DIMSE statuses the node answers
-  (PS3.4 B.2.3, PS3.7 Annex C) and :func:`~dicom_node.protocol.status.status_for`.
+  (PS3.4 B.2.3, PS3.7 Annex C).
 """

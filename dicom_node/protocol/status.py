@@ -1,15 +1,11 @@
 """DIMSE status codes the node answers (PS3.4 Annex B.2.3, PS3.7 Annex C).
 
 One table, so every failure the Storage SCP can give is documented in one
-place, and one function, :func:`status_for`, that turns an exception raised
-while storing into the status and Error Comment to answer.
+place (which exception answers which status:
+:func:`dicom_node.receive.store_handler.status_for`).
 """
 
 from __future__ import annotations
-
-from dicom_node.errors import StoreRejected
-from storage.db import DatabaseError
-from storage.spool import SpoolConflict
 
 SUCCESS = 0x0000
 """Success."""
@@ -56,31 +52,6 @@ DESCRIPTIONS: dict[int, str] = {
     INVALID_UID: "Invalid UID",
     CANNOT_DECODE: "Cannot decode data set",
 }
-
-
-STATUS_FOR_EXCEPTION: tuple[tuple[type[BaseException], int, str], ...] = (
-    (SpoolConflict, STORAGE_FAILURE, "spool path taken by another file"),
-    (DatabaseError, STORAGE_FAILURE, "database error while storing; retry later"),
-    (OSError, STORAGE_FAILURE, "file system error while storing; retry later"),
-)
-"""Exceptions other than :class:`~dicom_node.errors.StoreRejected`, in order:
-the first whose type matches gives the status and the Error Comment."""
-
-EXPECTED_STORE_FAILURES: tuple[type[BaseException], ...] = (SpoolConflict,)
-"""Failures logged in one line (no traceback): their message says it all."""
-
-INTERNAL_ERROR = (STORAGE_FAILURE, "internal error while storing; retry later")
-"""The answer to any other exception (the sender may retry)."""
-
-
-def status_for(exc: BaseException) -> tuple[int, str]:
-    """The C-STORE status and Error Comment (0000,0902) that answer *exc*."""
-    if isinstance(exc, StoreRejected):
-        return exc.status, exc.reason
-    for kind, status, comment in STATUS_FOR_EXCEPTION:
-        if isinstance(exc, kind):
-            return status, comment
-    return INTERNAL_ERROR
 
 
 def is_success_or_warning(status: int) -> bool:

@@ -77,6 +77,8 @@ from dicom_node.receive.store_handler import (
     StoreRequest,
     check_command_uids,
     handle_store,
+    log_refusal,
+    status_for,
     watermark_reason,
 )
 from dicom_node.receive.uids import UidPolicy
@@ -834,13 +836,7 @@ class _Association:
             if writer is not None:
                 writer.abort()
             self.stats.failures += 1
-            LOGGER.warning(
-                "C-STORE from %s refused with 0x%04X (%s): %s",
-                self.stats.calling_ae,
-                refusal.status,
-                st.describe(refusal.status),
-                refusal.reason,
-            )
+            log_refusal(self.stats.calling_ae, refusal)
             return refusal.status, refusal.reason[:64]
         assert writer is not None
         try:
@@ -848,7 +844,7 @@ class _Association:
         except OSError as exc:
             writer.abort()
             self.stats.failures += 1
-            status, comment = st.status_for(exc)
+            status, comment = status_for(exc)
             LOGGER.error("C-STORE from %s: spool file not closed: %s", self.stats.calling_ae, exc)
             return status, comment[:64]
         request = StoreRequest(

@@ -5,7 +5,7 @@ temporary spool file and then hands it here as a :class:`StoreRequest`; this
 module parses the header, checks the UIDs against the command and PS3.5 9.1,
 checks the watermark, records the instance (:class:`storage.received.ReceivedStore`)
 and answers with the status to send (:class:`StoreAnswer`).  It never raises:
-every exception becomes a status through :func:`dicom_node.protocol.status.status_for`.
+every exception becomes a status through :func:`status_for`.
 No socket is involved, so it is tested directly with files.
 """
 
@@ -27,14 +27,17 @@ from dicom_node.receive.header import (
     routing_attributes,
 )
 from dicom_node.receive.uids import UidCheck, UidPolicy, check_uids
+from storage.db import DatabaseError
 from storage.received import InstanceRecord, ReceivedStore, StoreOutcome, StoreResult
-from storage.spool import SpooledFile
+from storage.spool import SpoolConflict, SpooledFile
 
 __all__ = [
     "StoreAnswer",
     "StoreRequest",
     "check_command_uids",
     "handle_store",
+    "log_refusal",
+    "status_for",
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -89,6 +92,42 @@ class StoreAnswer:
         return self.outcome is not None
 
 
+STATUS_FOR_EXCEPTION: tuple[tuple[type[BaseException], int, str], ...] = (
+    (SpoolConflict, st.STORAGE_FAILURE, "spool path taken by another file"),
+    (DatabaseError, st.STORAGE_FAILURE, "database error while storing; retry later"),
+    (OSError, st.STORAGE_FAILURE, "file system error while storing; retry later"),
+)
+"""Exceptions other than :class:`~dicom_node.errors.StoreRejected`, in order:
+the first whose type matches gives the status and the Error Comment."""
+
+EXPECTED_STORE_FAILURES: tuple[type[BaseException], ...] = (SpoolConflict,)
+"""Failures logged in one line (no traceback): their message says it all."""
+
+INTERNAL_ERROR = (st.STORAGE_FAILURE, "internal error while storing; retry later")
+"""The answer to any other exception (the sender may retry)."""
+
+
+def status_for(exc: BaseException) -> tuple[int, str]:
+    """The C-STORE status and Error Comment (0000,0902) that answer *exc*."""
+    if isinstance(exc, StoreRejected):
+        return exc.status, exc.reason
+    for kind, status, comment in STATUS_FOR_EXCEPTION:
+        if isinstance(exc, kind):
+            return status, comment
+    return INTERNAL_ERROR
+
+
+def log_refusal(calling_ae: str, refusal: StoreRejected) -> None:
+    """One WARNING line for a refused C-STORE: the peer, the status and the reason."""
+    LOGGER.warning(
+        "C-STORE from %s refused with 0x%04X (%s): %s",
+        calling_ae,
+        refusal.status,
+        st.describe(refusal.status),
+        refusal.reason,
+    )
+
+
 def check_command_uids(
     affected_sop_class_uid: str, affected_sop_instance_uid: str, policy: UidPolicy
 ) -> None:
@@ -120,36 +159,25 @@ def handle_store(
     try:
         record, warnings = _checked_record(request, store)
         result = store.store(record, request.spooled)
+        if result.outcome is StoreOutcome.REJECTED:
+            raise StoreRejected(
+                st.DUPLICATE_DIFFERS,
+                f"instance {record.sop_instance_uid} already stored with different content",
+            )
     except Exception as exc:  # noqa: BLE001 - every failure is answered with a status
         store.spool.discard(request.spooled)
-        status, comment = st.status_for(exc)
+        status, comment = status_for(exc)
         if isinstance(exc, StoreRejected):
-            LOGGER.warning(
-                "C-STORE from %s refused with 0x%04X (%s): %s",
-                request.calling_ae,
-                status,
-                st.describe(status),
-                comment,
-            )
+            log_refusal(request.calling_ae, exc)
         else:
             LOGGER.error(
                 "C-STORE from %s failed while storing (0x%04X): %s",
                 request.calling_ae,
                 status,
                 comment,
-                exc_info=not isinstance(exc, st.EXPECTED_STORE_FAILURES),
+                exc_info=not isinstance(exc, EXPECTED_STORE_FAILURES),
             )
         return StoreAnswer(status, comment[:64])
-    if result.outcome is StoreOutcome.REJECTED:
-        comment = f"instance {record.sop_instance_uid} already stored with different content"
-        LOGGER.warning(
-            "C-STORE from %s refused with 0x%04X (%s): %s",
-            request.calling_ae,
-            st.DUPLICATE_DIFFERS,
-            st.describe(st.DUPLICATE_DIFFERS),
-            comment,
-        )
-        return StoreAnswer(st.DUPLICATE_DIFFERS, comment[:64], record=record)
     if result.outcome in (StoreOutcome.DUPLICATE_KEPT, StoreOutcome.REPLACED):
         LOGGER.warning(
             "instance re-sent with different content (%s): %s",

@@ -16,7 +16,13 @@ from pydicom import dcmread
 from dicom_node.errors import StoreRejected
 from dicom_node.protocol import status as st
 from dicom_node.protocol.file_meta import encode_file_meta
-from dicom_node.receive.store_handler import StoreRequest, check_command_uids, handle_store
+from dicom_node.receive.store_handler import (
+    INTERNAL_ERROR,
+    StoreRequest,
+    check_command_uids,
+    handle_store,
+    status_for,
+)
 from dicom_node.receive.uids import UidPolicy
 from storage.db import Database
 from storage.received import DuplicateAction, ReceivedStore, StoreOutcome
@@ -159,11 +165,11 @@ def test_command_uids_are_checked_before_the_data_set() -> None:
             OSError(28, "No space left"),
             (st.STORAGE_FAILURE, "file system error while storing; retry later"),
         ),
-        (KeyError("x"), st.INTERNAL_ERROR),
+        (KeyError("x"), INTERNAL_ERROR),
     ],
 )
 def test_status_for_each_kind_of_exception(exc: BaseException, expected: tuple[int, str]) -> None:
-    assert st.status_for(exc) == expected
+    assert status_for(exc) == expected
 
 
 def test_success_or_warning() -> None:
