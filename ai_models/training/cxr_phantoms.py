@@ -562,20 +562,16 @@ def _draw_variants(
     shift = round(float(var.uniform(-MAX_AXIAL_SHIFT, MAX_AXIAL_SHIFT)), 4)
     letter = str(var.choice(["R", "L"]))
     sides = int(var.integers(1, 5))
-    out: dict[str, Any] = {}
-    if on["tilt"]:
-        out["tilt"] = tilt
-    if on["axial_rotation"]:
-        out["axial_rotation"] = shift
-    if on["film_texture"]:
-        out["film_texture"] = True
-    if on["side_marker"]:
-        out["side_marker"] = letter
-    if on["text_strip"]:
-        out["text_strip"] = True
-    if on["collimation"]:
-        out["collimation"] = sides
-    return out
+    # Every value is drawn whether or not its variant is on, so a seed's stream stays fixed.
+    values: dict[str, Any] = {
+        "tilt": tilt,
+        "axial_rotation": shift,
+        "film_texture": True,
+        "side_marker": letter,
+        "text_strip": True,
+        "collimation": sides,
+    }
+    return {k: v for k, v in values.items() if on[k]}
 
 
 def _collimate(var: np.random.Generator, img: np.ndarray, n_sides: int) -> np.ndarray:
