@@ -28,7 +28,7 @@ from pydicom.uid import generate_uid
 
 from ai_models.codes import CODES
 from ai_models.errors import AIModelsError, PipelineNotApplicable
-from ai_models.types import Measurement, PipelineResult, Volume
+from ai_models.types import AlgorithmInfo, Measurement, PipelineResult, Volume
 
 if TYPE_CHECKING:
     from ai_models.dicom_files import DicomFile
@@ -182,6 +182,33 @@ class Pipeline(abc.ABC):  # noqa: B024 (a template: every hook has a default)
         the inputs and outputs; :meth:`run` sets the result's ``timings``.
         """
         raise NotImplementedError(f"{type(self).__name__} implements neither postprocess nor run")
+
+    def result(
+        self,
+        volume: Volume,
+        weights_sha256: str,
+        parameters: Sequence[str] = (),
+        **outputs: Any,
+    ) -> PipelineResult:
+        """This pipeline's result for ``volume``, for :meth:`postprocess` to return.
+
+        The algorithm is identified as TID 4019 asks: this pipeline's name and
+        version, the weights' sha256 and the ``parameters`` that shaped the
+        result (e.g. ``"threshold=0.5"``); ``outputs`` are the other
+        :class:`~ai_models.types.PipelineResult` fields (``segments``,
+        ``findings``, ``procedure_reported``, ``notes``, ``heatmaps``).
+        """
+        return PipelineResult(
+            pipeline=self.name,
+            volume=volume,
+            algorithm=AlgorithmInfo(
+                name=self.name,
+                version=self.version,
+                weights_sha256=weights_sha256,
+                parameters=tuple(parameters),
+            ),
+            **outputs,
+        )
 
     def run(self, volume: Volume) -> PipelineResult:
         """Analyse one volume: the applicability check, then the four timed stages.

@@ -48,7 +48,7 @@ from ai_models.pipelines.base import (
     tracking_uid,
     volume_measurement,
 )
-from ai_models.types import AlgorithmInfo, CodedConcept, Finding, PipelineResult, Segment, Volume
+from ai_models.types import CodedConcept, Finding, PipelineResult, Segment, Volume
 
 logger = logging.getLogger(__name__)
 
@@ -347,15 +347,10 @@ class ConfiguredSegmentationPipeline(Pipeline):
                     )
                 )
             logger.debug("label %d (%s): %d voxels", n, ls.label, int(m.sum()))
-        return PipelineResult(
-            pipeline=self.name,
-            volume=volume,
-            algorithm=AlgorithmInfo(
-                name=self.name,
-                version=s.version,
-                weights_sha256=model.sha256,
-                parameters=(f"kind={s.kind}",),
-            ),
+        return self.result(
+            volume,
+            model.sha256,
+            parameters=(f"kind={s.kind}",),
             segments=segments,
             findings=findings,
             procedure_reported=CODES.CT_UNSPECIFIED if volume.modality == "CT" else None,

@@ -65,7 +65,6 @@ from ai_models.pipelines.base import (
 )
 from ai_models.plausibility import check_volume, mark_out_of_range
 from ai_models.types import (
-    AlgorithmInfo,
     Finding,
     Measurement,
     PipelineResult,
@@ -305,18 +304,13 @@ class CtLungsPipeline(Pipeline):
         segments, findings, notes = self._postprocess(volume, run.outputs, orient, fields)
         notes.extend(self._qualify_lung_volumes(findings, fields))
         logger.info("%s: %d segment(s), %d finding(s)", self.name, len(segments), len(findings))
-        return PipelineResult(
-            pipeline=self.name,
-            volume=volume,
-            algorithm=AlgorithmInfo(
-                name=self.name,
-                version=self.version,
-                weights_sha256=model.sha256,
-                parameters=(
-                    f"working_spacing_mm={model.metadata.get('working_spacing_mm', 4.0)}",
-                    f"lung_air_hu={LUNG_AIR_HU:g}",
-                    f"bone_hu={BONE_HU:g}",
-                ),
+        return self.result(
+            volume,
+            model.sha256,
+            parameters=(
+                f"working_spacing_mm={model.metadata.get('working_spacing_mm', 4.0)}",
+                f"lung_air_hu={LUNG_AIR_HU:g}",
+                f"bone_hu={BONE_HU:g}",
             ),
             segments=segments,
             findings=findings,

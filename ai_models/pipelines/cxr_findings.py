@@ -77,7 +77,6 @@ from ai_models.radiograph import (
     view_position,
 )
 from ai_models.types import (
-    AlgorithmInfo,
     ClassificationFinding,
     CodedConcept,
     HeatMap,
@@ -632,17 +631,12 @@ class CxrFindingsPipeline(Pipeline):
             self.name,
             ", ".join(f"{lab.name} {p:.2f}" for p, lab in zip(probs, labels, strict=True)),
         )
-        return PipelineResult(
-            pipeline=self.name,
-            volume=volume,
-            algorithm=AlgorithmInfo(
-                name=self.name,
-                version=self.version,
-                weights_sha256=model.sha256,
-                parameters=(
-                    f"input_size={box.size}",
-                    *(f"threshold {lab.name}={lab.threshold:.3f}" for lab in labels),
-                ),
+        return self.result(
+            volume,
+            model.sha256,
+            parameters=(
+                f"input_size={box.size}",
+                *(f"threshold {lab.name}={lab.threshold:.3f}" for lab in labels),
             ),
             findings=list(findings),
             procedure_reported=CODES.PLAIN_CHEST_XRAY,

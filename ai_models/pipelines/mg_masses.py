@@ -77,7 +77,6 @@ from ai_models.pipelines.base import (
 )
 from ai_models.radiograph import breast_region, load_radiograph, presentation_image, thumbnail
 from ai_models.types import (
-    AlgorithmInfo,
     CodedConcept,
     DetectionFinding,
     PipelineResult,
@@ -146,7 +145,6 @@ BREAST_BODY_PARTS = ("BREAST",)
 """Body Part Examined values of a breast image (PS3.16 Annex L)."""
 
 _BREAST_WORDS = re.compile(r"mammo|breast|\bmamma\b|\bbrust\b|\bsein\b", re.IGNORECASE)
-
 
 
 _VIEWS = MAMMOGRAPHY_VIEWS
@@ -573,18 +571,13 @@ class MgMassesPipeline(Pipeline):
             "L": CODES.MAMMOGRAM_LEFT,
             "R": CODES.MAMMOGRAM_RIGHT,
         }.get(lat, CODES.MAMMOGRAM)
-        return PipelineResult(
-            pipeline=self.name,
-            volume=volume,
-            algorithm=AlgorithmInfo(
-                name=self.name,
-                version=self.version,
-                weights_sha256=model.sha256,
-                parameters=(
-                    f"work_size={max(x.shape)}",
-                    f"threshold={threshold:.3f}",
-                    f"max_masses={self.max_masses}",
-                ),
+        return self.result(
+            volume,
+            model.sha256,
+            parameters=(
+                f"work_size={max(x.shape)}",
+                f"threshold={threshold:.3f}",
+                f"max_masses={self.max_masses}",
             ),
             findings=list(findings),
             procedure_reported=procedure,
@@ -604,9 +597,7 @@ class MgMassesPipeline(Pipeline):
         lat = image_laterality(ds)
         laterality = {"L": CODES.LEFT, "R": CODES.RIGHT}.get(lat)
         _, view_code = mammo_view(ds)
-        evaluations = (
-            [QualitativeEvaluation(CODES.IMAGE_VIEW, view_code)] if view_code else []
-        )
+        evaluations = [QualitativeEvaluation(CODES.IMAGE_VIEW, view_code)] if view_code else []
         order = np.argsort(-out["scores"], kind="stable")
         findings: list[DetectionFinding] = []
         sop_uid = volume.frames[0].sop_instance_uid

@@ -76,7 +76,6 @@ from ai_models.pipelines.base import (
 )
 from ai_models.plausibility import check_volume, mark_out_of_range
 from ai_models.types import (
-    AlgorithmInfo,
     CodedConcept,
     Finding,
     Measurement,
@@ -691,18 +690,13 @@ class MrBrainLesionPipeline(Pipeline):
         labels = upsample_labels(logits, fine_shape)  # type: ignore[arg-type]
         segments, findings, notes = self._postprocess(volume, labels, orient)
         logger.info("%s: %d segment(s), %d finding(s)", self.name, len(segments), len(findings))
-        return PipelineResult(
-            pipeline=self.name,
-            volume=volume,
-            algorithm=AlgorithmInfo(
-                name=self.name,
-                version=self.version,
-                weights_sha256=model.sha256,
-                parameters=(
-                    f"working_spacing_mm={working_spacing(model.metadata, self.weights_kind)}",
-                    f"min_lesion_ml={MIN_LESION_ML:g}",
-                    f"scalp_skull_mm={SCALP_SKULL_MM:g}",
-                ),
+        return self.result(
+            volume,
+            model.sha256,
+            parameters=(
+                f"working_spacing_mm={working_spacing(model.metadata, self.weights_kind)}",
+                f"min_lesion_ml={MIN_LESION_ML:g}",
+                f"scalp_skull_mm={SCALP_SKULL_MM:g}",
             ),
             segments=segments,
             findings=findings,
