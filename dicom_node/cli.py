@@ -19,6 +19,7 @@ from rich.table import Table
 from dicom_node import __version__
 from dicom_node.cli_analyze import analyze, pipelines
 from dicom_node.cli_jobs import complete, jobs
+from dicom_node.cli_worker import worker
 from dicom_node.config import DEFAULT_CONFIG_PATH, Settings, load_settings
 from dicom_node.errors import ConfigError, DeliveryError
 from dicom_node.logs import configure_logging
@@ -267,10 +268,11 @@ def send(state: _State, paths: tuple[Path, ...], destination: str) -> None:
 def studies(state: _State, limit: int) -> None:
     """Table of received studies and their series with instance counts."""
     from dicom_node.receive.store import open_store
+    from storage.queries import study_summaries
 
     settings = state.settings()
     store = open_store(settings, clean_temp=False)  # a running node may be writing them
-    rows = store.study_summaries(limit)
+    rows = study_summaries(store.db, limit)
     table = Table(title=f"received studies ({len(rows)})")
     for col in (
         "study",
@@ -286,19 +288,20 @@ def studies(state: _State, limit: int) -> None:
     ):
         table.add_column(col, overflow="fold")
     for study in rows:
+        received = study.last_received_at
         first = True
-        for series in study["series"]:
+        for series in study.series:
             table.add_row(
-                _short_uid(study["study_instance_uid"]) if first else "",
-                (study["study_date"] or "") if first else "",
-                (study["study_description"] or "") if first else "",
-                _short_uid(series["series_instance_uid"]),
-                series["modality"] or "",
-                series["series_description"] or "",
-                series["calling_ae"] or "",
-                str(series["instances"]),
-                f"{series['bytes'] / 1e6:.1f}",
-                study["last_received_at"].strftime("%Y-%m-%d %H:%M:%S") if first else "",
+                _short_uid(study.study_instance_uid) if first else "",
+                (study.study_date or "") if first else "",
+                (study.study_description or "") if first else "",
+                _short_uid(series.series_instance_uid),
+                series.modality or "",
+                series.series_description or "",
+                series.calling_ae or "",
+                str(series.instances),
+                f"{series.bytes / 1e6:.1f}",
+                received.strftime("%Y-%m-%d %H:%M:%S") if first and received else "",
             )
             first = False
     console.print(table)
@@ -401,6 +404,7 @@ main.add_command(analyze)
 main.add_command(pipelines)
 main.add_command(complete)
 main.add_command(jobs)
+main.add_command(worker)
 
 
 if __name__ == "__main__":  # pragma: no cover

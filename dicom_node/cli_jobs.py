@@ -8,6 +8,7 @@ workers and sender at their next poll.  The CLI group registers them with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from datetime import datetime
@@ -22,6 +23,13 @@ from dicom_node.config import Settings
 from dicom_node.deliver.destinations.folder import FolderDestinationSettings, folder_file
 from storage.db import Database
 from storage.jobs import DeliveryStatus, JobQueue, JobStatus
+from storage.queries import (
+    DeliveryRecord,
+    ResultRecord,
+    job_results,
+    job_summaries,
+    job_summary,
+)
 
 __all__ = ["complete", "jobs"]
 
@@ -93,12 +101,12 @@ def jobs_list(ctx: click.Context, status: str | None, limit: int, as_json: bool)
     """Newest jobs first, with their deliveries (sent / pending / failed)."""
     _settings, database = _database(ctx)
     try:
-        rows = JobQueue(database).summaries(status=status, limit=limit)
+        rows = job_summaries(database, status=status, limit=limit)
     finally:
         database.dispose()
     if as_json:
         for row in rows:
-            click.echo(json.dumps(row, default=str))
+            click.echo(json.dumps(dataclasses.asdict(row), default=str))
         return
     table = Table(title=f"jobs ({len(rows)})")
     for col in (
@@ -118,23 +126,23 @@ def jobs_list(ctx: click.Context, status: str | None, limit: int, as_json: bool)
         table.add_column(col, overflow="fold")
     for row in rows:
         took = ""
-        if row["finished_at"] and row["started_at"]:
-            took = f"{(row['finished_at'] - row['started_at']).total_seconds():.1f} s"
-        deliveries = ", ".join(f"{n} {s}" for s, n in sorted(row["deliveries"].items()))
-        style = {"failed": "red", "succeeded": "green", "running": "cyan"}.get(row["status"])
+        if row.finished_at and row.started_at:
+            took = f"{(row.finished_at - row.started_at).total_seconds():.1f} s"
+        deliveries = ", ".join(f"{n} {s}" for s, n in sorted(row.deliveries.items()))
+        style = {"failed": "red", "succeeded": "green", "running": "cyan"}.get(row.status)
         table.add_row(
-            str(row["id"]),
-            f"[{style}]{row['status']}[/]" if style else row["status"],
-            row["rule"],
-            row["pipeline"],
-            "\n".join(_short(u) for u in row["series_instance_uids"]),
-            str(row["revision"]),
-            f"{row['attempts']}/{row['max_attempts']}",
-            _when(row["created_at"]),
+            str(row.id),
+            f"[{style}]{row.status}[/]" if style else row.status,
+            row.rule,
+            row.pipeline,
+            "\n".join(_short(u) for u in row.series_instance_uids),
+            str(row.revision),
+            f"{row.attempts}/{row.max_attempts}",
+            _when(row.created_at),
             took,
-            str(row["results"]),
+            str(row.results),
             deliveries,
-            (row["error"] or "")[:200],
+            (row.error or "")[:200],
         )
     console.print(table)
 
@@ -147,88 +155,90 @@ def jobs_show(ctx: click.Context, job_id: int, as_json: bool) -> None:
     """One job: its state, timings, result files and where each was delivered."""
     settings, database = _database(ctx)
     try:
-        queue = JobQueue(database)
-        rows = queue.summaries(job_ids=[job_id], limit=1)
-        if not rows:
+        job = job_summary(database, job_id)
+        if job is None:
             err_console.print(f"error: no job {job_id}", markup=False)
             sys.exit(1)
-        job = rows[0]
-        results = queue.results_with_deliveries(job_id)
+        records = job_results(database, job_id)
     finally:
         database.dispose()
-    for result in results:
-        result["path"] = str(settings.storage.results_dir / result["path"])
-        for d in result["deliveries"]:
-            d.update(_delivered_to(settings, result, d))
     if as_json:
-        click.echo(json.dumps({**job, "objects": results}, default=str))
+        objects = [_shown(settings, record) for record in records]
+        click.echo(json.dumps({**dataclasses.asdict(job), "objects": objects}, default=str))
         return
     out = Console(soft_wrap=True)  # paths and UIDs whole, never folded
     out.print(
-        f"job {job['id']}: {job['status']} ({job['pipeline']}, rule {job['rule']}, "
-        f"revision {job['revision']}, attempt {job['attempts']}/{job['max_attempts']})",
+        f"job {job.id}: {job.status} ({job.pipeline}, rule {job.rule}, "
+        f"revision {job.revision}, attempt {job.attempts}/{job.max_attempts})",
         markup=False,
     )
-    out.print(f"study {job['study_instance_uid']}", markup=False)
-    for uid in job["series_instance_uids"]:
+    out.print(f"study {job.study_instance_uid}", markup=False)
+    for uid in job.series_instance_uids:
         out.print(f"series {uid}", markup=False)
-    if job["timings"]:
+    if job.timings:
         out.print(
-            "timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in job["timings"].items()),
+            "timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in job.timings.items()),
             markup=False,
         )
-    if job["error"]:
+    if job.error:
         # The column holds why a job failed, why it was skipped or superseded, or
         # a note on a job that succeeded (e.g. no findings and no negative report).
         label = {"succeeded": "note", "skipped": "skipped", "superseded": "superseded"}.get(
-            job["status"], "error"
+            job.status, "error"
         )
-        out.print(f"{label}: {job['error']}", markup=False)
-    if not results:
+        out.print(f"{label}: {job.error}", markup=False)
+    if not records:
         out.print("no result files", markup=False)
-    for result in results:
-        there = "" if Path(result["path"]).is_file() else " (no longer there)"
-        out.print(
-            f"{result['kind']} {result['sop_instance_uid']}: {result['path']}{there}",
-            markup=False,
-        )
-        if not result["deliveries"]:
+    for result in records:
+        path = settings.storage.results_dir / result.path
+        there = "" if path.is_file() else " (no longer there)"
+        out.print(f"{result.kind} {result.sop_instance_uid}: {path}{there}", markup=False)
+        if not result.deliveries:
             out.print("  not delivered anywhere", markup=False)
-        for d in result["deliveries"]:
-            line = f"  -> {d['destination']}"
-            if d["destination_type"]:
-                line += f" ({d['destination_type']})"
-            line += f": {d['status']}, {d['attempts']} attempt(s)"
-            if d["last_status"] is not None:
-                line += f", DIMSE status 0x{d['last_status']:04X}"
-            if d["written_to"]:
-                line += f", written to {d['written_to']}"
-            if d["status"] == DeliveryStatus.PENDING.value and d["next_attempt_at"]:
-                line += f", next attempt {_when(d['next_attempt_at'])} UTC"
-            if d["error"]:
-                line += f", last error: {d['error']}"
+        for d in result.deliveries:
+            where = _delivered_to(settings, result, d)
+            line = f"  -> {d.destination}"
+            if where["destination_type"]:
+                line += f" ({where['destination_type']})"
+            line += f": {d.status}, {d.attempts} attempt(s)"
+            if d.last_status is not None:
+                line += f", DIMSE status {d.last_status_hex}"
+            if where["written_to"]:
+                line += f", written to {where['written_to']}"
+            if d.status == DeliveryStatus.PENDING.value and d.next_attempt_at:
+                line += f", next attempt {_when(d.next_attempt_at)} UTC"
+            if d.error:
+                line += f", last error: {d.error}"
             out.print(line, markup=False)
 
 
+def _shown(settings: Settings, result: ResultRecord) -> dict[str, Any]:
+    """*result* as ``jobs show --json`` prints it: its fields with ``path`` made
+    absolute (under the results folder), and each delivery with :func:`_delivered_to`."""
+    shown = dataclasses.asdict(result)
+    shown["path"] = str(settings.storage.results_dir / result.path)
+    shown["deliveries"] = [
+        {**dataclasses.asdict(d), **_delivered_to(settings, result, d)} for d in result.deliveries
+    ]
+    return shown
+
+
 def _delivered_to(
-    settings: Settings, result: dict[str, Any], delivery: dict[str, Any]
+    settings: Settings, result: ResultRecord, delivery: DeliveryRecord
 ) -> dict[str, Any]:
     """The destination's type, and for a sent folder delivery the file it wrote.
 
     The folder layout is the sender's (:func:`dicom_node.deliver.destinations.folder.folder_file`).
     """
-    dest = next((d for d in settings.destinations if d.name == delivery["destination"]), None)
+    dest = next((d for d in settings.destinations if d.name == delivery.destination), None)
     written_to = None
-    if (
-        isinstance(dest, FolderDestinationSettings)
-        and delivery["status"] == DeliveryStatus.SENT.value
-    ):
+    if isinstance(dest, FolderDestinationSettings) and delivery.status == DeliveryStatus.SENT.value:
         written_to = str(
             folder_file(
                 Path(dest.path),
-                result["study_instance_uid"],
-                result["series_instance_uid"],
-                result["sop_instance_uid"],
+                result.study_instance_uid,
+                result.series_instance_uid,
+                result.sop_instance_uid,
             )
         )
     return {"destination_type": dest.type if dest is not None else None, "written_to": written_to}

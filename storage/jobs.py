@@ -14,7 +14,8 @@ Deliveries (one per result object and destination) follow the same pattern,
 claimed in batches per destination so one association carries many objects,
 with an exponential backoff between attempts.
 
-Nothing here knows DICOM networking; callers pass plain values.
+Nothing here knows DICOM networking; callers pass plain values.  What people
+read of jobs and deliveries (lists, details, counts) is in :mod:`storage.queries`.
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from storage.db import Database
 from storage.models import Completion, Delivery, Instance, Job, Result, Series, Study, utcnow
+
+if TYPE_CHECKING:
+    from storage.queries import FailedDelivery
 
 __all__ = [
     "ClaimedDelivery",
@@ -55,6 +59,15 @@ __all__ = [
 ]
 
 LOGGER = logging.getLogger(__name__)
+
+
+def __getattr__(name: str) -> Any:
+    # FailedDelivery moved to storage.queries, which imports this module.
+    if name == "FailedDelivery":
+        from storage.queries import FailedDelivery
+
+        return FailedDelivery
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class JobStatus(str, enum.Enum):
@@ -261,27 +274,6 @@ class JobFinish:
     status: JobStatus
     result_ids: list[int] = field(default_factory=list)
     deliveries: int = 0
-
-
-@dataclass(frozen=True)
-class FailedDelivery:
-    """A delivery that gave up (retryable with its job's retry)."""
-
-    id: int
-    job_id: int
-    pipeline: str
-    destination: str
-    kind: str
-    sop_instance_uid: str
-    attempts: int
-    last_status: int | None
-    error: str | None
-    created_at: datetime | None
-
-    @property
-    def last_status_hex(self) -> str | None:
-        """``last_status`` as ``0xA700``."""
-        return None if self.last_status is None else f"0x{self.last_status:04X}"
 
 
 class JobQueue:
@@ -647,117 +639,6 @@ class JobQueue:
                 raise ValueError(f"job {job_id} is {status} and has no failed delivery")
             return "deliveries", int(n)
 
-    def summaries(
-        self, status: str | None = None, limit: int = 50, job_ids: Iterable[int] = ()
-    ) -> list[dict[str, Any]]:
-        """Newest jobs first, with their series and delivery counts, for people."""
-        with self.db.sessions() as session:
-            query = select(Job).order_by(Job.id.desc()).limit(limit)
-            if status:
-                query = query.where(Job.status == status)
-            ids = list(job_ids)
-            if ids:
-                query = query.where(Job.id.in_(ids))
-            jobs = session.execute(query).scalars().all()
-            out = []
-            for job in jobs:
-                series_uids = (
-                    session.execute(
-                        select(Series.series_instance_uid).where(Series.id.in_(job.series_ids))
-                    )
-                    .scalars()
-                    .all()
-                )
-                study_uid = session.execute(
-                    select(Study.study_instance_uid).where(Study.id == job.study_id)
-                ).scalar_one_or_none()
-                counts: dict[str, int] = {}
-                for st, n in session.execute(
-                    select(Delivery.status, func.count())
-                    .join(Result, Result.id == Delivery.result_id)
-                    .where(Result.job_id == job.id)
-                    .group_by(Delivery.status)
-                ).all():
-                    counts[st] = int(n)
-                n_results = session.execute(
-                    select(func.count()).select_from(Result).where(Result.job_id == job.id)
-                ).scalar_one()
-                out.append(
-                    {
-                        "id": job.id,
-                        "status": job.status,
-                        "rule": job.rule,
-                        "pipeline": job.pipeline,
-                        "level": job.level,
-                        "revision": job.revision,
-                        "attempts": job.attempts,
-                        "max_attempts": job.max_attempts,
-                        "study_instance_uid": study_uid,
-                        "series_instance_uids": list(series_uids),
-                        "created_at": as_utc(job.created_at),
-                        "started_at": as_utc(job.started_at),
-                        "finished_at": as_utc(job.finished_at),
-                        "error": job.error,
-                        "timings": dict(job.timings or {}),
-                        "results": int(n_results),
-                        "deliveries": counts,
-                    }
-                )
-            return out
-
-    def failed_deliveries(self, limit: int = 100) -> list[FailedDelivery]:
-        """Failed deliveries, newest first."""
-        with self.db.engine.connect() as conn:
-            rows = conn.execute(
-                select(
-                    Delivery.id,
-                    Result.job_id,
-                    Job.pipeline,
-                    Delivery.destination,
-                    Result.kind,
-                    Result.sop_instance_uid,
-                    Delivery.attempts,
-                    Delivery.last_status,
-                    Delivery.error,
-                    Delivery.created_at,
-                )
-                .join(Result, Result.id == Delivery.result_id)
-                .join(Job, Job.id == Result.job_id)
-                .where(Delivery.status == DeliveryStatus.FAILED.value)
-                .order_by(Delivery.id.desc())
-                .limit(limit)
-            ).all()
-        return [
-            FailedDelivery(
-                id=r.id,
-                job_id=r.job_id,
-                pipeline=r.pipeline,
-                destination=r.destination,
-                kind=r.kind,
-                sop_instance_uid=r.sop_instance_uid,
-                attempts=r.attempts,
-                last_status=r.last_status,
-                error=r.error,
-                created_at=as_utc(r.created_at),
-            )
-            for r in rows
-        ]
-
-    def status_counts(self) -> tuple[dict[str, int], dict[str, int]]:
-        """Jobs and deliveries counted by status."""
-        with self.db.engine.connect() as conn:
-            jobs = {
-                str(s): int(n)
-                for s, n in conn.execute(select(Job.status, func.count()).group_by(Job.status))
-            }
-            deliveries = {
-                str(s): int(n)
-                for s, n in conn.execute(
-                    select(Delivery.status, func.count()).group_by(Delivery.status)
-                )
-            }
-        return jobs, deliveries
-
     def status_of(self, job_id: int) -> str:
         """The job's current status value (``NoResultFound`` for an unknown job)."""
         with self.db.engine.connect() as conn:
@@ -826,77 +707,6 @@ class JobQueue:
             return []
         latest = rows[0].revision
         return [(r[0], r[1], r[2], r[3]) for r in rows if r.revision == latest]
-
-    def results_with_deliveries(self, job_id: int) -> list[dict[str, Any]]:
-        """A job's result objects in the order written, each with its deliveries, for people.
-
-        Each result: ``id``, ``kind``, ``sop_instance_uid``, ``sop_class_uid``,
-        ``study_instance_uid``, ``series_instance_uid``, ``path`` (relative to
-        the results folder), ``size_bytes``, ``created_at`` and ``deliveries``:
-        ``id``, ``destination``, ``status``, ``attempts``, ``last_status``
-        (the peer's DIMSE status), ``error``, ``next_attempt_at``, ``sent_at``.
-        """
-        with self.db.engine.connect() as conn:
-            results = conn.execute(
-                select(
-                    Result.id,
-                    Result.kind,
-                    Result.sop_instance_uid,
-                    Result.sop_class_uid,
-                    Result.study_instance_uid,
-                    Result.series_instance_uid,
-                    Result.path,
-                    Result.size_bytes,
-                    Result.created_at,
-                )
-                .where(Result.job_id == job_id)
-                .order_by(Result.id)
-            ).all()
-            deliveries = conn.execute(
-                select(
-                    Delivery.id,
-                    Delivery.result_id,
-                    Delivery.destination,
-                    Delivery.status,
-                    Delivery.attempts,
-                    Delivery.last_status,
-                    Delivery.error,
-                    Delivery.next_attempt_at,
-                    Delivery.sent_at,
-                )
-                .join(Result, Result.id == Delivery.result_id)
-                .where(Result.job_id == job_id)
-                .order_by(Delivery.id)
-            ).all()
-        by_result: dict[int, list[dict[str, Any]]] = {}
-        for d in deliveries:
-            by_result.setdefault(d.result_id, []).append(
-                {
-                    "id": d.id,
-                    "destination": d.destination,
-                    "status": d.status,
-                    "attempts": d.attempts,
-                    "last_status": d.last_status,
-                    "error": d.error,
-                    "next_attempt_at": as_utc(d.next_attempt_at),
-                    "sent_at": as_utc(d.sent_at),
-                }
-            )
-        return [
-            {
-                "id": r.id,
-                "kind": r.kind,
-                "sop_instance_uid": r.sop_instance_uid,
-                "sop_class_uid": r.sop_class_uid,
-                "study_instance_uid": r.study_instance_uid,
-                "series_instance_uid": r.series_instance_uid,
-                "path": r.path,
-                "size_bytes": r.size_bytes,
-                "created_at": as_utc(r.created_at),
-                "deliveries": by_result.get(r.id, []),
-            }
-            for r in results
-        ]
 
 
 class DeliveryQueue:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -368,55 +368,6 @@ class ReceivedStore:
         """The spool-relative paths of every recorded instance."""
         with self.db.engine.connect() as conn:
             return set(conn.execute(select(Instance.path)).scalars())
-
-    # -- queries for the admin ---------------------------------------------
-    def study_summaries(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Studies with their series and instance counts, newest first."""
-        with self.db.session() as session:
-            rows = session.execute(
-                select(
-                    Study.study_instance_uid,
-                    Study.patient_id,
-                    Study.study_date,
-                    Study.study_description,
-                    Study.last_received_at,
-                    Series.series_instance_uid,
-                    Series.modality,
-                    Series.series_description,
-                    Series.calling_ae,
-                    func.count(Instance.id),
-                    func.coalesce(func.sum(Instance.size_bytes), 0),
-                )
-                .join(Series, Series.study_id == Study.id)
-                .outerjoin(Instance, Instance.series_id == Series.id)
-                .group_by(Study.id, Series.id)
-                .order_by(Study.last_received_at.desc(), Series.series_number)
-                .limit(limit * 20)
-            ).all()
-        studies: dict[str, dict[str, Any]] = {}
-        for row in rows:
-            st = studies.setdefault(
-                row[0],
-                {
-                    "study_instance_uid": row[0],
-                    "patient_id": row[1],
-                    "study_date": row[2],
-                    "study_description": row[3],
-                    "last_received_at": row[4],
-                    "series": [],
-                },
-            )
-            st["series"].append(
-                {
-                    "series_instance_uid": row[5],
-                    "modality": row[6],
-                    "series_description": row[7],
-                    "calling_ae": row[8],
-                    "instances": int(row[9]),
-                    "bytes": int(row[10]),
-                }
-            )
-        return list(studies.values())[:limit]
 
 
 def _insert_returning_id(db: Database, model: type[Any]) -> Any:

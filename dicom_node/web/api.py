@@ -18,7 +18,7 @@ from fastapi.responses import RedirectResponse
 
 from dicom_node import __version__
 from dicom_node.web.deps import Context, same_origin
-from dicom_node.web.queries import job_results
+from dicom_node.web.queries import job_detail, job_summaries, study_summaries
 from dicom_node.web.schemas import (
     CompletionOutcome,
     ErrorBody,
@@ -26,11 +26,10 @@ from dicom_node.web.schemas import (
     JobDetail,
     JobSummary,
     RetryOutcome,
-    SeriesSummary,
     StudySummary,
 )
 from storage.db import DatabaseError, DuplicateRow
-from storage.jobs import JobQueue, JobStatus, as_utc
+from storage.jobs import JobQueue, JobStatus
 
 __all__ = ["completion", "health", "jobs", "studies"]
 
@@ -103,19 +102,7 @@ studies = APIRouter(prefix="/api", tags=["studies"])
 @studies.get("/studies", response_model=list[StudySummary])
 def list_studies(ctx: Context, limit: Limit = 50) -> list[StudySummary]:
     """Received studies, most recently received first, with their series and counts."""
-    out = []
-    for row in ctx.store.study_summaries(limit=limit):
-        out.append(
-            StudySummary(
-                study_instance_uid=row["study_instance_uid"],
-                patient_id=row["patient_id"],
-                study_date=row["study_date"],
-                study_description=row["study_description"],
-                last_received_at=as_utc(row["last_received_at"]),
-                series=[SeriesSummary(**s) for s in row["series"]],
-            )
-        )
-    return out
+    return study_summaries(ctx.db, limit)
 
 
 # -- jobs --------------------------------------------------------------------------------
@@ -130,17 +117,16 @@ def list_jobs(
     limit: Limit = 50,
 ) -> list[JobSummary]:
     """Jobs, newest first, with delivery counts (``dicom-node jobs list``)."""
-    rows = JobQueue(ctx.db).summaries(status=status.value if status else None, limit=limit)
-    return [JobSummary.model_validate(row) for row in rows]
+    return job_summaries(ctx.db, status.value if status else None, limit)
 
 
 @jobs.get("/jobs/{job_id}", response_model=JobDetail, responses=_404)
 def get_job(ctx: Context, job_id: JobId) -> JobDetail:
     """One job with each result object and delivery (``dicom-node jobs show``)."""
-    rows = JobQueue(ctx.db).summaries(job_ids=[job_id], limit=1)
-    if not rows:
+    detail = job_detail(ctx.db, job_id)
+    if detail is None:
         raise HTTPException(status_code=404, detail=f"no job {job_id}")
-    return JobDetail.model_validate({**rows[0], "result_objects": job_results(ctx.db, job_id)})
+    return detail
 
 
 @jobs.post(

@@ -16,15 +16,23 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, Response
 
 from dicom_node import __version__
 from dicom_node.web.deps import Context
-from dicom_node.web.queries import FailedDelivery, failed_deliveries, status_counts
-from storage.jobs import DeliveryStatus, JobQueue, JobStatus, as_utc
+from storage.jobs import DeliveryStatus, JobStatus, as_utc
+from storage.queries import (
+    FailedDelivery,
+    JobSummary,
+    StudySummary,
+    failed_deliveries,
+    job_summaries,
+    status_counts,
+    study_summaries,
+)
 
 __all__ = ["REFRESH_S", "SECURITY_HEADERS", "dashboard", "render_dashboard"]
 
@@ -121,8 +129,8 @@ def _counts(counts: Mapping[str, int]) -> str:
 
 
 def render_dashboard(
-    studies: Sequence[Mapping[str, Any]],
-    jobs: Sequence[Mapping[str, Any]],
+    studies: Sequence[StudySummary],
+    jobs: Sequence[JobSummary],
     failed: Sequence[FailedDelivery],
     job_counts: Mapping[str, int],
     delivery_counts: Mapping[str, int],
@@ -132,47 +140,47 @@ def render_dashboard(
     """The page's HTML; every value is escaped here."""
     study_rows = []
     for st in studies:
-        series = st["series"]
+        series = st.series
         for i, se in enumerate(series):
             lead = ""
             if i == 0:
                 span = len(series)
                 lead = (
-                    f'<td rowspan="{span}" class="uid" title="{_e(st["study_instance_uid"])}">'
-                    f"{_e(_short(st['study_instance_uid']))}</td>"
-                    f'<td rowspan="{span}">{_e(st["study_date"])}</td>'
-                    f'<td rowspan="{span}">{_e(st["study_description"])}</td>'
-                    f'<td rowspan="{span}">{_e(_when(st["last_received_at"]))}</td>'
+                    f'<td rowspan="{span}" class="uid" title="{_e(st.study_instance_uid)}">'
+                    f"{_e(_short(st.study_instance_uid))}</td>"
+                    f'<td rowspan="{span}">{_e(st.study_date)}</td>'
+                    f'<td rowspan="{span}">{_e(st.study_description)}</td>'
+                    f'<td rowspan="{span}">{_e(_when(st.last_received_at))}</td>'
                 )
             study_rows.append(
-                f"<tr>{lead}<td>{_e(se['modality'])}</td>"
-                f"<td>{_e(se['series_description'])}</td>"
-                f'<td class="num">{int(se["instances"])}</td>'
-                f"<td>{_e(se['calling_ae'])}</td></tr>"
+                f"<tr>{lead}<td>{_e(se.modality)}</td>"
+                f"<td>{_e(se.series_description)}</td>"
+                f'<td class="num">{int(se.instances)}</td>'
+                f"<td>{_e(se.calling_ae)}</td></tr>"
             )
     job_rows = []
     for job in jobs:
         took = ""
-        started, finished = as_utc(job["started_at"]), as_utc(job["finished_at"])
+        started, finished = as_utc(job.started_at), as_utc(job.finished_at)
         if started and finished:
             took = f"{(finished - started).total_seconds():.1f} s"
-        deliveries = job["deliveries"]
-        can_retry = job["status"] in (JobStatus.FAILED.value, JobStatus.SKIPPED.value) or (
-            job["status"] not in (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+        deliveries = job.deliveries
+        can_retry = job.status in (JobStatus.FAILED.value, JobStatus.SKIPPED.value) or (
+            job.status not in (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
             and deliveries.get(DeliveryStatus.FAILED.value)
         )
-        job_id = int(job["id"])
+        job_id = int(job.id)
         job_rows.append(
             f'<tr id="job-{job_id}"><td><a href="/api/jobs/{job_id}">{job_id}</a></td>'
-            f"<td>{_badge(job['status'])}</td>"
-            f"<td>{_e(job['pipeline'])}</td><td>{_e(job['rule'])}</td>"
+            f"<td>{_badge(job.status)}</td>"
+            f"<td>{_e(job.pipeline)}</td><td>{_e(job.rule)}</td>"
             f'<td class="uid">'
-            + "<br>".join(_e(_short(u)) for u in job["series_instance_uids"])
-            + f"</td><td>{int(job['attempts'])}/{int(job['max_attempts'])}</td>"
-            f"<td>{_e(_when(job['created_at']))}</td><td>{_e(took)}</td>"
-            f'<td class="num">{int(job["results"])}</td>'
+            + "<br>".join(_e(_short(u)) for u in job.series_instance_uids)
+            + f"</td><td>{int(job.attempts)}/{int(job.max_attempts)}</td>"
+            f"<td>{_e(_when(job.created_at))}</td><td>{_e(took)}</td>"
+            f'<td class="num">{int(job.results)}</td>'
             f"<td>{_counts(deliveries) if deliveries else ''}</td>"
-            f'<td class="err">{_e((job["error"] or "")[:300])}</td>'
+            f'<td class="err">{_e((job.error or "")[:300])}</td>'
             f"<td>{_retry_button(job_id) if can_retry else ''}</td></tr>"
         )
     failed_rows = [
@@ -220,13 +228,13 @@ def get_dashboard(
     notice = None
     if retried is not None and outcome is not None:
         notice = _NOTICES[outcome].format(id=retried)
-    job_counts, delivery_counts = status_counts(ctx.db)
+    counts = status_counts(ctx.db)
     page = render_dashboard(
-        studies=ctx.store.study_summaries(limit=20),
-        jobs=JobQueue(ctx.db).summaries(limit=50),
+        studies=study_summaries(ctx.db, limit=20),
+        jobs=job_summaries(ctx.db, limit=50),
         failed=failed_deliveries(ctx.db, limit=50),
-        job_counts=job_counts,
-        delivery_counts=delivery_counts,
+        job_counts=counts.jobs,
+        delivery_counts=counts.deliveries,
         notice=notice,
         access="token required" if ctx.settings.web.token is not None else "no authentication",
     )

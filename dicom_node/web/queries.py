@@ -1,57 +1,45 @@
-"""Read-only views of the REST API and the dashboard, over :mod:`storage.jobs` queries.
+"""The REST API's bodies made from :mod:`storage.queries` records.
 
-They only read and hold no SQL; every change goes through :mod:`storage.jobs`
-and :mod:`dicom_node.collect`, exactly as the CLI does.
+The web reads only through :mod:`storage.queries` and holds no SQL; every
+change goes through :mod:`storage.jobs` and :mod:`dicom_node.collect`,
+exactly as the CLI does.
 """
 
 from __future__ import annotations
 
-from dicom_node.web.schemas import DeliveryInfo, ResultInfo
+import dataclasses
+
+from dicom_node.web.schemas import JobDetail, JobSummary, ResultInfo, StudySummary
+from storage import queries
 from storage.db import Database
-from storage.jobs import DeliveryStatus, FailedDelivery, JobQueue
+from storage.queries import FailedDelivery
 
-__all__ = ["FailedDelivery", "failed_deliveries", "job_results", "status_counts"]
+__all__ = ["FailedDelivery", "job_detail", "job_results", "job_summaries", "study_summaries"]
 
 
-def _hex(status: int | None) -> str | None:
-    return None if status is None else f"0x{status:04X}"
+def study_summaries(db: Database, limit: int) -> list[StudySummary]:
+    """Received studies, most recently received first (:func:`storage.queries.study_summaries`)."""
+    return [StudySummary.model_validate(s) for s in queries.study_summaries(db, limit)]
+
+
+def job_summaries(db: Database, status: str | None, limit: int) -> list[JobSummary]:
+    """Jobs, newest first (:func:`storage.queries.job_summaries`)."""
+    return [
+        JobSummary.model_validate(j) for j in queries.job_summaries(db, status=status, limit=limit)
+    ]
 
 
 def job_results(db: Database, job_id: int) -> list[ResultInfo]:
     """The result objects of one job, each with its deliveries, in the order written
-    (:meth:`storage.jobs.JobQueue.results_with_deliveries`)."""
-    return [
-        ResultInfo(
-            id=r["id"],
-            kind=r["kind"],
-            sop_instance_uid=r["sop_instance_uid"],
-            series_instance_uid=r["series_instance_uid"],
-            sop_class_uid=r["sop_class_uid"],
-            created_at=r["created_at"],
-            deliveries=[
-                DeliveryInfo(
-                    id=d["id"],
-                    destination=d["destination"],
-                    status=DeliveryStatus(d["status"]),
-                    attempts=d["attempts"],
-                    last_status=d["last_status"],
-                    last_status_hex=_hex(d["last_status"]),
-                    error=d["error"],
-                    next_attempt_at=d["next_attempt_at"],
-                    sent_at=d["sent_at"],
-                )
-                for d in r["deliveries"]
-            ],
-        )
-        for r in JobQueue(db).results_with_deliveries(job_id)
-    ]
+    (:func:`storage.queries.job_results`)."""
+    return [ResultInfo.model_validate(r) for r in queries.job_results(db, job_id)]
 
 
-def failed_deliveries(db: Database, limit: int = 100) -> list[FailedDelivery]:
-    """Failed deliveries, newest first (:meth:`storage.jobs.JobQueue.failed_deliveries`)."""
-    return JobQueue(db).failed_deliveries(limit)
-
-
-def status_counts(db: Database) -> tuple[dict[str, int], dict[str, int]]:
-    """Jobs and deliveries counted by status (:meth:`storage.jobs.JobQueue.status_counts`)."""
-    return JobQueue(db).status_counts()
+def job_detail(db: Database, job_id: int) -> JobDetail | None:
+    """One job with its result objects and deliveries; ``None`` for an unknown job."""
+    job = queries.job_summary(db, job_id)
+    if job is None:
+        return None
+    return JobDetail.model_validate(
+        {**dataclasses.asdict(job), "result_objects": job_results(db, job_id)}
+    )

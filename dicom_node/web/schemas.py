@@ -31,6 +31,12 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class _Record(_Body):
+    """A body read from the attributes of a :mod:`storage.queries` record."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
 class ErrorBody(_Body):
     """Every error answer: a sentence in ``detail``."""
 
@@ -55,7 +61,7 @@ class Health(_Body):
     """Why ``status`` is ``error``."""
 
 
-class SeriesSummary(_Body):
+class SeriesSummary(_Record):
     """One received series and how much of it arrived."""
 
     series_instance_uid: str
@@ -66,7 +72,7 @@ class SeriesSummary(_Body):
     bytes: int
 
 
-class StudySummary(_Body):
+class StudySummary(_Record):
     """One received study with its series, newest first."""
 
     study_instance_uid: str
@@ -77,7 +83,7 @@ class StudySummary(_Body):
     series: list[SeriesSummary]
 
 
-class JobSummary(_Body):
+class JobSummary(_Record):
     """One job as ``dicom-node jobs list`` shows it."""
 
     id: int
@@ -102,7 +108,7 @@ class JobSummary(_Body):
     """Deliveries of those objects, counted by status."""
 
 
-class DeliveryInfo(_Body):
+class DeliveryInfo(_Record):
     """One result object to one destination."""
 
     id: int
@@ -117,7 +123,7 @@ class DeliveryInfo(_Body):
     sent_at: datetime | None
 
 
-class ResultInfo(_Body):
+class ResultInfo(_Record):
     """One DICOM object a job wrote, and its deliveries."""
 
     id: int

@@ -353,48 +353,6 @@ def test_delivery_outcomes_backoff_and_retry_command(
     assert [d.id for d in dq.claim_batch("host:1:s")] == [batch[1].id]
 
 
-def test_results_with_deliveries_for_jobs_show(queued: tuple[JobQueue, list[int]]) -> None:
-    queue, ids = queued
-    assert queue.results_with_deliveries(ids[0]) == []  # queued: nothing written yet
-    job = queue.claim("host:1:a", job_id=ids[0])
-    assert job is not None
-    queue.complete(job, [result(job.id, "seg"), result(job.id, "sc")], {})
-    dq = DeliveryQueue(queue.db)
-    pacs = dq.claim_batch("host:1:s")
-    assert {d.destination for d in pacs} == {"pacs"}
-    dq.record(
-        "host:1:s",
-        [
-            DeliveryOutcome(pacs[0].id, True, 0),
-            DeliveryOutcome(pacs[1].id, False, 0xA700, "out of resources", retry=True),
-        ],
-        max_attempts=3,
-        retry_base_s=5,
-        retry_max_s=60,
-    )
-    objects = queue.results_with_deliveries(job.id)
-    assert [(o["kind"], o["path"]) for o in objects] == [
-        ("seg", f"job-{job.id}/seg_0.dcm"),
-        ("sc", f"job-{job.id}/sc_0.dcm"),
-    ]
-    seg, sc = objects
-    assert seg["sop_instance_uid"] == result(job.id, "seg").sop_instance_uid
-    assert (seg["study_instance_uid"], seg["series_instance_uid"]) == (
-        STUDY,
-        result(job.id, "seg").series_instance_uid,
-    )
-    assert [
-        (d["destination"], d["status"], d["attempts"], d["last_status"], d["error"])
-        for d in seg["deliveries"]
-    ] == [("pacs", "sent", 1, 0, None)]
-    assert seg["deliveries"][0]["sent_at"] is not None
-    assert [
-        (d["destination"], d["status"], d["attempts"], d["last_status"], d["error"])
-        for d in sc["deliveries"]
-    ] == [("pacs", "pending", 1, 0xA700, "out of resources"), ("viewer", "pending", 0, None, None)]
-    assert queue.results_with_deliveries(job.id + 1000) == []
-
-
 def test_a_job_finishing_after_a_revision_is_superseded(
     store: ReceivedStore, queued: tuple[JobQueue, list[int]]
 ) -> None:

@@ -116,15 +116,6 @@ def test_unsafe_uids_get_safe_stable_names(store: ReceivedStore) -> None:
     assert store.spool.absolute(result.path).resolve().is_relative_to(store.spool.root.resolve())
 
 
-def test_summaries(store: ReceivedStore) -> None:
-    for n in range(3):
-        store.store(record(f"5.{n}", series="5.100"), store.spool.write_temp(b"abc"))
-    store.store(record("6.0", series="6.100"), store.spool.write_temp(b"abcd"))
-    (study,) = store.study_summaries()
-    counts = {s["series_instance_uid"]: (s["instances"], s["bytes"]) for s in study["series"]}
-    assert counts == {"5.100": (3, 9), "6.100": (1, 4)}
-
-
 def test_watermark(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s", min_free_bytes=10**18)
     assert not spool.has_room_for(1)
