@@ -45,6 +45,7 @@ from ai_models.training.export import (
     seed_torch,
     write_sidecar,
 )
+from ai_models.training.loop import adamw_one_cycle, optimise
 from ai_models.training.phantoms import LABELS, NODULE, random_phantom
 
 logger = logging.getLogger(__name__)
@@ -221,13 +222,12 @@ def train(
     net = build_network()
     init_sha = load_initial_weights(net, init_from)  # fine-tune: start from earlier weights
     net = net.to(dev)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-5)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    opt, sched = adamw_one_cycle(net, lr, steps, weight_decay=1e-5, pct_start=0.1)
     ce_w = torch.tensor([1.0, 1.0, 1.0, 1.5, 3.0], device=dev)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, weight=ce_w)
-    net.train()
-    t_train = time.perf_counter()
-    for step in range(1, steps + 1):
+
+    def step_loss(step: int) -> torch.Tensor:
+        """A batch of random patches from the pool, intensity-jittered."""
         xs, ys = [], []
         for _ in range(batch_size):
             f, lab = pool[int(rng.integers(len(pool)))]
@@ -237,24 +237,14 @@ def train(
             ys.append(lab[None].astype(np.int64))
         x = torch.from_numpy(np.stack(xs)).to(dev)
         y = torch.from_numpy(np.stack(ys)).to(dev)
-        loss = loss_fn(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        return loss_fn(net(x), y)
+
+    def refresh_pool(step: int, loss: torch.Tensor) -> None:
+        """Every *refresh_every* steps a new phantom replaces a random one."""
         if step % refresh_every == 0:
             pool[int(rng.integers(len(pool)))] = stream.next()
-        if step % 25 == 0 or step == 1:
-            el = time.perf_counter() - t_train
-            logger.info(
-                "step %d/%d loss %.4f (%.2f s/step, %.0f s)",
-                step,
-                steps,
-                float(loss.detach()),
-                el / step,
-                el,
-            )
-    train_s = time.perf_counter() - t_train
+
+    train_s = optimise(net, opt, sched, steps, step_loss, after_step=refresh_pool, log=logger)
     stream.close()
 
     # Held-out validation on the working grid (independent seed stream).

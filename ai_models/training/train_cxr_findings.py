@@ -65,6 +65,7 @@ from ai_models.training.export import (
     seed_torch,
     write_sidecar,
 )
+from ai_models.training.loop import adamw_one_cycle, optimise
 
 logger = logging.getLogger(__name__)
 
@@ -224,36 +225,51 @@ def train(
 
     net = build_network()
     init_sha = load_initial_weights(net, init_from)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     steps_per_epoch = n_train // batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15
+    opt, sched = adamw_one_cycle(
+        net, lr, epochs * steps_per_epoch, weight_decay=1e-4, pct_start=0.15
     )
+    order = np.arange(n_train)  # this epoch's order of the training phantoms
+    total = 0.0  # this epoch's summed loss
+
+    def step_loss(step: int) -> torch.Tensor:
+        """The next batch of this epoch's order (a new order as an epoch starts), augmented."""
+        nonlocal order, total
+        i = (step - 1) % steps_per_epoch
+        if i == 0:
+            order = torch.randperm(n_train, generator=gen).numpy()
+            total = 0.0
+        idx = np.sort(order[i * batch_size : (i + 1) * batch_size])
+        x = _augment(torch.from_numpy(xs[idx].astype(np.float32))[:, None], gen)
+        y = torch.from_numpy(ys[idx])
+        return F.binary_cross_entropy_with_logits(net(x), y)
+
+    def end_of_epoch(step: int, loss: torch.Tensor) -> None:
+        """Sum the loss; as an epoch ends, log it with the validation AUC."""
+        nonlocal total
+        total += float(loss.detach())
+        if step % steps_per_epoch == 0:
+            val = evaluate(net, xv, yv)
+            logger.info(
+                "epoch %d/%d loss %.4f val AUC %s (%.0f s)",
+                step // steps_per_epoch,
+                epochs,
+                total / steps_per_epoch,
+                {k: v["auc"] for k, v in val.items()},
+                time.perf_counter() - t_train,
+            )
+            net.train()
+
     t_train = time.perf_counter()
-    for epoch in range(epochs):
-        net.train()
-        order = torch.randperm(n_train, generator=gen).numpy()
-        total = 0.0
-        for step in range(steps_per_epoch):
-            idx = np.sort(order[step * batch_size : (step + 1) * batch_size])
-            x = _augment(torch.from_numpy(xs[idx].astype(np.float32))[:, None], gen)
-            y = torch.from_numpy(ys[idx])
-            loss = F.binary_cross_entropy_with_logits(net(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach())
-        val = evaluate(net, xv, yv)
-        logger.info(
-            "epoch %d/%d loss %.4f val AUC %s (%.0f s)",
-            epoch + 1,
-            epochs,
-            total / steps_per_epoch,
-            {k: v["auc"] for k, v in val.items()},
-            time.perf_counter() - t_train,
-        )
-    train_s = time.perf_counter() - t_train
+    train_s = optimise(
+        net,
+        opt,
+        sched,
+        epochs * steps_per_epoch,
+        step_loss,
+        after_step=end_of_epoch,
+        log_every=0,
+    )
 
     # Store in float16 and measure what is stored.
     out_dir.mkdir(parents=True, exist_ok=True)

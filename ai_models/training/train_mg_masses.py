@@ -71,6 +71,7 @@ from ai_models.training.export import (
     seed_torch,
     write_sidecar,
 )
+from ai_models.training.loop import adamw_one_cycle, optimise
 from ai_models.training.mammo_phantoms import random_mammo_phantom
 
 logger = logging.getLogger(__name__)
@@ -317,34 +318,35 @@ def train(
 
     net = build_detector()
     init_sha = load_initial_weights(net, init_from)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    t_train = time.perf_counter()
-    net.train()
-    running: dict[str, float] = {}
-    for step in range(steps):
+    opt, sched = adamw_one_cycle(net, lr, steps, weight_decay=1e-4, pct_start=0.1)
+    running: dict[str, float] = {}  # summed loss terms since the last log line
+
+    def step_loss(step: int) -> torch.Tensor:
+        """Random training phantoms, augmented; the detector's loss terms summed."""
         idx = rng.choice(n_train, size=batch_size, replace=False)
         batch = [_augment(train_set[int(i)], rng) for i in idx]
         losses = net([b[0] for b in batch], [b[1] for b in batch])
         loss = sum(losses.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
-        opt.step()
-        sched.step()
         for k, v in losses.items():
             running[k] = running.get(k, 0.0) + float(v.detach())
-        if (step + 1) % 50 == 0:
+        return loss
+
+    def log_terms(step: int, loss: torch.Tensor) -> None:
+        """Every 50 steps, log the mean of each loss term."""
+        if step % 50 == 0:
             logger.info(
                 "step %d/%d %s (%.0f s)",
-                step + 1,
+                step,
                 steps,
                 {k: round(v / 50, 4) for k, v in running.items()},
                 time.perf_counter() - t_train,
             )
-            running = {}
-            net.train()
-    train_s = time.perf_counter() - t_train
+            running.clear()
+
+    t_train = time.perf_counter()
+    train_s = optimise(
+        net, opt, sched, steps, step_loss, after_step=log_terms, clip_grad_norm=10.0, log_every=0
+    )
 
     # Store in float16 and measure what is stored.
     out_dir.mkdir(parents=True, exist_ok=True)
