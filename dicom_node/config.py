@@ -46,6 +46,7 @@ from dicom_node.receive.uids import UidPolicy
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "CelerySettings",
     "DestinationSettings",
     "DuplicatePolicy",
     "ModelLabelSettings",
@@ -288,6 +289,10 @@ Destination = Annotated[
 """A destination's settings: a union discriminated by ``type`` over the registered types."""
 
 
+QueueName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+"""A Celery queue's name."""
+
+
 class RuleSettings(_Section):
     """``[[rules]]``: which pipelines run on which series, and where results go.
 
@@ -309,6 +314,9 @@ class RuleSettings(_Section):
     """When a pipeline finds nothing on a series (no finding, no segment), send an
     SR that says so (TID 1500, Finding = "Clinical finding absent"; needs "sr" in
     ``outputs``); ``false`` sends nothing then."""
+    queue: QueueName | None = None
+    """With ``[worker] executor = "celery"``: the Celery queue of this rule's jobs
+    (e.g. ``"gpu"``); unset, ``[celery] default_queue``."""
 
 
 Code = tuple[str, str, str]
@@ -469,6 +477,31 @@ class WorkerSettings(_Section):
     """How often the collector, the workers and the sender look for work."""
     sc_slices: Literal["mask", "all"] = "mask"
     """Slices of the opt-in secondary-capture overlay: only those with a finding, or all."""
+    executor: Literal["local", "celery"] = "local"
+    """Where jobs run: ``local``, the ``concurrency`` threads of ``serve``; ``celery``,
+    ``dicom-node worker`` processes on any host, fed through ``[celery]``'s broker
+    (:mod:`dicom_node.work.executor`)."""
+
+
+class CelerySettings(_Section):
+    """``[celery]``: the broker of ``[worker] executor = "celery"``.
+
+    The database stays the source of truth: a message only says "job N may be
+    due"; the worker claims the job's lease in the database before running it,
+    so a message delivered twice runs the job once, and ``serve`` publishes
+    again the due jobs whose message may have been lost (a broker restart).
+    """
+
+    broker_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    """``redis://host:6379/N`` or ``amqp://user:password@host:5672/vhost``; better
+    from the environment (``DICOM_NODE_CELERY__BROKER_URL``) when it holds a password."""
+    default_queue: QueueName = "cpu"
+    """The queue of jobs whose rule names none."""
+    republish_after_s: Annotated[float, Field(ge=1)] = 60.0
+    """A job still due this long after its message was published is published again."""
+    visibility_timeout_s: Annotated[float, Field(ge=60)] = 3600.0
+    """Redis only: how long an unacknowledged message waits before it is delivered
+    again (longer than the longest job; late acknowledgement)."""
 
 
 class WebSettings(_Section):
@@ -572,6 +605,7 @@ class Settings(BaseSettings):
     rules: list[RuleSettings] = Field(default_factory=list)
     models: list[ModelSettings] = Field(default_factory=list)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    celery: CelerySettings = Field(default_factory=CelerySettings)
     web: WebSettings = Field(default_factory=WebSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 

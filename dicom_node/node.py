@@ -1,5 +1,6 @@
-"""Assembling a running node from settings: database, spool, SCP, collector,
-worker pool, sender and the web server (dashboard, REST API, /metrics).
+"""Assembling a running node from settings: database, spool, SCP, collector, job
+executor (local worker pool or Celery), sender and the web server (dashboard,
+REST API, /metrics).
 
 ``dicom-node serve`` is a thin wrapper around :class:`Node`.
 """
@@ -18,7 +19,7 @@ from dicom_node.receive.receivers import ReceiverPool
 from dicom_node.receive.scp import StorageSCP
 from dicom_node.receive.store import open_store
 from dicom_node.web import WebServer
-from dicom_node.work.worker import WorkerPool
+from dicom_node.work.executor import make_executor
 
 __all__ = ["Node"]
 
@@ -46,7 +47,7 @@ class Node:
         self.receivers = ReceiverPool(settings, log_level, json_logs)
         self._stop = threading.Event()
         self.sender = Sender(settings, self.store.db)
-        self.workers = WorkerPool(settings, self.store.db, on_idle=self.sender.wake)
+        self.workers = make_executor(settings, self.store.db, on_idle=self.sender.wake)
         self.collector = Collector(
             self.store.db,
             settings,

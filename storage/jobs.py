@@ -314,7 +314,8 @@ class JobQueue:
 
     # -- claiming ------------------------------------------------------------
     @staticmethod
-    def _claimable(now: datetime) -> Any:
+    def claimable(now: datetime) -> Any:
+        """Jobs a worker may claim at *now*: queued and due, or running with an expired lease."""
         return or_(
             and_(Job.status == JobStatus.QUEUED.value, Job.not_before <= now),
             and_(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now),
@@ -332,7 +333,7 @@ class JobQueue:
         now = now or utcnow()
         query = (
             select(Job.id, Job.status, Job.attempts, Job.max_attempts, Job.lease_owner)
-            .where(self._claimable(now))
+            .where(self.claimable(now))
             .order_by(Job.priority.desc(), Job.id)
             .limit(8)
         )
@@ -344,7 +345,7 @@ class JobQueue:
                 if status == JobStatus.RUNNING.value and attempts >= max_attempts:
                     conn.execute(
                         update(Job)
-                        .where(Job.id == cand_id, self._claimable(now))
+                        .where(Job.id == cand_id, self.claimable(now))
                         .values(
                             status=JobStatus.FAILED.value,
                             finished_at=now,
@@ -358,7 +359,7 @@ class JobQueue:
                     continue
                 won = conn.execute(
                     update(Job)
-                    .where(Job.id == cand_id, self._claimable(now))
+                    .where(Job.id == cand_id, self.claimable(now))
                     .values(
                         status=JobStatus.RUNNING.value,
                         lease_owner=owner,

@@ -311,7 +311,9 @@ def run_job(job_id: int, settings: Settings, db: Database | None = None) -> str:
         queue = job_queue(settings, database)
         job = queue.claim(worker_name("job"), job_id=job_id)
         if job is None:
-            return queue.status_of(job_id)
+            state = queue.status_of(job_id)
+            LOGGER.info("job %d is %s: nothing to run", job_id, state)
+            return state
         return JobRunner(settings, database, queue).run(job).value
     finally:
         if own_db:
