@@ -87,15 +87,29 @@ def main(ctx: click.Context, config: Path | None, log_json: bool, verbose: bool)
 
 
 @main.command()
+@click.option(
+    "--role",
+    "role_text",
+    default="all",
+    show_default=True,
+    metavar="ROLES",
+    help="Comma-separated roles of this process: receiver, collector, worker, sender, "
+    "web, or all. Roles in other processes or hosts share the database (and the spool).",
+)
 @pass_state
-def serve(state: _State) -> None:
-    """Run the node: Storage SCP, collector, workers, dashboard."""
-    from dicom_node.node import Node
+def serve(state: _State, role_text: str) -> None:
+    """Run the node: Storage SCP, collector, workers, sender, dashboard."""
+    from dicom_node.node import Node, parse_roles
     from dicom_node.web import WebServerError
 
     settings = state.settings()
+    try:
+        roles = parse_roles(role_text, settings.worker.executor)
+    except ValueError as exc:
+        err_console.print(f"[bold red]error:[/] --role: {exc}", markup=True, highlight=False)
+        sys.exit(2)
     _log_configuration(settings)
-    node = Node(settings, log_level=state.log_level, json_logs=state.json_logs)
+    node = Node(settings, log_level=state.log_level, json_logs=state.json_logs, roles=roles)
     try:
         node.run_forever()
     except WebServerError as exc:  # the web server starts first: nothing else runs yet

@@ -46,3 +46,11 @@ class DeliveryError(DicomNodeError):
 
 class AssociationRejectedError(DeliveryError):
     """The destination rejected or aborted the association."""
+
+
+class SpoolFileMissing(DicomNodeError):
+    """A job's source files are not visible on the host that runs it.
+
+    Workers on other hosts read the series from the spool folder: it must be
+    the same shared volume everywhere (``[storage] spool_dir``).
+    """

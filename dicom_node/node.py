@@ -19,15 +19,51 @@ from dicom_node.receive.receivers import ReceiverPool
 from dicom_node.receive.scp import StorageSCP
 from dicom_node.receive.store import open_store
 from dicom_node.web import WebServer
-from dicom_node.work.executor import make_executor
+from dicom_node.work.executor import JobExecutor, make_executor
 
-__all__ = ["Node"]
+__all__ = ["ROLES", "Node", "parse_roles"]
 
 LOGGER = logging.getLogger(__name__)
 
+ROLES = ("receiver", "collector", "worker", "sender", "web")
+"""What one process may do; ``serve --role`` picks some (default: all).
+
+``receiver``: the Storage SCP (and ``[node] receivers`` processes);
+``collector``: completions, routing and job creation, and with ``[worker]
+executor = "celery"`` publishing due jobs; ``worker``: the local worker
+threads (``executor = "local"``; Celery's workers are ``dicom-node worker``);
+``sender``: deliveries; ``web``: dashboard, REST API and ``/metrics``.  Every
+role coordinates through the database only, so each can run in its own
+processes on its own hosts, given one database and a shared spool and
+results folder."""
+
+
+def parse_roles(text: str, executor: str = "local") -> frozenset[str]:
+    """The roles of ``serve --role`` (comma-separated names or ``all``).
+
+    Raises
+    ------
+    ValueError
+        An unknown role, none, or ``worker`` alone with the Celery executor.
+    """
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError("no role given")
+    if "all" in names:
+        return frozenset(ROLES)
+    unknown = sorted(set(names) - set(ROLES))
+    if unknown:
+        raise ValueError(f"unknown role {', '.join(unknown)}; roles: {', '.join(ROLES)} or all")
+    roles = frozenset(names)
+    if executor == "celery" and roles == {"worker"}:
+        raise ValueError(
+            'with [worker] executor = "celery" jobs run in `dicom-node worker` processes'
+        )
+    return roles
+
 
 class Node:
-    """The whole node in one process.
+    """The node's roles in one process (all of them by default).
 
     Parameters
     ----------
@@ -35,33 +71,64 @@ class Node:
         Validated settings.
     log_level, json_logs:
         How the CLI set up logging; extra receiver processes log the same way.
+    roles:
+        The :data:`ROLES` this process plays.
     """
 
     def __init__(
-        self, settings: Settings, *, log_level: str = "INFO", json_logs: bool = False
+        self,
+        settings: Settings,
+        *,
+        log_level: str = "INFO",
+        json_logs: bool = False,
+        roles: frozenset[str] = frozenset(ROLES),
     ) -> None:
         self.settings = settings
+        self.roles = roles
         self.store = open_store(settings)
-        multi = settings.node.receivers > 1
-        self.scp = StorageSCP(settings, self.store, reuse_port=multi)
-        self.receivers = ReceiverPool(settings, log_level, json_logs)
+        db = self.store.db
         self._stop = threading.Event()
-        self.sender = Sender(settings, self.store.db)
-        self.workers = make_executor(settings, self.store.db, on_idle=self.sender.wake)
-        self.collector = Collector(
-            self.store.db,
-            settings,
-            poll_s=settings.worker.poll_interval_s,
-            on_jobs=self.workers.wake,
-        )
+        self.scp: StorageSCP | None = None
+        self.receivers: ReceiverPool | None = None
+        if "receiver" in roles:
+            multi = settings.node.receivers > 1
+            self.scp = StorageSCP(settings, self.store, reuse_port=multi)
+            self.receivers = ReceiverPool(settings, log_level, json_logs)
+        self.sender = Sender(settings, db) if "sender" in roles else None
+        # The local pool runs jobs (worker role); the Celery executor hands them
+        # out (collector role).
+        local = settings.worker.executor == "local"
+        self.workers: JobExecutor | None = None
+        if ("worker" in roles) if local else ("collector" in roles):
+            self.workers = make_executor(
+                settings, db, on_idle=self.sender.wake if self.sender else None
+            )
+        self.collector: Collector | None = None
+        if "collector" in roles:
+            self.collector = Collector(
+                db,
+                settings,
+                poll_s=settings.worker.poll_interval_s,
+                on_jobs=self.workers.wake if self.workers else None,
+            )
         self.web = (
-            WebServer(settings, self.store.db, store=self.store) if settings.web.enabled else None
+            WebServer(settings, db, store=self.store)
+            if settings.web.enabled and "web" in roles
+            else None
         )
-        if self.web is not None:  # /api/health reports the DICOM listener's state
+        if self.web is not None and self.scp is not None:
+            # /api/health reports the DICOM listener's state
             self.web.app.state.dicom_listener = self.scp.listener_problem
         self._collector_stop = threading.Event()
-        self._collector_thread = threading.Thread(
-            target=self.collector.run, args=(self._collector_stop,), name="collector", daemon=True
+        self._collector_thread = (
+            threading.Thread(
+                target=self.collector.run,
+                args=(self._collector_stop,),
+                name="collector",
+                daemon=True,
+            )
+            if self.collector is not None
+            else None
         )
 
     def start(self) -> None:
@@ -71,13 +138,18 @@ class Node:
         every receiver is ready.  The web server starts first, so a busy web
         port fails before any DICOM port opens.
         """
+        LOGGER.info("roles: %s", ", ".join(r for r in ROLES if r in self.roles))
         if self.web is not None:
             self.web.start()
-        self.receivers.start()
-        self.scp.start()
-        self.workers.start()
-        self.sender.start()
-        self._collector_thread.start()
+        if self.receivers is not None and self.scp is not None:
+            self.receivers.start()
+            self.scp.start()
+        if self.workers is not None:
+            self.workers.start()
+        if self.sender is not None:
+            self.sender.start()
+        if self._collector_thread is not None:
+            self._collector_thread.start()
 
     def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
         """Ask the node to stop (signal handler)."""
@@ -100,14 +172,18 @@ class Node:
         """Stop accepting, let associations finish (bounded), close the database."""
         if self.web is not None:
             self.web.stop()
-        grace = self.settings.node.shutdown_grace.total_seconds()
-        stopper = threading.Thread(target=self.receivers.stop, args=(grace + 5,))
-        stopper.start()
-        self.scp.shutdown()
-        stopper.join()
-        self._collector_stop.set()
-        self._collector_thread.join(timeout=10)
-        self.workers.stop()
-        self.sender.stop()
+        if self.receivers is not None and self.scp is not None:
+            grace = self.settings.node.shutdown_grace.total_seconds()
+            stopper = threading.Thread(target=self.receivers.stop, args=(grace + 5,))
+            stopper.start()
+            self.scp.shutdown()
+            stopper.join()
+        if self._collector_thread is not None:
+            self._collector_stop.set()
+            self._collector_thread.join(timeout=10)
+        if self.workers is not None:
+            self.workers.stop()
+        if self.sender is not None:
+            self.sender.stop()
         self.store.db.dispose()
         LOGGER.info("stopped")

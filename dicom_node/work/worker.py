@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.config import Settings
+from dicom_node.errors import SpoolFileMissing
 from dicom_node.results import PreviousVersion, kind_of, nothing_to_report
 from dicom_node.work.series_run import ResultOptions, SeriesFiles, run_series
 from storage.db import Database
@@ -124,6 +125,8 @@ class JobRunner:
             return JobStatus.RUNNING
         except UnknownPipelineError as exc:
             return self._fail(job, f"{exc}", timings, retryable=False)
+        except SpoolFileMissing as exc:  # a shared volume not mounted (yet): try again later
+            return self._fail(job, f"{exc}", timings, retryable=True)
         except (VolumeError, PipelineNotApplicable) as exc:  # pragma: no cover - per series
             return self._fail(job, f"{type(exc).__name__}: {exc}", timings, retryable=False)
         except (AIModelsError, ValueError, TypeError, RuntimeError, OSError, MemoryError) as exc:
@@ -177,6 +180,13 @@ class JobRunner:
             for inst in stored.instances
             if non_image_sop_class(inst.sop_class_uid) is None
         ]
+        missing = [f.path for f in files if not f.path.is_file()]
+        if missing:
+            raise SpoolFileMissing(
+                f"{len(missing)} of {len(files)} file(s) of series {stored.series_instance_uid} "
+                f"are not visible on this host (e.g. {missing[0]}): the spool folder "
+                f"{self.spool_root} must be the volume the receivers write to"
+            )
         return SeriesFiles(stored.series_instance_uid, stored.modality, files)
 
     def _negative_report(self, job: ClaimedJob) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from pydicom import dcmread
 from sqlalchemy import select
@@ -117,3 +118,49 @@ def test_a_refusal_inside_the_run_skips_the_job_with_its_reason(
     shown = CliRunner().invoke(cli_main, ["-c", str(config), "jobs", "show", str(job_id)])
     assert shown.exit_code == 0, shown.output
     assert "skipped: " in shown.output and "error: " not in shown.output, shown.output
+
+
+def test_a_worker_that_cannot_see_the_spool_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker on a host whose spool folder is not the receivers' volume: the job
+    fails, to be retried, with a message that names the cause (no traceback)."""
+    settings = Settings.model_validate(
+        {
+            "storage": {
+                "spool_dir": str(tmp_path / "spool"),
+                "results_dir": str(tmp_path / "results"),
+                "database_url": f"sqlite:///{tmp_path / 'node.db'}",
+            },
+            "worker": {"retry_base_s": 60},
+            "rules": [{"name": "r", "match": {"Modality": "CT"}, "pipelines": ["ct-lungs"]}],
+        }
+    )
+    db = Database(settings.storage.database_url)
+    db.upgrade()
+    store = ReceivedStore(db, Spool(settings.storage.spool_dir))
+    for n in (1, 2):
+        store.store(
+            InstanceRecord(
+                study_instance_uid="1.2.3",
+                series_instance_uid="1.2.3.4",
+                sop_instance_uid=f"1.2.3.4.{n}",
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                transfer_syntax_uid="1.2.840.10008.1.2.1",
+                modality="CT",
+                attributes={"Modality": "CT"},
+            ),
+            store.spool.write_temp([b"x"]),
+        )
+    (job_id,) = Collector(db, settings).complete("1.2.3.4").job_ids
+    # The worker's host sees another (empty) folder under the same path.
+    for path in store.spool.iter_files():
+        store.spool.absolute(path).unlink()
+    assert run_job(job_id, settings, db) == "queued"  # retried later
+    with db.engine.connect() as conn:
+        status, error = conn.execute(select(Job.status, Job.error).where(Job.id == job_id)).one()
+    assert status == "queued"
+    assert error.startswith("2 of 2 file(s) of series 1.2.3.4 are not visible on this host")
+    assert "must be the volume the receivers write to" in error
+    assert "Traceback" not in caplog.text and not any(r.exc_info for r in caplog.records)
+    db.dispose()
