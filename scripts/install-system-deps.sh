@@ -29,6 +29,8 @@ command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+# redis-server: the Celery tests start a broker of their own to kill and restart it.
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 
 pg_setup=0
 if pg_answers; then

@@ -111,6 +111,8 @@ class NodeProcess:
     ae_title: str = "DICOM_NODE"
     extra: dict[str, Any] | None = None
     database_url: str | None = None
+    roles: str | None = None
+    """``serve --role``; without ``receiver`` the start waits for the roles' log line."""
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -156,15 +158,20 @@ class NodeProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.write_config()
         log = self.log_path.open("ab")
+        role_args = ["--role", self.roles] if self.roles else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dicom_node.cli", "-c", str(self.config_path), "serve"],
+            [sys.executable, "-m", "dicom_node.cli", "-c", str(self.config_path), "serve",
+             *role_args],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
-        )
+        )  # fmt: skip
         log.close()
         try:
-            wait_for_port(self.port, timeout_s, self.proc)
+            if self.roles and "receiver" not in self.roles and self.roles != "all":
+                self._wait_for_log("roles: ", timeout_s)
+            else:
+                wait_for_port(self.port, timeout_s, self.proc)
         except Exception as exc:
             self.kill()
             raise RuntimeError(f"node did not start:\n{self.log()}") from exc
@@ -172,6 +179,16 @@ class NodeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def _wait_for_log(self, text: str, timeout_s: float) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout_s
+        while text not in self.log():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {text!r} in the node's log after {timeout_s} s")
+            time.sleep(0.1)
 
     def terminate(self, timeout_s: float = 30.0) -> int:
         assert self.proc is not None
