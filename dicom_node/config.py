@@ -477,10 +477,19 @@ class WorkerSettings(_Section):
     """How often the collector, the workers and the sender look for work."""
     sc_slices: Literal["mask", "all"] = "mask"
     """Slices of the opt-in secondary-capture overlay: only those with a finding, or all."""
-    executor: Literal["local", "celery"] = "local"
+    executor: str = "local"
     """Where jobs run: ``local``, the ``concurrency`` threads of ``serve``; ``celery``,
     ``dicom-node worker`` processes on any host, fed through ``[celery]``'s broker
-    (:mod:`dicom_node.work.executor`)."""
+    (one of :data:`dicom_node.work.executor.EXECUTORS`)."""
+
+    @field_validator("executor")
+    @classmethod
+    def _known_executor(cls, value: str) -> str:
+        from dicom_node.work.executor import EXECUTORS
+
+        if value not in EXECUTORS:
+            raise ValueError(f"unknown executor {value!r}; known: {', '.join(sorted(EXECUTORS))}")
+        return value
 
 
 class CelerySettings(_Section):

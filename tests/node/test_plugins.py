@@ -1,4 +1,4 @@
-"""A new pipeline, result kind and destination type, each one file and one registration.
+"""A new pipeline, result kind, destination type and executor, each one file and one registration.
 
 The toys of :mod:`tests.support.toy_plugins` are registered for a test,
 go through the configuration, ``write_results``, ``save_datasets`` and
@@ -43,6 +43,7 @@ from tests.results.helpers import make_result
 from tests.support.toy_plugins import (
     BASIC_TEXT_SR_SOP_CLASS_UID,
     FindingCountWriter,
+    InlineExecutor,
     MemoryDestination,
     MemoryDestinationSettings,
 )
@@ -236,3 +237,56 @@ def test_a_new_destination_type_reports_missing_keys(
     cfg.write_text('[[destinations]]\nname = "m"\ntype = "memory"\nbox = "a"\nport = 1\n')
     with pytest.raises(ConfigError, match="port: unknown key"):
         load_settings(cfg)
+
+
+def test_a_new_executor_runs_the_collectors_jobs(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from dicom_node.collect import Collector
+    from dicom_node.work.executor import EXECUTORS, make_executor
+    from storage.db import Database
+    from storage.received import InstanceRecord, ReceivedStore
+    from storage.spool import Spool
+
+    with pytest.raises(ValidationError, match="unknown executor 'inline'"):
+        Settings.model_validate({"worker": {"executor": "inline"}})
+    monkeypatch.setitem(EXECUTORS, "inline", "tests.support.toy_plugins:InlineExecutor")
+    settings = Settings.model_validate(
+        {
+            "storage": {
+                "spool_dir": str(tmp_path / "spool"),
+                "database_url": f"sqlite:///{tmp_path / 'node.db'}",
+            },
+            "worker": {"executor": "inline"},
+            "rules": [{"name": "r", "match": {"Modality": "CT"}, "pipelines": ["no-such-model"]}],
+        }
+    )
+    db = Database(settings.storage.database_url)
+    db.upgrade()
+    store = ReceivedStore(db, Spool(settings.storage.spool_dir))
+    store.store(
+        InstanceRecord(
+            study_instance_uid="1.2.3",
+            series_instance_uid="1.2.3.4",
+            sop_instance_uid="1.2.3.4.5",
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+            modality="CT",
+            attributes={"Modality": "CT"},
+        ),
+        store.spool.write_temp([b"x"]),
+    )
+    executor = make_executor(settings, db)
+    assert isinstance(executor, InlineExecutor)
+    executor.start()
+    try:
+        (job_id,) = Collector(db, settings, on_jobs=executor.wake).complete("1.2.3.4").job_ids
+        deadline = time.monotonic() + 30
+        while not executor.ran and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        executor.stop()
+        db.dispose()
+    assert executor.ran == [(job_id, "failed")]  # claimed and run once: no such pipeline

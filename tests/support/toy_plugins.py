@@ -1,4 +1,4 @@
-"""A toy pipeline, a toy result kind and a toy destination type, each in this one file.
+"""A toy pipeline, result kind, destination type and executor, each in this one file.
 
 They show what an extension needs: a pipeline is a
 :class:`ai_models.pipelines.Pipeline` subclass with ``name``, ``modalities``,
@@ -6,7 +6,9 @@ They show what an extension needs: a pipeline is a
 result kind is a class with ``kind``, ``sop_class_uid``, ``series_number``,
 ``applies`` and ``write`` (:class:`dicom_node.results.writer.ResultWriter`); a destination type is a
 settings model and a class with ``send`` and ``echo``
-(:class:`dicom_node.deliver.destinations.base.Destination`).  The tests register
+(:class:`dicom_node.deliver.destinations.base.Destination`); an executor is a
+class with ``start``, ``wake`` and ``stop`` that runs jobs through
+:func:`dicom_node.work.worker.run_job`.  The tests register
 them for a while (a built-in one would be a line in the registry).
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import highdicom as hd
 import numpy as np
@@ -130,3 +132,38 @@ class MemoryDestination:
 
     def echo(self) -> float:
         return 0.0
+
+
+class InlineExecutor:
+    """A toy executor: runs each due job in one thread of its own, through ``run_job``
+    (:class:`dicom_node.work.executor.JobExecutor`)."""
+
+    def __init__(self, settings: Any, db: Any, on_idle: Any = None) -> None:
+        import threading
+
+        self.settings, self.db = settings, db
+        self.ran: list[tuple[int, str]] = []
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout_s)
+
+    def _loop(self) -> None:
+        from dicom_node.work.worker import run_job
+        from storage.dispatch import due_jobs
+
+        while not self._stop.is_set():
+            for job in due_jobs(self.db):
+                self.ran.append((job.id, run_job(job.id, self.settings, self.db)))
+            self._wake.wait(0.2)
+            self._wake.clear()
