@@ -361,6 +361,9 @@ class ModelSettings(_Section):
     description: str = ""
     modalities: list[str] = Field(default_factory=list)
     version: str = "1"
+    gpu_memory_mb: Annotated[int, Field(ge=0)] = 4096
+    """The most GPU memory one run of the model needs (MiB): a worker on a GPU
+    starts its jobs only while this fits (measure it on the site's GPU)."""
     spacing_mm: tuple[float, float, float] | None = None
     orientation: Literal["source", "LPS", "RAS"] = "source"
     normalization: Literal["window", "zscore", "none"] = "window"
@@ -444,6 +447,7 @@ class ModelSettings(_Section):
             description=self.description,
             modalities=tuple(self.modalities),
             version=self.version,
+            gpu_memory_mb=self.gpu_memory_mb,
             spacing_mm=self.spacing_mm,
             orientation=self.orientation,
             normalization=self.normalization,
@@ -477,6 +481,9 @@ class WorkerSettings(_Section):
     """How often the collector, the workers and the sender look for work."""
     sc_slices: Literal["mask", "all"] = "mask"
     """Slices of the opt-in secondary-capture overlay: only those with a finding, or all."""
+    gpu_headroom_mb: Annotated[int, Field(ge=0)] = 1024
+    """GPU memory a worker keeps free besides what its jobs' pipelines declare
+    (``gpu_memory_mb``): the CUDA context, allocator caches, other users."""
     executor: str = "local"
     """Where jobs run: ``local``, the ``concurrency`` threads of ``serve``; ``celery``,
     ``dicom-node worker`` processes on any host, fed through ``[celery]``'s broker

@@ -106,6 +106,9 @@ class Pipeline(abc.ABC):  # noqa: B024 (a template: every hook has a default)
     """DICOM Modality values accepted (empty: any)."""
     version: str = "0"
     """Algorithm version (TID 4019)."""
+    gpu_memory_mb: int = 2048
+    """The most GPU memory one run needs (MiB): a worker on a GPU starts a job only
+    when this fits (:mod:`dicom_node.work.gpu_memory`); 0 bounds nothing."""
     source: str = "built-in"
 
     @classmethod

@@ -128,6 +128,9 @@ class SegmentationSpec:
         Accepted Modality values.
     version:
         Algorithm version reported in TID 4019.
+    gpu_memory_mb:
+        The most GPU memory one run needs (MiB; a worker on a GPU waits until
+        it fits).
     spacing_mm:
         Resample to this spacing (in the axis order of ``orientation``)
         before inference; ``None`` keeps the source spacing.
@@ -157,6 +160,7 @@ class SegmentationSpec:
     description: str = ""
     modalities: tuple[str, ...] = ()
     version: str = "1"
+    gpu_memory_mb: int = 4096
     spacing_mm: tuple[float, float, float] | None = None
     orientation: str = "source"
     normalization: str = "window"
@@ -234,6 +238,7 @@ class ConfiguredSegmentationPipeline(Pipeline):
         self.description = spec.description or f"site segmentation model ({spec.kind})"
         self.modalities = tuple(spec.modalities)
         self.version = spec.version
+        self.gpu_memory_mb = spec.gpu_memory_mb
 
     def check(self, volume: Volume) -> None:
         """Modality and minimum slice count."""

@@ -417,6 +417,7 @@ class CxrFindingsPipeline(Pipeline):
     )
     modalities = RADIOGRAPH_MODALITIES
     version = VERSION
+    gpu_memory_mb = 1024  # ResNet-10 on one radiograph, with Grad-CAM
 
     def __init__(
         self,

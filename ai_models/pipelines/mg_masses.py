@@ -402,6 +402,7 @@ class MgMassesPipeline(Pipeline):
     )
     modalities = MODALITIES
     version = VERSION
+    gpu_memory_mb = 1536  # the detector on one mammogram
 
     def __init__(
         self,

@@ -31,6 +31,7 @@ from typing import Any
 from dicom_node.config import Settings
 from dicom_node.errors import SpoolFileMissing
 from dicom_node.results import PreviousVersion, kind_of, nothing_to_report
+from dicom_node.work.gpu_memory import GpuMemoryGate, GpuMemoryTooSmall
 from dicom_node.work.series_run import ResultOptions, SeriesFiles, run_series
 from storage.db import Database
 from storage.durability import fsync_path
@@ -72,6 +73,9 @@ class JobRunner:
         self._pipelines: dict[str, Any] = {}
         self._pipeline_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+        self.gpu = GpuMemoryGate(
+            settings.worker.device, headroom_mb=settings.worker.gpu_headroom_mb
+        )
 
     # -- pipelines -------------------------------------------------------------
     def _pipeline(self, name: str) -> tuple[Any, threading.Lock]:
@@ -126,6 +130,8 @@ class JobRunner:
         except UnknownPipelineError as exc:
             return self._fail(job, f"{exc}", timings, retryable=False)
         except SpoolFileMissing as exc:  # a shared volume not mounted (yet): try again later
+            return self._fail(job, f"{exc}", timings, retryable=True)
+        except GpuMemoryTooSmall as exc:  # another worker's GPU may be larger
             return self._fail(job, f"{exc}", timings, retryable=True)
         except (VolumeError, PipelineNotApplicable) as exc:  # pragma: no cover - per series
             return self._fail(job, f"{type(exc).__name__}: {exc}", timings, retryable=False)
@@ -222,7 +228,11 @@ class JobRunner:
             negative_report=negative_report,
         )
         folder = self.results_root / f"job-{job.id}"
-        run = run_series(pipeline, series, options, folder, lock=lock)
+        need = int(getattr(pipeline, "gpu_memory_mb", 0) or 0)
+        with self.gpu.hold(need, f"job {job.id} ({job.pipeline})") as waited:
+            if waited:
+                _add(timings, "gpu_wait", waited)
+            run = run_series(pipeline, series, options, folder, lock=lock)
         for stage, seconds in run.timings.items():
             _add(timings, stage, seconds)
         if run.skipped is not None or run.result is None:
