@@ -205,6 +205,15 @@ class StorageSettings(_Section):
     """fsync each received file before acknowledging it (turn off only for tests)."""
     results_dir: Path = Path("var/results")
     """Result objects (SEG, SR, SC) wait here until every delivery is done."""
+    shared_spool: bool = False
+    """The spool is a volume that receivers on other hosts (or other ports) write to
+    as well (``serve --role receiver`` on several hosts): each receiver keeps its
+    unfinished files in a temporary folder of its own (``.tmp/<host>-<port>``), and
+    the start-up reconciliation leaves spool files younger than
+    ``reconcile_min_age_s`` alone (another receiver may be committing them)."""
+    reconcile_min_age_s: Annotated[float, Field(ge=0)] = 600.0
+    """With ``shared_spool``: how old a spool file without a database row must be
+    before a starting receiver registers or quarantines it."""
 
     @field_validator("database_url")
     @classmethod

@@ -85,7 +85,8 @@ class Node:
     ) -> None:
         self.settings = settings
         self.roles = roles
-        self.store = open_store(settings)
+        # Only a receiver cleans its temporary files and reconciles the spool.
+        self.store = open_store(settings, clean_temp="receiver" in roles)
         db = self.store.db
         self._stop = threading.Event()
         self.scp: StorageSCP | None = None

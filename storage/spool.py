@@ -118,13 +118,23 @@ class Spool:
         :class:`~storage.durability.DurabilityBarrier` flushes instead.
     min_free_bytes:
         Free-space watermark used by :meth:`has_room_for`.
+    temp_name:
+        A temporary folder of this writer's own, ``.tmp/<temp_name>`` (a spool
+        several receivers share); ``None``: ``.tmp`` itself.
     """
 
-    def __init__(self, root: Path, *, fsync: bool = True, min_free_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        fsync: bool = True,
+        min_free_bytes: int = 0,
+        temp_name: str | None = None,
+    ) -> None:
         self.root = Path(root)
         self.fsync = fsync
         self.min_free_bytes = min_free_bytes
-        self.tmp_dir = self.root / ".tmp"
+        self.tmp_dir = self.root / ".tmp" / temp_name if temp_name else self.root / ".tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._free_lock = threading.Lock()
         self._free_checked_at = 0.0

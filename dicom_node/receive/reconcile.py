@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from dicom_node.errors import StoreRejected
 from dicom_node.protocol.file_meta import read_file_meta
@@ -36,13 +37,17 @@ class ReconcileSummary:
     registered: int = 0
     duplicates: int = 0
     quarantined: int = 0
+    young: int = 0
+    """Files without a row left alone: younger than ``min_age_s``."""
     seconds: float = 0.0
 
 
-def reconcile_spool(store: ReceivedStore) -> ReconcileSummary:
+def reconcile_spool(store: ReceivedStore, *, min_age_s: float = 0.0) -> ReconcileSummary:
     """Give every spool file without a database row a row, or quarantine it.
 
-    Run only while nothing receives (the main process, before listening).
+    Run only while nothing receives (the main process, before listening), or,
+    on a spool other receivers share, with *min_age_s*: files modified more
+    recently than that are left alone (their receiver may be committing them).
     An orphan whose instance is recorded elsewhere (same SOP Instance UID,
     another path) is handled like a re-sent instance: ``duplicate_policy``
     decides, and a copy that is not kept is removed.
@@ -54,6 +59,9 @@ def reconcile_spool(store: ReceivedStore) -> ReconcileSummary:
     for rel in spool.iter_files():
         summary.files += 1
         if rel in known:
+            continue
+        if min_age_s and _age_s(spool.absolute(rel)) < min_age_s:
+            summary.young += 1
             continue
         summary.orphans += 1
         try:
@@ -94,7 +102,7 @@ def reconcile_spool(store: ReceivedStore) -> ReconcileSummary:
     log = LOGGER.warning if summary.orphans else LOGGER.info
     log(
         "spool reconciled in %.1f s: %d file(s), %d without a database row: %d registered, "
-        "%d already recorded elsewhere, %d quarantined (in %s/)",
+        "%d already recorded elsewhere, %d quarantined (in %s/)%s",
         summary.seconds,
         summary.files,
         summary.orphans,
@@ -102,5 +110,14 @@ def reconcile_spool(store: ReceivedStore) -> ReconcileSummary:
         summary.duplicates,
         summary.quarantined,
         QUARANTINE_DIR,
+        f"; {summary.young} younger than {min_age_s:g} s left alone" if summary.young else "",
     )
     return summary
+
+
+def _age_s(path: Path) -> float:
+    """Seconds since *path* was last modified (0 when it is gone)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from dicom_node.config import Settings
 from dicom_node.receive.reconcile import reconcile_spool
 from storage.db import Database
@@ -23,9 +25,12 @@ def open_store(
     ``fsync`` calls; where ``syncfs`` is missing, files are fsync'd one by one
     and SQLite commits with ``synchronous=FULL``.
 
-    ``clean_temp`` (only the main process, before anyone receives) also
-    removes unfinished temporary files and reconciles the spool with the
-    database (:func:`~dicom_node.receive.reconcile.reconcile_spool`).
+    ``clean_temp`` (only a receiver's main process, before it receives) also
+    removes its unfinished temporary files and reconciles the spool with the
+    database (:func:`~dicom_node.receive.reconcile.reconcile_spool`).  With
+    ``[storage] shared_spool`` the temporary files are this receiver's own
+    (``.tmp/<host>-<port>``) and spool files younger than
+    ``reconcile_min_age_s`` are left to the receiver that may be committing them.
     """
     durable = settings.storage.fsync
     use_barrier = durable and syncfs_available()
@@ -35,10 +40,12 @@ def open_store(
     )
     if upgrade:
         db.upgrade()
+    shared = settings.storage.shared_spool
     spool = Spool(
         settings.storage.spool_dir,
         fsync=durable and not use_barrier,
         min_free_bytes=settings.storage.min_free_disk_mb * 2**20,
+        temp_name=f"{socket.gethostname()}-{settings.node.port}" if shared else None,
     )
     if clean_temp:  # only the main process, before anyone receives
         spool.clean_temp()
@@ -52,5 +59,5 @@ def open_store(
         db, spool, DuplicateAction(settings.node.duplicate_policy.value), barrier=barrier
     )
     if clean_temp:
-        reconcile_spool(store)
+        reconcile_spool(store, min_age_s=settings.storage.reconcile_min_age_s if shared else 0.0)
     return store

@@ -240,7 +240,11 @@ def test_two_receivers_two_workers_one_sender(
     one receiver process and half to another at the same time; two ``dicom-node worker``
     processes and one collector + sender.  Each series completes once, each job runs
     once, each result object reaches Orthanc once."""
-    shared = {"spool_dir": str(tmp_path / "spool"), "results_dir": str(tmp_path / "results")}
+    shared = {
+        "spool_dir": str(tmp_path / "spool"),
+        "results_dir": str(tmp_path / "results"),
+        "shared_spool": True,
+    }
     extra = node_extra(broker, orthanc=orthanc_server, storage=shared)
     receivers = [
         NodeProcess(
