@@ -19,7 +19,13 @@ import torch
 
 from ai_models.runtime import file_sha256
 
-__all__ = ["load_initial_weights", "save_state_dict", "seed_torch", "write_sidecar"]
+__all__ = [
+    "load_initial_weights",
+    "save_state_dict",
+    "seed_torch",
+    "training_environment",
+    "write_sidecar",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +69,42 @@ def save_state_dict(
     return state
 
 
+def training_environment() -> dict[str, str]:
+    """What the weights' bits depend on besides the command: library versions and the
+    CPU (float results differ between instruction sets, so a rerun on another CPU
+    model gives close, not identical, weights)."""
+    import platform
+
+    import numpy as np
+
+    cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                cpu = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "cpu": cpu,
+        "cpu_simd": " ".join(simd) or "unknown",
+    }
+
+
 def write_sidecar(
     path: pathlib.Path, meta: dict[str, Any], weights: pathlib.Path
 ) -> dict[str, Any]:
-    """Write *meta* plus the sha256 of *weights* as the sidecar JSON at *path*."""
-    meta = {**meta, "sha256": file_sha256(weights)}
+    """Write *meta*, the :func:`training_environment` and the sha256 of *weights* as the
+    sidecar JSON at *path*."""
+    meta = {**meta, "environment": training_environment(), "sha256": file_sha256(weights)}
     path.write_text(json.dumps(meta, indent=2) + "\n")
     logger.info(
         "wrote %s (%.1f MB), sha256 %s", weights, weights.stat().st_size / 1e6, meta["sha256"]

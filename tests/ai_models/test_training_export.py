@@ -68,4 +68,5 @@ def test_float16_export_and_fine_tune_start(tmp_path: Path) -> None:
     assert load_initial_weights(again, None) is None
     meta = write_sidecar(tmp_path / "w.json", {"name": "toy"}, tmp_path / "w.pt")
     assert json.loads((tmp_path / "w.json").read_text()) == meta
-    assert list(meta) == ["name", "sha256"] and meta["sha256"] == sha
+    assert list(meta) == ["name", "environment", "sha256"] and meta["sha256"] == sha
+    assert set(meta["environment"]) == {"python", "torch", "numpy", "cpu", "cpu_simd"}
