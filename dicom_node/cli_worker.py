@@ -41,7 +41,7 @@ def consumable_queues(requested: list[str], default_queue: str, cuda: bool) -> l
     "-Q",
     default="",
     help="Comma-separated Celery queues to consume (default: gpu when CUDA is usable, "
-    "and [celery] default_queue).",
+    "[celery] default_queue and deliver_queue).",
 )
 @click.option(
     "--concurrency",
@@ -72,6 +72,8 @@ def worker(ctx: click.Context, queues: str, concurrency: int, pool: str) -> None
     settings = ctx.obj.settings()
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
     consumed = consumable_queues(wanted, settings.celery.default_queue, _cuda_available())
+    if not wanted and settings.celery.deliver_queue:
+        consumed.append(settings.celery.deliver_queue)
     if not consumed:
         click.echo("error: no queue left to consume on this host", err=True)
         sys.exit(2)

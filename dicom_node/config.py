@@ -522,6 +522,10 @@ class CelerySettings(_Section):
     from the environment (``DICOM_NODE_CELERY__BROKER_URL``) when it holds a password."""
     default_queue: QueueName = "cpu"
     """The queue of jobs whose rule names none."""
+    deliver_queue: QueueName | None = None
+    """Set (e.g. ``"deliver"``): deliveries too are handed to ``dicom-node worker``
+    processes consuming this queue (``--queues deliver``), so that sending runs on
+    other hosts; unset, a ``sender`` role of ``serve`` sends them."""
     republish_after_s: Annotated[float, Field(ge=1)] = 60.0
     """A job still due this long after its message was published is published again."""
     visibility_timeout_s: Annotated[float, Field(ge=60)] = 3600.0

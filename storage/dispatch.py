@@ -1,4 +1,4 @@
-"""Which jobs are due, for executors that hand them to workers elsewhere.
+"""Which jobs and deliveries are due, for executors that hand them to workers elsewhere.
 
 The Celery executor (:mod:`dicom_node.work.celery_executor`) publishes the
 ids these queries return; the worker that receives one still claims the job
@@ -13,10 +13,10 @@ from datetime import datetime
 from sqlalchemy import select
 
 from storage.db import Database
-from storage.jobs import JobQueue
-from storage.models import Job, utcnow
+from storage.jobs import DeliveryQueue, JobQueue
+from storage.models import Delivery, Job, utcnow
 
-__all__ = ["DueJob", "due_jobs"]
+__all__ = ["DueJob", "due_destinations", "due_jobs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,3 +41,16 @@ def due_jobs(db: Database, now: datetime | None = None, limit: int = 500) -> lis
     )
     with db.engine.connect() as conn:
         return [DueJob(r.id, r.rule, r.pipeline, r.attempts) for r in conn.execute(query)]
+
+
+def due_destinations(db: Database, now: datetime | None = None) -> list[str]:
+    """Destinations with deliveries a sender may claim at *now*, by name."""
+    now = now or utcnow()
+    query = (
+        select(Delivery.destination)
+        .where(DeliveryQueue.due(now))
+        .group_by(Delivery.destination)
+        .order_by(Delivery.destination)
+    )
+    with db.engine.connect() as conn:
+        return [str(name) for name in conn.execute(query).scalars()]

@@ -734,7 +734,8 @@ class DeliveryQueue:
         self.kind_order = {kind: i for i, kind in enumerate(kind_order)}
 
     @staticmethod
-    def _due(now: datetime) -> Any:
+    def due(now: datetime) -> Any:
+        """Deliveries a sender may claim at *now*: pending, due, and not leased."""
         return and_(
             Delivery.status == DeliveryStatus.PENDING.value,
             Delivery.next_attempt_at <= now,
@@ -742,20 +743,26 @@ class DeliveryQueue:
         )
 
     def claim_batch(
-        self, owner: str, limit: int = 256, now: datetime | None = None
+        self,
+        owner: str,
+        limit: int = 256,
+        now: datetime | None = None,
+        *,
+        destination: str | None = None,
     ) -> list[ClaimedDelivery]:
-        """Lease up to *limit* due deliveries of one destination (the longest waiting).
+        """Lease up to *limit* due deliveries of one destination (the longest waiting,
+        or *destination*).
 
         They come in job order and, within a job, in ``kind_order``.
         """
         now = now or utcnow()
         kind_order = self.kind_order
         with self.db.engine.begin() as conn:
+            pick = select(Delivery.destination).where(self.due(now))
+            if destination is not None:
+                pick = pick.where(Delivery.destination == destination)
             first = conn.execute(
-                select(Delivery.destination)
-                .where(self._due(now))
-                .order_by(Delivery.next_attempt_at, Delivery.id)
-                .limit(1)
+                pick.order_by(Delivery.next_attempt_at, Delivery.id).limit(1)
             ).scalar_one_or_none()
             if first is None:
                 return []
@@ -771,7 +778,7 @@ class DeliveryQueue:
                     Result.job_id,
                 )
                 .join(Result, Result.id == Delivery.result_id)
-                .where(self._due(now), Delivery.destination == first)
+                .where(self.due(now), Delivery.destination == first)
                 .order_by(Result.job_id, Delivery.id)
                 .limit(limit)
             ).all()
@@ -779,7 +786,7 @@ class DeliveryQueue:
             for row in rows:
                 won = conn.execute(
                     update(Delivery)
-                    .where(Delivery.id == row.id, self._due(now))
+                    .where(Delivery.id == row.id, self.due(now))
                     .values(lease_owner=owner, lease_expires_at=now + self.lease)
                 ).rowcount
                 if won == 1:

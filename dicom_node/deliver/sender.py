@@ -98,9 +98,10 @@ class Sender:
         if self._thread is not None:
             self._thread.join(timeout=timeout_s)
 
-    def run_once(self) -> int:
-        """Claim and send one batch; returns how many deliveries it handled."""
-        items = self.queue.claim_batch(self.owner)
+    def run_once(self, destination: str | None = None) -> int:
+        """Claim and send one batch (of *destination*, or of the longest waiting one);
+        returns how many deliveries it handled."""
+        items = self.queue.claim_batch(self.owner, destination=destination)
         if not items:
             return 0
         dest = next((d for d in self.settings.destinations if d.name == items[0].destination), None)

@@ -1,4 +1,4 @@
-"""The node's Celery application: one task, ``dicom_node.run_job(job_id)``.
+"""The node's Celery application: the tasks ``dicom_node.run_job`` and ``dicom_node.deliver``.
 
 ``serve`` publishes due job ids with it (:mod:`dicom_node.work.celery_executor`)
 and ``dicom-node worker`` consumes them.  A message is only a hint that a job
@@ -22,12 +22,14 @@ if TYPE_CHECKING:
     from dicom_node.config import Settings
     from storage.db import Database
 
-__all__ = ["RUN_JOB", "make_app"]
+__all__ = ["DELIVER", "RUN_JOB", "make_app"]
 
 LOGGER = logging.getLogger(__name__)
 
 RUN_JOB = "dicom_node.run_job"
-"""The task's name, as published."""
+"""The job task's name, as published."""
+DELIVER = "dicom_node.deliver"
+"""The delivery task's name (with ``[celery] deliver_queue``)."""
 
 _databases: dict[int, Database] = {}
 _lock = threading.Lock()
@@ -64,6 +66,22 @@ def make_app(settings: Settings) -> Celery:
         accept_content=["json"],
         broker_transport_options={"visibility_timeout": conf.visibility_timeout_s},
     )
+
+    @app.task(name=DELIVER)
+    def deliver_task(destination: str) -> int:
+        from dicom_node.deliver.sender import Sender
+
+        # Every pass claims a batch in the database; another copy of the message
+        # or another worker finds nothing left.  Bounded: a message per batch run.
+        sender = Sender(settings, _database(settings))
+        handled = 0
+        for _ in range(64):
+            n = sender.run_once(destination)
+            if not n:
+                break
+            handled += n
+        LOGGER.info("deliveries to %s: %d handled", destination, handled)
+        return handled
 
     @app.task(name=RUN_JOB)
     def run_job_task(job_id: int) -> str:

@@ -9,6 +9,11 @@ been lost with a broker restart, or its worker may have died.  Publishing
 twice is harmless, since the worker claims the job in the database first
 (:mod:`dicom_node.work.celery_app`).  A job due again after an attempt (a
 retry, or a lease taken over from a dead worker) is published at once.
+
+With ``[celery] deliver_queue`` the same thread publishes, for each
+destination with due deliveries, a ``dicom_node.deliver(destination)``
+message; the worker that takes it sends batches claimed in the database, as
+the ``sender`` role would.
 """
 
 from __future__ import annotations
@@ -19,13 +24,16 @@ import time
 from collections.abc import Callable
 
 from dicom_node.config import Settings
-from dicom_node.work.celery_app import RUN_JOB, make_app
+from dicom_node.work.celery_app import DELIVER, RUN_JOB, make_app
 from storage.db import Database
-from storage.dispatch import DueJob, due_jobs
+from storage.dispatch import DueJob, due_destinations, due_jobs
 
 __all__ = ["CeleryExecutor"]
 
 LOGGER = logging.getLogger(__name__)
+
+# Publishing retries a broken connection briefly; the loop retries after that.
+_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
 
 
 class CeleryExecutor:
@@ -48,6 +56,8 @@ class CeleryExecutor:
         self._queues = {r.name: r.queue for r in settings.rules if r.queue}
         # (job id, attempts) -> when its message was published (monotonic seconds)
         self._published: dict[tuple[int, int], float] = {}
+        # destination -> when its deliveries were last published
+        self._destinations: dict[str, float] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -97,7 +107,7 @@ class CeleryExecutor:
                 args=[job.id],
                 queue=queue,
                 retry=True,
-                retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+                retry_policy=_RETRY,
             )
             self._published[key] = now
             sent += 1
@@ -110,11 +120,34 @@ class CeleryExecutor:
             )
         return sent
 
+    def publish_deliveries(self) -> int:
+        """With ``[celery] deliver_queue``: publish each destination that has due
+        deliveries (again after ``republish_after_s`` while it still has); returns how many."""
+        queue = self.settings.celery.deliver_queue
+        if queue is None:
+            return 0
+        now = time.monotonic()
+        again = self.settings.celery.republish_after_s
+        due = due_destinations(self.db)
+        self._destinations = {d: t for d, t in self._destinations.items() if d in due}
+        sent = 0
+        for name in due:
+            last = self._destinations.get(name)
+            if last is not None and now - last < again:
+                continue
+            self.app.send_task(DELIVER, args=[name], queue=queue, retry=True,
+                               retry_policy=_RETRY)  # fmt: skip
+            self._destinations[name] = now
+            sent += 1
+            LOGGER.info("deliveries to %s published to queue %s", name, queue)
+        return sent
+
     def _loop(self) -> None:
         poll = self.settings.worker.poll_interval_s
         while not self._stop.is_set():
             try:
                 self.publish_due()
+                self.publish_deliveries()
                 if self._broker_down:
                     LOGGER.info("Celery broker reachable again")
                     self._broker_down = False

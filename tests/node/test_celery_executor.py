@@ -315,10 +315,13 @@ def test_two_receivers_two_workers_one_sender(
 
 def test_a_job_of_a_killed_worker_is_taken_over(redis_broker: Broker, tmp_path: Path) -> None:
     """SIGKILL the worker in the middle of a job: once its lease runs out the job is
-    published again and another worker finishes it."""
+    published again and another worker finishes it.  No sender role runs: with
+    ``[celery] deliver_queue`` the worker sends the results too."""
     broker = redis_broker
     outbox = tmp_path / "outbox"
-    node = NodeProcess(tmp_path / "node", free_port(), extra=node_extra(broker, outbox, lease_s=4))
+    extra = node_extra(broker, outbox, lease_s=4)
+    extra["celery"]["deliver_queue"] = f"{broker.queue}-deliver"
+    node = NodeProcess(tmp_path / "node", free_port(), extra=extra, roles="receiver,collector")
     with node:
         first = WorkerProcess(node, "--pool", "solo")
         push_chest_ct(node, tmp_path / "ct")
@@ -335,12 +338,17 @@ def test_a_job_of_a_killed_worker_is_taken_over(redis_broker: Broker, tmp_path: 
             ((_, status, attempts, error),) = jobs_of(db)
             assert (status, attempts) == ("succeeded", 2), error
             assert result_count(db) == 2
+            wait_for("SEG and SR sent", lambda: len(list(outbox.rglob("*.dcm"))) == 2, 120)
+            wait_for("the deliveries recorded", lambda: [d.status for d in deliveries_of(db)]
+                     == ["sent", "sent"], 60)  # fmt: skip
         finally:
             db.dispose()
             second.stop()
     assert "job 1 (ct-lungs) published to queue" in node.log()
+    assert f"deliveries to outbox published to queue {broker.queue}-deliver" in node.log()
     assert second.log().count("job 1 started") == 1
     assert "taken over" in second.log() or "lease expired" in second.log(), second.log()
+    assert "deliveries to outbox: 2 handled" in second.log(), second.log()
 
 
 class PrivateRedis:
