@@ -165,6 +165,9 @@ def analyze_paths(
         entry.findings = len(run.result.findings)
         logger.info(
             "series analysed: %d segment(s), %d finding(s), %d file(s) in %.2f s",
-            entry.segments, entry.findings, len(entry.files), entry.total_s,
+            entry.segments,
+            entry.findings,
+            len(entry.files),
+            entry.total_s,
         )
     return report
