@@ -16,7 +16,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -41,6 +41,9 @@ DuplicateRow = IntegrityError
 LOGGER = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+#: The PostgreSQL advisory lock key of schema upgrades ("dicomnod" in ASCII).
+_UPGRADE_LOCK = 0x6469636F6D6E6F64
 
 
 def _sqlite_pragmas(synchronous: str) -> Any:
@@ -122,9 +125,16 @@ class Database:
         return cfg
 
     def upgrade(self, revision: str = "head") -> None:
-        """Bring the schema to *revision* with Alembic (idempotent)."""
+        """Bring the schema to *revision* with Alembic (idempotent).
+
+        On PostgreSQL the upgrade holds a transaction-level advisory lock, so
+        processes starting together (receivers, workers, a migration job)
+        upgrade one after the other: the later ones find the schema current.
+        """
         cfg = self._alembic_config()
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _UPGRADE_LOCK})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
 
