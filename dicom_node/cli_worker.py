@@ -18,6 +18,10 @@ GPU_QUEUE = "gpu"
 
 
 def _cuda_available() -> bool:
+    """Whether CUDA is usable, asked through NVML so that CUDA is not initialised in
+    this process: Celery's prefork pool forks it, and a forked child cannot use a
+    CUDA context its parent created."""
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     try:
         import torch
     except ImportError:
