@@ -27,8 +27,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,13 +188,33 @@ def send(
     ]
     errors = []
     for p in procs:
-        _, err = p.communicate(600)
+        _, err = p.communicate(timeout=600)
         if p.returncode != 0:
             errors.append(err.decode(errors="replace")[-500:])
     elapsed = time.perf_counter() - t0
     if errors:
         raise RuntimeError("storescu failed:\n" + "\n".join(errors))
     return elapsed
+
+
+def timed_send(
+    factory: Callable[[Path], AbstractContextManager[tuple[int, str]]],
+    work: Path,
+    files: list[Path],
+    associations: int,
+    env: dict[str, str] = ENV,
+) -> float:
+    """Start a fresh receiver in *work* (a new folder), send *files* to it, stop it.
+
+    Every run starts with nothing dirty in the page cache (``sync``), so that no
+    receiver pays for writing back what the previous one wrote; start-up is not
+    timed.  Received data stays: deleting thousands of files between runs would
+    make the next receiver wait for the discards.
+    """
+    work.mkdir(parents=True)
+    with factory(work) as (port, aet):
+        os.sync()
+        return send(port, aet, files, associations, env=env)
 
 
 @dataclass
@@ -260,14 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                 times = []
                 for run in range(args.runs):
                     work = base / "run" / f"{rname}-{sname}-{assoc}-{run}".replace(" ", "_")
-                    work.mkdir(parents=True)
-                    with factory(work) as (port, aet):
-                        # Start every run with nothing dirty in the page cache, so that no
-                        # receiver pays for writing back what the previous one wrote.
-                        os.sync()
-                        times.append(send(port, aet, files, assoc))
-                    # Received data stays until the end: deleting thousands of files
-                    # here would make the next receiver wait for the discards.
+                    times.append(timed_send(factory, work, files, assoc))
                 t = statistics.median(times)
                 rows.append(Row(rname, sname, assoc, t, len(files), mb))
                 console.print(f"  {rname:22s} {sname:18s} x{assoc}: {t:6.2f} s")
@@ -318,10 +331,7 @@ def nagle_table(console: Console, base: Path, receivers: dict[str, object]) -> N
         table.add_column(col, justify="left" if col == "receiver" else "right")
     for rname, factory in receivers.items():
         work = base / "run" / f"nagle-{rname}".replace(" ", "_")
-        work.mkdir(parents=True)
-        with factory(work) as (port, aet):  # type: ignore[operator]
-            os.sync()
-            seconds = send(port, aet, files, 1, env=NAGLE_ENV)
+        seconds = timed_send(factory, work, files, 1, env=NAGLE_ENV)  # type: ignore[arg-type]
         table.add_row(rname, f"{seconds:.2f}", f"{len(files) / seconds:.0f}")
         console.print(f"  {rname:22s} nagle sender: {seconds:6.2f} s")
     console.print(table)
