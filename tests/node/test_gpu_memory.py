@@ -14,13 +14,10 @@ import pytest
 from sqlalchemy import select
 
 from dicom_node.collect import Collector
-from dicom_node.config import Settings
 from dicom_node.work.gpu_memory import GpuMemoryGate, GpuMemoryTooSmall
 from dicom_node.work.worker import JobRunner, job_queue
-from storage.db import Database
 from storage.models import Job
-from storage.received import InstanceRecord, ReceivedStore
-from storage.spool import Spool
+from tests.support.ct_series import SERIES_UID, stored_ct_series
 
 GiB = 2**30
 
@@ -125,33 +122,10 @@ def test_a_job_larger_than_the_device_is_refused_with_the_figures() -> None:
 
 
 def test_a_job_that_cannot_fit_is_retried_with_the_reason(tmp_path: Path) -> None:
-    settings = Settings.model_validate(
-        {
-            "storage": {
-                "spool_dir": str(tmp_path / "spool"),
-                "results_dir": str(tmp_path / "results"),
-                "database_url": f"sqlite:///{tmp_path / 'node.db'}",
-            },
-            "worker": {"device": "cpu", "retry_base_s": 60},
-            "rules": [{"name": "r", "match": {"Modality": "CT"}, "pipelines": ["ct-lungs"]}],
-        }
+    settings, db, _ = stored_ct_series(
+        tmp_path, "ct-lungs", worker={"device": "cpu", "retry_base_s": 60}
     )
-    db = Database(settings.storage.database_url)
-    db.upgrade()
-    store = ReceivedStore(db, Spool(settings.storage.spool_dir))
-    store.store(
-        InstanceRecord(
-            study_instance_uid="1.2.3",
-            series_instance_uid="1.2.3.4",
-            sop_instance_uid="1.2.3.4.5",
-            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-            transfer_syntax_uid="1.2.840.10008.1.2.1",
-            modality="CT",
-            attributes={"Modality": "CT"},
-        ),
-        store.spool.write_temp([b"x"]),
-    )
-    (job_id,) = Collector(db, settings).complete("1.2.3.4").job_ids
+    (job_id,) = Collector(db, settings).complete(SERIES_UID).job_ids
     queue = job_queue(settings, db)
     runner = JobRunner(settings, db, queue)
     runner.gpu = GpuMemoryGate("cuda:0", mem_get_info=FakeDevice(2).mem_get_info)

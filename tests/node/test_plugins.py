@@ -246,43 +246,17 @@ def test_a_new_executor_runs_the_collectors_jobs(
 
     from dicom_node.collect import Collector
     from dicom_node.work.executor import EXECUTORS, make_executor
-    from storage.db import Database
-    from storage.received import InstanceRecord, ReceivedStore
-    from storage.spool import Spool
+    from tests.support.ct_series import SERIES_UID, stored_ct_series
 
     with pytest.raises(ValidationError, match="unknown executor 'inline'"):
         Settings.model_validate({"worker": {"executor": "inline"}})
     monkeypatch.setitem(EXECUTORS, "inline", "tests.support.toy_plugins:InlineExecutor")
-    settings = Settings.model_validate(
-        {
-            "storage": {
-                "spool_dir": str(tmp_path / "spool"),
-                "database_url": f"sqlite:///{tmp_path / 'node.db'}",
-            },
-            "worker": {"executor": "inline"},
-            "rules": [{"name": "r", "match": {"Modality": "CT"}, "pipelines": ["no-such-model"]}],
-        }
-    )
-    db = Database(settings.storage.database_url)
-    db.upgrade()
-    store = ReceivedStore(db, Spool(settings.storage.spool_dir))
-    store.store(
-        InstanceRecord(
-            study_instance_uid="1.2.3",
-            series_instance_uid="1.2.3.4",
-            sop_instance_uid="1.2.3.4.5",
-            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-            transfer_syntax_uid="1.2.840.10008.1.2.1",
-            modality="CT",
-            attributes={"Modality": "CT"},
-        ),
-        store.spool.write_temp([b"x"]),
-    )
+    settings, db, _ = stored_ct_series(tmp_path, "no-such-model", worker={"executor": "inline"})
     executor = make_executor(settings, db)
     assert isinstance(executor, InlineExecutor)
     executor.start()
     try:
-        (job_id,) = Collector(db, settings, on_jobs=executor.wake).complete("1.2.3.4").job_ids
+        (job_id,) = Collector(db, settings, on_jobs=executor.wake).complete(SERIES_UID).job_ids
         deadline = time.monotonic() + 30
         while not executor.ran and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -17,36 +17,13 @@ from storage.db import Database
 from storage.models import Job
 from storage.received import InstanceRecord, ReceivedStore
 from storage.spool import Spool
+from tests.support.ct_series import SERIES_UID, stored_ct_series
 from tests.support.peers import render_config
 
 
 def test_run_job_claims_by_id_and_records_a_permanent_failure(tmp_path: Path) -> None:
-    settings = Settings.model_validate(
-        {
-            "storage": {
-                "spool_dir": str(tmp_path / "spool"),
-                "results_dir": str(tmp_path / "results"),
-                "database_url": f"sqlite:///{tmp_path / 'node.db'}",
-            },
-            "rules": [{"name": "r", "match": {"Modality": "CT"}, "pipelines": ["no-such-model"]}],
-        }
-    )
-    db = Database(settings.storage.database_url)
-    db.upgrade()
-    store = ReceivedStore(db, Spool(settings.storage.spool_dir))
-    store.store(
-        InstanceRecord(
-            study_instance_uid="1.2.3",
-            series_instance_uid="1.2.3.4",
-            sop_instance_uid="1.2.3.4.5",
-            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-            transfer_syntax_uid="1.2.840.10008.1.2.1",
-            modality="CT",
-            attributes={"Modality": "CT"},
-        ),
-        store.spool.write_temp([b"x"]),
-    )
-    (job_id,) = Collector(db, settings).complete("1.2.3.4").job_ids
+    settings, db, _ = stored_ct_series(tmp_path, "no-such-model")
+    (job_id,) = Collector(db, settings).complete(SERIES_UID).job_ids
     assert run_job(job_id, settings, db) == "failed"  # unknown pipeline: no retry helps
     with db.engine.connect() as conn:
         status, error, attempts = conn.execute(
@@ -125,34 +102,10 @@ def test_a_worker_that_cannot_see_the_spool_says_so(
 ) -> None:
     """A worker on a host whose spool folder is not the receivers' volume: the job
     fails, to be retried, with a message that names the cause (no traceback)."""
-    settings = Settings.model_validate(
-        {
-            "storage": {
-                "spool_dir": str(tmp_path / "spool"),
-                "results_dir": str(tmp_path / "results"),
-                "database_url": f"sqlite:///{tmp_path / 'node.db'}",
-            },
-            "worker": {"retry_base_s": 60},
-            "rules": [{"name": "r", "match": {"Modality": "CT"}, "pipelines": ["ct-lungs"]}],
-        }
+    settings, db, store = stored_ct_series(
+        tmp_path, "ct-lungs", instances=2, worker={"retry_base_s": 60}
     )
-    db = Database(settings.storage.database_url)
-    db.upgrade()
-    store = ReceivedStore(db, Spool(settings.storage.spool_dir))
-    for n in (1, 2):
-        store.store(
-            InstanceRecord(
-                study_instance_uid="1.2.3",
-                series_instance_uid="1.2.3.4",
-                sop_instance_uid=f"1.2.3.4.{n}",
-                sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-                transfer_syntax_uid="1.2.840.10008.1.2.1",
-                modality="CT",
-                attributes={"Modality": "CT"},
-            ),
-            store.spool.write_temp([b"x"]),
-        )
-    (job_id,) = Collector(db, settings).complete("1.2.3.4").job_ids
+    (job_id,) = Collector(db, settings).complete(SERIES_UID).job_ids
     # The worker's host sees another (empty) folder under the same path.
     for path in store.spool.iter_files():
         store.spool.absolute(path).unlink()
