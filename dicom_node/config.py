@@ -46,6 +46,7 @@ from dicom_node.receive.uids import UidPolicy
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "AuditSettings",
     "CelerySettings",
     "DestinationSettings",
     "DuplicatePolicy",
@@ -54,6 +55,7 @@ __all__ = [
     "NodeSettings",
     "PeerSettings",
     "ResultKind",
+    "RetentionSettings",
     "RuleSettings",
     "Settings",
     "StorageSettings",
@@ -221,6 +223,40 @@ class StorageSettings(_Section):
         if not value.startswith(("sqlite:", "postgresql:", "postgresql+")):
             raise ValueError(
                 f"unsupported database_url {value!r}: use sqlite:///PATH or postgresql://..."
+            )
+        return value
+
+
+class RetentionSettings(_Section):
+    """``[retention]``: how long received instances and results stay on disk (:mod:`storage.retention`)."""
+
+
+class AuditSettings(_Section):
+    """``[audit]``: where the audit trail goes (:mod:`dicom_node.audit`).
+
+    Every event is kept in the database (``dicom-node audit`` lists it; the
+    dashboard shows it to operators) unless ``database = false``; besides,
+    ``jsonl_file`` appends one JSON object a line, and ``syslog`` sends each
+    event to a syslog collector as an RFC 5424 message with a JSON body
+    (``udp://host:514``, ``tcp://host:601`` or a local socket such as ``/dev/log``).
+    """
+
+    database: bool = True
+    jsonl_file: Path | None = None
+    syslog: str | None = None
+    syslog_facility: Literal["auth", "authpriv", "local0", "local1", "local2", "local3",
+                             "local4", "local5", "local6", "local7", "user"] = "authpriv"
+
+    @field_validator("syslog")
+    @classmethod
+    def _syslog_address(cls, value: str | None) -> str | None:
+        if value is None or value.startswith("/"):
+            return value
+        scheme, sep, rest = value.partition("://")
+        host, _, port = rest.rpartition(":")
+        if not sep or scheme not in ("udp", "tcp") or not host or not port.isdigit():
+            raise ValueError(
+                f"syslog {value!r}: use udp://HOST:PORT, tcp://HOST:PORT or a socket path"
             )
         return value
 
@@ -629,6 +665,8 @@ class Settings(BaseSettings):
 
     node: NodeSettings = Field(default_factory=NodeSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     peers: list[PeerSettings] = Field(default_factory=list)
     destinations: list[Destination] = Field(default_factory=list)
     rules: list[RuleSettings] = Field(default_factory=list)

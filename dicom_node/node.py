@@ -12,6 +12,7 @@ import signal
 import threading
 from types import FrameType
 
+from dicom_node import audit
 from dicom_node.collect import Collector
 from dicom_node.config import Settings
 from dicom_node.deliver import Sender
@@ -88,6 +89,8 @@ class Node:
         # Only a receiver cleans its temporary files and reconciles the spool.
         self.store = open_store(settings, clean_temp="receiver" in roles)
         db = self.store.db
+        self.auditor = audit.auditor_from_settings(settings.audit, db)
+        audit.install(self.auditor)
         self._stop = threading.Event()
         self.scp: StorageSCP | None = None
         self.receivers: ReceiverPool | None = None
@@ -140,6 +143,12 @@ class Node:
         port fails before any DICOM port opens.
         """
         LOGGER.info("roles: %s", ", ".join(r for r in ROLES if r in self.roles))
+        self.auditor.record(
+            audit.AuditEvent.NODE_STARTED,
+            roles=sorted(self.roles),
+            ae_title=self.settings.node.ae_title,
+            port=self.settings.node.port if "receiver" in self.roles else None,
+        )
         if self.web is not None:
             self.web.start()
         if self.receivers is not None and self.scp is not None:
@@ -186,5 +195,9 @@ class Node:
             self.workers.stop()
         if self.sender is not None:
             self.sender.stop()
+        self.auditor.record(audit.AuditEvent.NODE_STOPPED, roles=sorted(self.roles))
+        self.auditor.close()
+        if audit.auditor() is self.auditor:
+            audit.install(None)
         self.store.db.dispose()
         LOGGER.info("stopped")

@@ -8,7 +8,10 @@ next step starts.
 Tables: ``study`` 1-n ``series`` 1-n ``instance`` (received; attributes kept
 are the ones routing and the admin need: PS3.3 C.7.2.1 General Study,
 C.7.3.1 General Series, C.7.5.1 General Equipment, C.12.1 SOP Common);
-``completion`` 1-n ``job`` 1-n ``result`` 1-n ``delivery`` (routed).
+``completion`` 1-n ``job`` 1-n ``result`` 1-n ``delivery`` (routed);
+``web_user`` 1-n ``web_session`` (console logins); ``audit_event`` (the audit
+trail, after DICOM PS3.15 A.5 / IHE ATNA).  ``purged_at`` marks rows whose
+files retention deleted: the rows stay, so history keeps working.
 """
 
 from __future__ import annotations
@@ -89,6 +92,8 @@ class Series(Base):
         DateTime(timezone=True), default=utcnow, index=True
     )
     collected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """When retention deleted its file(s) (:mod:`storage.retention`); the row stays."""
     """The ``last_received_at`` the collector last settled series-level rules for."""
 
     study: Mapped[Study] = relationship(back_populates="series")
@@ -115,6 +120,8 @@ class Instance(Base):
     peer_address: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     receive_count: Mapped[int] = mapped_column(Integer, default=1)
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """When retention deleted its file(s) (:mod:`storage.retention`); the row stays."""
     """How many times this instance arrived (re-sends are recorded once)."""
 
     series: Mapped[Series] = relationship(back_populates="instances")
@@ -193,6 +200,8 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     """Seconds per stage of the last attempt (wait, read, load, infer, write, ...)."""
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """When retention deleted its file(s) (:mod:`storage.retention`); the row stays."""
 
     results: Mapped[list[Result]] = relationship(back_populates="job")
 
@@ -215,6 +224,8 @@ class Result(Base):
     """File path relative to the results folder."""
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """When retention deleted its file(s) (:mod:`storage.retention`); the row stays."""
 
     job: Mapped[Job] = relationship(back_populates="results")
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="result")
@@ -246,3 +257,59 @@ class Delivery(Base):
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     result: Mapped[Result] = relationship(back_populates="deliveries")
+
+
+class WebUser(Base):
+    """A local user of the web console and API (:mod:`storage.users`)."""
+
+    __tablename__ = "web_user"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    """An argon2id hash (PHC string format); never the password."""
+    role: Mapped[str] = mapped_column(String(16))
+    """``viewer`` or ``operator``."""
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebSession(Base):
+    """A logged-in browser session; the cookie carries a token whose SHA-256 is kept here."""
+
+    __tablename__ = "web_session"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("web_user.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEvent(Base):
+    """One audited event (:mod:`storage.audit`), shaped after DICOM PS3.15 A.5 / IHE ATNA.
+
+    ``event`` is the node's event name (e.g. ``association-accepted``,
+    ``login``); ``action`` the EventActionCode (C, R, U, D, E); ``outcome`` the
+    EventOutcomeIndicator (0 success, 4 minor failure, 8 serious failure,
+    12 major failure); ``actor`` who did it (a user name, a calling AE title,
+    a node process) and ``actor_kind`` which of those it is.
+    """
+
+    __tablename__ = "audit_event"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    event: Mapped[str] = mapped_column(String(48), index=True)
+    action: Mapped[str] = mapped_column(String(1))
+    outcome: Mapped[int] = mapped_column(Integer, default=0)
+    actor: Mapped[str | None] = mapped_column(String(128))
+    actor_kind: Mapped[str] = mapped_column(String(16))
+    address: Mapped[str | None] = mapped_column(String(64))
+    node: Mapped[str | None] = mapped_column(String(128))
+    study_instance_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
