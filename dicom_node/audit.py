@@ -204,7 +204,8 @@ class SyslogSink:
     def write(self, entries: Sequence[AuditEntry]) -> None:
         for entry in entries:
             level = logging.INFO if entry.outcome == 0 else logging.WARNING
-            record = logging.LogRecord("dicom_node.audit", level, "", 0, _json_line(entry), (), None)
+            line = _json_line(entry)
+            record = logging.LogRecord("dicom_node.audit", level, "", 0, line, (), None)
             self.handler.emit(record)
 
     def close(self) -> None:
@@ -353,7 +354,7 @@ class Auditor:
     def _write_backlogs(self) -> bool:
         """Write each sink's backlog; False when one of them could not be written."""
         ok = True
-        for sink, backlog in zip(self.sinks, self._backlog):
+        for sink, backlog in zip(self.sinks, self._backlog, strict=True):
             if not backlog:
                 continue
             try:

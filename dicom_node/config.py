@@ -228,7 +228,7 @@ class StorageSettings(_Section):
 
 
 class RetentionSettings(_Section):
-    """``[retention]``: how long received instances and results stay on disk (:mod:`storage.retention`)."""
+    """``[retention]``: how long received instances and results stay on disk."""
 
 
 class AuditSettings(_Section):
