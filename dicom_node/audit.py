@@ -27,6 +27,7 @@ their Study Instance UID.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import logging.handlers
@@ -393,6 +394,9 @@ def install(new: Auditor | None) -> Auditor:
     """Make *new* this process's auditor (``None``: none); returns the one it replaces."""
     global _installed
     old, _installed = _installed, (new if new is not None else _NULL)
+    if new is not None:
+        # What is still queued when the process exits is written first (bounded).
+        atexit.register(new.close, 5.0)
     return old
 
 

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from dicom_node import __version__
 from dicom_node.cli_analyze import analyze, pipelines
+from dicom_node.cli_audit import audit_command
 from dicom_node.cli_jobs import complete, jobs
 from dicom_node.cli_worker import worker
 from dicom_node.config import DEFAULT_CONFIG_PATH, Settings, load_settings
@@ -419,6 +420,7 @@ main.add_command(pipelines)
 main.add_command(complete)
 main.add_command(jobs)
 main.add_command(worker)
+main.add_command(audit_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

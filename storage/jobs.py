@@ -244,6 +244,8 @@ class ClaimedDelivery:
     attempts: int
     sop_class_uid: str = ""
     """The object's SOP Class UID (from its result row; the sender need not read it)."""
+    study_instance_uid: str = ""
+    """The Study Instance UID the object belongs to (for the audit trail)."""
 
 
 @dataclass
@@ -775,6 +777,7 @@ class DeliveryQueue:
                     Result.kind,
                     Result.sop_instance_uid,
                     Result.sop_class_uid,
+                    Result.study_instance_uid,
                     Result.job_id,
                 )
                 .join(Result, Result.id == Delivery.result_id)
@@ -800,6 +803,7 @@ class DeliveryQueue:
                             sop_instance_uid=row.sop_instance_uid,
                             attempts=row.attempts,
                             sop_class_uid=row.sop_class_uid,
+                            study_instance_uid=row.study_instance_uid,
                         )
                     )
         by_id = {r.id: r.job_id for r in rows}

@@ -22,6 +22,7 @@ import logging
 import threading
 from collections.abc import Sequence
 
+from dicom_node import audit
 from dicom_node.config import Settings
 from dicom_node.deliver.destinations import Outgoing, open_destination
 from dicom_node.deliver.destinations.dicom import is_permanent_failure
@@ -65,6 +66,29 @@ def deliver_batch(settings: Settings, items: Sequence[ClaimedDelivery]) -> list[
         Outgoing(i.id, root / i.path, i.sop_instance_uid, i.kind, i.sop_class_uid) for i in items
     ]
     return lost + destination.send(objects)
+
+
+def _audit_batch(items: Sequence[ClaimedDelivery], outcomes: Sequence[DeliveryOutcome]) -> None:
+    """One RESULT_SENT audit event per study of a batch (PS3.15 A.5.3.4), with its UIDs."""
+    by_id = {i.id: i for i in items}
+    studies: dict[tuple[str, bool], list[ClaimedDelivery]] = {}
+    for outcome in outcomes:
+        item = by_id.get(outcome.delivery_id)
+        if item is not None:
+            studies.setdefault((item.study_instance_uid, outcome.sent), []).append(item)
+    destination = items[0].destination
+    for (study_uid, sent), sent_items in studies.items():
+        audit.auditor().record(
+            audit.AuditEvent.RESULT_SENT,
+            outcome=audit.Outcome.SUCCESS if sent else audit.Outcome.MINOR_FAILURE,
+            actor=destination,
+            actor_kind="destination",
+            study_instance_uid=study_uid or None,
+            destination=destination,
+            sent=sent,
+            sop_instance_uids=[i.sop_instance_uid for i in sent_items],
+            kinds=sorted({i.kind for i in sent_items}),
+        )
 
 
 class Sender:
@@ -113,6 +137,7 @@ class Sender:
             retry_base_s=dest.retry_base_s if dest else 1.0,
             retry_max_s=dest.retry_max_s if dest else 1.0,
         )
+        _audit_batch(items, outcomes)
         errors = sorted({o.error for o in outcomes if not o.sent and o.error})
         LOGGER.log(
             logging.WARNING if errors else logging.INFO,

@@ -44,6 +44,10 @@ def _database(settings: Settings) -> Database:
         db = _databases.get(pid)
         if db is None:
             db = _databases[pid] = Database(settings.storage.database_url)
+            # This process's audit trail (an auditor's thread does not survive a fork).
+            from dicom_node import audit
+
+            audit.install(audit.auditor_from_settings(settings.audit, db))
         return db
 
 

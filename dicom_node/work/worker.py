@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dicom_node import audit
 from dicom_node.config import Settings
 from dicom_node.errors import SpoolFileMissing
 from dicom_node.results import PreviousVersion, kind_of, nothing_to_report
@@ -49,6 +50,34 @@ class _SeriesOutcome:
     results: list[NewResult] = field(default_factory=list)
     skipped: str | None = None
     note: str | None = None
+    study_uid: str | None = None
+
+
+def _audit_job(
+    job: ClaimedJob,
+    status: JobStatus,
+    outcomes: list[_SeriesOutcome],
+    *,
+    results: int = 0,
+    error: str | None = None,
+) -> None:
+    """Record the end of one attempt of *job* in the audit trail (PS3.15 A.5.3.2)."""
+    failed = status not in (JobStatus.SUCCEEDED, JobStatus.SKIPPED)
+    audit.auditor().record(
+        audit.AuditEvent.JOB_RUN,
+        outcome=audit.Outcome.SERIOUS_FAILURE if failed else audit.Outcome.SUCCESS,
+        actor=job.owner,
+        actor_kind="node",
+        study_instance_uid=next((o.study_uid for o in outcomes if o.study_uid), None),
+        job_id=job.id,
+        pipeline=job.pipeline,
+        rule=job.rule,
+        attempt=job.attempts,
+        status=status.value,
+        series=[o.uid for o in outcomes],
+        results=results,
+        error=error[:500] if error else None,
+    )
 
 
 class JobRunner:
@@ -121,6 +150,7 @@ class JobRunner:
                 reason = "; ".join(f"{o.uid}: {o.skipped}" for o in skipped)
                 self.queue.skip(job, reason, timings)
                 LOGGER.info("job %d skipped: %s", job.id, reason)
+                _audit_job(job, JobStatus.SKIPPED, outcomes, error=reason)
                 return JobStatus.SKIPPED
             notes = "; ".join(f"{o.uid}: {o.note}" for o in outcomes if o.note)
             finish = self.queue.complete(job, results, timings, note=notes or None)
@@ -128,16 +158,18 @@ class JobRunner:
             LOGGER.warning("job %d: %s; another worker has it", job.id, exc)
             return JobStatus.RUNNING
         except UnknownPipelineError as exc:
-            return self._fail(job, f"{exc}", timings, retryable=False)
+            return self._fail(job, f"{exc}", timings, outcomes, retryable=False)
         except SpoolFileMissing as exc:  # a shared volume not mounted (yet): try again later
-            return self._fail(job, f"{exc}", timings, retryable=True)
+            return self._fail(job, f"{exc}", timings, outcomes, retryable=True)
         except GpuMemoryTooSmall as exc:  # another worker's GPU may be larger
-            return self._fail(job, f"{exc}", timings, retryable=True)
+            return self._fail(job, f"{exc}", timings, outcomes, retryable=True)
         except (VolumeError, PipelineNotApplicable) as exc:  # pragma: no cover - per series
-            return self._fail(job, f"{type(exc).__name__}: {exc}", timings, retryable=False)
+            error = f"{type(exc).__name__}: {exc}"
+            return self._fail(job, error, timings, outcomes, retryable=False)
         except (AIModelsError, ValueError, TypeError, RuntimeError, OSError, MemoryError) as exc:
             LOGGER.exception("job %d failed", job.id)
-            return self._fail(job, f"{type(exc).__name__}: {exc}", timings, retryable=True)
+            error = f"{type(exc).__name__}: {exc}"
+            return self._fail(job, error, timings, outcomes, retryable=True)
         finally:
             beat.stop()
         LOGGER.info(
@@ -148,16 +180,24 @@ class JobRunner:
             finish.deliveries,
             ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()),
         )
+        _audit_job(job, finish.status, outcomes, results=len(finish.result_ids))
         return finish.status
 
     def _fail(
-        self, job: ClaimedJob, error: str, timings: dict[str, float], *, retryable: bool
+        self,
+        job: ClaimedJob,
+        error: str,
+        timings: dict[str, float],
+        outcomes: list[_SeriesOutcome],
+        *,
+        retryable: bool,
     ) -> JobStatus:
         try:
             status = self.queue.fail(job, error, timings, retryable=retryable)
         except LeaseLost as exc:
             LOGGER.warning("job %d: %s", job.id, exc)
             return JobStatus.RUNNING
+        _audit_job(job, status, outcomes, error=error)
         LOGGER.warning(
             "job %d attempt %d failed (%s): %s",
             job.id,
@@ -218,6 +258,8 @@ class JobRunner:
         series = self._series(series_id)
         uid = series.series_instance_uid
         outcome = _SeriesOutcome(uid)
+        if series.files:
+            outcome.study_uid = series.files[0].study_instance_uid
         negative_report = self._negative_report(job)
         options = ResultOptions(
             outputs=tuple(job.outputs),

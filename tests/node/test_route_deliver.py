@@ -160,6 +160,20 @@ def source_study(files: list[Path]) -> tuple[str, str]:
     return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
 
 
+def audit_trail(node: NodeProcess) -> list[dict[str, Any]]:
+    """The node's audit trail as ``dicom-node audit --json`` lists it."""
+    listing = subprocess.run(
+        [sys.executable, "-m", "dicom_node.cli", "-c", str(node.config_path), "audit", "--json",
+         "--since", "1h", "--limit", "1000"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert listing.returncode == 0, listing.stderr
+    return [json.loads(line) for line in listing.stdout.splitlines()]
+
+
 def push(node: NodeProcess, files: list[Path]) -> None:
     done = storescu(node.port, files, calling_ae="CT_SCANNER_1")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -233,6 +247,26 @@ def test_ct_series_comes_back_as_seg_and_sr(
     (listed,) = [json.loads(line) for line in listing.stdout.splitlines()]
     assert listed["status"] == "succeeded" and listed["deliveries"] == {"sent": 2}
     assert listed["series_instance_uids"] == [series_uid]
+    # The audit trail says what was done, and for which study.
+    trail = wait_for(
+        "the job and the sending in the audit trail",
+        lambda: (
+            (t := audit_trail(node))
+            and any(e["event"] == "result-sent" for e in t)
+            and any(e["event"] == "job-run" for e in t)
+            and t
+        ),
+    )
+    (run,) = [e for e in trail if e["event"] == "job-run"]
+    assert (run["outcome"], run["study_instance_uid"]) == (0, study_uid)
+    assert run["detail"]["pipeline"] == "ct-lungs" and run["detail"]["series"] == [series_uid]
+    sent = [e for e in trail if e["event"] == "result-sent" and e["outcome"] == 0]
+    assert {e["study_instance_uid"] for e in sent} == {study_uid}
+    assert sorted(u for e in sent for u in e["detail"]["sop_instance_uids"]) == sorted(
+        [seg_uid, sr_uid]
+    )
+    assert {e["actor"] for e in sent} == {"pacs"}
+    assert any(e["event"] == "node-started" for e in trail)
     # The running node's REST API and metrics say the same.
     base = f"http://127.0.0.1:{web_port}"
     job = json.loads(urllib.request.urlopen(f"{base}/api/jobs/{listed['id']}", timeout=10).read())
