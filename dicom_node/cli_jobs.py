@@ -9,6 +9,7 @@ workers and sender at their next poll.  The CLI group registers them with
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import json
 import sys
 from datetime import datetime
@@ -19,10 +20,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from dicom_node import audit
 from dicom_node.config import Settings
 from dicom_node.deliver.destinations.folder import FolderDestinationSettings, folder_file
 from storage.db import Database
-from storage.jobs import DeliveryStatus, JobQueue, JobStatus
+from storage.jobs import DeliveryStatus, JobPurged, JobQueue, JobStatus
 from storage.queries import (
     DeliveryRecord,
     ResultRecord,
@@ -30,6 +32,7 @@ from storage.queries import (
     job_summaries,
     job_summary,
 )
+from storage.retention import job_purged_at
 
 __all__ = ["complete", "jobs"]
 
@@ -46,6 +49,25 @@ def _database(ctx: click.Context) -> tuple[Any, Database]:
 
 def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def _admin_action(settings: Settings, database: Database, **detail: Any) -> None:
+    """Audit an administrative action of the CLI (ADMIN_ACTION, the OS user as actor).
+
+    A one-shot command installs its own auditor and closes it (flushing the event).
+    """
+    auditor = audit.auditor_from_settings(settings.audit, database)
+    try:
+        auditor.record(
+            audit.AuditEvent.ADMIN_ACTION,
+            outcome=audit.Outcome.SUCCESS,
+            actor=getpass.getuser(),
+            actor_kind="user",
+            via="cli",
+            **detail,
+        )
+    finally:
+        auditor.close()
 
 
 def _short(uid: str | None) -> str:
@@ -68,6 +90,7 @@ def complete(ctx: click.Context, uid: str) -> None:
     settings, database = _database(ctx)
     try:
         report = Collector(database, settings).complete(uid)
+        _admin_action(settings, database, action="complete", uid=uid, job_ids=report.job_ids)
     except LookupError as exc:
         err_console.print(f"error: {exc}", markup=False)
         sys.exit(1)
@@ -160,11 +183,13 @@ def jobs_show(ctx: click.Context, job_id: int, as_json: bool) -> None:
             err_console.print(f"error: no job {job_id}", markup=False)
             sys.exit(1)
         records = job_results(database, job_id)
+        purged_at = job_purged_at(database, job_id)
     finally:
         database.dispose()
     if as_json:
         objects = [_shown(settings, record) for record in records]
-        click.echo(json.dumps({**dataclasses.asdict(job), "objects": objects}, default=str))
+        shown = {**dataclasses.asdict(job), "purged_at": purged_at, "objects": objects}
+        click.echo(json.dumps(shown, default=str))
         return
     out = Console(soft_wrap=True)  # paths and UIDs whole, never folded
     out.print(
@@ -172,6 +197,11 @@ def jobs_show(ctx: click.Context, job_id: int, as_json: bool) -> None:
         f"revision {job.revision}, attempt {job.attempts}/{job.max_attempts})",
         markup=False,
     )
+    if purged_at is not None:
+        out.print(
+            f"purged: retention deleted its series and result files on {_when(purged_at)} UTC",
+            markup=False,
+        )
     out.print(f"study {job.study_instance_uid}", markup=False)
     for uid in job.series_instance_uids:
         out.print(f"series {uid}", markup=False)
@@ -191,7 +221,7 @@ def jobs_show(ctx: click.Context, job_id: int, as_json: bool) -> None:
         out.print("no result files", markup=False)
     for result in records:
         path = settings.storage.results_dir / result.path
-        there = "" if path.is_file() else " (no longer there)"
+        there = "" if path.is_file() else " (purged)" if purged_at else " (no longer there)"
         out.print(f"{result.kind} {result.sop_instance_uid}: {path}{there}", markup=False)
         if not result.deliveries:
             out.print("  not delivered anywhere", markup=False)
@@ -249,23 +279,40 @@ def _delivered_to(
 @click.pass_context
 def jobs_retry(ctx: click.Context, job_ids: tuple[int, ...]) -> None:
     """Run failed or skipped jobs again, or re-send a finished job's failed deliveries."""
-    _settings, database = _database(ctx)
+    settings, database = _database(ctx)
     failed = False
+    retried: list[int] = []
+    refused: dict[str, str] = {}
     try:
         queue = JobQueue(database)
         for job_id in job_ids:
             try:
                 what, n = queue.retry(job_id)
-            except (LookupError, ValueError) as exc:
-                err_console.print(f"job {job_id}: {exc}", markup=False)
+            except JobPurged as exc:
+                err_console.print(f"job {job_id}: purged: {exc}", markup=False)
+                refused[str(job_id)] = "purged"
                 failed = True
                 continue
+            except (LookupError, ValueError) as exc:
+                err_console.print(f"job {job_id}: {exc}", markup=False)
+                refused[str(job_id)] = str(exc)
+                failed = True
+                continue
+            retried.append(job_id)
             if what == "job":
                 console.print(f"job {job_id}: queued again")
             else:
                 console.print(
                     f"job {job_id}: {n} failed deliverie(s) set to {DeliveryStatus.PENDING.value}"
                 )
+        _admin_action(
+            settings,
+            database,
+            action="jobs-retry",
+            job_ids=list(job_ids),
+            retried=retried,
+            refused=refused or None,
+        )
     finally:
         database.dispose()
     if failed:

@@ -160,6 +160,26 @@ class NodeSettings(_Section):
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
     receivers: Annotated[int, Field(ge=1, le=64)] = 1
     """Receiver processes sharing the port (SO_REUSEPORT); 1 = in-process."""
+    max_associations_per_ae: Annotated[int | None, Field(ge=1)] = None
+    """Established associations at once from one Calling AE Title; beyond,
+    A-ASSOCIATE-RJ (transient, local limit exceeded).  ``None``: only
+    :attr:`max_associations` applies."""
+
+    # -- DICOM over TLS (PS3.15 B.9 BCP 195 secure transport connection profile) ------
+    tls_port: Port | None = None
+    """A second listening port that speaks DICOM over TLS (``None``: no TLS)."""
+    tls_only: bool = False
+    """Listen on :attr:`tls_port` only, without the plain :attr:`port`."""
+    tls_cert_file: Path | None = None
+    """The node's certificate (PEM, may hold the chain)."""
+    tls_key_file: Path | None = None
+    """The private key of :attr:`tls_cert_file` (PEM, unencrypted)."""
+    tls_ca_file: Path | None = None
+    """CA certificates (PEM) that client certificates are verified against;
+    ``None``: client certificates are neither asked for nor accepted."""
+    tls_require_client_cert: bool = False
+    """Refuse TLS clients that present no certificate signed by :attr:`tls_ca_file`
+    (without it, a client may present none; one it presents must still verify)."""
 
     # -- what a received data set may be (PS3.4 B.2.3 statuses on refusal) --------
     uid_policy: UidPolicy = UidPolicy.STRICT
@@ -175,6 +195,34 @@ class NodeSettings(_Section):
     disk_check_mb: Annotated[int, Field(ge=1)] = 16
     """While a data set is written, free space is checked against
     ``[storage] min_free_disk_mb`` after every this many MiB (0xA700 below it)."""
+
+    @field_validator("tls_cert_file", "tls_key_file", "tls_ca_file")
+    @classmethod
+    def _tls_file_exists(cls, value: Path | None) -> Path | None:
+        """Relative to the configuration file's folder; the file must exist."""
+        if value is None:
+            return None
+        if not value.is_absolute():
+            toml_path = _TOML_PATH["path"]
+            base = toml_path.resolve().parent if toml_path is not None else Path.cwd()
+            value = (base / value).resolve()
+        if not value.is_file():
+            raise ValueError(f"file not found: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_settings_fit_together(self) -> NodeSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be given together")
+        if self.tls_port is not None and self.tls_cert_file is None:
+            raise ValueError("tls_port needs tls_cert_file and tls_key_file")
+        if self.tls_require_client_cert and self.tls_ca_file is None:
+            raise ValueError("tls_require_client_cert needs tls_ca_file (the CA to verify with)")
+        if self.tls_only and self.tls_port is None:
+            raise ValueError("tls_only needs tls_port")
+        if self.tls_port is not None and self.tls_port == self.port and not self.tls_only:
+            raise ValueError(f"tls_port ({self.tls_port}) must differ from port")
+        return self
 
     @model_validator(mode="after")
     def _connections_cover_associations(self) -> NodeSettings:
@@ -228,7 +276,55 @@ class StorageSettings(_Section):
 
 
 class RetentionSettings(_Section):
-    """``[retention]``: how long received instances and results stay on disk."""
+    """``[retention]``: how long received instances and results stay on disk.
+
+    Off by default (everything is kept).  Only what the node has finished
+    with is ever deleted (:mod:`storage.retention`): a series whose
+    completion is pending, whose study has a queued, running or retrying job,
+    or whose results have a pending delivery is kept whatever its age.
+    """
+
+    keep_days: Annotated[float | None, Field(gt=0)] = None
+    """Delete received instances, and the results made from them, this many days
+    after the series was last received; ``None``: no age limit."""
+    disk_high_watermark_percent: Annotated[float | None, Field(gt=0, le=100)] = None
+    """When the spool's (or the results folder's) file system is fuller than this,
+    the least recently received purgeable series are deleted, younger than
+    ``keep_days`` too, until it is down to ``disk_low_watermark_percent``;
+    ``None``: no watermark."""
+    disk_low_watermark_percent: Annotated[float | None, Field(gt=0, lt=100)] = None
+    """What a watermark purge frees down to; ``None``: 10 points below the high mark."""
+    interval_s: Annotated[float, Field(gt=0)] = 300.0
+    """How often the collector process looks for something to purge."""
+    batch_size: Annotated[int, Field(ge=1, le=10000)] = 100
+    """Series marked and deleted per step."""
+
+    @model_validator(mode="after")
+    def _low_below_high(self) -> RetentionSettings:
+        high, low = self.disk_high_watermark_percent, self.disk_low_watermark_percent
+        if low is not None and high is None:
+            raise ValueError("disk_low_watermark_percent needs disk_high_watermark_percent")
+        if low is not None and high is not None and low >= high:
+            raise ValueError(
+                f"disk_low_watermark_percent ({low}) must be below "
+                f"disk_high_watermark_percent ({high})"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """True when an age limit or a watermark is set."""
+        return self.keep_days is not None or self.disk_high_watermark_percent is not None
+
+    @property
+    def low_watermark(self) -> float | None:
+        """:attr:`disk_low_watermark_percent` with its default applied."""
+        high = self.disk_high_watermark_percent
+        if high is None:
+            return None
+        if self.disk_low_watermark_percent is not None:
+            return self.disk_low_watermark_percent
+        return max(high - 10.0, high / 2)
 
 
 class AuditSettings(_Section):
@@ -647,10 +743,18 @@ class WebSettings(_Section):
 
 
 class LogSettings(_Section):
-    """``[log]``: logging of the ``serve`` process."""
+    """``[log]``: logging of the ``serve`` process.
+
+    Log lines at INFO and above never carry patient data (PatientName,
+    PatientID, PatientBirthDate, AccessionNumber); UIDs identify what a line
+    is about.  ``phi = true`` lets DEBUG lines name them too (for a site
+    chasing a problem with one study); INFO and above stay free of them.
+    """
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_format: bool = False
+    phi: bool = False
+    """Allow patient attributes in DEBUG lines (never at INFO or above)."""
 
 
 class Settings(BaseSettings):

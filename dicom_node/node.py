@@ -19,6 +19,7 @@ from dicom_node.deliver import Sender
 from dicom_node.receive.receivers import ReceiverPool
 from dicom_node.receive.scp import StorageSCP
 from dicom_node.receive.store import open_store
+from dicom_node.retention import RetentionLoop
 from dicom_node.web import WebServer
 from dicom_node.work.executor import JobExecutor, make_executor
 
@@ -115,6 +116,11 @@ class Node:
                 poll_s=settings.worker.poll_interval_s,
                 on_jobs=self.workers.wake if self.workers else None,
             )
+        self.retention = (
+            RetentionLoop(settings, db)
+            if "collector" in roles and settings.retention.enabled
+            else None
+        )
         self.web = (
             WebServer(settings, db, store=self.store)
             if settings.web.enabled and "web" in roles
@@ -160,6 +166,8 @@ class Node:
             self.sender.start()
         if self._collector_thread is not None:
             self._collector_thread.start()
+        if self.retention is not None:
+            self.retention.start()
 
     def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
         """Ask the node to stop (signal handler)."""
@@ -191,6 +199,8 @@ class Node:
         if self._collector_thread is not None:
             self._collector_stop.set()
             self._collector_thread.join(timeout=10)
+        if self.retention is not None:
+            self.retention.stop()
         if self.workers is not None:
             self.workers.stop()
         if self.sender is not None:

@@ -45,6 +45,7 @@ __all__ = [
     "DeliveryQueue",
     "DeliveryStatus",
     "FailedDelivery",
+    "JobPurged",
     "JobQueue",
     "JobStatus",
     "LeaseLost",
@@ -92,6 +93,23 @@ class DeliveryStatus(str, enum.Enum):
 
 class LeaseLost(RuntimeError):
     """The worker no longer holds the lease of the job it is working on."""
+
+
+class JobPurged(ValueError):
+    """The job cannot run or send again: retention deleted its files (:mod:`storage.retention`).
+
+    ``purged_at`` says when.  The series must be sent to the node again: it
+    is then collected again and a new job runs on it.
+    """
+
+    def __init__(self, job_id: int, purged_at: datetime | None) -> None:
+        self.job_id = job_id
+        self.purged_at = purged_at
+        when = f" on {purged_at:%Y-%m-%d %H:%M} UTC" if purged_at else ""
+        super().__init__(
+            f"job {job_id} cannot be retried: retention deleted its series and result "
+            f"files{when}; send the series to the node again to run it anew"
+        )
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -599,15 +617,22 @@ class JobQueue:
         ------
         LookupError
             No such job.
+        JobPurged
+            Retention deleted the job's files (a :class:`ValueError`).
         ValueError
             The job is queued or running, or has nothing to retry.
         """
         now = now or utcnow()
         with self.db.engine.begin() as conn:
-            row = conn.execute(select(Job.status).where(Job.id == job_id)).one_or_none()
+            # FOR UPDATE (PostgreSQL): a purge marking this job waits, or has marked it.
+            row = conn.execute(
+                select(Job.status, Job.purged_at).where(Job.id == job_id).with_for_update()
+            ).one_or_none()
             if row is None:
                 raise LookupError(f"no job {job_id}")
             status = row[0]
+            if row[1] is not None:
+                raise JobPurged(job_id, as_utc(row[1]))
             if status in (JobStatus.FAILED.value, JobStatus.SKIPPED.value):
                 conn.execute(
                     update(Job)
@@ -648,7 +673,11 @@ class JobQueue:
             return str(conn.execute(select(Job.status).where(Job.id == job_id)).scalar_one())
 
     def series_instances(self, series_id: int) -> StoredSeries:
-        """A series as received: its UIDs, modality and instances in receive order."""
+        """A series as received: its UIDs, modality and instances in receive order.
+
+        Instances whose files retention deleted (``purged_at``) are left out:
+        a series reopened by a late instance runs on what is on disk.
+        """
         with self.db.engine.connect() as conn:
             series = conn.execute(
                 select(Series.series_instance_uid, Series.modality, Study.study_instance_uid)
@@ -662,7 +691,7 @@ class JobQueue:
                     Instance.sop_class_uid,
                     Instance.transfer_syntax_uid,
                 )
-                .where(Instance.series_id == series_id)
+                .where(Instance.series_id == series_id, Instance.purged_at.is_(None))
                 .order_by(Instance.id)
             ).all()
         return StoredSeries(

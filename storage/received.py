@@ -229,11 +229,13 @@ class ReceivedStore:
             ).first()
             if inserted is None:
                 existing = conn.execute(
-                    select(Instance.id, Instance.sha256, Instance.path).where(
+                    select(Instance.id, Instance.sha256, Instance.path, Instance.purged_at).where(
                         Instance.sop_instance_uid == record.sop_instance_uid
                     )
                 ).one()
-                return self._duplicate(conn, record, spooled, existing, now)
+                if existing.purged_at is not None:
+                    return self._restore_purged(conn, record, spooled, existing, now)
+                return self._duplicate(conn, record, spooled, existing[:3], now)
             # The file is in place before the row becomes visible (commit); a file
             # already at that path belongs to no row and is never replaced.
             self.spool.place_new(spooled, rel)
@@ -272,6 +274,36 @@ class ReceivedStore:
             outcome = StoreOutcome.DUPLICATE_KEPT
         conn.execute(update(Instance).where(Instance.id == inst_id).values(**values))
         return StoreResult(outcome, inst_id, rel)
+
+    def _restore_purged(
+        self,
+        conn: Connection,
+        record: InstanceRecord,
+        spooled: SpooledFile,
+        existing: Any,
+        now: datetime,
+    ) -> StoreResult:
+        """An instance whose file retention deleted arrives again: keep this copy.
+
+        The row's purge mark is cleared *before* the file is placed: that
+        ``UPDATE`` takes the row's write lock, which a purge deleting files
+        holds too (:meth:`storage.retention.RetentionStore.delete_files`), so
+        the new file is never deleted by a purge already under way.
+        """
+        conn.execute(
+            update(Instance)
+            .where(Instance.id == existing.id)
+            .values(
+                purged_at=None,
+                receive_count=Instance.receive_count + 1,
+                sha256=spooled.sha256,
+                size_bytes=spooled.size_bytes,
+                transfer_syntax_uid=record.transfer_syntax_uid,
+                received_at=now,
+            )
+        )
+        self.spool.commit(spooled, existing.path)
+        return StoreResult(StoreOutcome.REPAIRED, int(existing.id), str(existing.path))
 
     def _due(self, key: str, now_mono: float) -> bool:
         """True when *key*'s last_received_at was not updated in the last second."""
