@@ -46,6 +46,7 @@ SLOW_FILES = frozenset(
         "node/test_receive.py",
         "node/test_route_deliver.py",
         "node/test_site_models.py",
+        "node/test_tls.py",
         "viewer/test_ohif.py",
         "viewer/test_ohif_radiograph.py",
     }

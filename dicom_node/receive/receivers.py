@@ -3,9 +3,12 @@
 pynetdicom-style receiving is bound by Python's global interpreter lock near
 one core per process.  With ``receivers = N`` the node runs N-1 additional
 processes, each with its own :class:`~dicom_node.receive.scp.StorageSCP` bound to the
-same address with ``SO_REUSEPORT``; the kernel spreads incoming connections
-over them.  They share the spool and the database (SQLite in WAL mode copes
-with several writer processes; PostgreSQL is made for it).
+same address with ``SO_REUSEPORT`` -- the plain port and the TLS port
+(``[node] tls_port``) alike; the kernel spreads incoming connections over
+them.  Each process installs its own auditor (:mod:`dicom_node.audit`), so its
+associations are audited like the main process's.  They share the spool and
+the database (SQLite in WAL mode copes with several writer processes;
+PostgreSQL is made for it).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def _receiver_main(
     settings: Settings, log_level: str, log_json: bool, index: int, ready: Any
 ) -> None:
     """Entry point of one extra receiver process."""
+    from dicom_node import audit
     from dicom_node.logs import configure_logging
     from dicom_node.receive.scp import StorageSCP
     from dicom_node.receive.store import open_store
@@ -38,6 +42,8 @@ def _receiver_main(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     store = open_store(settings, upgrade=False, clean_temp=False)
+    auditor = audit.auditor_from_settings(settings.audit, store.db)
+    audit.install(auditor)
     scp = StorageSCP(settings, store, reuse_port=True)
     scp.start()
     LOGGER.info("receiver process %d ready", index)
@@ -45,6 +51,8 @@ def _receiver_main(
     while not stop.wait(0.5):
         pass
     scp.shutdown()
+    auditor.close()
+    audit.install(None)
     store.db.dispose()
 
 

@@ -24,13 +24,26 @@ deadline (``acse_timeout``, PS3.8 9.1.6 ARTIM) and so does each DIMSE message
 (``dimse_timeout``), besides the idle ``network_timeout``.  Whatever happens
 to one connection, the accept loop goes on; :meth:`StorageSCP.listener_problem`
 tells the health endpoint when it does not.
+
+DICOM over TLS (PS3.15 B.9, :mod:`dicom_node.receive.tls`) is served on
+``[node] tls_port`` beside the plain port (or alone, ``tls_only``); the
+handshake runs in the association's thread under the ACSE deadline, and the
+verified client certificate's subject is the association's TLS identity.
+Established associations are bounded in total and per Calling AE Title
+(``max_associations_per_ae``).
+
+Audit (PS3.15 A.5): ``ASSOCIATION_ACCEPTED`` and ``ASSOCIATION_REJECTED`` per
+association, and at its end one ``INSTANCES_STORED`` per study it stored
+into -- nothing per instance.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +54,7 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicom_node import audit
 from dicom_node.config import PeerSettings, Settings
 from dicom_node.errors import StoreRejected
 from dicom_node.protocol import status as st
@@ -72,6 +86,7 @@ from dicom_node.protocol.upper_layer import (
     reject_pdu,
     release_rp_pdu,
 )
+from dicom_node.receive import tls as dicom_tls
 from dicom_node.receive.header import DEFLATED_SYNTAXES
 from dicom_node.receive.store_handler import (
     StoreRequest,
@@ -113,6 +128,16 @@ rest only goes to the spool file (headers longer than this are read back)."""
 
 
 @dataclass
+class StudyTally:
+    """What one association stored into one study (its ``INSTANCES_STORED`` event)."""
+
+    count: int = 0
+    series: set[str] = field(default_factory=set)
+    bytes: int = 0
+    failed: int = 0
+
+
+@dataclass
 class AssociationStats:
     """Counters for one association, logged as a summary line at its end."""
 
@@ -125,6 +150,10 @@ class AssociationStats:
     failures: int = 0
     bytes: int = 0
     outcome: str = "open"
+    tls: bool = False
+    tls_version: str | None = None
+    tls_identity: str | None = None
+    studies: dict[str, StudyTally] = field(default_factory=dict)
 
 
 # -- peers ---------------------------------------------------------------------------
@@ -275,7 +304,12 @@ class StorageSCP:
         self.on_stored = on_stored
         self.reuse_port = reuse_port
         self.contexts = supported_contexts(deflated=settings.node.accept_deflated)
+        # Built here so a bad certificate or key stops the start, not a client.
+        self.tls_context: ssl.SSLContext | None = (
+            dicom_tls.server_context(settings.node) if settings.node.tls_port else None
+        )
         self._listener: socket.socket | None = None
+        self._tls_listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -291,37 +325,70 @@ class StorageSCP:
             LOGGER.warning(
                 "no [[peers]] configured: accepting associations from any calling AE title"
             )
-        family = socket.AF_INET6 if ":" in node.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if self.reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((node.host, node.port))
-        sock.listen(128)
-        sock.settimeout(0.2)
-        self._listener = sock
+        if not node.tls_only:
+            self._listener = self._bind(node.port)
+        if node.tls_port is not None:
+            try:
+                self._tls_listener = self._bind(node.tls_port)
+            except OSError:
+                if self._listener is not None:
+                    self._listener.close()
+                    self._listener = None
+                raise
         self._accept_thread = threading.Thread(
             target=self._accept_loop, name="dicom-accept", daemon=True
         )
         self._accept_thread.start()
+        ports = [] if self._listener is None else [f"{node.host}:{self.port}"]
+        if self._tls_listener is not None:
+            ports.append(f"{node.host}:{self.tls_port} (TLS)")
         LOGGER.info(
-            "listening as %s on %s:%d (max PDU %d, max associations %d, "
+            "listening as %s on %s (max PDU %d, max associations %d, "
             "max connections %d, %d per address)",
             node.ae_title,
-            node.host,
-            self.port,
+            " and ".join(ports),
             node.max_pdu,
             node.max_associations,
             node.connection_limit,
             node.per_host_limit,
         )
+        if self._tls_listener is not None:
+            LOGGER.info(
+                "DICOM TLS: TLS 1.2 or later, BCP 195 cipher suites, client certificate %s",
+                "required"
+                if node.tls_require_client_cert
+                else ("verified when given" if node.tls_ca_file else "not asked for"),
+            )
+
+    def _bind(self, port: int) -> socket.socket:
+        node = self.settings.node
+        family = socket.AF_INET6 if ":" in node.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((node.host, port))
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        return sock
 
     @property
     def port(self) -> int:
-        """The port actually bound (useful with port 0)."""
+        """The plain port actually bound (useful with port 0)."""
         if self._listener is None:
             return self.settings.node.port
         return int(self._listener.getsockname()[1])
+
+    @property
+    def tls_port(self) -> int | None:
+        """The TLS port bound (``None`` without TLS)."""
+        if self._tls_listener is None:
+            return self.settings.node.tls_port
+        return int(self._tls_listener.getsockname()[1])
 
     def active_associations(self) -> int:
         """Established associations in progress."""
@@ -339,12 +406,17 @@ class StorageSCP:
         The listening socket must be open and the accept thread alive (the
         web health endpoint reports this).
         """
-        listener, thread = self._listener, self._accept_thread
+        thread = self._accept_thread
         if thread is None:
             return "the DICOM listener has not started"
-        if listener is None or listener.fileno() == -1:
+        node = self.settings.node
+        if not node.tls_only and (self._listener is None or self._listener.fileno() == -1):
             return "the DICOM listening socket is closed"
-        if thread is None or not thread.is_alive():
+        if node.tls_port is not None and (
+            self._tls_listener is None or self._tls_listener.fileno() == -1
+        ):
+            return "the DICOM TLS listening socket is closed"
+        if not thread.is_alive():
             return "the DICOM accept thread is not running"
         return None
 
@@ -353,9 +425,10 @@ class StorageSCP:
         self._stopping.set()
         if self._accept_thread is not None:
             self._accept_thread.join(5)
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        for listener in (self._listener, self._tls_listener):
+            if listener is not None:
+                listener.close()
+        self._listener = self._tls_listener = None
 
     def shutdown(self, grace_s: float | None = None) -> None:
         """Stop accepting, wait up to *grace_s* for associations, abort the rest."""
@@ -382,75 +455,121 @@ class StorageSCP:
     # -- accepting ----------------------------------------------------------------
     def _accept_loop(self) -> None:
         """Accept connections until stopped; nothing about one connection ends it."""
-        assert self._listener is not None
-        listener = self._listener
+        listeners = [s for s in (self._listener, self._tls_listener) if s is not None]
         try:
             while not self._stopping.is_set():
                 self._refusals.reap()
-                try:
-                    conn, addr = listener.accept()
-                except TimeoutError:
-                    continue
-                except OSError as exc:
-                    if self._stopping.is_set():
-                        return
-                    if listener.fileno() == -1:
+                if any(s.fileno() == -1 for s in listeners):
+                    if not self._stopping.is_set():
                         LOGGER.error("DICOM listening socket closed: no more associations")
-                        return
-                    self._refusal_log.warning("accept failed: %s", exc)  # e.g. out of descriptors
-                    time.sleep(0.1)
-                    continue
+                    return
                 try:
-                    self._admit(conn, addr)
-                except Exception:  # a bug for one connection must not stop the listener
-                    LOGGER.exception("could not hand over the connection from %s", addr)
-                    conn.close()
+                    ready, _, _ = select.select(listeners, [], [], 0.2)
+                except (OSError, ValueError):
+                    continue  # a socket closed meanwhile: checked above
+                for listener in ready:
+                    self._accept_one(listener, tls=listener is self._tls_listener)
         finally:
             self._refusals.close_all()
 
-    def _admit(self, conn: socket.socket, addr: Any) -> None:
-        """Start a thread for *conn*, or refuse it beyond the connection limits."""
-        assoc = _Association(self, conn, addr)
+    def _accept_one(self, listener: socket.socket, *, tls: bool) -> None:
+        try:
+            conn, addr = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return  # another receiver process took it
+        except OSError as exc:
+            if not self._stopping.is_set() and listener.fileno() != -1:
+                self._refusal_log.warning("accept failed: %s", exc)  # e.g. out of descriptors
+                time.sleep(0.1)
+            return
+        try:
+            conn.setblocking(True)
+            self._admit(conn, addr, tls=tls)
+        except Exception:  # a bug for one connection must not stop the listener
+            LOGGER.exception("could not hand over the connection from %s", addr)
+            conn.close()
+
+    def _admit(self, conn: socket.socket, addr: Any, *, tls: bool = False) -> None:
+        """Start a thread for *conn*, or refuse it beyond the connection limits.
+
+        A refused plain connection gets A-ASSOCIATE-RJ; a refused TLS one is
+        closed (an RJ in clear text would mean nothing to a TLS client, and a
+        handshake in this thread would let one client hold the accept loop).
+        """
+        assoc = _Association(self, conn, addr, tls=tls)
         with self._lock:
-            reason = self._over_limit(assoc.address)
-            if reason is None:
+            over = self._over_limit(assoc.address)
+            if over is None:
                 self._associations.add(assoc)
-        if reason is None:
+        if over is None:
             try:
                 assoc.thread.start()
                 return
             except RuntimeError as exc:  # e.g. the process's thread or pid limit
                 self._forget(assoc)
-                reason = f"cannot start a thread ({exc})"
-        self._refusal_log.warning(
-            "refused connection from %s: %s (A-ASSOCIATE-RJ transient, local limit exceeded)",
-            assoc.stats.peer,
-            reason,
-        )
-        self._refusals.refuse(conn, _RJ_LOCAL_LIMIT)
+                over = (f"cannot start a thread ({exc})", "threads")
+        reason, limit = over
+        if tls:
+            self._refusal_log.warning(
+                "refused TLS connection from %s: %s (closed)", assoc.stats.peer, reason
+            )
+            conn.close()
+        else:
+            self._refusal_log.warning(
+                "refused connection from %s: %s (A-ASSOCIATE-RJ transient, local limit exceeded)",
+                assoc.stats.peer,
+                reason,
+            )
+            self._refusals.refuse(conn, _RJ_LOCAL_LIMIT)
+        assoc.audit_rejected(reason, limit)
 
-    def _over_limit(self, address: str) -> str | None:
-        """Why one more connection from *address* is too many (call under the lock)."""
+    def _over_limit(self, address: str) -> tuple[str, str] | None:
+        """Why one more connection from *address* is too many, and the limit's name
+        (call under the lock)."""
         node = self.settings.node
         if len(self._associations) >= node.connection_limit:
-            return f"{node.connection_limit} connections already open (max_connections)"
+            return (
+                f"{node.connection_limit} connections already open (max_connections)",
+                "max_connections",
+            )
         same = sum(1 for a in self._associations if a.address == address)
         if same >= node.per_host_limit:
-            return f"{same} connections already open from {address} (max_connections_per_host)"
+            return (
+                f"{same} connections already open from {address} (max_connections_per_host)",
+                "max_connections_per_host",
+            )
         return None
 
     def _forget(self, assoc: _Association) -> None:
         with self._lock:
             self._associations.discard(assoc)
 
-    def _try_establish(self, assoc: _Association) -> bool:
-        """Count *assoc* as established unless ``max_associations`` are (atomically)."""
+    def _try_establish(self, assoc: _Association) -> tuple[str, str] | None:
+        """Count *assoc* as established unless a limit is reached (atomically).
+
+        Returns ``None`` when established, else why not and the limit's name:
+        ``max_associations`` in all, ``max_associations_per_ae`` for its
+        Calling AE Title.
+        """
+        node = self.settings.node
+        calling = assoc.stats.calling_ae
         with self._lock:
-            established = sum(1 for a in self._associations if a.established)
-            if established >= self.settings.node.max_associations:
-                return False
+            established = [a for a in self._associations if a.established]
+            if len(established) >= node.max_associations:
+                return (
+                    f"{node.max_associations} associations already open (max_associations)",
+                    "max_associations",
+                )
+            if node.max_associations_per_ae is not None:
+                same = sum(1 for a in established if a.stats.calling_ae == calling)
+                if same >= node.max_associations_per_ae:
+                    return (
+                        f"{same} associations already open from calling AE {calling!r} "
+                        "(max_associations_per_ae)",
+                        "max_associations_per_ae",
+                    )
             assoc.established = True
-            return True
+            return None
 
 
 def _ae_title_rejection(body: bytearray) -> tuple[tuple[int, int, int], str] | None:
@@ -468,11 +587,13 @@ def _ae_title_rejection(body: bytearray) -> tuple[tuple[int, int, int], str] | N
 class _Association:
     """One acceptor association: negotiation, then the DIMSE loop, in its own thread."""
 
-    def __init__(self, scp: StorageSCP, conn: socket.socket, addr: Any) -> None:
+    def __init__(
+        self, scp: StorageSCP, conn: socket.socket, addr: Any, *, tls: bool = False
+    ) -> None:
         self.scp = scp
         self.sock = conn
         self.address = str(addr[0])
-        self.stats = AssociationStats(peer=f"{addr[0]}:{addr[1]}")
+        self.stats = AssociationStats(peer=f"{addr[0]}:{addr[1]}", tls=tls)
         self.established = False
         self.accepted: dict[int, PresentationContext] = {}
         self.thread = threading.Thread(
@@ -518,10 +639,69 @@ class _Association:
         self.stats.outcome = "aborted"
         self.close()
 
-    def reject(self, rj: tuple[int, int, int], reason: str) -> None:
-        """A-ASSOCIATE-RJ (PS3.8 9.3.4) with one log line; the connection closes after."""
-        LOGGER.warning("rejected association from %s: %s", self.stats.peer, reason)
+    def reject(self, rj: tuple[int, int, int], reason: str, limit: str | None = None) -> None:
+        """A-ASSOCIATE-RJ (PS3.8 9.3.4) with one log line and an audit event; the
+        connection closes after.  *limit* names the setting that was reached, if any."""
+        LOGGER.warning(
+            "rejected association from %s%s: %s", self.stats.peer, self._tls_note(), reason
+        )
+        self.audit_rejected(reason, limit)
         self.send(reject_pdu(*rj))
+
+    def _tls_note(self) -> str:
+        if not self.stats.tls:
+            return ""
+        return f" (TLS, {self.stats.tls_identity or 'no client certificate'})"
+
+    # -- audit (PS3.15 A.5) --------------------------------------------------------
+    def audit_rejected(self, reason: str, limit: str | None = None) -> None:
+        """``ASSOCIATION_REJECTED``: the connection or association was refused."""
+        s = self.stats
+        audit.auditor().record(
+            audit.AuditEvent.ASSOCIATION_REJECTED,
+            outcome=audit.Outcome.MINOR_FAILURE,
+            actor=s.calling_ae or None,
+            actor_kind="ae",
+            address=self.address,
+            reason=reason,
+            limit=limit,
+            called_ae=s.called_ae or None,
+            tls=s.tls,
+            tls_identity=s.tls_identity,
+            tls_version=s.tls_version,
+        )
+
+    def _audit_accepted(self) -> None:
+        s = self.stats
+        audit.auditor().record(
+            audit.AuditEvent.ASSOCIATION_ACCEPTED,
+            actor=s.calling_ae,
+            actor_kind="ae",
+            address=self.address,
+            called_ae=s.called_ae,
+            tls=s.tls,
+            tls_identity=s.tls_identity,
+            tls_version=s.tls_version,
+        )
+
+    def _audit_stored(self) -> None:
+        """One ``INSTANCES_STORED`` per study this association stored into."""
+        s = self.stats
+        for study_uid, tally in s.studies.items():
+            audit.auditor().record(
+                audit.AuditEvent.INSTANCES_STORED,
+                outcome=audit.Outcome.SUCCESS if not tally.failed else audit.Outcome.MINOR_FAILURE,
+                actor=s.calling_ae,
+                actor_kind="ae",
+                address=self.address,
+                study_instance_uid=study_uid,
+                count=tally.count,
+                series_instance_uids=sorted(tally.series),
+                bytes=tally.bytes,
+                failed=tally.failed,
+                tls=s.tls,
+                tls_identity=s.tls_identity,
+            )
 
     # -- thread body -------------------------------------------------------------
     def run(self) -> None:
@@ -531,6 +711,8 @@ class _Association:
             # ARTIM (PS3.8 9.1.6): the A-ASSOCIATE-RQ must arrive by then, counted
             # from the accept, whatever the pace of its bytes.
             self.reader.deadline = self.stats.started + node.acse_timeout.total_seconds()
+            if self.stats.tls and not self._handshake(self.reader.deadline):
+                return
             if self._negotiate():
                 self.reader.deadline = None
                 self.reader.phase_s = node.dimse_timeout.total_seconds()
@@ -564,6 +746,7 @@ class _Association:
             self.scp._forget(self)
             if self.established:
                 self._log_summary()
+                self._audit_stored()
 
     def _on_deadline(self) -> None:
         node = self.scp.settings.node
@@ -589,6 +772,7 @@ class _Association:
                 _RJ_RQ_TOO_LONG,
                 f"first PDU (type 0x{exc.pdu_type:02X}) announces {exc.length} bytes, "
                 f"more than max_associate_rq ({exc.limit})",
+                "max_associate_rq",
             )
             self.close()
             return
@@ -599,6 +783,31 @@ class _Association:
             exc.limit,
         )
         self.abort(_ABORT_INVALID_PARAMETER)
+
+    def _handshake(self, deadline: float) -> bool:
+        """The TLS handshake (PS3.15 B.9) within the ACSE deadline; False when it failed."""
+        context = self.scp.tls_context
+        assert context is not None
+        try:
+            tls_sock, session = dicom_tls.handshake(context, self.sock, deadline)
+        except dicom_tls.ClosedBeforeHandshake:
+            return False  # a port probe; a plain one is not logged either
+        except dicom_tls.TlsFailure as exc:
+            LOGGER.warning("refused TLS connection from %s: %s", self.stats.peer, exc)
+            self.audit_rejected(str(exc), "tls")
+            return False
+        self.sock = tls_sock
+        self.reader.sock = tls_sock
+        self.stats.tls_version = session.version
+        self.stats.tls_identity = session.identity
+        LOGGER.info(
+            "TLS from %s: %s, %s, client certificate %s",
+            self.stats.peer,
+            session.version,
+            session.cipher,
+            session.identity or "none",
+        )
+        return True
 
     def _negotiate(self) -> bool:
         """Read the A-ASSOCIATE-RQ and accept or reject it (PS3.8 7.1, 9.3.2-9.3.4)."""
@@ -615,24 +824,30 @@ class _Association:
         calling, called = request.calling_ae_title, request.called_ae_title
         self.stats.calling_ae, self.stats.called_ae = calling, called
         if node.require_called_ae and called != node.ae_title:
-            self.reject(_RJ_CALLED_AE, f"called AE title {called!r} is not {node.ae_title!r}")
+            self.reject(
+                _RJ_CALLED_AE,
+                f"called AE title {called!r} is not {node.ae_title!r}",
+                "require_called_ae",
+            )
             return False
         if scp.settings.peers and not _peer_allowed(scp.settings.peers, calling, self.address):
             reason = f"unknown peer {calling!r} at {self.address} (not in [[peers]])"
-            self.reject(_RJ_CALLING_AE, reason)
+            self.reject(_RJ_CALLING_AE, reason, "peers")
             return False
-        if not scp._try_establish(self):
-            reason = f"{node.max_associations} associations already open (max_associations)"
-            self.reject(_RJ_LOCAL_LIMIT, reason)
+        over = scp._try_establish(self)
+        if over is not None:
+            self.reject(_RJ_LOCAL_LIMIT, *over)
             return False
         ac, self.accepted = accept_pdu(request, scp.contexts, node.max_pdu)
         self.send(ac)
         LOGGER.info(
-            "association from %s at %s (%d presentation contexts accepted)",
+            "association from %s at %s%s (%d presentation contexts accepted)",
             calling,
             self.stats.peer,
+            self._tls_note(),
             len(self.accepted),
         )
+        self._audit_accepted()
         return True
 
     def _serve(self) -> None:
@@ -870,11 +1085,23 @@ class _Association:
                 self.stats.calling_ae,
                 answer.uid_warnings,
             )
+        tally = None
+        if answer.record is not None:
+            study_uid = answer.record.study_instance_uid
+            tally = self.stats.studies.get(study_uid)
+            if tally is None:
+                tally = self.stats.studies[study_uid] = StudyTally()
         if not answer.stored:
             self.stats.failures += 1
+            if tally is not None:
+                tally.failed += 1
             return answer.status, answer.comment
         self.stats.instances += 1
         self.stats.bytes += self._data_size
+        if tally is not None and answer.record is not None:
+            tally.count += 1
+            tally.bytes += self._data_size
+            tally.series.add(answer.record.series_instance_uid)
         if answer.outcome is not StoreOutcome.STORED:
             self.stats.duplicates += 1
         return answer.status, answer.comment
