@@ -20,6 +20,7 @@ from dicom_node import __version__
 from dicom_node.cli_analyze import analyze, pipelines
 from dicom_node.cli_audit import audit_command
 from dicom_node.cli_jobs import complete, jobs
+from dicom_node.cli_users import users
 from dicom_node.cli_retention import retention
 from dicom_node.cli_worker import worker
 from dicom_node.config import DEFAULT_CONFIG_PATH, Settings, load_settings
@@ -422,6 +423,7 @@ main.add_command(complete)
 main.add_command(jobs)
 main.add_command(worker)
 main.add_command(audit_command)
+main.add_command(users)
 main.add_command(retention)
 
 

@@ -12,6 +12,7 @@ down; nothing reads the configuration behind the caller's back.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -714,16 +715,40 @@ class CelerySettings(_Section):
     again (longer than the longest job; late acknowledgement)."""
 
 
-class WebSettings(_Section):
-    """``[web]``: dashboard, REST API and /metrics.
+WebRole = Literal["viewer", "operator"]
+"""The roles of web users (:mod:`storage.users`)."""
 
-    ``token``: when set (better from the environment, ``DICOM_NODE_WEB__TOKEN``,
-    than in the file), every request but ``GET /api/health`` needs it as
-    ``Authorization: Bearer <token>`` or as the password of HTTP Basic
-    (:mod:`dicom_node.web.auth`).  Without it the web surface is open to
-    whoever reaches ``host``, which is why the default is loopback; ``serve``
-    refuses to listen beyond loopback without a token.  A placeholder
-    (``change-me``, as in the deployment files) is refused.
+
+class WebSettings(_Section):
+    """``[web]``: dashboard, REST API and /metrics, and who may use them.
+
+    Who (:mod:`dicom_node.web.auth`):
+
+    * local users (``dicom-node users add``), each a ``viewer`` (reads) or an
+      ``operator`` (also retries jobs and forces completions), log in on the
+      console's login page; the browser then holds a session cookie that
+      expires after ``session_idle_minutes`` without a request and at the
+      latest ``session_max_hours`` after the login;
+    * ``token``: for machines (Prometheus, scripts) as ``Authorization:
+      Bearer <token>``, with an operator's rights and no cookie (better from
+      the environment, ``DICOM_NODE_WEB__TOKEN``, than in the file); a
+      placeholder (``change-me``) or fewer than 16 characters are refused;
+    * single sign-on: a reverse proxy that authenticates users names them in
+      ``trusted_proxy_header`` (e.g. ``X-Remote-User``); the header is believed
+      only on connections from ``trusted_proxies`` (addresses or networks).
+      The user's role is its local user's, or ``proxy_default_role`` for
+      names without a local user (``None``: those are refused).
+
+    With none of these (no token, no proxy header, no user) the web surface
+    is open, and only on a loopback ``host``: ``serve`` refuses any other
+    bind address until one of them is set up.
+
+    ``phi_roles``: the roles shown patient names, IDs and accession numbers;
+    the others see them masked.  ``cookie_secure`` marks the session cookie
+    ``Secure`` even on requests that came over plain HTTP (it is marked on
+    HTTPS ones, and on those a trusted proxy says came over HTTPS, anyway).
+    ``login_max_failures`` failed logins of one name or from one address
+    within ``login_lockout_s`` refuse further tries (429) for that long.
 
     ``allowed_hosts``: the names (``name`` for any port, ``name:port`` for
     one) that requests may carry in ``Host`` and browsers in ``Origin``
@@ -738,6 +763,19 @@ class WebSettings(_Section):
     port: Port = 8080
     token: SecretStr | None = None
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    phi_roles: Annotated[list[WebRole], NoDecode] = Field(
+        default_factory=lambda: list[WebRole](["operator"])
+    )
+    session_idle_minutes: Annotated[float, Field(gt=0, le=7 * 24 * 60)] = 30.0
+    session_max_hours: Annotated[float, Field(gt=0, le=30 * 24)] = 12.0
+    cookie_secure: bool = False
+    trusted_proxy_header: str | None = None
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    proxy_default_role: WebRole | None = None
+    login_max_failures: Annotated[int, Field(ge=1)] = 5
+    login_lockout_s: Annotated[float, Field(ge=1)] = 300.0
+    login_failure_delay_s: Annotated[float, Field(ge=0, le=10)] = 0.5
+    """Every failed login is answered after this long (slows guessing)."""
 
     #: A token never changed from the deployment files' placeholder.
     PLACEHOLDER: ClassVar[re.Pattern[str]] = re.compile(r"^\W*change[-_ ]?me", re.IGNORECASE)
@@ -748,6 +786,8 @@ class WebSettings(_Section):
         r"|\[[0-9a-f:.]+\](:\d{1,5})?"
         r"|[0-9a-f.]*:[0-9a-f:.]*"
     )
+    #: An HTTP field name (RFC 9110 section 5.1: a token).
+    HEADER_NAME: ClassVar[re.Pattern[str]] = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
     @field_validator("token")
     @classmethod
@@ -764,9 +804,9 @@ class WebSettings(_Section):
             raise ValueError("the web token must have at least 16 characters")
         return value
 
-    @field_validator("allowed_hosts", mode="before")
+    @field_validator("allowed_hosts", "phi_roles", "trusted_proxies", mode="before")
     @classmethod
-    def _split_host_list(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         """Accept ``"a, b"`` or a JSON list (an environment variable) as well as a list."""
         if not isinstance(value, str):
             return value
@@ -789,6 +829,52 @@ class WebSettings(_Section):
                     "(e.g. 'node.example.org', '10.0.0.5:8080', '[fd00::5]', '*')"
                 )
         return names
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (e.g. '127.0.0.1', "
+                    "'10.0.0.0/24', '::1')"
+                ) from None
+        return [entry.strip() for entry in value]
+
+    @field_validator("trusted_proxy_header")
+    @classmethod
+    def _header_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        name = value.strip()
+        if not cls.HEADER_NAME.fullmatch(name):
+            raise ValueError(f"{value!r} is not an HTTP header name (e.g. 'X-Remote-User')")
+        if name.lower() in ("authorization", "cookie", "host", "x-forwarded-for"):
+            raise ValueError(f"{name!r} cannot carry the proxy's user name")
+        return name
+
+    @model_validator(mode="after")
+    def _proxy_settings_fit_together(self) -> WebSettings:
+        if self.trusted_proxy_header is not None and not self.trusted_proxies:
+            raise ValueError(
+                "trusted_proxy_header needs trusted_proxies (the addresses of the proxies "
+                "whose header is believed)"
+            )
+        if self.session_idle_minutes > self.session_max_hours * 60:
+            raise ValueError("session_idle_minutes must not exceed session_max_hours")
+        return self
+
+    @property
+    def session_idle(self) -> timedelta:
+        """How long a session lives without a request."""
+        return timedelta(minutes=self.session_idle_minutes)
+
+    @property
+    def session_lifetime(self) -> timedelta:
+        """How long a session lives at most after its login."""
+        return timedelta(hours=self.session_max_hours)
 
 
 class LogSettings(_Section):
