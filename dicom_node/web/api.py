@@ -1,9 +1,12 @@
-"""The REST API under ``/api/``: health, studies, jobs, forced completion.
+"""The REST API under ``/api/``: health, studies, jobs, forced completion, audit trail.
 
-One router per resource.  Access: bind the web server to loopback (the
-default, ``[web] host = "127.0.0.1"``), or set ``[web] token``
-(:mod:`dicom_node.web.auth`) and put TLS in front beyond loopback.  Changes
-go through the same code as the CLI (:meth:`storage.jobs.JobQueue.retry`,
+One router per resource.  Access (:mod:`dicom_node.web.access`): a session
+(``/login``), a trusted proxy's user header, or ``[web] token`` as a Bearer
+token (machines; operator rights); open only on loopback with neither users
+nor token.  Reading needs any role; patient IDs are masked for roles outside
+``[web] phi_roles``.  Changes need the operator role and, from a browser,
+the session's CSRF token (:mod:`dicom_node.web.guard`), and are audited.
+They go through the same code as the CLI (:meth:`storage.jobs.JobQueue.retry`,
 :meth:`dicom_node.collect.Collector.complete`), so the node's collector,
 workers and sender pick them up at their next poll.
 """
@@ -17,9 +20,14 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from fastapi.responses import RedirectResponse
 
 from dicom_node import __version__
-from dicom_node.web.deps import Context, same_origin
+from dicom_node.web.access import Principal
+from dicom_node.web.dashboard import record_read
+from dicom_node.web.deps import Context
+from dicom_node.web.guard import Operator, Who, operator_change, record_action, sees_phi
 from dicom_node.web.queries import job_detail, job_summaries, study_summaries
 from dicom_node.web.schemas import (
+    AuditEventBody,
+    AuditPage,
     CompletionOutcome,
     ErrorBody,
     Health,
@@ -28,10 +36,20 @@ from dicom_node.web.schemas import (
     RetryOutcome,
     StudySummary,
 )
+from storage import jobs as _jobs
+from storage.audit import AuditFilter, AuditStore
 from storage.db import DatabaseError, DuplicateRow
 from storage.jobs import JobQueue, JobStatus
+from storage.queries import job_summary
 
-__all__ = ["completion", "health", "jobs", "studies"]
+__all__ = ["audit_trail", "completion", "health", "jobs", "studies"]
+
+#: Retrying a job whose files retention purged (``storage.jobs.JobPurged``, where defined).
+_PURGED: tuple[type[Exception], ...] = tuple(
+    c for c in (getattr(_jobs, "JobPurged", None),) if isinstance(c, type)
+)
+MASK = "***"
+"""What roles outside ``[web] phi_roles`` see instead of a patient identifier."""
 
 LOGGER = logging.getLogger(__name__)
 
@@ -100,9 +118,15 @@ studies = APIRouter(prefix="/api", tags=["studies"])
 
 
 @studies.get("/studies", response_model=list[StudySummary])
-def list_studies(ctx: Context, limit: Limit = 50) -> list[StudySummary]:
-    """Received studies, most recently received first, with their series and counts."""
-    return study_summaries(ctx.db, limit)
+def list_studies(ctx: Context, who: Who, limit: Limit = 50) -> list[StudySummary]:
+    """Received studies, most recently received first, with their series and counts.
+
+    ``patient_id`` is ``"***"`` for roles outside ``[web] phi_roles``.
+    """
+    found = study_summaries(ctx.db, limit)
+    if sees_phi(who, ctx):
+        return found
+    return [s.model_copy(update={"patient_id": MASK if s.patient_id else None}) for s in found]
 
 
 # -- jobs --------------------------------------------------------------------------------
@@ -135,12 +159,14 @@ def get_job(ctx: Context, job_id: JobId) -> JobDetail:
     responses={
         **_404,
         303: {"description": "``then=dashboard``: back to the dashboard"},
+        403: {"model": ErrorBody},
         409: {"model": ErrorBody},
     },
-    dependencies=[Depends(same_origin)],
 )
 def retry_job(
+    request: Request,
     ctx: Context,
+    who: Annotated[Principal, Depends(operator_change)],
     job_id: JobId,
     then: Annotated[
         Literal["json", "dashboard"],
@@ -150,19 +176,30 @@ def retry_job(
     """Run a failed or skipped job again, or re-send a finished job's failed deliveries.
 
     The same as ``dicom-node jobs retry``: 404 for an unknown job, 409 when
-    it is queued or running, or has no failed delivery.
+    it is queued or running, has no failed delivery, or its files were
+    purged.  Operators only (403), audited as ``admin-action``.
     """
+    summary = job_summary(ctx.db, job_id)
+    study = summary.study_instance_uid if summary is not None else None
+
+    def refused(outcome: str, status: int, exc: Exception) -> Any:
+        record_action(request, ctx, who, "retry", ok=False, study_instance_uid=study,
+                      job_id=job_id, refused=outcome)
+        if then == "dashboard":
+            return _back(job_id, outcome)
+        raise HTTPException(status_code=status, detail=str(exc)) from exc
+
     try:
         what, n = JobQueue(ctx.db).retry(job_id)
+    except _PURGED as exc:
+        return refused("purged", 409, exc)
     except LookupError as exc:
-        if then == "dashboard":
-            return _back(job_id, "unknown")
-        raise HTTPException(status_code=404, detail=str(exc)) from exc
+        return refused("unknown", 404, exc)
     except ValueError as exc:
-        if then == "dashboard":
-            return _back(job_id, "nothing")
-        raise HTTPException(status_code=409, detail=str(exc)) from exc
-    LOGGER.info("job %d: %s retried from the web (%d)", job_id, what, n)
+        return refused("nothing", 409, exc)
+    record_action(request, ctx, who, "retry", study_instance_uid=study, job_id=job_id,
+                  retried=what, count=n)
+    LOGGER.info("job %d: %s retried from the web by %s (%d)", job_id, what, who.name, n)
     if then == "dashboard":
         return _back(job_id, what)
     return RetryOutcome(job_id=job_id, retried="job" if what == "job" else "deliveries", count=n)
@@ -179,31 +216,69 @@ completion = APIRouter(prefix="/api", tags=["completion"])
 @completion.post(
     "/complete/{uid}",
     response_model=CompletionOutcome,
-    responses={**_404, 409: {"model": ErrorBody}},
-    dependencies=[Depends(same_origin)],
+    responses={**_404, 403: {"model": ErrorBody}, 409: {"model": ErrorBody}},
 )
 def complete(
+    request: Request,
     ctx: Context,
+    who: Annotated[Principal, Depends(operator_change)],
     uid: Annotated[str, Path(description="A SeriesInstanceUID or StudyInstanceUID.")],
 ) -> CompletionOutcome:
     """Force completion of a series or study now (``dicom-node complete``).
 
     A SeriesInstanceUID runs that series' series-level rules; a
     StudyInstanceUID every series of the study and the study-level rules.
-    404 when no such series or study was received.
+    404 when no such series or study was received.  Operators only (403),
+    audited as ``admin-action``.
     """
     try:
         report = ctx.collector.complete(uid)
     except LookupError as exc:
+        record_action(request, ctx, who, "complete", ok=False, uid=uid, refused="unknown")
         raise HTTPException(status_code=404, detail=str(exc)) from exc
     except DuplicateRow as exc:  # the collector completed it at the same moment
+        record_action(request, ctx, who, "complete", ok=False, uid=uid, refused="concurrent")
         raise HTTPException(
             status_code=409, detail=f"{uid} was completed concurrently; try again"
         ) from exc
+    record_action(request, ctx, who, "complete", uid=uid, job_ids=report.job_ids,
+                  completed=len(report.completed))
     LOGGER.info("forced completion from the web: %d job(s) queued", len(report.job_ids))
     return CompletionOutcome(
         uid=uid,
         completed=report.completed,
         unchanged=report.unchanged,
         job_ids=report.job_ids,
+    )
+
+
+# -- audit trail -------------------------------------------------------------------------
+audit_trail = APIRouter(prefix="/api", tags=["audit"])
+
+
+@audit_trail.get("/audit", response_model=AuditPage, responses={403: {"model": ErrorBody}})
+def list_audit(
+    request: Request,
+    ctx: Context,
+    who: Operator,
+    event: Annotated[list[str] | None, Query(description="Only these events (repeatable).")] = None,
+    actor: Annotated[str | None, Query(max_length=128)] = None,
+    study: Annotated[str | None, Query(max_length=64, description="A StudyInstanceUID.")] = None,
+    failures: Annotated[bool, Query(description="Only events that did not succeed.")] = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> AuditPage:
+    """The audit trail, newest first (operators only; reading it is audited as ``audit-read``)."""
+    where = AuditFilter(
+        events=tuple(event or ()), actor=actor, study_instance_uid=study, failures_only=failures
+    )
+    store = AuditStore(ctx.db)
+    entries = store.query(where, limit=limit, offset=offset)
+    total = store.count(where)
+    record_read(request, ctx, who, via_page="api", returned=len(entries),
+                event=list(event or ()) or None, actor=actor, study=study)
+    return AuditPage(
+        total=total,
+        offset=offset,
+        events=[AuditEventBody.model_validate(e.as_dict()) for e in entries],
     )

@@ -1,11 +1,12 @@
 """The FastAPI application: REST API under ``/api/``, ``/metrics``, dashboard at ``/``.
 
-Open unless ``[web] token`` is set (:mod:`.auth`); the default bind
-address is loopback (``[web] host = "127.0.0.1"``); beyond it the node
-needs a token (:class:`~dicom_node.web.server.WebServer`), and TLS belongs
-in front.  Requests for a ``Host`` outside ``[web] allowed_hosts`` and the
-loopback names, and browser POSTs from other sites, are refused before any
-route runs (:mod:`.hosts`).
+Who may see and change what: :mod:`.access` (sessions from ``/login``,
+:mod:`.login`; a trusted proxy's user header; ``[web] token`` for machines)
+and :mod:`.guard` (roles, CSRF, audit).  Open only with no user, no token
+and a loopback bind address (:class:`~dicom_node.web.server.WebServer`);
+TLS belongs in front beyond loopback.  Requests for a ``Host`` outside
+``[web] allowed_hosts`` and the loopback names, and browser POSTs from other
+sites, are refused before any route runs (:mod:`.hosts`).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from prometheus_client.exposition import choose_encoder
 from dicom_node import __version__
 from dicom_node.collect import Collector
 from dicom_node.config import Settings
-from dicom_node.web.api import completion, health, jobs, studies
-from dicom_node.web.auth import TokenAuth
+from dicom_node.web.access import AccessControl
+from dicom_node.web.api import audit_trail, completion, health, jobs, studies
 from dicom_node.web.dashboard import dashboard
 from dicom_node.web.deps import Context, WebContext
 from dicom_node.web.hosts import HostAllowlist, HostCheck
+from dicom_node.web.login import login
 from dicom_node.web.metrics import metrics_registry
 from storage.db import Database, DatabaseUnavailable
 from storage.received import ReceivedStore
@@ -55,8 +57,10 @@ def create_app(settings: Settings, db: Database, *, store: ReceivedStore | None 
         title="dicom-node",
         version=__version__,
         description=(
-            "REST API of a dicom-node. With [web] token set, send it as "
-            "'Authorization: Bearer <token>' (GET /api/health stays open)."
+            "REST API of a dicom-node. Machines send [web] token as "
+            "'Authorization: Bearer <token>' (operator rights); browsers log in "
+            "at /login and send the session's CSRF token as 'X-CSRF-Token' with "
+            "changes. GET /api/health stays open."
         ),
         openapi_url="/api/openapi.json",
         docs_url=None,  # Swagger UI and ReDoc load assets from a CDN; the node works offline
@@ -71,10 +75,9 @@ def create_app(settings: Settings, db: Database, *, store: ReceivedStore | None 
         schema_head=db.head_revision(),
         hosts=HostAllowlist.from_settings(settings.web),
     )
-    for router in (health, studies, jobs, completion, dashboard):
+    for router in (health, studies, jobs, completion, audit_trail, dashboard, login):
         app.include_router(router)
-    if settings.web.token is not None:
-        app.add_middleware(TokenAuth, token=settings.web.token.get_secret_value())
+    app.add_middleware(AccessControl, web=settings.web, db=db)
     # Added last, so outermost: a foreign Host is refused before anything else.
     app.add_middleware(HostCheck, allowlist=app.state.web.hosts)
 

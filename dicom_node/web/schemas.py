@@ -7,13 +7,15 @@ Annex C (``last_status_hex`` repeats them as ``0xA700`` for people).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from storage.jobs import DeliveryStatus, JobStatus
 
 __all__ = [
+    "AuditEventBody",
+    "AuditPage",
     "CompletionOutcome",
     "DeliveryInfo",
     "ErrorBody",
@@ -161,3 +163,30 @@ class CompletionOutcome(_Body):
     """Completions that already existed with the same instances."""
     job_ids: list[int]
     """The jobs queued."""
+
+
+class AuditEventBody(_Body):
+    """One audited event (DICOM PS3.15 A.5; :mod:`dicom_node.audit`)."""
+
+    id: int | None
+    at: datetime
+    event: str
+    action: str
+    """EventActionCode: C, R, U, D or E."""
+    outcome: int
+    """EventOutcomeIndicator: 0 success, 4 minor, 8 serious, 12 major failure."""
+    actor: str | None
+    actor_kind: str
+    address: str | None
+    node: str | None
+    study_instance_uid: str | None
+    detail: dict[str, Any]
+
+
+class AuditPage(_Body):
+    """``GET /api/audit``: a page of the trail, newest first."""
+
+    total: int
+    """How many events match the filter."""
+    offset: int
+    events: list[AuditEventBody]

@@ -15,8 +15,9 @@ from dicom_node.config import Settings, WebSettings
 from dicom_node.errors import DicomNodeError
 from dicom_node.web.app import create_app
 from dicom_node.web.hosts import HostAllowlist
-from storage.db import Database
+from storage.db import Database, DatabaseError
 from storage.received import ReceivedStore
+from storage.users import UserStore
 
 __all__ = ["WebServer", "WebServerError", "refuse_open_listener"]
 
@@ -37,21 +38,26 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def refuse_open_listener(web: WebSettings) -> None:
-    """Refuse to serve beyond loopback without ``[web] token``.
+def refuse_open_listener(web: WebSettings, users: int = 0) -> None:
+    """Refuse to serve beyond loopback while the web surface would be open.
 
-    Open there, the dashboard and API would show patient IDs to, and take
-    job retries from, whoever reaches the port.
+    It is open with no ``[web] token``, no ``[web] trusted_proxy_header`` and
+    no enabled user (*users*, :meth:`storage.users.UserStore.count`): then
+    the dashboard and API would show studies to, and take job retries from,
+    whoever reaches the port.  Any one of the three closes it
+    (:mod:`dicom_node.web.access`).
 
     Raises
     ------
     WebServerError
-        ``web.host`` is not a loopback address or name and ``web.token`` is unset.
+        ``web.host`` is not a loopback address or name and the surface is open.
     """
-    if web.token is None and not _is_loopback(web.host):
+    closed = web.token is not None or bool(web.trusted_proxy_header) or users > 0
+    if not closed and not _is_loopback(web.host):
         raise WebServerError(
-            f"[web] host = {web.host!r} listens beyond loopback, and [web] token is not set: "
-            "the dashboard and API would be open to whoever reaches the port. Set [web] token "
+            f"[web] host = {web.host!r} listens beyond loopback, and there is neither a user "
+            "nor a [web] token: the dashboard and API would be open to whoever reaches the "
+            "port. Add a user (dicom-node users add NAME --role operator), or set [web] token "
             "(at least 16 characters, e.g. in DICOM_NODE_WEB__TOKEN), or bind "
             '[web] host = "127.0.0.1"'
         )
@@ -77,11 +83,19 @@ class WebServer:
 
     The socket is bound in :meth:`start`, so a port in use fails there
     (:class:`WebServerError`) rather than in the background.  uvicorn does
-    not configure logging (the CLI does) and writes no access log.  Access
-    is open unless ``[web] token`` is set (:mod:`dicom_node.web.auth`); the
-    default bind address is loopback, and :meth:`start` refuses any other
-    without a token (:func:`refuse_open_listener`).  Requests must name an
-    allowed host (:mod:`dicom_node.web.hosts`).
+    not configure logging (the CLI does) and writes no access log.
+
+    Access (:mod:`dicom_node.web.access`): people log in as local users
+    (``dicom-node users add``) or come through a trusted proxy's user header;
+    machines send ``[web] token``.  With no user, no token and no proxy
+    header the surface is open, as a node on its own machine has always
+    been: the default bind address is loopback, and :meth:`start` refuses
+    any other until a user exists or a token or proxy header is set
+    (:func:`refuse_open_listener`), since beyond loopback an open console
+    would show studies to, and take retries from, anybody on the network.
+    Users added while the node runs take effect at once (the open surface
+    closes with the first).  Requests must name an allowed host
+    (:mod:`dicom_node.web.hosts`).
 
     Parameters
     ----------
@@ -110,6 +124,7 @@ class WebServer:
         self.host = settings.web.host
         self.port = settings.web.port
         self.token_set = settings.web.token is not None
+        self.db = db
         self.hosts = HostAllowlist.from_settings(settings.web)
         self.app = app if app is not None else create_app(settings, db, store=store)
         self.shutdown_grace_s = shutdown_grace_s
@@ -138,7 +153,7 @@ class WebServer:
         """
         if self._thread is not None:
             raise RuntimeError("web server already started")
-        refuse_open_listener(self.web_settings)
+        refuse_open_listener(self.web_settings, self._users())
         try:
             sock = _listen(self.host, self.port)
         except OSError as exc:
@@ -168,18 +183,31 @@ class WebServer:
                 sock.close()
                 raise WebServerError(f"web server on {self.url} did not start")
             time.sleep(0.01)
-        access = "token required" if self.token_set else "no authentication"
+        users = self._users()
+        parts = [f"{users} user(s)"] if users else []
+        if self.token_set:
+            parts.append("token required")
+        if self.web_settings.trusted_proxy_header:
+            parts.append(f"proxy header {self.web_settings.trusted_proxy_header}")
+        access = ", ".join(parts) if parts else "no authentication"
         LOGGER.info(
             "dashboard, REST API and /metrics on %s/ (%s; hosts: %s)",
             self.url,
             access,
             self.hosts.describe(),
         )
-        if self.hosts.any_host and not self.token_set:
+        if self.hosts.any_host and not self.token_set and not users:
             LOGGER.warning(
                 "[web] allowed_hosts has '*' and there is no [web] token: pages on other "
                 "sites can reach the node through the browsers of its users (DNS rebinding)"
             )
+
+    def _users(self) -> int:
+        """How many enabled users there are (0 when the database cannot say)."""
+        try:
+            return UserStore(self.db).count()
+        except DatabaseError:
+            return 0
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop listening, let requests in flight finish (bounded), join the thread.

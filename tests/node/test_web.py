@@ -394,7 +394,7 @@ def test_dashboard_escapes_what_it_shows(node: Node) -> None:
     # With "no-referrer" browsers send "Origin: null" on the retry form, which is refused.
     assert headers["referrer-policy"] == "same-origin"
     assert HOSTILE not in page and "<script" not in page and "<img" not in page
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&lt;b&gt;" in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&amp;&lt;b&gt;" in page
     assert "RuntimeError: &lt;img src=x onerror=alert(1)&gt;" in page
     assert "refused: &lt;bad&gt;" in page and "0xA900" in page
     assert 'http-equiv="refresh"' in page
