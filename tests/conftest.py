@@ -42,6 +42,7 @@ SLOW_FILES = frozenset(
         "node/test_hostile_datasets.py",
         "node/test_hostile_peers.py",
         "node/test_negative_report.py",
+        "node/test_peer_limits.py",
         "node/test_orthanc_peer.py",
         "node/test_no_phi_in_logs.py",
         "node/test_receive.py",

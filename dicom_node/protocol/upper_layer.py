@@ -10,7 +10,12 @@ A peer is not trusted with memory or time: :class:`PduReader` refuses a PDU
 longer than the caller's limit as soon as its header arrives, grows the body
 buffer only as bytes really arrive (a header announcing 64 MiB costs nothing
 until 64 MiB are sent), and bounds every read by an idle timeout and by the
-deadline of the phase in progress (PS3.8 9.1.6, ARTIM).
+deadline of the phase in progress (PS3.8 9.1.6, ARTIM).  Every length
+inside a PDU is checked against what holds it before it is used: the
+A-ASSOCIATE-RQ's items and sub-items (:func:`check_item_lengths`), PDV items
+(:func:`iter_pdvs`), and the command set's elements
+(:func:`~dicom_node.protocol.dimse_command.decode_command`), so what a peer
+announces never sizes an allocation.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ __all__ = [
     "abort_pdu",
     "accept_pdu",
     "ae_title_problem",
+    "check_item_lengths",
     "iter_pdvs",
     "p_data_pdu",
     "raw_ae_titles",
@@ -269,6 +275,48 @@ def ae_title_problem(raw: bytes) -> str | None:
     return None
 
 
+_ITEM_HEADER = struct.Struct(">BxH")
+_CONTAINER_ITEMS = {0x20: 4, 0x50: 0}
+"""Items whose value is itself a list of sub-items, and how many fixed bytes
+come before those: the presentation context item (context ID, 3 reserved;
+PS3.8 9.3.2.2) and the user information item (PS3.8 9.3.2.3)."""
+
+
+def check_item_lengths(body: bytes | bytearray) -> None:
+    """Every variable item and sub-item of an A-ASSOCIATE-RQ lies inside its parent
+    (PS3.8 9.3.2, Table 9-11; each item: type, reserved, 16-bit length).
+
+    A peer cannot make the decoder read or allocate past what it sent.
+
+    Raises
+    ------
+    PduError
+        With the offending item's type, offset and announced length.
+    """
+    if len(body) < 68:
+        raise PduError(f"A-ASSOCIATE-RQ of {len(body)} bytes is shorter than its fixed fields")
+    _check_items(body, 68, len(body), "item")
+
+
+def _check_items(body: bytes | bytearray, offset: int, end: int, what: str) -> None:
+    while offset < end:
+        if end - offset < 4:
+            raise PduError(f"A-ASSOCIATE-RQ {what} at offset {offset + 6} is truncated")
+        item_type, length = _ITEM_HEADER.unpack_from(body, offset)
+        start, stop = offset + 4, offset + 4 + length
+        if stop > end:
+            raise PduError(
+                f"A-ASSOCIATE-RQ {what} 0x{item_type:02X} at offset {offset + 6} announces "
+                f"{length} bytes, only {end - start} left"
+            )
+        if what == "item" and item_type in _CONTAINER_ITEMS:
+            fixed = _CONTAINER_ITEMS[item_type]
+            if length < fixed:
+                raise PduError(f"A-ASSOCIATE-RQ item 0x{item_type:02X} of {length} bytes")
+            _check_items(body, start + fixed, stop, "sub-item")
+        offset = stop
+
+
 @dataclass
 class AssociationRequest:
     """A decoded A-ASSOCIATE-RQ (PS3.8 9.3.2)."""
@@ -277,11 +325,20 @@ class AssociationRequest:
 
     @classmethod
     def decode(cls, body: bytes | bytearray) -> AssociationRequest:
+        """Decode an A-ASSOCIATE-RQ body, its item lengths checked first.
+
+        Raises
+        ------
+        PduError
+            An item announces more bytes than the PDU holds, or pynetdicom
+            cannot decode the request.
+        """
+        check_item_lengths(body)
         pdu = A_ASSOCIATE_RQ()
         try:
             pdu.decode(_HEADER.pack(A_ASSOCIATE_RQ_TYPE, len(body)) + bytes(body))
         except Exception as exc:
-            raise PduError(f"malformed A-ASSOCIATE-RQ: {exc}") from exc
+            raise PduError(f"malformed A-ASSOCIATE-RQ: {exc!r}") from exc
         return cls(pdu.to_primitive())
 
     @property

@@ -733,6 +733,8 @@ class _Association:
             self._on_too_large(exc)
         except PduError as exc:
             LOGGER.warning("invalid PDU from %s (%s); aborting", self.stats.peer, exc)
+            if not self.established:
+                self.audit_rejected(f"invalid PDU: {exc}")
             self.abort()
         except OSError as exc:
             if not self._closed:
