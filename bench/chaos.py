@@ -228,15 +228,28 @@ def lost_instances(db: Database, spool: Path, acked: dict[str, str]) -> int:
 def results_check(
     db: Database, orthanc: OrthancServer, study_uid: str, source_uids: set[str]
 ) -> tuple[int, int, int]:
-    """(expected, present, duplicates): results the database holds, those of them in
-    Orthanc, and result objects in Orthanc's study that the database does not hold."""
-    expected = {u for (u,) in rows(db, select(Result.sop_instance_uid))}
+    """(expected, present, duplicates): results the database holds for delivery (not
+    cancelled), those of them in Orthanc, and result objects in Orthanc's study that
+    the database does not hold at all (a second copy under other UIDs)."""
+    held = {u for (u,) in rows(db, select(Result.sop_instance_uid))}
+    # results of a job superseded by a later revision have their deliveries
+    # cancelled: they need not reach the archive (though they may have)
+    expected = {
+        u
+        for (u,) in rows(
+            db,
+            select(Result.sop_instance_uid)
+            .join(Delivery, Delivery.result_id == Result.id)
+            .where(Delivery.status != "cancelled")
+            .distinct(),
+        )
+    }
     in_orthanc: set[str] = set()
     for series in orthanc.series_of_study(study_uid):
         for instance_id in series["Instances"]:
             in_orthanc.add(orthanc.instance_tags(instance_id)["SOPInstanceUID"])
     results = in_orthanc - source_uids
-    return len(expected), len(expected & results), len(results - expected)
+    return len(expected), len(expected & results), len(results - held)
 
 
 def uid_of(path: Path) -> tuple[str, str]:
