@@ -32,7 +32,7 @@ from storage.queries import (
     job_summaries,
     job_summary,
 )
-from storage.retention import job_purged_at
+from storage.retention import job_purged_at, purged_jobs
 
 __all__ = ["complete", "jobs"]
 
@@ -125,11 +125,13 @@ def jobs_list(ctx: click.Context, status: str | None, limit: int, as_json: bool)
     _settings, database = _database(ctx)
     try:
         rows = job_summaries(database, status=status, limit=limit)
+        purged = purged_jobs(database, (row.id for row in rows))
     finally:
         database.dispose()
     if as_json:
         for row in rows:
-            click.echo(json.dumps(dataclasses.asdict(row), default=str))
+            line = {**dataclasses.asdict(row), "purged_at": purged.get(row.id)}
+            click.echo(json.dumps(line, default=str))
         return
     table = Table(title=f"jobs ({len(rows)})")
     for col in (
@@ -153,9 +155,10 @@ def jobs_list(ctx: click.Context, status: str | None, limit: int, as_json: bool)
             took = f"{(row.finished_at - row.started_at).total_seconds():.1f} s"
         deliveries = ", ".join(f"{n} {s}" for s, n in sorted(row.deliveries.items()))
         style = {"failed": "red", "succeeded": "green", "running": "cyan"}.get(row.status)
+        shown = f"[{style}]{row.status}[/]" if style else row.status
         table.add_row(
             str(row.id),
-            f"[{style}]{row.status}[/]" if style else row.status,
+            shown + (" [dim](purged)[/]" if row.id in purged else ""),
             row.rule,
             row.pipeline,
             "\n".join(_short(u) for u in row.series_instance_uids),

@@ -62,9 +62,9 @@ def retention_run(ctx: click.Context, dry_run: bool) -> None:
         installed = audit.auditor_from_settings(settings.audit, db)
         audit.install(installed)
     try:
-        report = Retention(
-            settings, db, actor=getpass.getuser(), actor_kind="user"
-        ).run(dry_run=dry_run)
+        report = Retention(settings, db, actor=getpass.getuser(), actor_kind="user").run(
+            dry_run=dry_run
+        )
     finally:
         if installed is not None:
             installed.close()

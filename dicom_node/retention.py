@@ -125,9 +125,7 @@ class Retention:
             series_rules=bool(settings.rules),
             study_rules=any(r.trigger == "study" for r in settings.rules),
         )
-        self.usage = usage or disk_usage(
-            [settings.storage.spool_dir, settings.storage.results_dir]
-        )
+        self.usage = usage or disk_usage([settings.storage.spool_dir, settings.storage.results_dir])
         self.actor = actor
         self.actor_kind = actor_kind
 
@@ -185,9 +183,7 @@ class Retention:
                     if not dry_run:
                         used, total = self.usage()
                         target = used - int(total * low / 100.0)
-            report.usage_after = (
-                report.usage_before if dry_run else self.percent()
-            )
+            report.usage_after = report.usage_before if dry_run else self.percent()
         return report
 
     def _purge(

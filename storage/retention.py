@@ -48,7 +48,13 @@ from storage.db import Database
 from storage.jobs import DeliveryStatus, JobStatus, as_utc
 from storage.models import Completion, Delivery, Instance, Job, Result, Series, Study, utcnow
 
-__all__ = ["MarkedSeries", "PurgeCandidate", "RetentionStore", "job_purged_at"]
+__all__ = [
+    "MarkedSeries",
+    "PurgeCandidate",
+    "RetentionStore",
+    "job_purged_at",
+    "purged_jobs",
+]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -291,9 +297,7 @@ class RetentionStore:
             result_ids = [
                 int(i)
                 for i in conn.execute(
-                    select(Result.id).where(
-                        Result.job_id.in_(job_ids), Result.purged_at.is_(None)
-                    )
+                    select(Result.id).where(Result.job_id.in_(job_ids), Result.purged_at.is_(None))
                 ).scalars()
             ]
         if result_ids:
@@ -385,9 +389,7 @@ class RetentionStore:
                 last = int(rows[-1].id)
                 left = [int(r.id) for r in rows if (root / r.path).exists()]
                 if left:
-                    deleted += (
-                        self._delete(left, []) if is_instance else self._delete([], left)
-                    )
+                    deleted += self._delete(left, []) if is_instance else self._delete([], left)
         if deleted:
             LOGGER.warning("retention: deleted %d file(s) left by an interrupted purge", deleted)
         return deleted
@@ -407,6 +409,18 @@ class RetentionStore:
                 )
             ).one()
         return int(n_i) + int(n_r), int(b_i) + int(b_r)
+
+
+def purged_jobs(db: Database, job_ids: Iterable[int]) -> dict[int, datetime]:
+    """Of *job_ids*, the purged ones and when (for lists: ``jobs list``, the API)."""
+    ids = list(job_ids)
+    if not ids:
+        return {}
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            select(Job.id, Job.purged_at).where(Job.id.in_(ids), Job.purged_at.is_not(None))
+        ).all()
+    return {int(r.id): as_utc(r.purged_at) or utcnow() for r in rows}
 
 
 def job_purged_at(db: Database, job_id: int) -> datetime | None:

@@ -136,8 +136,11 @@ def test_retention_purges_what_is_done_keeps_rows_and_handles_a_late_instance(
         assert sorted(outbox.rglob("*.dcm")) == delivered  # what was delivered is not ours
         assert all(r.purged_at for r in rows(db, select(Instance.purged_at)))
 
-        listed = cli(node, "jobs", "list", "--json")
-        assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == [job_id]
+        listed = [
+            json.loads(line) for line in cli(node, "jobs", "list", "--json").stdout.splitlines()
+        ]
+        assert [j["id"] for j in listed] == [job_id] and listed[0]["purged_at"]
+        assert "(purged)" in cli(node, "jobs", "list").stdout
         shown = cli(node, "jobs", "show", str(job_id))
         assert "purged: retention deleted" in shown.stdout, shown.stdout
         assert json.loads(cli(node, "jobs", "show", str(job_id), "--json").stdout)["purged_at"]
