@@ -76,7 +76,9 @@ class StoreRequest:
 class StoreAnswer:
     """The C-STORE response to send, and what was done.
 
-    ``outcome`` is ``None`` when the instance was refused; ``uid_warnings``
+    ``outcome`` is ``None`` when the instance was refused (``record`` is then
+    set when its header was read, so the refusal can be counted for its
+    study); ``uid_warnings``
     describes UIDs accepted under ``uid_policy = "warn"`` (the caller logs
     them once per association).
     """
@@ -156,6 +158,7 @@ def handle_store(
 
     The temporary file is always consumed: moved into place, or removed.
     """
+    record: InstanceRecord | None = None  # known once the header is read (for the audit)
     try:
         record, warnings = _checked_record(request, store)
         result = store.store(record, request.spooled)
@@ -177,7 +180,7 @@ def handle_store(
                 comment,
                 exc_info=not isinstance(exc, EXPECTED_STORE_FAILURES),
             )
-        return StoreAnswer(status, comment[:64])
+        return StoreAnswer(status, comment[:64], record=record)
     if result.outcome in (StoreOutcome.DUPLICATE_KEPT, StoreOutcome.REPLACED):
         LOGGER.warning(
             "instance re-sent with different content (%s): %s",

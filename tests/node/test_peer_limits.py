@@ -1,4 +1,5 @@
-"""Per-peer limits: associations per Calling AE Title, and every length a peer announces.
+"""Per-peer limits (associations per Calling AE Title, every length a peer announces)
+and the audit of what an association stored.
 
 A real node on 127.0.0.1 is talked to through raw sockets.  Each length a
 peer announces -- the PDU length, a PDV item's length inside a P-DATA-TF
@@ -15,8 +16,12 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterator
+from io import BytesIO
+from pathlib import Path
 
 import pytest
+from pydicom import dcmread
+from pydicom.filereader import _read_file_meta_info, read_preamble  # type: ignore[attr-defined]
 
 from storage.audit import AuditEntry, AuditFilter, AuditStore
 from storage.db import Database
@@ -30,10 +35,11 @@ from tests.node.test_hostile_peers import (
     rj_fields,
     vm_rss_mb,
 )
-from tests.support.peers import NodeProcess, free_port
+from tests.support.peers import NodeProcess, free_port, storescu
 
 pytestmark = [pytest.mark.network]
 
+CT_SERIES = "dcm_qa_ct/Philips_Ingenuity_headphantom_5mm"
 MAX_PDU = 16384
 PER_AE = 2
 FOUR_GB = 0xFFFFFFF0
@@ -220,3 +226,54 @@ def test_associate_rq_item_announcing_more_than_the_pdu_is_refused(node: NodePro
         )
     )
     assert_echo(node.port)
+
+
+# -- the audit of what an association stored ------------------------------------------------
+
+
+def test_instances_stored_is_one_event_per_study_with_its_failures(
+    tmp_path: Path, dicom_data: Path
+) -> None:
+    """storescu sends three slices, then one again unchanged and one changed (refused
+    under ``duplicate_policy = "reject"``): each association leaves one
+    ``instances-stored`` event for the study, with its counts, and none per instance."""
+    files = sorted((dicom_data / CT_SERIES).iterdir())[:3]
+    changed = tmp_path / "changed.dcm"
+    ds = dcmread(files[1])
+    ds.SeriesDescription = "changed after sending"
+    ds.save_as(changed)
+    study = str(ds.StudyInstanceUID)
+    series = str(ds.SeriesInstanceUID)
+    n = NodeProcess(tmp_path / "node", free_port(), extra={"node": {"duplicate_policy": "reject"}})
+    with n:
+        first = storescu(n.port, files, calling_ae="FIRST_SCU")
+        assert first.returncode == 0, first.stdout + first.stderr
+        second = storescu(n.port, [files[0], changed], calling_ae="SECOND_SCU")
+        out = second.stdout + second.stderr
+        assert out.count("Received Store Response (Success)") == 1, out
+        assert out.count("Received Store Response (Error") == 1, out
+
+        def rows() -> list[AuditEntry]:
+            return audit_rows(n, "instances-stored")
+
+        wait_for(lambda: {r.actor for r in rows()} == {"FIRST_SCU", "SECOND_SCU"})
+        by_actor = {r.actor: r for r in rows()}
+        assert len(rows()) == 2
+        first_row, second_row = by_actor["FIRST_SCU"], by_actor["SECOND_SCU"]
+        assert first_row.study_instance_uid == second_row.study_instance_uid == study
+        assert first_row.detail["count"] == 3 and first_row.detail["failed"] == 0
+        assert first_row.detail["series_instance_uids"] == [series]
+        assert first_row.detail["bytes"] == sum(_data_set_size(p) for p in files)
+        assert first_row.outcome == 0 and first_row.actor_kind == "ae"
+        assert second_row.detail["count"] == 1 and second_row.detail["failed"] == 1
+        assert second_row.outcome == 4
+        assert second_row.detail["tls"] is False
+    assert "Traceback" not in n.log()
+
+
+def _data_set_size(path: Path) -> int:
+    """Bytes of the data set after the file meta group, as storescu sends them."""
+    fp = BytesIO(path.read_bytes())
+    read_preamble(fp, False)
+    _read_file_meta_info(fp)
+    return path.stat().st_size - fp.tell()
