@@ -182,27 +182,6 @@ class NodeSettings(_Section):
     """Refuse TLS clients that present no certificate signed by :attr:`tls_ca_file`
     (without it, a client may present none; one it presents must still verify)."""
 
-    max_associations_per_ae: Annotated[int | None, Field(ge=1)] = None
-    """Established associations at once from one Calling AE Title; beyond,
-    A-ASSOCIATE-RJ (transient, local limit exceeded).  ``None``: only
-    :attr:`max_associations` applies."""
-
-    # -- DICOM over TLS (PS3.15 B.9 BCP 195 secure transport connection profile) ------
-    tls_port: Port | None = None
-    """A second listening port that speaks DICOM over TLS (``None``: no TLS)."""
-    tls_only: bool = False
-    """Listen on :attr:`tls_port` only, without the plain :attr:`port`."""
-    tls_cert_file: Path | None = None
-    """The node's certificate (PEM, may hold the chain)."""
-    tls_key_file: Path | None = None
-    """The private key of :attr:`tls_cert_file` (PEM, unencrypted)."""
-    tls_ca_file: Path | None = None
-    """CA certificates (PEM) that client certificates are verified against;
-    ``None``: client certificates are neither asked for nor accepted."""
-    tls_require_client_cert: bool = False
-    """Refuse TLS clients that present no certificate signed by :attr:`tls_ca_file`
-    (without it, a client may present none; one it presents must still verify)."""
-
     # -- what a received data set may be (PS3.4 B.2.3 statuses on refusal) --------
     uid_policy: UidPolicy = UidPolicy.STRICT
     """UIDs that break PS3.5 9.1 (digits and dots, no leading zeros, at most 64):
@@ -217,34 +196,6 @@ class NodeSettings(_Section):
     disk_check_mb: Annotated[int, Field(ge=1)] = 16
     """While a data set is written, free space is checked against
     ``[storage] min_free_disk_mb`` after every this many MiB (0xA700 below it)."""
-
-    @field_validator("tls_cert_file", "tls_key_file", "tls_ca_file")
-    @classmethod
-    def _tls_file_exists(cls, value: Path | None) -> Path | None:
-        """Relative to the configuration file's folder; the file must exist."""
-        if value is None:
-            return None
-        if not value.is_absolute():
-            toml_path = _TOML_PATH["path"]
-            base = toml_path.resolve().parent if toml_path is not None else Path.cwd()
-            value = (base / value).resolve()
-        if not value.is_file():
-            raise ValueError(f"file not found: {value}")
-        return value
-
-    @model_validator(mode="after")
-    def _tls_settings_fit_together(self) -> NodeSettings:
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ValueError("tls_cert_file and tls_key_file must be given together")
-        if self.tls_port is not None and self.tls_cert_file is None:
-            raise ValueError("tls_port needs tls_cert_file and tls_key_file")
-        if self.tls_require_client_cert and self.tls_ca_file is None:
-            raise ValueError("tls_require_client_cert needs tls_ca_file (the CA to verify with)")
-        if self.tls_only and self.tls_port is None:
-            raise ValueError("tls_only needs tls_port")
-        if self.tls_port is not None and self.tls_port == self.port and not self.tls_only:
-            raise ValueError(f"tls_port ({self.tls_port}) must differ from port")
-        return self
 
     @field_validator("tls_cert_file", "tls_key_file", "tls_ca_file")
     @classmethod
