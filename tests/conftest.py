@@ -36,6 +36,7 @@ SLOW_FILES = frozenset(
         "ai_models/test_readers_never_throw.py",
         "ai_models/test_site_weights.py",
         "node/test_celery_executor.py",
+        "node/test_chaos_slice.py",
         "node/test_cli.py",
         "node/test_codecs.py",
         "node/test_delivery_peers.py",
