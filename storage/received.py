@@ -378,7 +378,7 @@ class ReceivedStore:
                     "calling_ae": _clip(record.calling_ae, 16),
                     "called_ae": _clip(record.called_ae, 16),
                     "peer_address": _clip(record.peer_address, 64),
-                    "attributes": attrs,
+                    "attributes": _without_nul(attrs),
                     "first_received_at": now,
                     "last_received_at": now,
                 },
@@ -415,4 +415,19 @@ def _insert_returning_id(db: Database, model: type[Any]) -> Any:
 
 
 def _clip(value: str | None, n: int) -> str | None:
-    return None if value is None else value[:n]
+    """*value* cut to *n* characters, without NUL characters: no text VR may hold one
+    (PS3.5 6.2; only UI values are padded with it) and PostgreSQL text cannot.  The
+    spool file keeps the bytes as received."""
+    return None if value is None else value.replace("\x00", "")[:n]
+
+
+def _without_nul(value: Any) -> Any:
+    """*value* (routing attributes: JSON of dicts, lists and strings) without NUL
+    characters, which PostgreSQL refuses in text and in JSON."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
