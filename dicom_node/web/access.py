@@ -232,11 +232,13 @@ class AccessControl:
         try:
             if self.web.trusted_proxy_header:
                 client = scope.get("client")
-                claimed = headers.get(self.web.trusted_proxy_header)
+                claimed = headers.get(self.web.trusted_proxy_header.strip().lower())
                 if claimed and client and _in(client[0], self.proxies):
                     return self._proxy_user(scope, claimed.strip())
             if cookie:
-                found = self.users.session(cookie, idle=self.idle)
+                # The dashboard's own reload (?auto=1) does not count as the user's use.
+                auto = b"auto=1" in scope.get("query_string", b"").split(b"&")
+                found = self.users.session(cookie, idle=self.idle, touch=not auto)
                 if found is not None:
                     return _Verdict(
                         Principal(found.username, found.role, "session", found.csrf_token)

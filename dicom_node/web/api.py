@@ -276,7 +276,8 @@ def list_audit(
     entries = store.query(where, limit=limit, offset=offset)
     total = store.count(where)
     record_read(request, ctx, who, via_page="api", returned=len(entries),
-                event=list(event or ()) or None, actor=actor, study=study)
+                filter={"events": list(event or ()) or None, "actor": actor, "study": study,
+                        "failures": failures or None, "offset": offset})
     return AuditPage(
         total=total,
         offset=offset,

@@ -66,11 +66,16 @@ def get_dashboard(
     ctx: Context,
     who: Who,
     retried: Annotated[int | None, Query()] = None,
+    auto: Annotated[int | None, Query(ge=1, le=1)] = None,
     outcome: Annotated[
         Literal["job", "deliveries", "unknown", "nothing", "purged"] | None, Query()
     ] = None,
 ) -> HTMLResponse:
-    """The dashboard page (and, after a retry form, what the retry did)."""
+    """The dashboard page (and, after a retry form, what the retry did).
+
+    ``auto=1``: the page's own reload, which does not keep a session alive.
+    """
+    del auto  # read by AccessControl
     notice = None
     if retried is not None and outcome is not None:
         notice = _NOTICES[outcome].format(id=retried)
@@ -78,8 +83,9 @@ def get_dashboard(
     studies = study_summaries(ctx.db, limit=20)
     phi_columns = who.via != "open"
     show_phi = phi_columns and sees_phi(who, ctx)
+    # Read for the masked roles too: they see that a value is there, not what it is.
     patients = (
-        patient_fields(ctx.db, [s.study_instance_uid for s in studies]) if show_phi else {}
+        patient_fields(ctx.db, [s.study_instance_uid for s in studies]) if phi_columns else {}
     )
     jobs: list[dict[str, Any]] = []
     for job in job_summaries(ctx.db, limit=50):
@@ -128,7 +134,8 @@ def get_audit_page(
     store = AuditStore(ctx.db)
     total = store.count(where)
     entries = store.query(where, limit=AUDIT_PAGE, offset=(page - 1) * AUDIT_PAGE)
-    record_read(request, ctx, who, via_page="dashboard", returned=len(entries), **filters)
+    record_read(request, ctx, who, via_page="dashboard", returned=len(entries),
+                filter={**filters, "page": page})
 
     def link(number: int) -> str:
         query = {k: v for k, v in filters.items() if v}
