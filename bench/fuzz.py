@@ -66,7 +66,7 @@ from bench.fuzz_cases import (
     make_case,
     plan,
 )
-from bench.live import DICOM_DATA, peak_rss_mb
+from bench.live import DICOM_DATA, PostgresCluster, peak_rss_mb
 from storage.db import Database
 from storage.models import Instance
 from tests.support.peers import NodeProcess, echoscu, free_port, sender_ae
@@ -159,6 +159,7 @@ class WellBehaved:
     port: int
     folder: Path
     seed: int
+    data: Path = DICOM_DATA
     sent: dict[str, str] = field(default_factory=dict)
     """SOP Instance UID -> SHA-256 of the data set bytes sent, for those answered Success"""
     refused: list[tuple[str, int | None]] = field(default_factory=list)
@@ -174,7 +175,7 @@ class WellBehaved:
 
         pynetdicom._config.STORE_SEND_CHUNKED_DATASET = True  # the file's bytes, as they are
         rng = random.Random(f"{self.seed}:well-behaved")
-        templates = [DICOM_DATA / p for p in WELL_BEHAVED_FILES]
+        templates = [self.data / p for p in WELL_BEHAVED_FILES]
         ae = sender_ae("WELLBEHAVED")
         for path in templates:
             meta = pydicom.dcmread(path, stop_before_pixels=True)
@@ -241,7 +242,8 @@ class DatasetSender:
                 self.port, [CONTEXTS[0]], calling=case.calling))  # fmt: skip
             self.assocs[case.calling] = assoc
         kind, status = assoc.store(1, case.sop_class, case.sop_instance, case.data)
-        sop = case.sop_instance.decode("utf-8", "replace")
+        # UI values are padded (PS3.5 6.2): the node, like pydicom, keeps the value unpadded
+        sop = case.sop_instance.decode("utf-8", "replace").strip(" \x00")
         if kind == "status" and status is not None:
             ok = status in SUCCESS_OR_WARNING
             outcome = "stored" if ok else f"refused {status:#06x}"
@@ -325,6 +327,7 @@ def _describe(got: tuple[int, bytes]) -> str:
 @dataclass
 class Report:
     seed: int
+    database: str = "sqlite"
     cases: int = 0
     seconds: float = 0.0
     crashes: int = 0
@@ -337,6 +340,10 @@ class Report:
     well_behaved_refused: int = 0
     well_behaved_errors: int = 0
     acked_not_stored: list[str] = field(default_factory=list)
+    refused_but_stored: list[str] = field(default_factory=list)
+    """cases answered a failure status (or cut) whose SOP Instance UID, unique in the
+    run, is in the database all the same"""
+    harness_errors: list[str] = field(default_factory=list)
     outside_spool: list[str] = field(default_factory=list)
     half_written: list[str] = field(default_factory=list)
     tracebacks: int = 0
@@ -355,8 +362,10 @@ class Report:
             and self.well_behaved_sent > 0
             and self.well_behaved_stored_identical == self.well_behaved_sent
             and not self.acked_not_stored
+            and not self.refused_but_stored
             and not self.outside_spool
             and not self.half_written
+            and not self.harness_errors
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -367,12 +376,23 @@ class Report:
 
 
 class Fuzzer:
-    def __init__(self, base: Path, seed: int, workers: int) -> None:
+    def __init__(
+        self,
+        base: Path,
+        seed: int,
+        workers: int,
+        data: Path = DICOM_DATA,
+        database_url: str | None = None,
+    ) -> None:
         self.base = base
         self.seed = seed
         self.workers = workers
+        self.data = data
         self.node = NodeProcess(
-            base / "node", free_port(), extra={"node": NODE_SETTINGS, "peers": PEERS}
+            base / "node",
+            free_port(),
+            extra={"node": NODE_SETTINGS, "peers": PEERS},
+            database_url=database_url,
         )
         self.outcomes: list[Outcome] = []
         self.lock = threading.Lock()
@@ -420,10 +440,10 @@ class Fuzzer:
             sender.close()
 
     def run(self, cases: int, families: tuple[str, ...], console: Console) -> Report:
-        report = Report(self.seed)
+        report = Report(self.seed, self.node.db_url.split(":", 1)[0].split("+")[0])
         self.node.start()
         assert self.node.proc is not None
-        well = WellBehaved(self.node.port, self.base / "well-behaved", self.seed)
+        well = WellBehaved(self.node.port, self.base / "well-behaved", self.seed, self.data)
         work: queue.Queue[tuple[str, int]] = queue.Queue()
         for item in plan(cases, families):
             work.put(item)
@@ -451,6 +471,7 @@ class Fuzzer:
         report.cases = len(self.outcomes)
         report.crash_cases = self.crash_cases
         report.crashes = len(self.crash_cases)
+        report.harness_errors = self.errors
         proc = self.node.proc
         alive = proc is not None and proc.poll() is None
         report.alive_and_echo = alive and echoscu(self.node.port).returncode == 0
@@ -482,6 +503,7 @@ class Fuzzer:
                 report.well_behaved_mismatch.append(f"{sop}: spool file differs")
             else:
                 report.well_behaved_stored_identical += 1
+        uses = Counter(out.sop_instance for out in self.outcomes)
         by_family: dict[str, Counter[str]] = defaultdict(Counter)
         examples: dict[str, list[str]] = defaultdict(list)
         for out in self.outcomes:
@@ -492,6 +514,8 @@ class Fuzzer:
             by_family[out.family][label] += 1
             if out.acked and not stored:
                 report.acked_not_stored.append(f"{out.family}:{out.number}")
+            if stored and not out.acked and uses[out.sop_instance] == 1:
+                report.refused_but_stored.append(f"{out.family}:{out.number} ({out.outcome})")
             if stored and len(examples[out.family]) < 5:
                 examples[out.family].append(f"{out.number}: {out.variant}")
         report.by_family = {f: dict(c.most_common()) for f, c in sorted(by_family.items())}
@@ -511,7 +535,8 @@ class Fuzzer:
 
 
 def print_report(console: Console, report: Report) -> None:
-    table = Table(title=f"Fuzz: {report.cases} malformed cases, seed {report.seed}")
+    title = f"Fuzz: {report.cases} malformed cases, seed {report.seed}, {report.database}"
+    table = Table(title=title)
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_column("target", justify="right")
@@ -528,6 +553,7 @@ def print_report(console: Console, report: Report) -> None:
         ("  refused / association errors",
          f"{report.well_behaved_refused} / {report.well_behaved_errors}", "0 / 0"),
         ("malformed cases acknowledged but not stored", f"{len(report.acked_not_stored)}", "0"),
+        ("malformed cases refused but stored", f"{len(report.refused_but_stored)}", "0"),
         ("files outside the spool", f"{len(report.outside_spool)}", "0"),
         ("half-written files in the spool", f"{len(report.half_written)}", "0"),
         ("tracebacks in the node's log", f"{report.tracebacks}", ""),
@@ -547,19 +573,20 @@ def print_report(console: Console, report: Report) -> None:
         rest = ", ".join(f"{k}: {v}" for k, v in counts.items() if k != "stored")
         fam.add_row(family, str(sum(counts.values())), str(counts.get("stored", 0)), rest)
     console.print(fam)
-    for problem in ("crash_cases", "acked_not_stored", "outside_spool", "half_written",
-                    "well_behaved_mismatch"):  # fmt: skip
+    problems = ("crash_cases", "acked_not_stored", "refused_but_stored", "outside_spool",
+                "half_written", "well_behaved_mismatch", "harness_errors")  # fmt: skip
+    for problem in problems:
         items = getattr(report, problem)
         if items:
             console.print(f"[red]{problem}[/red]: {items[:10]}")
 
 
-def replay(seed: int, spec: str, console: Console) -> int:
+def replay(seed: int, spec: str, console: Console, database_url: str | None = None) -> int:
     """Send one case to a fresh node and print what happened, with the node's log."""
     family, number = spec.split(":")
     case = make_case(seed, family, int(number))
     with tempfile.TemporaryDirectory(prefix="dicom-node-fuzz-") as tmp:
-        node = NodeProcess(Path(tmp) / "node", free_port(),
+        node = NodeProcess(Path(tmp) / "node", free_port(), database_url=database_url,
                            extra={"node": NODE_SETTINGS, "peers": PEERS})  # fmt: skip
         with node:
             if isinstance(case, DatasetCase):
@@ -581,21 +608,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=3, help="fuzz peers at once")
     parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="the node's database on a private PostgreSQL cluster (default: SQLite)",
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--replay", help="FAMILY:NUMBER: send this one case and show the log")
     parser.add_argument("--keep", action="store_true", help="keep the node's folder")
     args = parser.parse_args(argv)
     console = Console()
-    if args.replay:
-        return replay(args.seed, args.replay, console)
     families = tuple(f for f in args.families.split(",") if f)
     unknown = set(families) - set(FAMILIES)
     if unknown:
         parser.error(f"unknown families: {', '.join(sorted(unknown))}")
     base = Path(tempfile.mkdtemp(prefix="dicom-node-fuzz-"))
+    cluster = PostgresCluster().init() if args.postgres else None
     try:
-        report = Fuzzer(base, args.seed, args.workers).run(args.cases, families, console)
+        if cluster is not None:
+            cluster.start()
+        url = cluster.url if cluster is not None else None
+        if args.replay:
+            return replay(args.seed, args.replay, console, url)
+        fuzzer = Fuzzer(base, args.seed, args.workers, database_url=url)
+        report = fuzzer.run(args.cases, families, console)
     finally:
+        if cluster is not None:
+            cluster.destroy()
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
     print_report(console, report)

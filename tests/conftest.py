@@ -40,6 +40,7 @@ SLOW_FILES = frozenset(
         "node/test_cli.py",
         "node/test_codecs.py",
         "node/test_delivery_peers.py",
+        "node/test_fuzz_slice.py",
         "node/test_hostile_datasets.py",
         "node/test_hostile_peers.py",
         "node/test_negative_report.py",
