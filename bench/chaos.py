@@ -190,14 +190,16 @@ class Trial:
     results_present: int = 0
     results_missing: int = 0
     duplicates: int = 0
+    leftovers: int = 0
+    """Spool files no database row names, after the restart (0: nothing half-written)."""
     jobs: str = ""
     seconds: float = 0.0
     error: str = ""
 
     @property
     def ok(self) -> bool:
-        return (not self.error and self.lost == 0 and self.results_missing == 0
-                and self.duplicates == 0 and self.results_expected > 0)  # fmt: skip
+        counts_zero = (self.lost, self.results_missing, self.duplicates, self.leftovers)
+        return not self.error and self.results_expected > 0 and not any(counts_zero)
 
 
 def lost_instances(db: Database, spool: Path, acked: dict[str, str]) -> int:
@@ -223,6 +225,23 @@ def lost_instances(db: Database, spool: Path, acked: dict[str, str]) -> int:
         ):
             lost += 1
     return lost
+
+
+def spool_leftovers(db: Database, spool: Path) -> int:
+    """Files in the spool that no database row names: placed files without an
+    ``instance`` row, and temporary ``.part`` files (the quarantine is left out:
+    what it holds was set aside on purpose)."""
+    known = {str(p) for (p,) in rows(db, select(Instance.path))}
+    left = 0
+    for path in spool.rglob("*"):
+        if not path.is_file():
+            continue
+        rel = path.relative_to(spool)
+        if rel.parts[0] == ".quarantine":
+            continue
+        if rel.parts[0] == ".tmp" or (rel.as_posix() not in known and str(path) not in known):
+            left += 1
+    return left
 
 
 def results_check(
@@ -337,6 +356,7 @@ def kill_trial(
         wait_until("every job and delivery to end", lambda: finished(db, last_send), 300, 0.3)
         node.terminate(60)
         trial.lost = lost_instances(db, node.spool, acked)
+        trial.leftovers = spool_leftovers(db, node.spool)
         expected, present, dups = results_check(db, orthanc, study_uid, set(sop_of.values()))
         trial.results_expected, trial.results_present = expected, present
         trial.results_missing, trial.duplicates = expected - present, dups
@@ -477,9 +497,11 @@ def db_outage(base: Path, outage_s: float, interval_s: float = 0.25) -> dict[str
             recovered_after_s=None if recovered is None else round(recovered, 1),
             acked=len(acked),
             lost=len(acked - stored),
+            spool_leftovers=spool_leftovers(db, node.spool),
             node_alive=node.proc is not None and node.proc.poll() is None,
         )
         out["ok"] = (out["success_during"] == 0 and recovered is not None and out["lost"] == 0
+                     and out["spool_leftovers"] == 0
                      and out["node_alive"] and before_ok(sent))  # fmt: skip
     except Exception as exc:  # noqa: BLE001
         out["error"] = f"{type(exc).__name__}: {exc}"
@@ -558,6 +580,7 @@ class Report:
             "results_present": sum(x.results_present for x in t),
             "results_missing": sum(x.results_missing for x in t),
             "duplicates": sum(x.duplicates for x in t),
+            "spool_leftovers": sum(x.leftovers for x in t),
             "errors": sum(1 for x in t if x.error),
             "failed_trials": sum(1 for x in t if not x.ok),
         }
@@ -582,7 +605,7 @@ def print_report(console: Console, report: Report) -> None:
     if report.trials:
         table = Table(title="SIGKILL trials (restart, then let the node finish)")
         for col in ("phase", "trials", "in phase", "acked", "lost", "results expected",
-                    "present", "missing", "duplicates", "failed"):  # fmt: skip
+                    "present", "missing", "duplicates", "leftovers", "failed"):  # fmt: skip
             table.add_column(col, justify="right" if col != "phase" else "left")
         for phase in (*PHASES, None):
             ts = [t for t in report.trials if phase is None or t.phase == phase]
@@ -594,6 +617,7 @@ def print_report(console: Console, report: Report) -> None:
                 str(sum(t.results_expected for t in ts)),
                 str(sum(t.results_present for t in ts)),
                 str(sum(t.results_missing for t in ts)), str(sum(t.duplicates for t in ts)),
+                str(sum(t.leftovers for t in ts)),
                 str(sum(1 for t in ts if not t.ok)),
             )  # fmt: skip
         console.print(table)
@@ -652,8 +676,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"trial {n:3d} {phase:<10} in-phase={trial.hit!s:<5} "
                     f"[{trial.state_at_kill}] acked={trial.acked} lost={trial.lost} "
                     f"results {trial.results_present}/{trial.results_expected} "
-                    f"dups={trial.duplicates} jobs={trial.jobs} {trial.seconds:.0f}s "
-                    + ("ok" if trial.ok else "[red]FAILED[/red]")
+                    f"dups={trial.duplicates} left={trial.leftovers} jobs={trial.jobs} "
+                    f"{trial.seconds:.0f}s " + ("ok" if trial.ok else "[red]FAILED[/red]")
                 )
         if "archive" in only:
             assert orthanc is not None

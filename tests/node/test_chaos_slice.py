@@ -41,6 +41,7 @@ def test_sigkill_then_restart_loses_nothing(
     assert trial.results_expected >= 3
     assert trial.results_present == trial.results_expected
     assert trial.duplicates == 0
+    assert trial.leftovers == 0, "files in the spool that no database row names"
     assert trial.ok
 
 
@@ -61,6 +62,7 @@ def test_database_outage_answers_failure_then_recovers(tmp_path: Path) -> None:
     assert out["success_during"] == 0, out
     assert out["recovered_after_s"] is not None
     assert out["lost"] == 0 and out["node_alive"]
+    assert out["spool_leftovers"] == 0
     assert out["ok"]
 
 
