@@ -20,8 +20,8 @@ from dicom_node import __version__
 from dicom_node.cli_analyze import analyze, pipelines
 from dicom_node.cli_audit import audit_command
 from dicom_node.cli_jobs import complete, jobs
-from dicom_node.cli_users import users
 from dicom_node.cli_retention import retention
+from dicom_node.cli_users import users
 from dicom_node.cli_worker import worker
 from dicom_node.config import DEFAULT_CONFIG_PATH, Settings, load_settings
 from dicom_node.errors import ConfigError, DeliveryError
@@ -53,7 +53,7 @@ class _State:
             except ConfigError as exc:
                 err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
                 sys.exit(2)
-            configure_logging(self.log_level, self.json_logs)
+            configure_logging(self.log_level, self.json_logs, phi=self._settings.log.phi)
         return self._settings
 
     @property

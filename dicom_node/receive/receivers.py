@@ -37,7 +37,7 @@ def _receiver_main(
     from dicom_node.receive.scp import StorageSCP
     from dicom_node.receive.store import open_store
 
-    configure_logging(log_level, log_json)
+    configure_logging(log_level, log_json, phi=settings.log.phi)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dicom_node.errors import StoreRejected
+from dicom_node.logs import patient
 from dicom_node.protocol import status as st
 from dicom_node.receive.header import (
     MAX_INFLATED_HEADER,
@@ -186,6 +187,16 @@ def handle_store(
             "instance re-sent with different content (%s): %s",
             result.outcome.value,
             record.sop_instance_uid,
+        )
+    if LOGGER.isEnabledFor(logging.DEBUG):  # names the patient only with [log] phi
+        LOGGER.debug(
+            "stored %s (%s) from %s: patient %s, patient id %s, accession %s",
+            record.sop_instance_uid,
+            result.outcome.value,
+            request.calling_ae,
+            patient(record.patient_name),
+            patient(record.patient_id),
+            patient(record.accession_number),
         )
     if on_stored is not None:
         try:
