@@ -835,6 +835,7 @@ class LogSettings(_Section):
     PatientID, PatientBirthDate, AccessionNumber); UIDs identify what a line
     is about.  ``phi = true`` lets DEBUG lines name them too (for a site
     chasing a problem with one study); INFO and above stay free of them.
+    The log handler's filter enforces it (:class:`dicom_node.logs.PatientDataFilter`).
     """
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
