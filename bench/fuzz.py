@@ -97,6 +97,19 @@ ESCAPE_MARKERS = ("fuzz-escape", "fuzz-abs", "fuzz-shell", "authorized_keys")
 """Names some hostile UIDs would create if a path were ever built from them."""
 
 
+def rss_mb(pid: int) -> float:
+    """Resident set of *pid* now (``VmRSS``), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def fds_and_threads(pid: int) -> tuple[int, int]:
+    """Open file descriptors and threads of *pid*: what a leaked connection would hold."""
+    return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
+
+
 # -- data set bytes of a DICOM file ----------------------------------------------------
 
 
@@ -334,6 +347,12 @@ class Report:
     crash_cases: list[str] = field(default_factory=list)
     alive_and_echo: bool = False
     peak_rss_mb: float = 0.0
+    rss_start_mb: float = 0.0
+    """resident set of the node when it was started and had answered one C-ECHO"""
+    fds_start: int = 0
+    fds_end: int = 0
+    threads_start: int = 0
+    threads_end: int = 0
     well_behaved_sent: int = 0
     well_behaved_stored_identical: int = 0
     well_behaved_mismatch: list[str] = field(default_factory=list)
@@ -349,7 +368,9 @@ class Report:
     tracebacks: int = 0
     by_family: dict[str, dict[str, int]] = field(default_factory=dict)
     stored_cases: dict[str, list[str]] = field(default_factory=dict)
-    """up to 5 examples per family of malformed cases the node stored"""
+    examples: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    """up to three ``number: variant`` of each outcome of each family"""
+    """the malformed cases the node stored, by family: ``number: variant``"""
 
     @property
     def cases_per_s(self) -> float:
@@ -453,16 +474,21 @@ class Fuzzer:
             threading.Thread(target=self.worker, args=(n, work), daemon=True)
             for n in range(self.workers)
         ]
-        start = time.monotonic()
+        echoscu(self.node.port)
+        report.rss_start_mb = round(rss_mb(self.node.proc.pid), 1)
+        report.fds_start, report.threads_start = fds_and_threads(self.node.proc.pid)
+        start = last_log = time.monotonic()
         monitor.start()
         sender.start()
         for t in threads:
             t.start()
         while any(t.is_alive() for t in threads):
-            time.sleep(1.0)
-            done = len(self.outcomes)
-            if done and done % 500 < self.workers * 10:
-                console.log(f"{done}/{cases} cases, {well.rounds} well-behaved rounds")
+            time.sleep(0.5)
+            if time.monotonic() - last_log > 10:
+                last_log = time.monotonic()
+                console.log(
+                    f"{len(self.outcomes)}/{cases} cases, {well.rounds} well-behaved rounds"
+                )
         report.seconds = time.monotonic() - start
         well.stop.set()
         sender.join(300)
@@ -477,6 +503,8 @@ class Fuzzer:
         report.alive_and_echo = alive and echoscu(self.node.port).returncode == 0
         if proc is not None and alive:
             report.peak_rss_mb = round(peak_rss_mb(proc.pid), 1)
+            time.sleep(1.0)  # connections the last cases closed are let go
+            report.fds_end, report.threads_end = fds_and_threads(proc.pid)
         self.check(report, well)
         self.node.terminate(60)
         report.tracebacks = self.node.log().count("Traceback")
@@ -506,20 +534,26 @@ class Fuzzer:
         uses = Counter(out.sop_instance for out in self.outcomes)
         by_family: dict[str, Counter[str]] = defaultdict(Counter)
         examples: dict[str, list[str]] = defaultdict(list)
+        seen: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
         for out in self.outcomes:
             stored = out.sop_instance is not None and out.sop_instance in rows
+            if out.acked and not stored and out.family == "pdu_bitflip":
+                stored = flipped_uid_stored(out.sop_instance, rows)
             label = out.outcome
             if out.family not in DATASET_FAMILIES and out.sop_instance is not None:
                 label = "stored" if stored else label
             by_family[out.family][label] += 1
+            if len(seen[out.family][label]) < 3:
+                seen[out.family][label].append(f"{out.number}: {out.variant}")
             if out.acked and not stored:
                 report.acked_not_stored.append(f"{out.family}:{out.number}")
             if stored and not out.acked and uses[out.sop_instance] == 1:
                 report.refused_but_stored.append(f"{out.family}:{out.number} ({out.outcome})")
-            if stored and len(examples[out.family]) < 5:
+            if stored:
                 examples[out.family].append(f"{out.number}: {out.variant}")
         report.by_family = {f: dict(c.most_common()) for f, c in sorted(by_family.items())}
         report.stored_cases = dict(examples)
+        report.examples = {f: dict(by_label) for f, by_label in sorted(seen.items())}
         root = spool.resolve()
         for sop, (rel, _) in rows.items():
             if not (spool / rel).resolve().is_relative_to(root):
@@ -534,6 +568,18 @@ class Fuzzer:
         ]  # fmt: skip
 
 
+def flipped_uid_stored(sop: str | None, rows: dict[str, Any], max_flips: int = 8) -> bool:
+    """Whether the database holds a UID a few flipped characters away from *sop*: a bit
+    flip may change the data set's SOP Instance UID (and leave the command without
+    one), and then the node rightly stores it under the UID the data set names."""
+    if not sop:
+        return False
+    return any(
+        len(uid) == len(sop) and sum(a != b for a, b in zip(uid, sop, strict=True)) <= max_flips
+        for uid in rows
+    )
+
+
 def print_report(console: Console, report: Report) -> None:
     title = f"Fuzz: {report.cases} malformed cases, seed {report.seed}, {report.database}"
     table = Table(title=title)
@@ -546,7 +592,11 @@ def print_report(console: Console, report: Report) -> None:
         ("node crashes", f"{report.crashes}", "0"),
         ("node alive and answering C-ECHO at the end", "yes" if report.alive_and_echo else "NO",
          "yes"),
-        ("peak RSS of the node (VmHWM)", f"{report.peak_rss_mb:.0f} MB", ""),
+        ("peak RSS of the node (VmHWM)", f"{report.peak_rss_mb:.0f} MB",
+         f"start {report.rss_start_mb:.0f} MB"),
+        ("open files / threads of the node, start -> end",
+         f"{report.fds_start} -> {report.fds_end} / {report.threads_start} -> {report.threads_end}",
+         ""),
         ("well-behaved instances acknowledged", f"{report.well_behaved_sent}", ""),
         ("  stored byte-identical (database + spool)",
          f"{report.well_behaved_stored_identical}", f"{report.well_behaved_sent}"),
@@ -573,6 +623,8 @@ def print_report(console: Console, report: Report) -> None:
         rest = ", ".join(f"{k}: {v}" for k, v in counts.items() if k != "stored")
         fam.add_row(family, str(sum(counts.values())), str(counts.get("stored", 0)), rest)
     console.print(fam)
+    for family, stored in report.stored_cases.items():
+        console.print(f"stored {family}, e.g.: " + "; ".join(stored[:3]))
     problems = ("crash_cases", "acked_not_stored", "refused_but_stored", "outside_spool",
                 "half_written", "well_behaved_mismatch", "harness_errors")  # fmt: skip
     for problem in problems:
