@@ -245,7 +245,11 @@ class AccessControl:
                     )
             if self.token is None and not self.web.trusted_proxy_header:
                 if self.users.count() == 0:
-                    return _Verdict(Principal("anonymous", "operator", "open"), users_exist=False)
+                    # Open on loopback only: beyond it, removing the last user closes it.
+                    if _loopback_bind(self.web.host):
+                        return _Verdict(Principal("anonymous", "operator", "open"),
+                                        users_exist=False)
+                    return _Verdict(None, users_exist=False)
                 return _Verdict(None)
             return _Verdict(None, users_exist=self.users.count() > 0)
         except DatabaseError as exc:

@@ -441,3 +441,18 @@ def test_idle_session_goes_back_to_the_login_page(tmp_path: Path, db: Database) 
     gone = client.get("/api/jobs")
     assert gone.status_code == 401
     assert client.get("/").headers["location"].startswith("/login")
+
+
+def test_removing_the_last_user_never_opens_a_node_beyond_loopback(
+    tmp_path: Path, db: Database
+) -> None:
+    users = UserStore(db)
+    users.add("alice", PASSWORD, "operator")
+    wide = client_for(web_settings(tmp_path, host="0.0.0.0"), db)
+    local = client_for(web_settings(tmp_path), db)
+    assert wide.get("/api/jobs").status_code == 401
+    users.remove("alice")
+    assert wide.get("/api/jobs").status_code == 401  # beyond loopback: closed, whatever happens
+    assert wide.post("/api/jobs/1/retry").status_code == 401
+    assert wide.get("/").headers["location"].startswith("/login")
+    assert local.get("/api/jobs").status_code == 200  # loopback without any user: open
