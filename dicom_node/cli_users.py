@@ -17,6 +17,7 @@ user ends its sessions).
 from __future__ import annotations
 
 import getpass
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,11 +56,20 @@ def _store(ctx: click.Context) -> Iterator[UserStore]:
         db.dispose()
 
 
+def _os_user() -> str:
+    """The operating-system user running the command (its uid where it has no name,
+    as in some containers)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
 def _changed(username: str, change: str, **detail: Any) -> None:
     """Audit one change of *username* made by the operating-system user."""
     audit.auditor().record(
         audit.AuditEvent.USER_CHANGED,
-        actor=getpass.getuser(),
+        actor=_os_user(),
         actor_kind="user",
         via="cli",
         target_user=username,
