@@ -161,6 +161,11 @@ class NodeSettings(_Section):
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
     receivers: Annotated[int, Field(ge=1, le=64)] = 1
     """Receiver processes sharing the port (SO_REUSEPORT); 1 = in-process."""
+    max_incoming_pdu: Annotated[int | None, Field(ge=4096, le=2**30)] = None
+    """Longest PDU accepted from an associated peer, in bytes: what one
+    association's PDU buffer can reach (a longer one is aborted as soon as its
+    header arrives).  ``None``: :attr:`max_pdu` plus 1 KiB of slack for senders
+    that count headers in it (PS3.8 D.1); with ``max_pdu = 0``, 64 MiB."""
     max_associations_per_ae: Annotated[int | None, Field(ge=1)] = None
     """Established associations at once from one Calling AE Title; beyond,
     A-ASSOCIATE-RJ (transient, local limit exceeded).  ``None``: only
@@ -224,6 +229,22 @@ class NodeSettings(_Section):
         if self.tls_port is not None and self.tls_port == self.port and not self.tls_only:
             raise ValueError(f"tls_port ({self.tls_port}) must differ from port")
         return self
+
+    @model_validator(mode="after")
+    def _incoming_pdu_covers_max_pdu(self) -> NodeSettings:
+        if self.max_incoming_pdu is not None and self.max_incoming_pdu < self.max_pdu:
+            raise ValueError(
+                f"max_incoming_pdu ({self.max_incoming_pdu}) must be at least "
+                f"max_pdu ({self.max_pdu}), the most we told peers they may send"
+            )
+        return self
+
+    @property
+    def incoming_pdu_limit(self) -> int:
+        """:attr:`max_incoming_pdu` with its default applied."""
+        if self.max_incoming_pdu is not None:
+            return self.max_incoming_pdu
+        return self.max_pdu + 1024 if self.max_pdu else 64 * 2**20
 
     @model_validator(mode="after")
     def _connections_cover_associations(self) -> NodeSettings:

@@ -105,11 +105,6 @@ __all__ = ["AssociationStats", "StorageSCP", "supported_contexts"]
 LOGGER = logging.getLogger(__name__)
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
-_MAX_INCOMING_PDU = 64 * 2**20
-"""Cap on a PDU body after association when ``max_pdu`` is 0 (unlimited)."""
-_PDU_SLACK = 1024
-"""Bytes tolerated beyond the negotiated maximum PDU length: some senders count
-the PDV item header in it, or the PDU header (PS3.8 9.3.5, D.1)."""
 _MAX_COMMAND_SET = 64 * 2**10
 """Longest command set (all its fragments); real ones have a few hundred bytes."""
 _REFUSAL_LINGER_S = 2.0
@@ -860,10 +855,10 @@ class _Association:
         the first byte of a PDU when none runs, and is cleared once no
         message is in progress.
         """
-        node = self.scp.settings.node
         # PS3.8 D.1: the peer must not exceed our Maximum Length Received; a little
-        # slack for senders that count headers in it, an A-ABORT beyond.
-        limit = node.max_pdu + _PDU_SLACK if node.max_pdu else _MAX_INCOMING_PDU
+        # slack for senders that count headers in it, an A-ABORT beyond
+        # ([node] max_incoming_pdu, also the cap when max_pdu is 0).
+        limit = self.scp.settings.node.incoming_pdu_limit
         sock = self.sock
         while True:
             if _QUICKACK is not None:

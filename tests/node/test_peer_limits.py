@@ -20,9 +20,11 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from pydicom import dcmread
 from pydicom.filereader import _read_file_meta_info, read_preamble  # type: ignore[attr-defined]
 
+from dicom_node.config import NodeSettings
 from storage.audit import AuditEntry, AuditFilter, AuditStore
 from storage.db import Database
 from tests.node.test_hostile_peers import (
@@ -277,3 +279,37 @@ def _data_set_size(path: Path) -> int:
     read_preamble(fp, False)
     _read_file_meta_info(fp)
     return path.stat().st_size - fp.tell()
+
+
+# -- max_pdu = 0 (unlimited) is still bounded -----------------------------------------------
+
+
+def test_unlimited_max_pdu_is_capped_by_max_incoming_pdu(tmp_path: Path) -> None:
+    assert NodeSettings().incoming_pdu_limit == 262144 + 1024
+    assert NodeSettings(max_pdu=0).incoming_pdu_limit == 64 * 2**20
+    with pytest.raises(ValidationError, match="must be at least max_pdu"):
+        NodeSettings(max_pdu=262144, max_incoming_pdu=65536)
+    cap = 2**20
+    n = NodeProcess(
+        tmp_path / "node", free_port(), extra={"node": {"max_pdu": 0, "max_incoming_pdu": cap}}
+    )
+    with n:
+        assert n.proc is not None
+        before = vm_rss_mb(n.proc.pid)
+        socks = []
+        try:
+            for i in range(CONNECTIONS):
+                sock, reply = associate(n.port, f"UNLIM{i}")
+                socks.append(sock)
+                assert reply is not None and reply[0] == A_ASSOCIATE_AC, reply
+                sock.sendall(struct.pack(">BxL", 0x04, cap + 1))
+            replies = [recv_pdu(sock) for sock in socks]
+            after = vm_rss_mb(n.proc.pid)
+        finally:
+            for sock in socks:
+                sock.close()
+        assert all(r is not None and r[0] == A_ABORT for r in replies), replies
+        assert after - before < 24, f"RSS {before:.0f} MB -> {after:.0f} MB"
+        assert n.log().count(f"PDU of {cap + 1} bytes from 127.0.0.1") == CONNECTIONS
+        assert_echo(n.port)
+    assert "Traceback" not in n.log()
