@@ -311,6 +311,8 @@ class StorageSCP:
         self._associations: set[_Association] = set()
         self._refusals = _Refusals(settings.node.connection_limit)
         self._refusal_log = _Throttled()
+        self._refusal_audit_at = 0.0
+        self._refusal_audit_suppressed = 0
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -516,7 +518,13 @@ class StorageSCP:
                 reason,
             )
             self._refusals.refuse(conn, _RJ_LOCAL_LIMIT)
-        assoc.audit_rejected(reason, limit)
+        # A flood of connections beyond the limits is audited once a second, with a count.
+        now = time.monotonic()
+        if now - self._refusal_audit_at < 1.0:
+            self._refusal_audit_suppressed += 1
+            return
+        assoc.audit_rejected(reason, limit, suppressed=self._refusal_audit_suppressed or None)
+        self._refusal_audit_at, self._refusal_audit_suppressed = now, 0
 
     def _over_limit(self, address: str) -> tuple[str, str] | None:
         """Why one more connection from *address* is too many, and the limit's name
@@ -649,8 +657,13 @@ class _Association:
         return f" (TLS, {self.stats.tls_identity or 'no client certificate'})"
 
     # -- audit (PS3.15 A.5) --------------------------------------------------------
-    def audit_rejected(self, reason: str, limit: str | None = None) -> None:
-        """``ASSOCIATION_REJECTED``: the connection or association was refused."""
+    def audit_rejected(
+        self, reason: str, limit: str | None = None, *, suppressed: int | None = None
+    ) -> None:
+        """``ASSOCIATION_REJECTED``: the connection or association was refused.
+
+        *suppressed* counts the like refusals not audited since the last one.
+        """
         s = self.stats
         audit.auditor().record(
             audit.AuditEvent.ASSOCIATION_REJECTED,
@@ -664,6 +677,7 @@ class _Association:
             tls=s.tls,
             tls_identity=s.tls_identity,
             tls_version=s.tls_version,
+            similar_refusals_not_audited=suppressed,
         )
 
     def _audit_accepted(self) -> None:

@@ -136,6 +136,40 @@ def test_associations_per_calling_ae_are_limited(node: NodeProcess) -> None:
         assert reply is not None and reply[0] == A_ASSOCIATE_AC, reply
 
 
+def test_a_flood_beyond_the_connection_limits_is_audited_once_a_second(node: NodeProcess) -> None:
+    """Refusals in the accept loop are audited at most once a second, the next
+    event counting those left out (a flood must not flood the audit trail)."""
+    per_host = 32  # max_connections_per_host of the module's node
+
+    def refused_rows() -> list[AuditEntry]:
+        return [
+            r
+            for r in audit_rows(node, "association-rejected")
+            if r.detail.get("limit") == "max_connections_per_host"
+        ]
+
+    time.sleep(1.1)  # nothing audited in the last second
+    before = len(refused_rows())
+    idle = [connect(node.port) for _ in range(per_host)]  # never associating
+    try:
+        for _ in range(5):
+            with connect(node.port) as sock:
+                assert rj_fields(recv_pdu(sock)) == (2, 3, 2)
+        time.sleep(1.1)
+        with connect(node.port) as sock:
+            assert rj_fields(recv_pdu(sock)) == (2, 3, 2)
+    finally:
+        for sock in idle:
+            sock.close()
+    wait_for(lambda: len(refused_rows()) >= before + 2)
+    time.sleep(0.5)
+    rows = refused_rows()
+    assert len(rows) == before + 2, [r.detail for r in rows]
+    assert rows[0].detail["similar_refusals_not_audited"] == 4  # newest first
+    assert "similar_refusals_not_audited" not in rows[1].detail
+    assert "max_connections_per_host" in rows[0].detail["reason"]
+
+
 # -- announced lengths ----------------------------------------------------------------------
 
 
