@@ -124,18 +124,6 @@ def _study_busy() -> Any:
     return or_(active_job, pending)
 
 
-def _jobs_of(series_id: int, study_id: int) -> Any:
-    """Ids of the jobs that ran on a series: its series-level jobs, its study's study-level ones."""
-    return (
-        select(Job.id)
-        .join(Completion, Completion.id == Job.completion_id)
-        .where(
-            Job.study_id == study_id,
-            or_(Completion.series_id == series_id, Completion.level == "study"),
-        )
-    )
-
-
 class RetentionStore:
     """Purgeable series, purge marks and file deletion on *db*.
 
@@ -190,16 +178,9 @@ class RetentionStore:
         exclude: Iterable[int] = (),
         series_ids: Sequence[int] | None = None,
     ) -> list[PurgeCandidate]:
-        live = (
-            select(
-                Instance.series_id.label("series_id"),
-                func.count().label("n"),
-                func.coalesce(func.sum(Instance.size_bytes), 0).label("nbytes"),
-            )
-            .where(Instance.purged_at.is_(None))
-            .group_by(Instance.series_id)
-            .subquery()
-        )
+        # Pick the series first (index on last_received_at, an EXISTS per series),
+        # then count the instances of those only: no pass over the whole table.
+        has_live = exists().where(Instance.series_id == Series.id, Instance.purged_at.is_(None))
         query = (
             select(
                 Series.id,
@@ -207,12 +188,9 @@ class RetentionStore:
                 Series.study_id,
                 Study.study_instance_uid,
                 Series.last_received_at,
-                live.c.n,
-                live.c.nbytes,
             )
             .join(Study, Study.id == Series.study_id)
-            .join(live, live.c.series_id == Series.id)
-            .where(_settled(self.series_rules, self.study_rules), ~_study_busy())
+            .where(has_live, _settled(self.series_rules, self.study_rules), ~_study_busy())
             .order_by(Series.last_received_at, Series.id)
         )
         if older_than is not None:
@@ -224,14 +202,48 @@ class RetentionStore:
             query = query.where(Series.id.in_(list(series_ids)))
         if limit is not None:
             query = query.limit(limit)
-        out: list[PurgeCandidate] = []
-        for row in conn.execute(query).all():
-            n_results, result_bytes = conn.execute(
-                select(func.count(), func.coalesce(func.sum(Result.size_bytes), 0)).where(
-                    Result.job_id.in_(_jobs_of(row.id, row.study_id)),
-                    Result.purged_at.is_(None),
+        picked = conn.execute(query).all()
+        counts = {
+            int(r.series_id): (int(r.n), int(r.nbytes))
+            for r in conn.execute(
+                select(
+                    Instance.series_id,
+                    func.count().label("n"),
+                    func.coalesce(func.sum(Instance.size_bytes), 0).label("nbytes"),
                 )
-            ).one()
+                .where(
+                    Instance.series_id.in_([row.id for row in picked]),
+                    Instance.purged_at.is_(None),
+                )
+                .group_by(Instance.series_id)
+            )
+        }
+        jobs = conn.execute(
+            select(Job.id, Job.study_id, Completion.series_id, Completion.level)
+            .join(Completion, Completion.id == Job.completion_id)
+            .where(Job.study_id.in_({int(row.study_id) for row in picked}))
+        ).all()
+        per_job = {
+            int(r.job_id): (int(r.n), int(r.nbytes))
+            for r in conn.execute(
+                select(
+                    Result.job_id,
+                    func.count().label("n"),
+                    func.coalesce(func.sum(Result.size_bytes), 0).label("nbytes"),
+                )
+                .where(Result.job_id.in_([j.id for j in jobs]), Result.purged_at.is_(None))
+                .group_by(Result.job_id)
+            )
+        }
+        out: list[PurgeCandidate] = []
+        for row in picked:
+            n_live, live_bytes = counts.get(int(row.id), (0, 0))
+            mine = [  # its series-level jobs, its study's study-level ones
+                per_job.get(int(j.id), (0, 0))
+                for j in jobs
+                if j.study_id == row.study_id and (j.series_id == row.id or j.level == "study")
+            ]
+            n_results, result_bytes = sum(n for n, _ in mine), sum(b for _, b in mine)
             out.append(
                 PurgeCandidate(
                     series_id=int(row.id),
@@ -239,8 +251,8 @@ class RetentionStore:
                     study_id=int(row.study_id),
                     study_instance_uid=str(row.study_instance_uid),
                     last_received_at=as_utc(row.last_received_at) or utcnow(),
-                    instances=int(row.n),
-                    instance_bytes=int(row.nbytes),
+                    instances=n_live,
+                    instance_bytes=live_bytes,
                     results=int(n_results),
                     result_bytes=int(result_bytes),
                 )
@@ -251,58 +263,92 @@ class RetentionStore:
     def mark(
         self, candidates: Sequence[PurgeCandidate], now: datetime | None = None
     ) -> list[MarkedSeries]:
-        """Mark the rows of *candidates* purged (step one), one transaction per series.
+        """Mark the rows of *candidates* purged (step one), in one transaction.
 
-        The series' jobs are marked first (taking their row locks, so a
-        concurrent ``jobs retry`` waits, then is refused), then the series is
-        checked again in the same transaction; one that is no longer purgeable
-        (a late instance, a retried delivery) is rolled back and left alone.
+        The transaction first takes the write locks of the candidates' series
+        and jobs (an ``UPDATE`` that changes nothing: on SQLite the database's
+        write lock, on PostgreSQL those rows'), so a concurrent ``jobs retry``
+        waits, then is refused, or has already made its deliveries pending;
+        then every candidate is checked again, and one that is no longer
+        purgeable (a late instance, a retried delivery) is left alone.
         Returns what was marked, with the figures as they were at marking.
         """
         now = now or utcnow()
-        marked: list[MarkedSeries] = []
-        for cand in candidates:
-            try:
-                with self.db.engine.begin() as conn:
-                    done = self._mark_one(conn, cand, now)
-            except _Changed:
-                LOGGER.info("retention: series %s changed; kept", cand.series_instance_uid)
-                continue
-            marked.append(done)
-        return marked
-
-    def _mark_one(self, conn: Connection, cand: PurgeCandidate, now: datetime) -> MarkedSeries:
-        job_ids = [int(i) for i in conn.execute(_jobs_of(cand.series_id, cand.study_id)).scalars()]
-        if job_ids:
+        ids = [c.series_id for c in candidates]
+        if not ids:
+            return []
+        with self.db.engine.begin() as conn:
             conn.execute(
-                update(Job)
-                .where(Job.id.in_(job_ids))
-                .values(purged_at=func.coalesce(Job.purged_at, now))
+                update(Series).where(Series.id.in_(ids)).values(purged_at=Series.purged_at)
             )
-        current = self._candidates(conn, limit=None, series_ids=[cand.series_id])
-        if not current:
-            raise _Changed()
-        instance_ids = [
-            int(i)
-            for i in conn.execute(
-                select(Instance.id).where(
-                    Instance.series_id == cand.series_id, Instance.purged_at.is_(None)
+            jobs = conn.execute(
+                select(Job.id, Job.study_id, Completion.series_id, Completion.level)
+                .join(Completion, Completion.id == Job.completion_id)
+                .where(Job.study_id.in_({c.study_id for c in candidates}))
+            ).all()
+            if jobs:
+                conn.execute(
+                    update(Job)
+                    .where(Job.id.in_([j.id for j in jobs]))
+                    .values(purged_at=Job.purged_at)
                 )
-            ).scalars()
-        ]
-        conn.execute(update(Instance).where(Instance.id.in_(instance_ids)).values(purged_at=now))
-        conn.execute(update(Series).where(Series.id == cand.series_id).values(purged_at=now))
-        result_ids: list[int] = []
-        if job_ids:
-            result_ids = [
-                int(i)
-                for i in conn.execute(
-                    select(Result.id).where(Result.job_id.in_(job_ids), Result.purged_at.is_(None))
-                ).scalars()
-            ]
-        if result_ids:
-            conn.execute(update(Result).where(Result.id.in_(result_ids)).values(purged_at=now))
-        return MarkedSeries(current[0], instance_ids, result_ids, job_ids)
+            current = self._candidates(conn, limit=None, series_ids=ids)
+            if len(current) < len(ids):
+                LOGGER.info(
+                    "retention: %d series changed since they were picked; kept",
+                    len(ids) - len(current),
+                )
+            if not current:
+                return []
+            kept = [c.series_id for c in current]
+            instances: dict[int, list[int]] = {}
+            for inst_id, series_id in conn.execute(
+                select(Instance.id, Instance.series_id).where(
+                    Instance.series_id.in_(kept), Instance.purged_at.is_(None)
+                )
+            ):
+                instances.setdefault(int(series_id), []).append(int(inst_id))
+            conn.execute(
+                update(Instance)
+                .where(Instance.series_id.in_(kept), Instance.purged_at.is_(None))
+                .values(purged_at=now)
+            )
+            conn.execute(update(Series).where(Series.id.in_(kept)).values(purged_at=now))
+            marked: list[MarkedSeries] = []
+            for cand in current:
+                job_ids = [
+                    int(j.id)
+                    for j in jobs
+                    if j.study_id == cand.study_id
+                    and (j.series_id == cand.series_id or j.level == "study")
+                ]
+                marked.append(MarkedSeries(cand, instances.get(cand.series_id, []), [], job_ids))
+            purged_job_ids = sorted({j for m in marked for j in m.job_ids})
+            if purged_job_ids:
+                results: dict[int, list[int]] = {}
+                for res_id, job_id in conn.execute(
+                    select(Result.id, Result.job_id).where(
+                        Result.job_id.in_(purged_job_ids), Result.purged_at.is_(None)
+                    )
+                ):
+                    results.setdefault(int(job_id), []).append(int(res_id))
+                conn.execute(
+                    update(Result)
+                    .where(Result.job_id.in_(purged_job_ids), Result.purged_at.is_(None))
+                    .values(purged_at=now)
+                )
+                conn.execute(
+                    update(Job)
+                    .where(Job.id.in_(purged_job_ids))
+                    .values(purged_at=func.coalesce(Job.purged_at, now))
+                )
+                taken: set[int] = set()
+                for m in marked:  # a study-level job's results go with the first series
+                    for job_id in m.job_ids:
+                        if job_id not in taken:
+                            m.result_ids += results.get(job_id, [])
+                            taken.add(job_id)
+        return marked
 
     def delete_files(self, marked: Sequence[MarkedSeries]) -> int:
         """Delete the files of rows that are still marked purged (step two).
@@ -428,10 +474,6 @@ def job_purged_at(db: Database, job_id: int) -> datetime | None:
     with db.engine.connect() as conn:
         value = conn.execute(select(Job.purged_at).where(Job.id == job_id)).scalar()
     return as_utc(value)
-
-
-class _Changed(Exception):
-    """A candidate changed while it was being marked (the transaction is rolled back)."""
 
 
 def _remove_empty_parents(folder: Path, roots: tuple[Path, ...]) -> None:
