@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import ipaddress
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -397,6 +398,37 @@ def test_a_client_that_never_handshakes_holds_only_its_own_connection(
     finally:
         for s in silent:
             s.close()
+
+
+def test_a_client_trickling_its_handshake_is_cut_at_the_acse_deadline(
+    node: NodeProcess, pki: Pki
+) -> None:
+    """A real ClientHello sent a byte every 0.2 s: the handshake's deadline is the
+    ACSE one as a whole, not a fresh timeout per byte."""
+    client = ssl.create_default_context(cafile=str(pki.ca))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    assert len(hello) > 40
+    port = wait_tls_port(node)
+    mark = len(node.log())
+    sock = socket.create_connection(("127.0.0.1", port))
+    started = time.monotonic()
+    try:
+        for i in range(len(hello)):
+            sock.sendall(hello[i : i + 1])
+            time.sleep(0.2)
+            if time.monotonic() - started > 3 * ACSE_S:
+                break
+    except OSError:
+        pass  # the node closed the connection
+    finally:
+        sock.close()
+    line = wait_for_log(node, mark, "refused TLS connection from 127.0.0.1")
+    assert "TLS handshake not complete within acse_timeout" in line, line
+    assert time.monotonic() - started < 3 * ACSE_S
 
 
 # -- client certificate required, TLS only --------------------------------------------------
