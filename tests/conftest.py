@@ -52,6 +52,7 @@ SLOW_FILES = frozenset(
         "node/test_route_deliver.py",
         "node/test_site_models.py",
         "node/test_tls.py",
+        "viewer/test_console_login.py",
         "viewer/test_ohif.py",
         "viewer/test_ohif_radiograph.py",
     }
