@@ -31,6 +31,7 @@ from typing import Any
 from dicom_node import audit
 from dicom_node.config import Settings
 from dicom_node.errors import SpoolFileMissing
+from dicom_node.logs import redact_quoted_values
 from dicom_node.results import PreviousVersion, kind_of, nothing_to_report
 from dicom_node.work.gpu_memory import GpuMemoryGate, GpuMemoryTooSmall
 from dicom_node.work.series_run import ResultOptions, SeriesFiles, run_series
@@ -192,6 +193,7 @@ class JobRunner:
         *,
         retryable: bool,
     ) -> JobStatus:
+        error = redact_quoted_values(error)  # a pydicom message may quote patient data
         try:
             status = self.queue.fail(job, error, timings, retryable=retryable)
         except LeaseLost as exc:

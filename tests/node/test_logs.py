@@ -12,6 +12,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from io import BytesIO
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -19,8 +20,18 @@ from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import PersonName, validate_value
+from sqlalchemy import select
 
+from ai_models.pipelines import Pipeline, register_pipeline, unregister_pipeline
+from ai_models.types import PipelineResult, Volume
+from dicom_node.collect import Collector
+from dicom_node.config import Settings
 from dicom_node.logs import HIDDEN, configure_logging, patient
+from dicom_node.work.worker import run_job
+from storage.db import Database
+from storage.models import Job
+from storage.received import InstanceRecord, ReceivedStore
+from storage.spool import Spool
 
 NAME = "Quaestor^Philomena"
 PATIENT_ID = "PHI-5519-QX"
@@ -144,3 +155,84 @@ class _writing_mode:
 
     def __exit__(self, *exc: object) -> None:
         pydicom_config.settings.writing_validation_mode = self.old
+
+
+HEAD_CT = "dcm_qa_ct/Philips_Ingenuity_headphantom_5mm"
+
+
+class StrictCopyPipeline(Pipeline):
+    """``toy-strict-copy``: validates the source's birth date as a strict writer would
+    (pydicom raises, quoting the value)."""
+
+    name = "toy-strict-copy"
+    description = "toy: copies the patient's birth date strictly"
+    modalities = ("CT",)
+    version = "0.1"
+
+    def run(self, volume: Volume) -> PipelineResult:
+        birth_date = str(volume.source_datasets[0].PatientBirthDate)
+        validate_value("DA", birth_date, pydicom_config.RAISE)
+        raise AssertionError("the birth date was expected to be invalid")
+
+
+def test_a_job_failure_stores_and_logs_no_quoted_patient_value(
+    tmp_path: Path, dicom_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pydicom's error inside a job (real CT slices with an invalid birth date): the job's
+    error (database, ``jobs show``, API, audit) and its log lines keep the VR, not the value."""
+    register_pipeline(StrictCopyPipeline.name, f"{__name__}:StrictCopyPipeline")
+    try:
+        settings = Settings.model_validate(
+            {
+                "storage": {
+                    "spool_dir": str(tmp_path / "spool"),
+                    "results_dir": str(tmp_path / "results"),
+                    "database_url": f"sqlite:///{tmp_path / 'node.db'}",
+                },
+                "rules": [
+                    {
+                        "name": "ct",
+                        "match": {"Modality": "CT"},
+                        "pipelines": [StrictCopyPipeline.name],
+                    }
+                ],
+            }
+        )
+        db = Database(settings.storage.database_url)
+        db.upgrade()
+        store = ReceivedStore(db, Spool(settings.storage.spool_dir))
+        series_uid = ""
+        for path in sorted((dicom_data / HEAD_CT).iterdir()):
+            ds = pydicom.dcmread(path)
+            with pydicom_config.disable_value_validation():
+                ds.PatientBirthDate = BIRTH_DATE
+            out = BytesIO()
+            with pydicom_config.disable_value_validation():
+                ds.save_as(out, enforce_file_format=True)
+            series_uid = str(ds.SeriesInstanceUID)
+            store.store(
+                InstanceRecord(
+                    study_instance_uid=str(ds.StudyInstanceUID),
+                    series_instance_uid=series_uid,
+                    sop_instance_uid=str(ds.SOPInstanceUID),
+                    sop_class_uid=str(ds.SOPClassUID),
+                    transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+                    modality="CT",
+                    attributes={"Modality": "CT"},
+                ),
+                store.spool.write_temp([out.getvalue()[128 + 4 :]]),
+            )
+        (job_id,) = Collector(db, settings).complete(series_uid).job_ids
+        configure_logging("INFO", json_format=True, phi=True)
+        status = run_job(job_id, settings, db)
+        with db.engine.connect() as conn:
+            error = conn.execute(select(Job.error).where(Job.id == job_id)).scalar_one()
+        db.dispose()
+    finally:
+        unregister_pipeline(StrictCopyPipeline.name)
+    assert status == "queued"  # a ValueError: tried again later
+    assert error == f"ValueError: Invalid value for VR DA: {HIDDEN}.", error
+    written = capsys.readouterr().err
+    assert '"level": "ERROR"' in written and "Traceback" in written
+    assert written.count(f"Invalid value for VR DA: {HIDDEN}") == 2  # traceback, warning
+    assert BIRTH_DATE not in written, written
