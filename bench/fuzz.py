@@ -549,7 +549,7 @@ class Fuzzer:
                 report.acked_not_stored.append(f"{out.family}:{out.number}")
             if stored and not out.acked and uses[out.sop_instance] == 1:
                 report.refused_but_stored.append(f"{out.family}:{out.number} ({out.outcome})")
-            if stored:
+            if label == "stored":
                 examples[out.family].append(f"{out.number}: {out.variant}")
         report.by_family = {f: dict(c.most_common()) for f, c in sorted(by_family.items())}
         report.stored_cases = dict(examples)

@@ -327,6 +327,8 @@ def dataset_case(seed: int, family: str, number: int) -> DatasetCase:
     variant, out = DATASET_GENERATORS[family](rng, base)
     data = out.encode() if isinstance(out, Base) else out
     calling = "FUZZWARN" if family == "uid_path" and rng.random() < 0.5 else "FUZZ"
+    if calling == "FUZZWARN":
+        variant = f"[uid_policy warn] {variant}"
     sop = ui(base.sop_instance).rstrip(b"\0")
     return DatasetCase(family, number, variant, data, sop, calling=calling)
 
