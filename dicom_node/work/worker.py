@@ -148,7 +148,7 @@ class JobRunner:
             results = [r for o in outcomes for r in o.results]
             skipped = [o for o in outcomes if o.skipped]
             if skipped and len(skipped) == len(outcomes):
-                reason = "; ".join(f"{o.uid}: {o.skipped}" for o in skipped)
+                reason = redact_quoted_values("; ".join(f"{o.uid}: {o.skipped}" for o in skipped))
                 self.queue.skip(job, reason, timings)
                 LOGGER.info("job %d skipped: %s", job.id, reason)
                 _audit_job(job, JobStatus.SKIPPED, outcomes, error=reason)
