@@ -152,7 +152,10 @@ class PatientDataFilter(logging.Filter):
         for key in list(vars(record)):
             if key.lower() in _PATIENT_EXTRAS and key not in _STANDARD:
                 setattr(record, key, HIDDEN)
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad log call: the handler reports it, not us
+            return True
         cleaned = redact_quoted_values(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None

@@ -236,3 +236,13 @@ def test_a_job_failure_stores_and_logs_no_quoted_patient_value(
     assert '"level": "ERROR"' in written and "Traceback" in written
     assert written.count(f"Invalid value for VR DA: {HIDDEN}") == 2  # traceback, warning
     assert BIRTH_DATE not in written, written
+
+
+def test_a_bad_log_call_is_still_only_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    """The filter never turns a log call with wrong arguments into an exception."""
+    configure_logging("INFO", json_format=False)
+    LOG.warning("two values %s %s", patient(NAME))
+    LOG.warning("still logging")
+    err = capsys.readouterr().err
+    assert "--- Logging error ---" in err and "still logging" in err
+    assert NAME not in err
