@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from sqlalchemy import select
 
@@ -175,6 +176,12 @@ def test_retention_purges_what_is_done_keeps_rows_and_handles_a_late_instance(
         node.terminate()
         db.dispose()
 
+    # A forced completion of the purged series: nothing new to run, and audited.
+    series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    forced = cli(node, "complete", series_uid)
+    assert forced.returncode == 0, forced.stderr
+    assert "already complete with the same instances" in forced.stdout, forced.stdout
+
     trail = [
         json.loads(line)
         for line in cli(
@@ -189,8 +196,10 @@ def test_retention_purges_what_is_done_keeps_rows_and_handles_a_late_instance(
     assert by_cli[0]["detail"]["instances"] == len(files)
     assert by_cli[0]["detail"]["reason"] == "age"
     assert by_node[0]["detail"]["instances"] == 1
-    admin = [e for e in trail if e["event"] == "admin-action"]
-    assert len(admin) == 1
-    assert admin[0]["actor"] == getpass.getuser() and admin[0]["detail"]["via"] == "cli"
-    assert admin[0]["detail"]["action"] == "jobs-retry"
-    assert admin[0]["detail"]["refused"] == {str(job_id): "purged"}
+    admin = {e["detail"]["action"]: e for e in trail if e["event"] == "admin-action"}
+    assert sorted(admin) == ["complete", "jobs-retry"]
+    assert all(e["actor"] == getpass.getuser() for e in admin.values())
+    assert all(e["actor_kind"] == "user" and e["detail"]["via"] == "cli" for e in admin.values())
+    assert admin["jobs-retry"]["detail"]["refused"] == {str(job_id): "purged"}
+    assert admin["jobs-retry"]["detail"]["job_ids"] == [job_id]
+    assert admin["complete"]["detail"]["uid"] == series_uid
