@@ -360,8 +360,10 @@ class Report:
     well_behaved_errors: int = 0
     acked_not_stored: list[str] = field(default_factory=list)
     refused_but_stored: list[str] = field(default_factory=list)
-    """cases answered a failure status (or cut) whose SOP Instance UID, unique in the
-    run, is in the database all the same"""
+    """cases answered a failure status whose SOP Instance UID, unique in the run, is in
+    the database all the same"""
+    unanswered_but_stored: list[str] = field(default_factory=list)
+    """cases whose connection ended before an answer and whose instance was stored"""
     harness_errors: list[str] = field(default_factory=list)
     outside_spool: list[str] = field(default_factory=list)
     half_written: list[str] = field(default_factory=list)
@@ -548,7 +550,11 @@ class Fuzzer:
             if out.acked and not stored:
                 report.acked_not_stored.append(f"{out.family}:{out.number}")
             if stored and not out.acked and uses[out.sop_instance] == 1:
-                report.refused_but_stored.append(f"{out.family}:{out.number} ({out.outcome})")
+                case = f"{out.family}:{out.number} ({out.outcome})"
+                if out.outcome.startswith("refused"):
+                    report.refused_but_stored.append(case)
+                else:  # durable before the answer was lost: the sender re-sends, no harm
+                    report.unanswered_but_stored.append(case)
             if label == "stored":
                 examples[out.family].append(f"{out.number}: {out.variant}")
         report.by_family = {f: dict(c.most_common()) for f, c in sorted(by_family.items())}
@@ -604,6 +610,7 @@ def print_report(console: Console, report: Report) -> None:
          f"{report.well_behaved_refused} / {report.well_behaved_errors}", "0 / 0"),
         ("malformed cases acknowledged but not stored", f"{len(report.acked_not_stored)}", "0"),
         ("malformed cases refused but stored", f"{len(report.refused_but_stored)}", "0"),
+        ("cases cut before their answer, stored", f"{len(report.unanswered_but_stored)}", ""),
         ("files outside the spool", f"{len(report.outside_spool)}", "0"),
         ("half-written files in the spool", f"{len(report.half_written)}", "0"),
         ("tracebacks in the node's log", f"{report.tracebacks}", ""),

@@ -9,6 +9,10 @@ replays any single case with the node's log.
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,3 +134,36 @@ def test_postgresql_stores_what_sqlite_stores(pg_report: Report) -> None:
     for family, outcomes in pg_report.by_family.items():
         assert "refused 0xc004" not in outcomes, (family, outcomes)
     assert pg_report.by_family["charset"].get("stored", 0) > PG_PER_FAMILY // 2
+
+
+def test_the_harness_counts_a_crash_and_loses_nothing_acknowledged(
+    tmp_path: Path, dicom_data: Path
+) -> None:
+    """The crash counter is not blind: SIGKILL the node in the middle of a run; the
+    harness names the cases in flight, restarts the node and goes on, and every
+    instance acknowledged before the kill is still there, byte for byte."""
+    require_tool("echoscu")
+    fuzzer = Fuzzer(tmp_path, SEED + 1, workers=3, data=dicom_data)
+    killed: list[int] = []
+
+    def kill_when_busy() -> None:
+        deadline = time.monotonic() + 120
+        while len(fuzzer.outcomes) < 300 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc = fuzzer.node.proc
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed.append(proc.pid)
+
+    killer = threading.Thread(target=kill_when_busy, daemon=True)
+    killer.start()
+    report = fuzzer.run(100 * len(FAMILIES), FAMILIES, Console(quiet=True))
+    killer.join(10)
+    assert len(killed) == 1
+    assert report.crashes == 1
+    assert report.crash_cases[0].startswith("exit -9 during ")
+    assert report.alive_and_echo
+    assert report.acked_not_stored == [] and report.refused_but_stored == []
+    assert report.well_behaved_mismatch == []
+    assert report.well_behaved_stored_identical == report.well_behaved_sent > 0
+    assert not report.ok()
