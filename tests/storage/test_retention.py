@@ -42,9 +42,10 @@ CT_DIR = DICOM_DATA / "dcmqi" / "ct-3slice"
 
 
 def ct_files() -> list[Path]:
-    files = sorted(CT_DIR.glob("*.dcm")) or sorted(p for p in CT_DIR.iterdir() if p.is_file())
-    if not files:
-        pytest.fail(f"shared test data missing: {CT_DIR}")
+    """The three real CT slices (the shared data is required: a missing one fails)."""
+    files = sorted(p for p in CT_DIR.iterdir() if p.is_file()) if CT_DIR.is_dir() else []
+    if len(files) != 3:
+        pytest.fail(f"shared test data missing or changed: {CT_DIR}")
     return files
 
 
