@@ -147,54 +147,48 @@ class Retention:
         batch = cfg.batch_size
         if sweep and not dry_run:
             report.swept = self.store.sweep()
+        # A real pass pages on by itself (what it purged is no longer a candidate,
+        # what changed meanwhile is passed over); a dry run pages with a cursor.
+        last: PurgeCandidate | None = None
         if cfg.keep_days is not None:
             cutoff = now - timedelta(days=cfg.keep_days)
-            seen: list[int] = []
-            while True:
-                cands = self.store.candidates(older_than=cutoff, limit=batch, exclude=seen)
-                if not cands:
-                    break
-                self._purge(cands, "age", report, now, seen)
+            while cands := self.store.candidates(older_than=cutoff, limit=batch, after=last):
+                self._purge(cands, "age", report, now)
+                last = cands[-1]
         high, low = cfg.disk_high_watermark_percent, cfg.low_watermark
         if high is not None and low is not None:
             used, total = self.usage()
+            if dry_run and "age" in report.by_reason:
+                used -= report.by_reason["age"].bytes  # what the age rule would free
             report.usage_before = 100.0 * used / total if total else 0.0
-            if report.usage_before > high:
-                seen = []
-                # bytes to free; a dry run counts down without deleting
-                target = used - int(total * low / 100.0)
-                while target > 0:
-                    cands = self.store.candidates(limit=batch, exclude=seen)
-                    if not cands:
-                        LOGGER.warning(
-                            "retention: disk %.1f%% full, above the %.0f%% watermark, and "
-                            "nothing more may be purged (all pending)",
-                            100.0 * (total - target) / total if total else 0.0,
-                            high,
-                        )
+            floor = int(total * low / 100.0)
+            last = None
+            while report.usage_before > high and used > floor:
+                cands = self.store.candidates(limit=batch, after=last)
+                if not cands:
+                    LOGGER.warning(
+                        "retention: disk %.1f%% full, above the %.0f%% watermark, and "
+                        "nothing more may be purged (the rest is still being processed)",
+                        100.0 * used / total if total else 0.0,
+                        high,
+                    )
+                    break
+                picked: list[PurgeCandidate] = []
+                for cand in cands:
+                    picked.append(cand)
+                    used -= cand.bytes
+                    if used <= floor:
                         break
-                    picked: list[PurgeCandidate] = []
-                    for cand in cands:
-                        picked.append(cand)
-                        target -= cand.bytes
-                        if target <= 0:
-                            break
-                    self._purge(picked, "watermark", report, now, seen)
-                    if not dry_run:
-                        used, total = self.usage()
-                        target = used - int(total * low / 100.0)
-            report.usage_after = report.usage_before if dry_run else self.percent()
+                self._purge(picked, "watermark", report, now)
+                last = picked[-1]
+                if not dry_run:
+                    used, total = self.usage()
+            report.usage_after = 100.0 * used / total if total else 0.0
         return report
 
     def _purge(
-        self,
-        cands: list[PurgeCandidate],
-        reason: str,
-        report: RetentionReport,
-        now: datetime,
-        seen: list[int],
+        self, cands: list[PurgeCandidate], reason: str, report: RetentionReport, now: datetime
     ) -> None:
-        seen.extend(c.series_id for c in cands)
         if report.dry_run:
             for cand in cands:
                 report.reason(reason).add(cand)

@@ -159,15 +159,16 @@ class RetentionStore:
         *,
         older_than: datetime | None = None,
         limit: int = 100,
-        exclude: Iterable[int] = (),
+        after: PurgeCandidate | None = None,
     ) -> list[PurgeCandidate]:
         """Purgeable series, the least recently received first.
 
         *older_than*: only series last received before it (``None``: any age).
-        *exclude*: series ids to leave out (e.g. those a dry run already counted).
+        *after*: only series that come after this one in that order (to page
+        on, e.g. in a dry run, which purges nothing).
         """
         with self.db.engine.connect() as conn:
-            return self._candidates(conn, older_than=older_than, limit=limit, exclude=exclude)
+            return self._candidates(conn, older_than=older_than, limit=limit, after=after)
 
     def _candidates(
         self,
@@ -175,7 +176,7 @@ class RetentionStore:
         *,
         older_than: datetime | None = None,
         limit: int | None = 100,
-        exclude: Iterable[int] = (),
+        after: PurgeCandidate | None = None,
         series_ids: Sequence[int] | None = None,
     ) -> list[PurgeCandidate]:
         # Pick the series first (index on last_received_at, an EXISTS per series),
@@ -195,9 +196,16 @@ class RetentionStore:
         )
         if older_than is not None:
             query = query.where(Series.last_received_at < older_than)
-        excluded = list(exclude)
-        if excluded:
-            query = query.where(Series.id.not_in(excluded))
+        if after is not None:
+            query = query.where(
+                or_(
+                    Series.last_received_at > after.last_received_at,
+                    and_(
+                        Series.last_received_at == after.last_received_at,
+                        Series.id > after.series_id,
+                    ),
+                )
+            )
         if series_ids is not None:
             query = query.where(Series.id.in_(list(series_ids)))
         if limit is not None:

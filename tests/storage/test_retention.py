@@ -306,6 +306,13 @@ def test_watermark_purges_oldest_first_down_to_the_low_mark(site: Site) -> None:
     assert dry.usage_before == pytest.approx(90.0)
     ret = site.retention(usage, disk_high_watermark_percent=85, disk_low_watermark_percent=80)
     assert ret.run(dry_run=True).by_reason["watermark"].series == 1
+    # A dry run counts what the age rule frees before the watermark: the old
+    # series goes by age (2 days > 1), which leaves 80%, under the high mark.
+    both = site.retention(
+        usage, keep_days=1, disk_high_watermark_percent=85, disk_low_watermark_percent=75
+    ).run(dry_run=True)
+    assert both.by_reason["age"].series == 1 and "watermark" not in both.by_reason
+    assert both.usage_before == pytest.approx(80.0)
     # A keep_days far away does not protect from the watermark.
     report = site.retention(
         usage, keep_days=365, disk_high_watermark_percent=85, disk_low_watermark_percent=80
