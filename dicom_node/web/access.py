@@ -3,10 +3,13 @@
 :class:`AccessControl` (ASGI middleware) names the principal of every
 request before any route runs, trying in order:
 
-1. ``Authorization: Bearer <[web] token>`` (or HTTP Basic with the token as
-   password, RFC 6750 / RFC 7617; :mod:`.auth`): a machine (Prometheus,
-   scripts) with operator rights and no CSRF token to show (it sends no
-   cookie, so a browser cannot be made to use it);
+1. ``Authorization: Bearer <[web] token>`` (RFC 6750; :mod:`.auth`): a
+   machine (Prometheus, scripts) with operator rights and no CSRF token to
+   show (browsers never add a Bearer header by themselves).  The token as
+   the password of HTTP Basic (RFC 7617) works too, for a browser; since a
+   browser resends Basic credentials to forged requests as well, such
+   changes need a CSRF token (an HMAC under a key of the process, which the
+   dashboard's forms carry);
 2. the header ``[web] trusted_proxy_header`` (e.g. ``X-Remote-User``) when
    the request comes from an address of ``[web] trusted_proxies``: single
    sign-on in front of the node; the user's role is its local user's, else
@@ -75,7 +78,7 @@ def is_open(method: str, path: str) -> bool:
         return method in ("GET", "HEAD", "POST")
     return path in OPEN_PATHS and method in ("GET", "HEAD")
 
-Via = Literal["session", "proxy", "token", "open"]
+Via = Literal["session", "proxy", "basic", "token", "open"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +94,7 @@ class Principal:
     via:
         How it was recognised (module docstring).
     csrf_token:
-        The session's synchronizer token (``session``; ``proxy``: an HMAC):
+        The session's synchronizer token (``session``; ``proxy``, ``basic``: an HMAC):
         state-changing requests must show it.
     """
 
@@ -107,13 +110,13 @@ class Principal:
 
     @property
     def needs_csrf(self) -> bool:
-        """Browsers holding a cookie must show the session's CSRF token on changes."""
-        return self.via in ("session", "proxy")
+        """Browsers (which resend cookies and Basic credentials) must show a CSRF token."""
+        return self.via in ("session", "proxy", "basic")
 
     @property
     def actor_kind(self) -> str:
         """``actor_kind`` of the audit events it causes."""
-        return "node" if self.via == "token" else "user"
+        return "node" if self.via in ("token", "basic") else "user"
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -226,7 +229,12 @@ class AccessControl:
     # -- who ------------------------------------------------------------------------------
     def _identify(self, scope: Scope) -> _Verdict:
         headers = _headers(scope)
-        if self.token is not None and token_matches(headers.get("authorization"), self.token):
+        authorization = headers.get("authorization")
+        if self.token is not None and token_matches(authorization, self.token):
+            if (authorization or "").strip().lower().startswith("basic"):
+                # A browser resends Basic credentials to every request, forged ones too.
+                csrf = hmac.new(self._csrf_key, b"basic", hashlib.sha256).hexdigest()
+                return _Verdict(Principal("token", "operator", "basic", csrf))
             return _Verdict(Principal("token", "operator", "token"))
         cookie = read_cookie(headers.get("cookie"), SESSION_COOKIE)
         try:

@@ -53,7 +53,7 @@ def access_text(ctx: Context, who: Principal) -> str:
     """How the page was reached, for its header line."""
     if who.via == "open":
         return "no authentication"
-    if who.via == "token":
+    if who.via in ("token", "basic"):
         return "token required"
     return "signed in" if who.via == "session" else "single sign-on"
 

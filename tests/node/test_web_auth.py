@@ -7,6 +7,7 @@ through httpx) over a real SQLite database filled through the real code paths
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from collections.abc import Iterator
@@ -431,6 +432,21 @@ def test_bearer_token_is_an_operator_without_csrf(web: Web) -> None:
         assert client.get("/").status_code == 303  # people still log in
     actions = web.events(audit.AuditEvent.ADMIN_ACTION)
     assert len(actions) == 1 and actions[0].actor == "token" and actions[0].actor_kind == "node"
+
+
+def test_token_as_basic_password_needs_the_csrf_token_for_changes(web: Web) -> None:
+    """Browsers resend Basic credentials to forged requests too; Bearer they never add."""
+    settings = with_web(web.settings, token=SecretStr(TOKEN))
+    basic = {"Authorization": "Basic " + base64.b64encode(f"any:{TOKEN}".encode()).decode()}
+    with web.client(settings) as client:
+        page = client.get("/", headers=basic)
+        assert page.status_code == 200 and "token required" in page.text
+        csrf = CSRF_FIELD.search(page.text)
+        assert csrf is not None
+        retry = f"/api/jobs/{web.failed}/retry?then=dashboard"
+        assert client.post(retry, headers=basic).status_code == 403
+        done = client.post(retry, headers=basic, data={"csrf_token": csrf.group(1)})
+        assert done.status_code == 303 and "outcome=job" in done.headers["location"]
 
 
 def test_proxy_header_is_believed_only_from_trusted_addresses(web: Web) -> None:
