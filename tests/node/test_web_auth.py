@@ -318,6 +318,27 @@ def test_sessions_expire_when_idle_and_at_their_end(web: Web) -> None:
         assert list(session.scalars(select(WebSession.id))) == []
 
 
+def test_retry_of_a_purged_job_is_409_with_its_reason(web: Web) -> None:
+    from sqlalchemy import update
+
+    from storage.models import Job, utcnow
+
+    with web.db.session() as session:  # as storage.retention marks a job whose files it deleted
+        session.execute(update(Job).where(Job.id == web.failed).values(purged_at=utcnow()))
+    with web.client() as client:
+        log_in(client, OPERATOR, OPERATOR_PW)
+        csrf = csrf_of(client)
+        retry = f"/api/jobs/{web.failed}/retry"
+        refused = client.post(retry, headers={"X-CSRF-Token": csrf})
+        assert refused.status_code == 409, refused.text
+        assert "retention deleted" in refused.json()["detail"]
+        form = client.post(f"{retry}?then=dashboard", data={"csrf_token": csrf})
+        assert form.status_code == 303 and "outcome=purged" in form.headers["location"]
+        assert "files were purged" in client.get(form.headers["location"]).text
+    actions = web.events(audit.AuditEvent.ADMIN_ACTION)
+    assert [(e.detail["refused"], e.outcome) for e in actions] == [("purged", 4)] * 2
+
+
 # -- CSRF and roles ---------------------------------------------------------------------------
 def test_changes_need_the_csrf_token(web: Web) -> None:
     with web.client() as client:
