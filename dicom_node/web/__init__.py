@@ -1,8 +1,10 @@
 """The node's web surface: a REST API under ``/api/``, Prometheus metrics under
-``/metrics`` and a small read-only HTML dashboard at ``/``.
+``/metrics``, an HTML dashboard at ``/`` and the audit trail at ``/audit``.
 
-Open unless ``[web] token`` is set (:mod:`.auth`); it listens on loopback
-by default (``[web] host = "127.0.0.1"``), and beyond only with a token.
+Who may see and change what: :mod:`.access` (users' sessions from
+``/login``, :mod:`.login`; a trusted proxy's user header; ``[web] token`` for
+machines, :mod:`.auth`) and :mod:`.guard` (roles, CSRF, audit events).  With
+no user, no token and no proxy header it is open, on loopback only.
 Requests must name an allowed host (:mod:`.hosts`, ``[web] allowed_hosts``).
 
 The node runs it with::

@@ -44,10 +44,11 @@ Context = Annotated[WebContext, Depends(web_context)]
 def same_origin(request: Request, ctx: Context) -> None:
     """Refuse (403) a POST that a browser sent from another site.
 
-    Without ``[web] token`` there is no authentication, and with it a
-    browser re-sends its Basic credentials to any page's requests, so a page
-    on another site must not be able to make a visitor's browser retry jobs
-    or force completions (cross-site request forgery).  Browsers send
+    A browser re-sends its cookies and Basic credentials to any page's
+    requests, and an open node on loopback has none to check, so a page on
+    another site must not be able to make a visitor's browser retry jobs or
+    force completions (cross-site request forgery; the CSRF token of
+    :mod:`dicom_node.web.guard` is the other half).  Browsers send
     ``Origin`` with every POST (else a ``Referer``); it must name a host of
     the allowlist (:mod:`dicom_node.web.hosts`), not merely the request's
     own ``Host``, which a DNS-rebinding page controls.  Clients that send
