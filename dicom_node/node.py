@@ -153,7 +153,12 @@ class Node:
             audit.AuditEvent.NODE_STARTED,
             roles=sorted(self.roles),
             ae_title=self.settings.node.ae_title,
-            port=self.settings.node.port if "receiver" in self.roles else None,
+            port=(
+                None
+                if "receiver" not in self.roles or self.settings.node.tls_only
+                else self.settings.node.port
+            ),
+            tls_port=self.settings.node.tls_port if "receiver" in self.roles else None,
         )
         if self.web is not None:
             self.web.start()
