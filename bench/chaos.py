@@ -14,7 +14,8 @@ SIGKILLs the node in one phase, chosen round-robin, at a random moment
 within it, found by watching the node's database and results folder:
 
 ``receive``     after a random number of acknowledged instances, storescu still sending;
-``completion``  when the series' completion row appears (quiet period over), 0-0.05 s later;
+``completion``  half the time 0.3 s to the quiet period + 0.3 s after the last instance,
+                half the time 0-0.05 s after the series' completion row appears;
 ``inference``   while the job is ``running``, after a random 0-2 s;
 ``results``     when the first result file appears in the results folder;
 ``sending``     while a delivery to Orthanc is leased (being sent).
@@ -318,13 +319,16 @@ def kill_trial(
         else:
             acked.update({sop_of[p]: sha_of[p] for p in send_all(node.port, files)})
             if phase == "completion":
-                wait_until(
-                    "a completion",
-                    lambda: count(db, select(func.count(Completion.id))),
-                    60,
-                    0.002,
-                )
-                time.sleep(rng.uniform(0.0, 0.05))
+                if rng.random() < 0.5:  # while the quiet period runs out
+                    time.sleep(rng.uniform(0.3, QUIET_S + 0.3))
+                else:  # when the completion row appears
+                    wait_until(
+                        "a completion",
+                        lambda: count(db, select(func.count(Completion.id))),
+                        60,
+                        0.002,
+                    )
+                    time.sleep(rng.uniform(0.0, 0.05))
                 trial.hit = not rows(db, select(Job.id).where(Job.status != "queued"))
             elif phase == "inference":
                 wait_until("the job to run", lambda: rows(db, select(Job.id).where(
