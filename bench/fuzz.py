@@ -179,6 +179,15 @@ class WellBehaved:
     errors: list[str] = field(default_factory=list)
     rounds: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
+    assoc: Any = None
+    """the association in use (pynetdicom's ``Association``)"""
+
+    def interrupt(self) -> None:
+        """Abort the association in use: the node it was with is gone (a crash), and a
+        sender that waits for an answer from a dead peer waits out its whole timeout."""
+        assoc = self.assoc
+        if assoc is not None and assoc.is_established:
+            assoc.abort()
 
     def run(self) -> None:
         import hashlib
@@ -190,6 +199,8 @@ class WellBehaved:
         rng = random.Random(f"{self.seed}:well-behaved")
         templates = [self.data / p for p in WELL_BEHAVED_FILES]
         ae = sender_ae("WELLBEHAVED")
+        # a peer killed mid-association can leave pynetdicom waiting out its timeout
+        ae.dimse_timeout = ae.network_timeout = 60
         for path in templates:
             meta = pydicom.dcmread(path, stop_before_pixels=True)
             ae.add_requested_context(str(meta.SOPClassUID), [str(meta.file_meta.TransferSyntaxUID)])
@@ -202,7 +213,7 @@ class WellBehaved:
                 path.write_bytes(raw)
                 files.append((path, sop, hashlib.sha256(raw[dataset_offset(raw) :]).hexdigest()))
             try:
-                assoc = ae.associate("127.0.0.1", self.port, ae_title="DICOM_NODE")
+                assoc = self.assoc = ae.associate("127.0.0.1", self.port, ae_title="DICOM_NODE")
             except Exception as exc:  # noqa: BLE001 - counted, the loop goes on
                 self.errors.append(f"associate: {exc}")
                 time.sleep(0.5)
@@ -213,12 +224,17 @@ class WellBehaved:
                 continue
             try:
                 for path, sop, digest in files:
+                    if not assoc.is_established:
+                        self.errors.append("association lost")
+                        break
                     rsp = assoc.send_c_store(path)
                     status = rsp.get("Status") if rsp else None
                     if status == 0x0000:
                         self.sent[sop] = digest
                     else:
                         self.refused.append((sop, status))
+            except Exception as exc:  # noqa: BLE001 - the node may be gone (a crash)
+                self.errors.append(f"send: {exc!r}")
             finally:
                 if assoc.is_established:
                     assoc.release()
@@ -423,6 +439,7 @@ class Fuzzer:
         self.crash_cases: list[str] = []
         self.errors: list[str] = []
         self.done = threading.Event()
+        self.well: WellBehaved | None = None
 
     # the node may die: the monitor notes which cases were in flight and restarts it
     def monitor(self) -> None:
@@ -432,7 +449,13 @@ class Fuzzer:
                 with self.lock:
                     flying = ", ".join(sorted(self.in_flight.values()))
                 self.crash_cases.append(f"exit {proc.returncode} during {flying or '?'}")
-                self.node.start()
+                for attempt in range(5):
+                    try:
+                        self.node.start()
+                        break
+                    except (RuntimeError, OSError) as exc:
+                        self.errors.append(f"restart {attempt + 1}: {str(exc)[-300:]}")
+                        time.sleep(1.0)
 
     def worker(self, n: int, work: queue.Queue[tuple[str, int]]) -> None:
         sender = DatasetSender(self.node.port)
@@ -466,7 +489,9 @@ class Fuzzer:
         report = Report(self.seed, self.node.db_url.split(":", 1)[0].split("+")[0])
         self.node.start()
         assert self.node.proc is not None
-        well = WellBehaved(self.node.port, self.base / "well-behaved", self.seed, self.data)
+        well = self.well = WellBehaved(
+            self.node.port, self.base / "well-behaved", self.seed, self.data
+        )
         work: queue.Queue[tuple[str, int]] = queue.Queue()
         for item in plan(cases, families):
             work.put(item)

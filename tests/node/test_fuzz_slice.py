@@ -34,10 +34,17 @@ PG_PER_FAMILY = 100
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory, dicom_data: Path) -> Iterator[Report]:
+def fuzz_run(
+    tmp_path_factory: pytest.TempPathFactory, dicom_data: Path
+) -> Iterator[tuple[Fuzzer, Report]]:
     require_tool("echoscu")
     fuzzer = Fuzzer(tmp_path_factory.mktemp("fuzz"), SEED, workers=3, data=dicom_data)
-    yield fuzzer.run(PER_FAMILY * len(FAMILIES), FAMILIES, Console(quiet=True))
+    yield fuzzer, fuzzer.run(PER_FAMILY * len(FAMILIES), FAMILIES, Console(quiet=True))
+
+
+@pytest.fixture(scope="module")
+def report(fuzz_run: tuple[Fuzzer, Report]) -> Report:
+    return fuzz_run[1]
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +86,24 @@ def test_the_well_behaved_sender_is_stored_byte_for_byte(report: Report) -> None
     assert report.well_behaved_stored_identical == report.well_behaved_sent
     assert report.well_behaved_refused == 0
     assert report.well_behaved_errors == 0
+
+
+def test_a_changed_byte_in_the_spool_is_seen(fuzz_run: tuple[Fuzzer, Report]) -> None:
+    """The byte-identical count is not blind: one byte changed in one spool file of
+    the well-behaved sender, checked again, is one mismatch."""
+    fuzzer, report = fuzz_run
+    assert fuzzer.well is not None
+    sop = next(iter(fuzzer.well.sent))
+    path = next(fuzzer.node.spool.rglob(f"{sop}.dcm"))
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))
+        again = Report(SEED)
+        fuzzer.check(again, fuzzer.well)
+    finally:
+        path.write_bytes(original)
+    assert again.well_behaved_mismatch == [f"{sop}: spool file differs"]
+    assert again.well_behaved_stored_identical == report.well_behaved_stored_identical - 1
 
 
 def test_an_answer_is_the_truth_about_the_database(report: Report) -> None:
