@@ -51,6 +51,7 @@ from dicom_node.results.common import (
     derive_uid,
     device_uid,
 )
+from dicom_node.results.fast_save import save_as
 from dicom_node.results.gsps import GRAYSCALE_SOFTCOPY_PRESENTATION_STATE_SOP_CLASS_UID, write_gsps
 from dicom_node.results.heatmap import heatmap_key, write_heatmaps
 from dicom_node.results.registry import (
@@ -62,7 +63,7 @@ from dicom_node.results.registry import (
 )
 from dicom_node.results.sc import SECONDARY_CAPTURE_SOP_CLASS_UID, write_sc
 from dicom_node.results.seg import SEGMENTATION_SOP_CLASS_UID, segment_number_map, write_seg
-from dicom_node.results.source_header import SourceHeaderError, clean_result
+from dicom_node.results.source_header import SourceHeaderError, cleaned_once
 from dicom_node.results.sr import (
     COMPREHENSIVE_3D_SR_SOP_CLASS_UID,
     PreviousVersion,
@@ -237,10 +238,6 @@ def write_results(
     if predecessors and "sr" not in kinds:
         logger.info("previous_sr given but no SR requested: no predecessor is recorded")
 
-    # Once for all writers: invalid source values are emptied or left out
-    # (one warning each), missing Type 2 attributes added empty.
-    result = clean_result(result)
-
     context = WriteContext(
         uids=uids,
         uid_seed=uid_seed,
@@ -250,12 +247,15 @@ def write_results(
         sc_slices=sc_slices,
     )
     out: list[Dataset] = []
-    for writer in writers():
-        if writer.kind not in kinds or not writer.applies(result, context):
-            continue
-        written = writer.write(result, context)
-        context.written[writer.kind] = written
-        out.extend(written)
+    # Once for all writers: invalid source values are emptied or left out
+    # (one warning each), missing Type 2 attributes added empty.
+    with cleaned_once(result) as clean:
+        for writer in writers():
+            if writer.kind not in kinds or not writer.applies(clean, context):
+                continue
+            written = writer.write(clean, context)
+            context.written[writer.kind] = written
+            out.extend(written)
     return out
 
 
@@ -273,7 +273,7 @@ def save_datasets(
     for ds in datasets:
         path = folder / f"{kind_of(ds)}_{ds.SOPInstanceUID}.dcm"
         tmp = path.with_suffix(".dcm.part")
-        ds.save_as(tmp, enforce_file_format=True)
+        save_as(ds, tmp)  # as ds.save_as(tmp, enforce_file_format=True), faster
         os.replace(tmp, path)
         paths.append(path)
     return paths

@@ -30,12 +30,14 @@ patient data).  The source datasets themselves are never modified.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import datetime
 import logging
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydicom import config
@@ -53,7 +55,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["COPIED_ATTRIBUTES", "SourceHeaderError", "clean_datasets", "clean_result"]
+__all__ = [
+    "COPIED_ATTRIBUTES",
+    "SourceHeaderError",
+    "clean_datasets",
+    "clean_result",
+    "cleaned_once",
+]
 
 
 class SourceHeaderError(ValueError):
@@ -425,9 +433,21 @@ def clean_datasets(datasets: Iterable[Dataset]) -> list[Dataset]:
     return out
 
 
+#: The source datasets :func:`cleaned_once` has cleaned, while its block runs.
+_CLEANED: contextvars.ContextVar[Sequence[Dataset] | None] = contextvars.ContextVar(
+    "cleaned_sources", default=None
+)
+
+
 def clean_result(result: PipelineResult) -> PipelineResult:
-    """``result``, or a copy whose volume's source datasets are cleaned."""
+    """``result``, or a copy whose volume's source datasets are cleaned.
+
+    Inside :func:`cleaned_once`, a result whose source datasets are the ones
+    cleaned there is returned as it is (cleaning them again changes nothing).
+    """
     original: Sequence[Dataset] = result.volume.source_datasets
+    if _CLEANED.get() is original:
+        return result
     cleaned = clean_datasets(original)
     if all(a is b for a, b in zip(cleaned, original, strict=True)):
         return result
@@ -435,3 +455,20 @@ def clean_result(result: PipelineResult) -> PipelineResult:
         result, volume=dataclasses.replace(result.volume, source_datasets=cleaned)
     )
 
+
+
+@contextlib.contextmanager
+def cleaned_once(result: PipelineResult) -> Iterator[PipelineResult]:
+    """:func:`clean_result` of ``result``, not checked again inside the block.
+
+    For callers that run several writers on one result (each writer cleans
+    what it is given): the source datasets are checked once, and a writer
+    given the cleaned result inside the block skips its own pass over the
+    same datasets.
+    """
+    out = clean_result(result)
+    token = _CLEANED.set(out.volume.source_datasets)
+    try:
+        yield out
+    finally:
+        _CLEANED.reset(token)
