@@ -95,14 +95,17 @@ EOF
 
 fetch_wheels() {
     # Run where pip reaches a package index: same versions as this environment.
-    local py_version=${BENCH_GPU_PY:-3.12} dist version
+    # The GPU machine's glibc is taken as 2.39 at most: manylinux 2.17 to 2.39.
+    local py_version=${BENCH_GPU_PY:-3.12} dist version n platforms=()
+    for n in $(seq 17 39); do
+        platforms+=(--platform "manylinux_2_${n}_x86_64")
+    done
+    platforms+=(--platform manylinux2014_x86_64)
     mkdir -p "$WHEELS"
     for dist in $WHEEL_DISTS; do
         version=$("$PY" -c "import importlib.metadata as m; print(m.version('$dist'))") || return 1
         "$PY" -m pip download -q --no-deps --only-binary=:all: -d "$WHEELS" \
-            --python-version "$py_version" --implementation cp \
-            --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
-            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+            --python-version "$py_version" --implementation cp "${platforms[@]}" \
             "$dist==$version" || return 1
     done
     ls -l "$WHEELS"
