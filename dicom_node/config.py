@@ -275,6 +275,14 @@ class StorageSettings(_Section):
     """Below this much free space on the spool's disk, C-STORE answers 0xA700."""
     fsync: bool = True
     """fsync each received file before acknowledging it (turn off only for tests)."""
+    intake_journal: bool = True
+    """Acknowledge a new instance of a series being received after one durable append
+    to an intake journal (``<spool>/.intake/``, group-committed), and write its file
+    and database rows in batches just after; the journal is replayed at start-up.
+    Off: every instance's file and rows are written before it is acknowledged."""
+    intake_max_instance_kb: Annotated[int, Field(ge=0)] = 4096
+    """Data sets up to this size are held in memory and journaled; larger ones are
+    written straight to their file."""
     results_dir: Path = Path("var/results")
     """Result objects (SEG, SR, SC) wait here until every delivery is done."""
     shared_spool: bool = False

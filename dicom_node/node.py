@@ -88,7 +88,11 @@ class Node:
         self.settings = settings
         self.roles = roles
         # Only a receiver cleans its temporary files and reconciles the spool.
-        self.store = open_store(settings, clean_temp="receiver" in roles)
+        self.store = open_store(
+            settings,
+            clean_temp="receiver" in roles,
+            intake_name="main" if "receiver" in roles else None,
+        )
         db = self.store.db
         self.auditor = audit.auditor_from_settings(settings.audit, db)
         audit.install(self.auditor)
@@ -201,6 +205,7 @@ class Node:
             stopper.start()
             self.scp.shutdown()
             stopper.join()
+        self.store.stop_intake()  # what was acknowledged, into the spool and the database
         if self._collector_thread is not None:
             self._collector_stop.set()
             self._collector_thread.join(timeout=10)

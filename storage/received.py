@@ -8,6 +8,7 @@ safe to acknowledge.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import threading
@@ -15,16 +16,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from storage.db import Database
 from storage.durability import DurabilityBarrier
+from storage.intake import (
+    IntakeEntry,
+    IntakeJournal,
+    IntakeWriter,
+    JournalFull,
+    read_entries,
+    write_checkpoint,
+)
 from storage.models import Instance, Series, Study, utcnow
-from storage.spool import Spool, SpooledFile
+from storage.spool import BufferedFile, Spool, SpooledFile
 
 __all__ = ["DuplicateAction", "InstanceRecord", "ReceivedStore", "StoreOutcome", "StoreResult"]
 
@@ -36,6 +46,8 @@ _TOUCH_INTERVAL_S = 1.0
 quiet-period completion, which counts in tens of seconds)."""
 # PostgreSQL deadlock_detected / serialization_failure; SQLite "database is locked".
 _TRANSIENT_SQLSTATES = {"40P01", "40001"}
+_INTAKE_MAX_PENDING_BYTES = 512 * 2**20
+"""Past this much journaled data not yet written, instances are stored directly."""
 
 
 def _is_transient(exc: OperationalError) -> bool:
@@ -101,6 +113,11 @@ class InstanceRecord:
     when the instance starts a new series)."""
 
 
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(InstanceRecord) if f.name != "attributes")
+"""What an intake journal entry keeps of a record (a series' attributes are
+recorded with its first instance, which never goes through the journal)."""
+
+
 @dataclass(frozen=True)
 class StoreResult:
     """The outcome of storing one instance."""
@@ -142,12 +159,25 @@ class ReceivedStore:
         self._study_ids: dict[str, int] = {}
         self._series_ids: dict[str, int] = {}
         self._touched: dict[str, float] = {}
+        self._live_series: set[str] = set()
+        """Series whose row exists, not purged: their new instances may be journaled."""
+        self.journal: IntakeJournal | None = None
+        self.intake: IntakeWriter | None = None
+        self.intake_memory_limit = 4 * 2**20
+        """Data sets up to this many bytes are received in memory and journaled."""
         self._insert_study = _insert_returning_id(db, Study)
         self._insert_series = _insert_returning_id(db, Series)
         self._insert_instance = _insert_returning_id(db, Instance)
 
-    def store(self, record: InstanceRecord, spooled: SpooledFile) -> StoreResult:
+    def store(self, record: InstanceRecord, spooled: SpooledFile | BufferedFile) -> StoreResult:
         """Make *spooled* durable as *record*; returns what was done.
+
+        A new instance of a series this store already knows, held in memory,
+        goes through the intake journal (:mod:`storage.intake`): one durable
+        append, its file and rows written soon after in a batch
+        (``instance_id`` is then ``None``).  Everything else -- the first
+        instance of a series, a re-sent instance, a large data set -- is
+        written directly, file and rows, before this returns.
 
         The temporary file is always consumed (moved into place or removed).
         Raises on database or file system errors; the caller answers a failure
@@ -155,6 +185,20 @@ class ReceivedStore:
         :class:`~storage.spool.SpoolConflict` when a new instance's path
         already holds a file (it is never replaced).
         """
+        if isinstance(spooled, BufferedFile):
+            journaled = self._store_journaled(record, spooled)
+            if journaled is not None:
+                return journaled
+            spooled = self.spool.spill(spooled)
+        # Journaled instances first (the direct path reads the rows they make); a
+        # writer that keeps failing (database down) is waited for only briefly.
+        if self.intake is not None and not self.intake.drain(
+            30.0 if self.intake.healthy else 2.0
+        ):
+            self.spool.discard(spooled)
+            raise OperationalError(
+                "intake", None, Exception("received instances not yet written (database down?)")
+            )
         placed = False
         self._resolve_attributes(record)
         try:
@@ -181,6 +225,209 @@ class ReceivedStore:
             if not placed:
                 self.spool.discard(spooled)
 
+    # -- the intake journal ------------------------------------------------------------
+    def start_intake(
+        self, folder: Path, *, durable: bool, memory_limit: int = 4 * 2**20
+    ) -> None:
+        """Receive through an intake journal in *folder* (this process's own)."""
+        self.intake_memory_limit = memory_limit
+        self.journal = IntakeJournal(folder, durable=durable)
+        self.intake = IntakeWriter(
+            self.journal,
+            self.apply_intake,
+            self.barrier.wait if self.barrier is not None else None,
+        )
+
+    def replay_intake(self, folders: list[Path]) -> int:
+        """Apply every entry the journals in *folders* hold past their checkpoints.
+
+        Run at start-up before anything is received (and before a journal in
+        those folders is opened for writing).  Returns how many entries were
+        applied; each journal's checkpoint is moved past them.
+        """
+        applied = 0
+        for folder in folders:
+            batch: list[IntakeEntry] = []
+            last = 0
+            for entry in read_entries(folder):
+                batch.append(entry)
+                last = entry.seq
+                if len(batch) >= 64:
+                    self.apply_intake(batch)
+                    applied += len(batch)
+                    batch = []
+            if batch:
+                self.apply_intake(batch)
+                applied += len(batch)
+            if last:
+                if self.barrier is not None:
+                    self.barrier.wait()
+                write_checkpoint(folder, last)
+        return applied
+
+    def flush_intake(self, timeout_s: float = 10.0) -> bool:
+        """Write the journaled instances now; False when they are not all written."""
+        return self.intake is None or self.intake.drain(timeout_s)
+
+    def stop_intake(self) -> None:
+        """Write what the journal holds, then close it."""
+        if self.intake is not None:
+            self.intake.close()
+            self.intake = None
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
+
+    def _store_journaled(self, record: InstanceRecord, data: BufferedFile) -> StoreResult | None:
+        """Append a new instance of a known series to the journal; ``None``: not here."""
+        intake = self.intake
+        if (
+            intake is None
+            or self.journal is None
+            or not intake.healthy
+            or intake.pending_bytes > _INTAKE_MAX_PENDING_BYTES
+        ):
+            return None
+        with self._ids_lock:
+            if (
+                record.series_instance_uid not in self._live_series
+                or record.study_instance_uid not in self._study_ids
+            ):
+                return None
+        rel = self.spool.relative_path(
+            record.study_instance_uid, record.series_instance_uid, record.sop_instance_uid
+        )
+        if not intake.reserve(rel):
+            return None  # the same instance is being written: the direct path decides
+        try:
+            if self.spool.absolute(rel).exists():
+                intake.release(rel)
+                return None  # re-sent: the direct path applies the duplicate policy
+            entry = IntakeEntry(
+                path=rel,
+                record={name: getattr(record, name) for name in _RECORD_FIELDS},
+                sha256=data.sha256,
+                size_bytes=data.size_bytes,
+                meta_length=data.meta_length,
+                chunks=data.chunks,
+            )
+            self.journal.append(entry)
+        except JournalFull as exc:
+            intake.release(rel)
+            LOGGER.debug("intake journal full (%s); storing directly", exc)
+            return None
+        except BaseException:
+            intake.release(rel)
+            raise
+        intake.submit(entry)
+        return StoreResult(StoreOutcome.STORED, None, rel)
+
+    def apply_intake(self, entries: list[IntakeEntry]) -> None:
+        """Write the files and rows of journaled instances, in one transaction.
+
+        Applying an entry twice changes nothing (start-up replay may do so).
+        A row that exists already is an instance re-sent meanwhile, or one whose
+        file was purged or lost: it is treated like :meth:`store` treats it.
+        Files are written unflushed; the caller flushes once after.
+        """
+        now = utcnow()
+        records = [InstanceRecord(**e.record) for e in entries]
+        with self.db.engine.begin() as conn:
+            series_ids = {}
+            for record in records:
+                uid = record.series_instance_uid
+                if uid not in series_ids:
+                    study_id = self._study_id(conn, record, now, touch=False)
+                    series_ids[uid] = self._series_id(conn, record, study_id, now, touch=False)
+            uids = [r.sop_instance_uid for r in records]
+            existing: dict[str, Any] = {
+                row.sop_instance_uid: row
+                for row in conn.execute(
+                    select(
+                        Instance.sop_instance_uid,
+                        Instance.id,
+                        Instance.sha256,
+                        Instance.path,
+                        Instance.purged_at,
+                    ).where(Instance.sop_instance_uid.in_(uids))
+                )
+            }
+            rows = []
+            for entry, record in zip(entries, records, strict=True):
+                known = existing.get(record.sop_instance_uid)
+                if known is not None:
+                    self._apply_existing(conn, entry, record, known, now)
+                    continue
+                rows.append(
+                    {
+                        "sop_instance_uid": record.sop_instance_uid,
+                        "series_id": series_ids[record.series_instance_uid],
+                        "sop_class_uid": record.sop_class_uid,
+                        "transfer_syntax_uid": record.transfer_syntax_uid,
+                        "instance_number": record.instance_number,
+                        "path": entry.path,
+                        "size_bytes": entry.size_bytes,
+                        "sha256": entry.sha256,
+                        "calling_ae": record.calling_ae,
+                        "peer_address": record.peer_address,
+                        "received_at": now,
+                        "receive_count": 1,
+                    }
+                )
+                existing[record.sop_instance_uid] = None  # twice in one batch: once
+                self.spool.write_unsynced(entry.path, entry.chunks)
+            if rows:
+                conn.execute(insert(Instance), rows)
+            for table, ids in (
+                (Series, set(series_ids.values())),
+                (Study, {self._study_ids[r.study_instance_uid] for r in records}),
+            ):
+                conn.execute(
+                    update(table).where(table.id.in_(ids)).values(last_received_at=now)
+                )
+
+    def _apply_existing(
+        self,
+        conn: Connection,
+        entry: IntakeEntry,
+        record: InstanceRecord,
+        known: Any,
+        now: datetime,
+    ) -> None:
+        """A journaled instance whose row exists already (see :meth:`apply_intake`)."""
+        if known is None:
+            return  # the same instance earlier in this batch
+        final = self.spool.absolute(known.path)
+        if known.purged_at is not None:
+            # Clear the purge mark before writing the file (see _restore_purged).
+            conn.execute(
+                update(Instance)
+                .where(Instance.id == known.id)
+                .values(
+                    purged_at=None,
+                    receive_count=Instance.receive_count + 1,
+                    sha256=entry.sha256,
+                    size_bytes=entry.size_bytes,
+                    transfer_syntax_uid=record.transfer_syntax_uid,
+                    received_at=now,
+                )
+            )
+            self.spool.write_unsynced(known.path, entry.chunks)
+            return
+        values: dict[str, Any] = {"receive_count": Instance.receive_count + 1}
+        same = known.sha256 == entry.sha256
+        missing = not final.is_file()
+        if missing or (not same and self.duplicate_action is DuplicateAction.REPLACE):
+            self.spool.write_unsynced(known.path, entry.chunks)
+            values.update(sha256=entry.sha256, size_bytes=entry.size_bytes, received_at=now)
+        elif not same:
+            LOGGER.warning(
+                "instance re-sent with different content while the first copy was being "
+                "written; kept the first: %s",
+                record.sop_instance_uid,
+            )
+        conn.execute(update(Instance).where(Instance.id == known.id).values(**values))
+
     def _resolve_attributes(self, record: InstanceRecord) -> None:
         """Make a series' routing attributes before the write transaction.
 
@@ -200,6 +447,7 @@ class ReceivedStore:
         with self._ids_lock:
             self._study_ids.pop(record.study_instance_uid, None)
             self._series_ids.pop(record.series_instance_uid, None)
+            self._live_series.discard(record.series_instance_uid)
 
     def _store_once(self, record: InstanceRecord, spooled: SpooledFile) -> StoreResult:
         now = utcnow()
@@ -314,12 +562,14 @@ class ReceivedStore:
             self._touched[key] = now_mono
             return True
 
-    def _study_id(self, conn: Connection, record: InstanceRecord, now: datetime) -> int:
+    def _study_id(
+        self, conn: Connection, record: InstanceRecord, now: datetime, *, touch: bool = True
+    ) -> int:
         uid = record.study_instance_uid
         with self._ids_lock:
             cached = self._study_ids.get(uid)
         if cached is not None:
-            if self._due("study:" + uid, time.monotonic()):
+            if touch and self._due("study:" + uid, time.monotonic()):
                 conn.execute(update(Study).where(Study.id == cached).values(last_received_at=now))
             return cached
         row = conn.execute(
@@ -348,19 +598,28 @@ class ReceivedStore:
         return study_id
 
     def _series_id(
-        self, conn: Connection, record: InstanceRecord, study_id: int, now: datetime
+        self,
+        conn: Connection,
+        record: InstanceRecord,
+        study_id: int,
+        now: datetime,
+        *,
+        touch: bool = True,
     ) -> int:
         uid = record.series_instance_uid
         with self._ids_lock:
             cached = self._series_ids.get(uid)
         if cached is not None:
-            if self._due("series:" + uid, time.monotonic()):
+            if touch and self._due("series:" + uid, time.monotonic()):
                 conn.execute(update(Series).where(Series.id == cached).values(last_received_at=now))
             return cached
-        existing = conn.execute(
-            select(Series.id).where(Series.series_instance_uid == uid)
-        ).scalar_one_or_none()
-        if existing is not None:
+        live = True
+        found = conn.execute(
+            select(Series.id, Series.purged_at).where(Series.series_instance_uid == uid)
+        ).one_or_none()
+        existing = None if found is None else int(found.id)
+        if found is not None:
+            live = found.purged_at is None
             conn.execute(update(Series).where(Series.id == existing).values(last_received_at=now))
         else:
             attrs = record.attributes() if callable(record.attributes) else record.attributes
@@ -394,6 +653,8 @@ class ReceivedStore:
         with self._ids_lock:
             self._series_ids[uid] = existing
             self._touched["series:" + uid] = time.monotonic()
+            if live:
+                self._live_series.add(uid)
         return existing
 
     def known_paths(self) -> set[str]:

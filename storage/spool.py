@@ -24,11 +24,20 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["SpoolConflict", "SpooledFile", "Spool", "TempWriter", "safe_component"]
+__all__ = [
+    "BufferedFile",
+    "DataSetWriter",
+    "SpoolConflict",
+    "SpooledFile",
+    "Spool",
+    "TempWriter",
+    "safe_component",
+]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -64,15 +73,29 @@ class SpooledFile:
     sha256: str
 
 
+@dataclass(frozen=True)
+class BufferedFile:
+    """A received file held in memory (small data sets), not yet in the spool.
+
+    ``chunks`` are the file's bytes: the file meta the receiver wrote
+    (``meta_length`` bytes, not hashed), then the data set as sent.
+    """
+
+    chunks: tuple[bytes, ...]
+    size_bytes: int
+    sha256: str
+    meta_length: int
+
+
 class TempWriter:
     """A temporary spool file being written piece by piece (e.g. from PDVs)."""
 
-    def __init__(self, path: Path, fsync: bool) -> None:
+    def __init__(self, path: Path, fsync: bool, digest: Any = None, size: int = 0) -> None:
         self.path = path
         self._fsync = fsync
         self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        self._digest = hashlib.sha256()
-        self.size = 0
+        self._digest = digest if digest is not None else hashlib.sha256()
+        self.size = size
 
     def write(self, data: bytes | bytearray | memoryview, *, hashed: bool = True) -> None:
         """Append *data*; ``hashed=False`` leaves it out of the content hash
@@ -103,6 +126,70 @@ class TempWriter:
             os.close(self._fd)
             self._fd = None
         self.path.unlink(missing_ok=True)
+
+
+class DataSetWriter:
+    """A received file written piece by piece: in memory while it is small, else to disk.
+
+    Up to *memory_limit* bytes the pieces stay in memory and :meth:`finish`
+    returns a :class:`BufferedFile` (for the intake journal); past it they go
+    to a temporary spool file and :meth:`finish` returns a :class:`SpooledFile`.
+    """
+
+    def __init__(self, spool: Spool, memory_limit: int) -> None:
+        self._spool = spool
+        self._limit = memory_limit
+        self._chunks: list[bytes] = []
+        self._digest = hashlib.sha256()
+        self._unhashed = 0
+        self.size = 0
+        self._temp: TempWriter | None = None
+        if memory_limit <= 0:
+            self._temp = spool.open_temp()
+
+    def write(self, data: bytes | bytearray | memoryview, *, hashed: bool = True) -> None:
+        """Append *data*; ``hashed=False`` leaves it out of the content hash."""
+        if self._temp is not None:
+            self._temp.write(data, hashed=hashed)
+            return
+        if self.size + len(data) > self._limit:
+            temp = self._spool.open_temp()
+            temp._digest, temp.size = self._digest, 0
+            try:
+                for chunk in self._chunks:
+                    temp.write(chunk, hashed=False)
+            except BaseException:
+                temp.abort()
+                raise
+            temp.size = self.size
+            self._temp, self._chunks = temp, []
+            temp.write(data, hashed=hashed)
+            return
+        chunk = bytes(data)
+        if hashed:
+            self._digest.update(chunk)
+        elif not self._chunks:
+            self._unhashed = len(chunk)
+        self._chunks.append(chunk)
+        self.size += len(chunk)
+
+    @property
+    def in_memory(self) -> bool:
+        return self._temp is None
+
+    def finish(self) -> SpooledFile | BufferedFile:
+        """The file written: in memory, or closed on disk."""
+        if self._temp is not None:
+            return self._temp.finish()
+        return BufferedFile(
+            tuple(self._chunks), self.size, self._digest.hexdigest(), self._unhashed
+        )
+
+    def abort(self) -> None:
+        """Drop what was written."""
+        if self._temp is not None:
+            self._temp.abort()
+        self._chunks = []
 
 
 class Spool:
@@ -185,6 +272,41 @@ class Spool:
         except BaseException:
             writer.abort()
             raise
+
+    def spill(self, buffered: BufferedFile) -> SpooledFile:
+        """Write a file held in memory to a temporary file (its hash is kept)."""
+        writer = self.open_temp()
+        try:
+            for chunk in buffered.chunks:
+                writer.write(chunk, hashed=False)
+            spooled = writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        return SpooledFile(spooled.temp_path, buffered.size_bytes, buffered.sha256)
+
+    def write_unsynced(self, relative: str, chunks: Iterable[bytes | memoryview]) -> None:
+        """Write (or overwrite) the file at *relative* without flushing it.
+
+        For the intake journal's writer only: the data is durable in the
+        journal already, the file's database row is committed after this
+        returns (nobody reads the file before), one flush of the file system
+        later covers many files, and after a crash the journal is replayed,
+        which writes the file again.
+        """
+        final = self.root / relative
+        try:
+            fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        except FileNotFoundError:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
 
     def commit(self, spooled: SpooledFile, relative: str) -> Path:
         """Move a temporary file to its final *relative* path, atomically and durably."""
@@ -273,9 +395,10 @@ class Spool:
         os.replace(source, target)
         return target
 
-    def discard(self, spooled: SpooledFile) -> None:
+    def discard(self, spooled: SpooledFile | BufferedFile) -> None:
         """Remove a temporary file that will not be kept."""
-        spooled.temp_path.unlink(missing_ok=True)
+        if isinstance(spooled, SpooledFile):
+            spooled.temp_path.unlink(missing_ok=True)
 
     def clean_temp(self) -> int:
         """Remove leftover temporary files (from a crash); returns how many."""

@@ -41,7 +41,9 @@ def _receiver_main(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    store = open_store(settings, upgrade=False, clean_temp=False)
+    store = open_store(
+        settings, upgrade=False, clean_temp=False, intake_name=f"receiver-{index}"
+    )
     auditor = audit.auditor_from_settings(settings.audit, store.db)
     audit.install(auditor)
     scp = StorageSCP(settings, store, reuse_port=True)
@@ -51,6 +53,7 @@ def _receiver_main(
     while not stop.wait(0.5):
         pass
     scp.shutdown()
+    store.stop_intake()
     auditor.close()
     audit.install(None)
     store.db.dispose()

@@ -98,7 +98,7 @@ from dicom_node.receive.store_handler import (
 )
 from dicom_node.receive.uids import UidPolicy
 from storage.received import InstanceRecord, ReceivedStore, StoreOutcome
-from storage.spool import TempWriter
+from storage.spool import DataSetWriter
 
 __all__ = ["AssociationStats", "StorageSCP", "supported_contexts"]
 
@@ -609,7 +609,7 @@ class _Association:
         self._command = bytearray()
         self._cmd: CommandSet | None = None
         self._context_id = 0
-        self._writer: TempWriter | None = None
+        self._writer: DataSetWriter | None = None
         self._head: list[bytes] = []
         self._head_size = 0
         self._data_size = 0
@@ -888,6 +888,8 @@ class _Association:
                     LOGGER.warning(
                         "release requested in the middle of a message from %s", self.stats.peer
                     )
+                # What this association stored is in the database once it is released.
+                self.scp.store.flush_intake()
                 self.send(release_rp_pdu())
                 self.stats.outcome = "released"
                 return
@@ -961,7 +963,8 @@ class _Association:
             self.stats.calling_ae,
         )
         try:
-            self._writer = store.spool.open_temp()
+            memory = store.intake_memory_limit if store.intake is not None else 0
+            self._writer = DataSetWriter(store.spool, memory)
             # The hash identifies the data set as sent; the meta we add is left out.
             self._writer.write(self._meta, hashed=False)
         except OSError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 
 from dicom_node.config import Settings
@@ -11,11 +12,20 @@ from storage.durability import DurabilityBarrier, syncfs_available
 from storage.received import DuplicateAction, ReceivedStore
 from storage.spool import Spool
 
-__all__ = ["open_store"]
+__all__ = ["INTAKE_DIR", "open_store"]
+
+LOGGER = logging.getLogger(__name__)
+
+INTAKE_DIR = ".intake"
+"""The spool's folder of intake journals, one per receiving process."""
 
 
 def open_store(
-    settings: Settings, *, upgrade: bool = True, clean_temp: bool = True
+    settings: Settings,
+    *,
+    upgrade: bool = True,
+    clean_temp: bool = True,
+    intake_name: str | None = None,
 ) -> ReceivedStore:
     """Open the database (running migrations) and the spool.
 
@@ -31,6 +41,11 @@ def open_store(
     ``[storage] shared_spool`` the temporary files are this receiver's own
     (``.tmp/<host>-<port>``) and spool files younger than
     ``reconcile_min_age_s`` are left to the receiver that may be committing them.
+
+    ``intake_name`` (a receiving process's own name, with ``[storage]
+    intake_journal`` on) opens that process's intake journal
+    (:mod:`storage.intake`); ``clean_temp`` first replays every journal this
+    host left in the spool.
     """
     durable = settings.storage.fsync
     use_barrier = durable and syncfs_available()
@@ -58,6 +73,22 @@ def open_store(
     store = ReceivedStore(
         db, spool, DuplicateAction(settings.node.duplicate_policy.value), barrier=barrier
     )
+    prefix = f"{socket.gethostname()}-{settings.node.port}-" if shared else ""
+    journals = spool.root / INTAKE_DIR
     if clean_temp:
+        folders = sorted(p for p in journals.glob(f"{prefix}*") if p.is_dir())
+        replayed = store.replay_intake(folders)
+        if replayed:
+            LOGGER.warning(
+                "intake journal: %d acknowledged instance(s) written to the spool and "
+                "database after an unclean stop",
+                replayed,
+            )
         reconcile_spool(store, min_age_s=settings.storage.reconcile_min_age_s if shared else 0.0)
+    if intake_name is not None and settings.storage.intake_journal:
+        store.start_intake(
+            journals / f"{prefix}{intake_name}",
+            durable=durable,
+            memory_limit=settings.storage.intake_max_instance_kb * 1024,
+        )
     return store

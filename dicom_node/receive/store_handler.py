@@ -30,7 +30,7 @@ from dicom_node.receive.header import (
 from dicom_node.receive.uids import UidCheck, UidPolicy, check_uids
 from storage.db import DatabaseError
 from storage.received import InstanceRecord, ReceivedStore, StoreOutcome, StoreResult
-from storage.spool import SpoolConflict, SpooledFile
+from storage.spool import BufferedFile, SpoolConflict, SpooledFile
 
 __all__ = [
     "StoreAnswer",
@@ -51,8 +51,8 @@ class StoreRequest:
     Attributes
     ----------
     spooled:
-        The temporary file: the file meta the receiver wrote (``meta_length``
-        bytes), then the data set exactly as sent.
+        The temporary file, or the file held in memory: the file meta the
+        receiver wrote (``meta_length`` bytes), then the data set exactly as sent.
     head:
         The first bytes of the data set (the header is parsed from them when
         it fits; otherwise from the file).
@@ -63,7 +63,7 @@ class StoreRequest:
     affected_sop_class_uid: str
     affected_sop_instance_uid: str
     transfer_syntax_uid: str
-    spooled: SpooledFile
+    spooled: SpooledFile | BufferedFile
     meta_length: int
     head: bytes
     data_size: int
@@ -214,7 +214,11 @@ def _checked_record(
     prefix = request.head
     try:
         parsed = header_from_prefix(prefix, request.data_size, ts_uid, record_only=True)
-        if parsed is None:  # a header longer than the kept prefix: read it from the file
+        if parsed is None and isinstance(request.spooled, BufferedFile):
+            prefix = b"".join(request.spooled.chunks)[request.meta_length :]
+            parsed = header_from_prefix(prefix, request.data_size, ts_uid, record_only=True)
+        elif parsed is None and isinstance(request.spooled, SpooledFile):
+            # A header longer than the kept prefix: read it from the file.
             parsed = header_from_file(
                 request.spooled.temp_path, request.meta_length, ts_uid, record_only=True
             )
