@@ -182,10 +182,12 @@ EOF
     if [ -n "${OUT:-}" ]; then
         json=(--json "$OUT/analyze.json")
     fi
+    local t0=$SECONDS
     timeout -k 10 "$ANALYZE_TIMEOUT" "$PY" -m bench.analyze --pipeline all \
         --device "$DEVICES" --warm "$WARM" --size "$SIZE" "${json[@]}"
     step_rc=$?
-    echo "bench.analyze: exit $step_rc$([ $step_rc = 124 ] && echo ' (timed out)')"
+    echo "bench.analyze: exit $step_rc$([ $step_rc = 124 ] && echo ' (timed out)')" \
+        "after $((SECONDS - t0)) s"
     [ $step_rc = 0 ] || rc=$step_rc
 
     step "bench.end_to_end --device $E2E_DEVICE --runs $RUNS (timeout ${E2E_TIMEOUT} s)"
@@ -200,14 +202,16 @@ EOF
         echo "SKIP end_to_end: not on this machine:${tools:+ programs$tools}" \
             "${missing:+python modules $missing}"
     else
+        t0=$SECONDS
         timeout -k 10 "$E2E_TIMEOUT" "$PY" -m bench.end_to_end --device "$E2E_DEVICE" \
             --runs "$RUNS"
         step_rc=$?
-        echo "bench.end_to_end: exit $step_rc$([ $step_rc = 124 ] && echo ' (timed out)')"
+        echo "bench.end_to_end: exit $step_rc$([ $step_rc = 124 ] && echo ' (timed out)')" \
+            "after $((SECONDS - t0)) s"
         [ $step_rc = 0 ] || rc=$step_rc
     fi
 
-    step "done: exit $rc"
+    step "done: exit $rc after $SECONDS s"
     return $rc
 }
 
