@@ -30,6 +30,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
+from dicom_node.results import seg_frames
 from dicom_node.results.common import (
     DEFAULT_SERIES_NUMBERS,
     MANUFACTURER_MODEL_NAME,
@@ -314,6 +315,7 @@ def write_seg(
     series_description_text: str | None = None,
     dimension_organization_uid: str | None = None,
     revision: int = 0,
+    fast_frames: bool = True,
 ) -> hd.seg.Segmentation:
     """Write the segments of ``result`` as a BINARY DICOM Segmentation.
 
@@ -342,6 +344,10 @@ def write_seg(
     revision:
         Revision number for the default SeriesDescription (``" (rev N)"``
         when > 0); 0 for a first version.
+    fast_frames:
+        Build the frames from the masks (:mod:`~dicom_node.results.seg_frames`)
+        where that gives highdicom's object for single-frame sources (the
+        default); ``False``: highdicom builds every frame itself.
 
     Returns
     -------
@@ -421,9 +427,23 @@ def write_seg(
         _segment_description(seg, number_map[seg.number], idx, algo_id)
         for idx, seg in enumerate(segments)
     ]
-    pixel_array = _pixel_array(masks, keep)
-
     kwargs: dict[str, Any] = {}
+    fast = (
+        fast_frames
+        and not any(multiframe)
+        and seg_frames.applies(
+            volume.source_datasets,
+            rows,
+            cols,
+            transfer_syntax_uid=transfer_syntax_uid,
+            omit_empty_frames=omit_empty_frames,
+        )
+    )
+    if fast:
+        # The first kept plane only: seg_frames gives the object its frames.
+        pixel_array = seg_frames.first_plane(len(masks), rows, cols)
+    else:
+        pixel_array = _pixel_array(masks, keep)
     if not any(multiframe):
         # Single-frame series: mask slice t <-> source_images[t]; positions are
         # copied from the sources, so every SEG frame references its source
@@ -431,6 +451,9 @@ def write_seg(
         by_uid = _same_orientation(volume.source_datasets)
         keep_uids = [refs[k].sop_instance_uid for k in keep]
         source_images: Sequence[Dataset] = [by_uid[u] for u in keep_uids]
+        kept_sources = source_images
+        if fast:
+            source_images = source_images[:1]
         # The other slices are recorded as sources after construction
         # (highdicom's further_source_images costs ~5 ms per image).
     else:
@@ -492,6 +515,8 @@ def write_seg(
         ),
         **kwargs,
     )
+    if fast:
+        seg_frames.fill_frames(out, kept_sources, masks, keep)
     if not any(multiframe):
         _reference_all_sources(out, volume.source_datasets)
     if "ImageOrientationPatient" not in volume.source_datasets[0] and not any(multiframe):
@@ -535,9 +560,7 @@ class SegWriter:
                 sop_instance_uid=u.sop_instance_uid,
                 series_number=u.series_number,
                 instance_number=u.instance_number,
-                dimension_organization_uid=context.derived_uid(
-                    self.kind, "dimension-organization"
-                ),
+                dimension_organization_uid=context.derived_uid(self.kind, "dimension-organization"),
                 revision=context.revision,
             )
         ]
