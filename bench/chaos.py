@@ -56,6 +56,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,7 +75,9 @@ from bench.live import (
     reuid_series,
     wait_until,
 )
+from dicom_node.receive.store import INTAKE_DIR
 from storage.db import Database
+from storage.intake import read_entries
 from storage.models import Completion, Delivery, Instance, Job, Result
 from tests.support.orthanc import OrthancServer
 from tests.support.peers import NodeProcess, dcmtk_env, free_port, sender_ae
@@ -155,6 +158,27 @@ def storescu_cmd(port: int, files: list[Path]) -> list[str]:
             str(port), *map(str, files)]  # fmt: skip
 
 
+class AckReader(threading.Thread):
+    """Reads a running ``storescu -v``'s output, counting Success responses as they come."""
+
+    def __init__(self, sender: subprocess.Popen[str]) -> None:
+        super().__init__(daemon=True)
+        self.sender = sender
+        self.lines: list[str] = []
+        self.acks = 0
+        self.start()
+
+    def run(self) -> None:
+        assert self.sender.stdout is not None
+        for line in self.sender.stdout:
+            self.lines.append(line)
+            if "Received Store Response (Success)" in line:
+                self.acks += 1
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
 def send_all(port: int, files: list[Path], timeout_s: float = 300.0) -> list[str]:
     """Send *files* with ``storescu``; the paths acknowledged with Success."""
     done = subprocess.run(
@@ -230,15 +254,18 @@ def lost_instances(db: Database, spool: Path, acked: dict[str, str]) -> int:
 
 def spool_leftovers(db: Database, spool: Path) -> int:
     """Files in the spool that no database row names: placed files without an
-    ``instance`` row, and temporary ``.part`` files (the quarantine is left out:
-    what it holds was set aside on purpose)."""
+    ``instance`` row, temporary ``.part`` files, and intake journal entries not
+    yet applied (the quarantine is left out: what it holds was set aside on
+    purpose; the journal's own segment files are not data)."""
     known = {str(p) for (p,) in rows(db, select(Instance.path))}
     left = 0
+    for journal in (spool / INTAKE_DIR).glob("*"):
+        left += sum(1 for _ in read_entries(journal))
     for path in spool.rglob("*"):
         if not path.is_file():
             continue
         rel = path.relative_to(spool)
-        if rel.parts[0] == ".quarantine":
+        if rel.parts[0] in (".quarantine", INTAKE_DIR):
             continue
         if rel.parts[0] == ".tmp" or (rel.as_posix() not in known and str(path) not in known):
             left += 1
@@ -302,20 +329,24 @@ def kill_trial(
             k = rng.randint(1, len(files) - 1)
             sender = subprocess.Popen(
                 storescu_cmd(node.port, files), env=dcmtk_env(), stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True,
+                stderr=subprocess.STDOUT, text=True, bufsize=1,
             )  # fmt: skip
+            reader = AckReader(sender)
             try:
-                wait_until("instances", lambda: count(db, select(func.count(Instance.id))) >= k
-                           or sender.poll() is not None, 120, 0.01)  # fmt: skip
+                # Acknowledged means durable, rows or not yet (the intake journal):
+                # the kill comes after the k-th Success the sender has read.
+                wait_until("acknowledgements", lambda: reader.acks >= k
+                           or sender.poll() is not None, 120, 0.002)  # fmt: skip
                 trial.hit = sender.poll() is None
-                trial.state_at_kill = f"{count(db, select(func.count(Instance.id)))} stored"
                 node.kill()
-                out, _ = sender.communicate(timeout=60)
+                trial.state_at_kill = f"{reader.acks} acknowledged at the kill"
+                sender.wait(timeout=60)
             finally:
                 if sender.poll() is None:
                     sender.kill()
-            acked.update({sop_of[p]: sha_of[p] for p in parse_storescu_acks(out)})
-            trial.state_at_kill += f", {len(acked)} acknowledged"
+                reader.join()
+            acked.update({sop_of[p]: sha_of[p] for p in parse_storescu_acks(reader.output())})
+            trial.state_at_kill += f", {len(acked)} in all"
         else:
             acked.update({sop_of[p]: sha_of[p] for p in send_all(node.port, files)})
             if phase == "completion":
@@ -547,7 +578,10 @@ def disk_watermark(base: Path, instances: int = 5) -> dict[str, Any]:
             one_store(node.port, reuid_series([source], work / "probe" / str(i))[0])
             for i in range(instances)
         ]
-        files = [p for p in node.spool.rglob("*") if p.is_file()]
+        files = [
+            p for p in node.spool.rglob("*")
+            if p.is_file() and p.relative_to(node.spool).parts[0] != INTAKE_DIR
+        ]  # fmt: skip
         out.update(
             sent=instances,
             statuses=sorted({("none" if s is None else f"0x{s:04X}") for s in statuses}),

@@ -14,6 +14,7 @@ that would inflate to gigabytes costs no more than that.
 from __future__ import annotations
 
 import logging
+import struct
 import zlib
 from collections.abc import Callable
 from io import BytesIO
@@ -34,6 +35,7 @@ from storage.received import InstanceRecord
 __all__ = [
     "DEFLATED_SYNTAXES",
     "MAX_INFLATED_HEADER",
+    "fast_record",
     "header_from_file",
     "header_from_prefix",
     "header_record",
@@ -353,3 +355,191 @@ def header_record(
         study_description=_text(ds, "StudyDescription"),
         attributes=attributes or (lambda: routing_attributes(ds)),
     )
+
+
+# -- the fast path: the record's elements read straight from the bytes ------------------
+
+_RECORD_TAGS: dict[int, str] = {
+    0x00080005: "SpecificCharacterSet",
+    0x00080016: "SOPClassUID",
+    0x00080018: "SOPInstanceUID",
+    0x00080020: "StudyDate",
+    0x00080050: "AccessionNumber",
+    0x00080060: "Modality",
+    0x00080070: "Manufacturer",
+    0x00081030: "StudyDescription",
+    0x0008103E: "SeriesDescription",
+    0x00081090: "ManufacturerModelName",
+    0x00100010: "PatientName",
+    0x00100020: "PatientID",
+    0x00180015: "BodyPartExamined",
+    0x0020000D: "StudyInstanceUID",
+    0x0020000E: "SeriesInstanceUID",
+    0x00200011: "SeriesNumber",
+    0x00200013: "InstanceNumber",
+}
+"""Tags of :data:`HEADER_KEYWORDS`; the last one ends the scan."""
+_LAST_RECORD_TAG = max(_RECORD_TAGS)
+_LONG_LENGTH_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+"""Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2)."""
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+_U16 = struct.Struct("<H")
+_U16X2 = struct.Struct("<HH")
+_U32 = struct.Struct("<I")
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+
+
+class _NotSimple(Exception):
+    """The bytes need pydicom (a value not plain ASCII, a malformed element, ...)."""
+
+
+def fast_record(
+    data: bytes | memoryview, transfer_syntax_uid: str, *, complete: bool
+) -> InstanceRecord | None:
+    """The :class:`InstanceRecord` of a data set read straight from its bytes, or ``None``.
+
+    Walks the top-level elements (PS3.5 7.1: explicit or implicit VR, little
+    endian; sequences of undefined length skipped item by item, PS3.5 7.5)
+    up to Instance Number (0020,0013) and decodes only the record's values.
+    *data* may be a prefix of the data set (``complete`` false): the record
+    is made only when the walk passed (0020,0013) within it.
+    Whenever the result could differ from :func:`header_record` of a pydicom
+    parse -- a value with a byte outside ASCII or a backslash, a character
+    set other than the default, a malformed element, a Deflated or big-endian
+    data set -- it returns ``None`` and the caller parses with pydicom.
+
+    Raises
+    ------
+    StoreRejected
+        As :func:`header_record`, for missing or over-long UIDs.
+    """
+    if transfer_syntax_uid in DEFLATED_SYNTAXES or transfer_syntax_uid == _BIG_ENDIAN:
+        return None
+    explicit = transfer_syntax_uid != _IMPLICIT_LE
+    try:
+        raw = _scan(memoryview(data), explicit, complete)
+        values = {kw: _decode(raw.get(tag)) for tag, kw in _RECORD_TAGS.items()}
+    except (_NotSimple, IndexError, struct.error):
+        return None
+    charset = values.pop("SpecificCharacterSet")
+    if charset not in (None, "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"):
+        return None
+    ints: dict[str, int | None] = {}
+    for kw in ("InstanceNumber", "SeriesNumber"):
+        text = values[kw]
+        try:
+            ints[kw] = None if text is None else int(text)
+        except ValueError:
+            return None
+    uids = {
+        kw: values[kw]
+        for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+    }
+    missing = [kw for kw, v in uids.items() if not v]
+    if missing:
+        raise StoreRejected(st.MISSING_UID, f"missing or empty {', '.join(missing)}")
+    too_long = [kw for kw, v in uids.items() if v and len(v) > 64]
+    if too_long:
+        raise StoreRejected(st.MISSING_UID, f"{', '.join(too_long)} longer than 64 characters")
+    return InstanceRecord(
+        study_instance_uid=uids["StudyInstanceUID"] or "",
+        series_instance_uid=uids["SeriesInstanceUID"] or "",
+        sop_instance_uid=uids["SOPInstanceUID"] or "",
+        sop_class_uid=uids["SOPClassUID"] or "",
+        transfer_syntax_uid=transfer_syntax_uid,
+        instance_number=ints["InstanceNumber"],
+        modality=values["Modality"],
+        body_part_examined=values["BodyPartExamined"],
+        series_description=values["SeriesDescription"],
+        series_number=ints["SeriesNumber"],
+        manufacturer=values["Manufacturer"],
+        manufacturer_model_name=values["ManufacturerModelName"],
+        patient_id=values["PatientID"],
+        patient_name=values["PatientName"],
+        study_date=values["StudyDate"],
+        accession_number=values["AccessionNumber"],
+        study_description=values["StudyDescription"],
+    )
+
+
+def _decode(value: bytes | None) -> str | None:
+    """A plain ASCII value without padding (NUL or space), ``None`` when empty."""
+    if value is None:
+        return None
+    if not value.isascii() or b"\\" in value or b"\x1b" in value:
+        raise _NotSimple
+    text = value.decode("ascii").strip(" \x00")
+    if any(c < " " for c in text):
+        raise _NotSimple
+    return text or None
+
+
+def _scan(data: memoryview, explicit: bool, complete: bool) -> dict[int, bytes]:
+    """The values of the record's tags among the top-level elements of *data*."""
+    found: dict[int, bytes] = {}
+    offset, end = 0, len(data)
+    while offset < end:
+        tag, vr, length, offset = _element_header(data, offset, explicit)
+        if tag > _LAST_RECORD_TAG or tag in _PIXEL_TAGS:
+            return found
+        if length == _UNDEFINED:
+            if vr not in (b"SQ", b"UN", None):
+                raise _NotSimple
+            offset = _skip_undefined(data, offset, explicit)
+            continue
+        if offset + length > end:
+            raise _NotSimple  # cut short: the caller has only a prefix
+        if tag in _RECORD_TAGS:
+            if vr == b"SQ":
+                raise _NotSimple
+            found[tag] = bytes(data[offset : offset + length])
+        offset += length
+    if not complete:
+        raise _NotSimple  # the prefix ended before the last tag: more may follow
+    return found
+
+
+def _element_header(
+    data: memoryview, offset: int, explicit: bool
+) -> tuple[int, bytes | None, int, int]:
+    group, element = _U16X2.unpack_from(data, offset)
+    tag = group << 16 | element
+    if group == 0xFFFE:  # item and delimiters: always implicit-style (PS3.5 7.5)
+        return tag, None, _U32.unpack_from(data, offset + 4)[0], offset + 8
+    if not explicit:
+        return tag, None, _U32.unpack_from(data, offset + 4)[0], offset + 8
+    vr = bytes(data[offset + 4 : offset + 6])
+    if not (vr.isalpha() and vr.isupper()):
+        raise _NotSimple
+    if vr in _LONG_LENGTH_VRS:
+        return tag, vr, _U32.unpack_from(data, offset + 8)[0], offset + 12
+    return tag, vr, _U16.unpack_from(data, offset + 6)[0], offset + 8
+
+
+def _skip_undefined(data: memoryview, offset: int, explicit: bool) -> int:
+    """Past a sequence (or UN) of undefined length: items until its delimiter."""
+    end = len(data)
+    while offset < end:
+        tag, _vr, length, offset = _element_header(data, offset, explicit)
+        if tag == _SEQUENCE_END:
+            return offset
+        if tag != _ITEM:
+            raise _NotSimple
+        if length != _UNDEFINED:
+            offset += length
+            continue
+        while True:  # an item of undefined length: its elements until the item delimiter
+            tag, vr, length, offset = _element_header(data, offset, explicit)
+            if tag == _ITEM_END:
+                break
+            if length == _UNDEFINED:
+                offset = _skip_undefined(data, offset, explicit)
+            else:
+                offset += length
+            if offset > end:
+                raise _NotSimple
+    raise _NotSimple

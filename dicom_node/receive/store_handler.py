@@ -21,6 +21,7 @@ from dicom_node.logs import patient
 from dicom_node.protocol import status as st
 from dicom_node.receive.header import (
     MAX_INFLATED_HEADER,
+    fast_record,
     header_from_file,
     header_from_prefix,
     header_record,
@@ -213,6 +214,15 @@ def _checked_record(
     ts_uid = request.transfer_syntax_uid
     prefix = request.head
     try:
+        record = fast_record(prefix, ts_uid, complete=len(prefix) >= request.data_size)
+    except StoreRejected:
+        raise
+    except Exception:  # noqa: BLE001 - pydicom's parse below decides
+        record = None
+    if record is not None:
+        record.attributes = lambda: _series_attributes(request)
+        return _checked(record, request, store)
+    try:
         parsed = header_from_prefix(prefix, request.data_size, ts_uid, record_only=True)
         if parsed is None and isinstance(request.spooled, BufferedFile):
             prefix = b"".join(request.spooled.chunks)[request.meta_length :]
@@ -246,7 +256,32 @@ def _checked_record(
                 )
         return routing_attributes(ds)
 
-    record = header_record(ds, ts_uid, attributes)
+    return _checked(header_record(ds, ts_uid, attributes), request, store)
+
+
+def _series_attributes(request: StoreRequest) -> dict[str, Any]:
+    """The routing attributes of a series' first instance, from a full header parse."""
+    spooled = request.spooled
+    ts_uid = request.transfer_syntax_uid
+    try:
+        if isinstance(spooled, BufferedFile):
+            data = b"".join(spooled.chunks)[request.meta_length :]
+            return routing_attributes(parse_header(data, ts_uid))
+        ds = header_from_file(spooled.temp_path, request.meta_length, ts_uid)
+        return {} if ds is None else routing_attributes(ds)
+    except Exception as exc:
+        LOGGER.warning(
+            "header of a series' first instance not readable in full (%s); "
+            "no routing attributes beyond the record's",
+            type(exc).__name__,
+        )
+        return {}
+
+
+def _checked(
+    record: InstanceRecord, request: StoreRequest, store: ReceivedStore
+) -> tuple[InstanceRecord, str | None]:
+    """*record* after the checks of the UIDs and the disk space that may refuse it."""
     check = _dataset_uids(record, request.uid_policy)
     if check.refused:
         raise StoreRejected(st.INVALID_UID, check.describe(check.refused))
