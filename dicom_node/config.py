@@ -160,7 +160,7 @@ class NodeSettings(_Section):
     """How long SIGTERM waits for in-flight associations to finish."""
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
     receivers: Annotated[int, Field(ge=1, le=64)] = 1
-    """Receiver processes sharing the port (SO_REUSEPORT); 1 = in-process."""
+    """Receiver processes accepting from the DICOM port; 1 = in-process."""
     max_incoming_pdu: Annotated[int | None, Field(ge=4096, le=2**30)] = None
     """Longest PDU accepted from an associated peer, in bytes: what one
     association's PDU buffer can reach (a longer one is aborted as soon as its

@@ -100,8 +100,7 @@ class Node:
         self.scp: StorageSCP | None = None
         self.receivers: ReceiverPool | None = None
         if "receiver" in roles:
-            multi = settings.node.receivers > 1
-            self.scp = StorageSCP(settings, self.store, reuse_port=multi)
+            self.scp = StorageSCP(settings, self.store)
             self.receivers = ReceiverPool(settings, log_level, json_logs)
         self.sender = Sender(settings, db) if "sender" in roles else None
         # The local pool runs jobs (worker role); the Celery executor hands them
@@ -148,8 +147,10 @@ class Node:
     def start(self) -> None:
         """Start listening (non-blocking), with the extra receiver processes.
 
-        The extra receivers come up first, so that once the port answers
-        every receiver is ready.  The web server starts first, so a busy web
+        The node binds its DICOM ports first; the extra receivers accept from
+        those sockets and come up before this process accepts, so the first
+        associations (held in the listen queue meanwhile) already spread over
+        every receiver.  The web server starts first, so a busy web
         port fails before any DICOM port opens.
         """
         LOGGER.info("roles: %s", ", ".join(r for r in ROLES if r in self.roles))
@@ -167,7 +168,7 @@ class Node:
         if self.web is not None:
             self.web.start()
         if self.receivers is not None and self.scp is not None:
-            self.receivers.start()
+            self.receivers.start(self.scp.bind())
             self.scp.start()
         if self.workers is not None:
             self.workers.start()

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -168,6 +168,9 @@ class ReceivedStore:
         self._insert_study = _insert_returning_id(db, Study)
         self._insert_series = _insert_returning_id(db, Series)
         self._insert_instance = _insert_returning_id(db, Instance)
+        self._insert_instance_uids = _insert_returning_id(
+            db, Instance, Instance.__table__.c.sop_instance_uid
+        )
 
     def store(self, record: InstanceRecord, spooled: SpooledFile | BufferedFile) -> StoreResult:
         """Make *spooled* durable as *record*; returns what was done.
@@ -192,9 +195,7 @@ class ReceivedStore:
             spooled = self.spool.spill(spooled)
         # Journaled instances first (the direct path reads the rows they make); a
         # writer that keeps failing (database down) is waited for only briefly.
-        if self.intake is not None and not self.intake.drain(
-            30.0 if self.intake.healthy else 2.0
-        ):
+        if self.intake is not None and not self.intake.drain(30.0 if self.intake.healthy else 2.0):
             self.spool.discard(spooled)
             raise OperationalError(
                 "intake", None, Exception("received instances not yet written (database down?)")
@@ -226,9 +227,7 @@ class ReceivedStore:
                 self.spool.discard(spooled)
 
     # -- the intake journal ------------------------------------------------------------
-    def start_intake(
-        self, folder: Path, *, durable: bool, memory_limit: int = 4 * 2**20
-    ) -> None:
+    def start_intake(self, folder: Path, *, durable: bool, memory_limit: int = 4 * 2**20) -> None:
         """Receive through an intake journal in *folder* (this process's own)."""
         self.intake_memory_limit = memory_limit
         self.journal = IntakeJournal(folder, durable=durable)
@@ -353,10 +352,12 @@ class ReceivedStore:
                 )
             }
             rows = []
+            new: dict[str, IntakeEntry] = {}
             for entry, record in zip(entries, records, strict=True):
-                known = existing.get(record.sop_instance_uid)
-                if known is not None:
-                    self._apply_existing(conn, entry, record, known, now)
+                if record.sop_instance_uid in existing:
+                    self._apply_existing(
+                        conn, entry, record, existing[record.sop_instance_uid], now
+                    )
                     continue
                 rows.append(
                     {
@@ -375,16 +376,35 @@ class ReceivedStore:
                     }
                 )
                 existing[record.sop_instance_uid] = None  # twice in one batch: once
-                self.spool.write_unsynced(entry.path, entry.chunks)
+                new[record.sop_instance_uid] = entry
+            # Rows first, files after: another process's writer or direct store may
+            # insert the same instance meanwhile (the insert waits for its commit);
+            # only the rows inserted here get their files written here.  The files
+            # are in place before the rows become visible (commit).
+            inserted: set[str] = set()
             if rows:
-                conn.execute(insert(Instance), rows)
+                inserted = {uid for (uid,) in conn.execute(self._insert_instance_uids, rows)}
+            for uid, entry in new.items():
+                if uid in inserted:
+                    self.spool.write_unsynced(entry.path, entry.chunks)
+            raced = [uid for uid in new if uid not in inserted]
+            if raced:
+                for row in conn.execute(
+                    select(
+                        Instance.sop_instance_uid,
+                        Instance.id,
+                        Instance.sha256,
+                        Instance.path,
+                        Instance.purged_at,
+                    ).where(Instance.sop_instance_uid.in_(raced))
+                ):
+                    entry = new[row.sop_instance_uid]
+                    self._apply_existing(conn, entry, InstanceRecord(**entry.record), row, now)
             for table, ids in (
                 (Series, set(series_ids.values())),
                 (Study, {self._study_ids[r.study_instance_uid] for r in records}),
             ):
-                conn.execute(
-                    update(table).where(table.id.in_(ids)).values(last_received_at=now)
-                )
+                conn.execute(update(table).where(table.id.in_(ids)).values(last_received_at=now))
 
     def _apply_existing(
         self,
@@ -663,16 +683,18 @@ class ReceivedStore:
             return set(conn.execute(select(Instance.path)).scalars())
 
 
-def _insert_returning_id(db: Database, model: type[Any]) -> Any:
-    """``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` for the database's dialect."""
+def _insert_returning_id(db: Database, model: type[Any], column: Any = None) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` (or *column*) for the
+    database's dialect."""
     table = model.__table__
+    returned = table.c.id if column is None else column
     if db.is_sqlite:
         from sqlalchemy.dialects import sqlite
 
-        return sqlite.insert(table).on_conflict_do_nothing().returning(table.c.id)
+        return sqlite.insert(table).on_conflict_do_nothing().returning(returned)
     from sqlalchemy.dialects import postgresql
 
-    return postgresql.insert(table).on_conflict_do_nothing().returning(table.c.id)
+    return postgresql.insert(table).on_conflict_do_nothing().returning(returned)
 
 
 def _clip(value: str | None, n: int) -> str | None:

@@ -2,13 +2,17 @@
 
 pynetdicom-style receiving is bound by Python's global interpreter lock near
 one core per process.  With ``receivers = N`` the node runs N-1 additional
-processes, each with its own :class:`~dicom_node.receive.scp.StorageSCP` bound to the
-same address with ``SO_REUSEPORT`` -- the plain port and the TLS port
-(``[node] tls_port``) alike; the kernel spreads incoming connections over
-them.  Each process installs its own auditor (:mod:`dicom_node.audit`), so its
-associations are audited like the main process's.  They share the spool and
-the database (SQLite in WAL mode copes with several writer processes;
-PostgreSQL is made for it).
+processes, each with its own :class:`~dicom_node.receive.scp.StorageSCP`
+accepting from the node's own listening sockets (the plain port and the TLS
+port, ``[node] tls_port``), handed over when the process starts.  Every
+process waits on the same listen queue, so a new connection goes to a process
+that is free to accept it: four associations land two and two on two
+processes, where ``SO_REUSEPORT``'s hash of the address put three on one
+process as often as not.  Each process installs its own auditor
+(:mod:`dicom_node.audit`), so its associations are audited like the main
+process's.  They share the spool and the database (SQLite in WAL mode copes
+with several writer processes; PostgreSQL is made for it); each has its own
+intake journal.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
+import socket
 import threading
 import time
 from multiprocessing.process import BaseProcess
@@ -29,7 +34,12 @@ LOGGER = logging.getLogger(__name__)
 
 
 def _receiver_main(
-    settings: Settings, log_level: str, log_json: bool, index: int, ready: Any
+    settings: Settings,
+    log_level: str,
+    log_json: bool,
+    index: int,
+    ready: Any,
+    listeners: tuple[socket.socket | None, socket.socket | None],
 ) -> None:
     """Entry point of one extra receiver process."""
     from dicom_node import audit
@@ -46,7 +56,7 @@ def _receiver_main(
     )
     auditor = audit.auditor_from_settings(settings.audit, store.db)
     audit.install(auditor)
-    scp = StorageSCP(settings, store, reuse_port=True)
+    scp = StorageSCP(settings, store, listeners=listeners)
     scp.start()
     LOGGER.info("receiver process %d ready", index)
     ready.set()
@@ -74,8 +84,13 @@ class ReceiverPool:
         self.log_json = log_json
         self.processes: list[BaseProcess] = []
 
-    def start(self, timeout_s: float = 120.0) -> None:
-        """Start the processes and wait until each one listens.
+    def start(
+        self,
+        listeners: tuple[socket.socket | None, socket.socket | None],
+        timeout_s: float = 120.0,
+    ) -> None:
+        """Start the processes on *listeners* (the node's bound ``(plain, TLS)``
+        sockets, see :meth:`StorageSCP.bind`) and wait until each one accepts.
 
         Raises
         ------
@@ -88,7 +103,7 @@ class ReceiverPool:
             ready = ctx.Event()
             proc = ctx.Process(
                 target=_receiver_main,
-                args=(self.settings, self.log_level, self.log_json, index, ready),
+                args=(self.settings, self.log_level, self.log_json, index, ready, listeners),
                 name=f"dicom-node-receiver-{index}",
                 daemon=False,
             )

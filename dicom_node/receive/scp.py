@@ -281,9 +281,11 @@ class StorageSCP:
         embedding (the node's collector does not use it: it polls the
         database, so receivers in other processes feed it too); its
         exceptions are logged, never answered to the peer.
-    reuse_port:
-        Bind with ``SO_REUSEPORT`` so several receiver processes can share
-        the port (the kernel spreads connections over them).
+    listeners:
+        Listening sockets bound by another process, ``(plain, TLS)`` with
+        ``None`` for one not used: the receiver processes of
+        :mod:`dicom_node.receive.receivers` accept from the node's own
+        sockets, so a connection goes to whichever process is free to take it.
     """
 
     def __init__(
@@ -292,12 +294,11 @@ class StorageSCP:
         store: ReceivedStore,
         on_stored: Callable[[InstanceRecord, Any], None] | None = None,
         *,
-        reuse_port: bool = False,
+        listeners: tuple[socket.socket | None, socket.socket | None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.on_stored = on_stored
-        self.reuse_port = reuse_port
         self.contexts = supported_contexts(deflated=settings.node.accept_deflated)
         # Built here so a bad certificate or key stops the start, not a client.
         self.tls_context: ssl.SSLContext | None = (
@@ -305,6 +306,12 @@ class StorageSCP:
         )
         self._listener: socket.socket | None = None
         self._tls_listener: socket.socket | None = None
+        self._inherited = listeners is not None
+        if listeners is not None:
+            self._listener, self._tls_listener = listeners
+            for inherited in listeners:
+                if inherited is not None:
+                    inherited.setblocking(False)
         self._accept_thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -315,13 +322,15 @@ class StorageSCP:
         self._refusal_audit_suppressed = 0
 
     # -- lifecycle ---------------------------------------------------------------
-    def start(self) -> None:
-        """Listen on the configured address (non-blocking: accepts in a thread)."""
+    def bind(self) -> tuple[socket.socket | None, socket.socket | None]:
+        """Bind and listen on the configured ports (once); the ``(plain, TLS)`` sockets.
+
+        Connections wait in the listen queue until :meth:`start` accepts them;
+        other receiver processes may accept from the same sockets.
+        """
         node = self.settings.node
-        if not self.settings.peers:
-            LOGGER.warning(
-                "no [[peers]] configured: accepting associations from any calling AE title"
-            )
+        if self._inherited or self._listener is not None or self._tls_listener is not None:
+            return self._listener, self._tls_listener
         if not node.tls_only:
             self._listener = self._bind(node.port)
         if node.tls_port is not None:
@@ -332,6 +341,16 @@ class StorageSCP:
                     self._listener.close()
                     self._listener = None
                 raise
+        return self._listener, self._tls_listener
+
+    def start(self) -> None:
+        """Listen on the configured address (non-blocking: accepts in a thread)."""
+        node = self.settings.node
+        if not self.settings.peers:
+            LOGGER.warning(
+                "no [[peers]] configured: accepting associations from any calling AE title"
+            )
+        self.bind()
         self._accept_thread = threading.Thread(
             target=self._accept_loop, name="dicom-accept", daemon=True
         )
@@ -363,8 +382,6 @@ class StorageSCP:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self.reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((node.host, port))
             sock.listen(128)
         except OSError:

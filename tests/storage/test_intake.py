@@ -13,9 +13,10 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from storage.db import Database
 from storage.intake import (
@@ -26,7 +27,7 @@ from storage.intake import (
     write_checkpoint,
 )
 from storage.models import Instance, Series
-from storage.received import InstanceRecord, ReceivedStore, StoreOutcome
+from storage.received import InstanceRecord, ReceivedStore, StoreOutcome, StoreResult
 from storage.spool import BufferedFile, Spool
 
 META = b"M" * 40
@@ -200,3 +201,42 @@ def test_replay_after_a_crash_writes_files_and_rows_once(
     with database.session() as s:
         assert s.scalar(select(func.count(Instance.id))) == 4
         assert set(s.scalars(select(Instance.receive_count))) == {1, 2}
+
+
+def test_an_instance_two_receiver_processes_take_at_once_is_stored_once(
+    database: Database, tmp_path: Path
+) -> None:
+    """Receiver processes share the spool and the database, each with its own
+    journal: an instance that another process stores directly while this one's
+    writer applies its journaled copy -- after the writer looked for existing
+    rows, before it inserts -- is a duplicate, its file untouched."""
+    a = ReceivedStore(database, Spool(tmp_path / "spool"))
+    b = ReceivedStore(database, Spool(tmp_path / "spool"))
+    a.store(record("1.2.3.3.0"), buffered(b"opens the series"))
+    payload = b"one instance, sent to both processes"
+    journaled = entry(1, payload)  # in a's journal, its writer about to run
+    direct: list[StoreResult] = []
+    other = threading.Thread(
+        target=lambda: direct.append(b.store(record("1.2.3.3.1"), buffered(payload)))
+    )
+
+    def other_process_first(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO INSTANCE") and not other.ident:
+            other.start()  # b's insert goes first unless a holds a lock already
+            other.join(2.0)
+
+    event.listen(database.engine, "before_cursor_execute", other_process_first)
+    try:
+        a.apply_intake([journaled])  # no unique-key error whichever row came first
+    finally:
+        event.remove(database.engine, "before_cursor_execute", other_process_first)
+    other.join(30)
+    assert direct and direct[0].outcome in (StoreOutcome.STORED, StoreOutcome.DUPLICATE_SAME)
+    with database.session() as s:
+        row = s.execute(
+            select(Instance.receive_count, Instance.path).where(
+                Instance.sop_instance_uid == "1.2.3.3.1"
+            )
+        ).one()
+    assert row.receive_count == 2
+    assert a.spool.absolute(row.path).read_bytes() == META + payload
