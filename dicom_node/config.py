@@ -280,9 +280,11 @@ class StorageSettings(_Section):
     to an intake journal (``<spool>/.intake/``, group-committed), and write its file
     and database rows in batches just after; the journal is replayed at start-up.
     Off: every instance's file and rows are written before it is acknowledged."""
-    intake_max_instance_kb: Annotated[int, Field(ge=0)] = 4096
+    intake_max_instance_kb: Annotated[int, Field(ge=0)] = 256
     """Data sets up to this size are held in memory and journaled; larger ones are
-    written straight to their file."""
+    written straight to their file (measured: a 512 KB CT slice is received faster
+    with one file write and flush than with its bytes written twice, journal and
+    file; 8 KB instances are faster through the journal)."""
     results_dir: Path = Path("var/results")
     """Result objects (SEG, SR, SC) wait here until every delivery is done."""
     shared_spool: bool = False

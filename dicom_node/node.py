@@ -148,9 +148,8 @@ class Node:
         """Start listening (non-blocking), with the extra receiver processes.
 
         The node binds its DICOM ports first; the extra receivers accept from
-        those sockets and come up before this process accepts, so the first
-        associations (held in the listen queue meanwhile) already spread over
-        every receiver.  The web server starts first, so a busy web
+        those sockets and come up before this process, so the port answers
+        once a receiver is ready.  The web server starts first, so a busy web
         port fails before any DICOM port opens.
         """
         LOGGER.info("roles: %s", ", ".join(r for r in ROLES if r in self.roles))

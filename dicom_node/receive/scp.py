@@ -323,10 +323,10 @@ class StorageSCP:
 
     # -- lifecycle ---------------------------------------------------------------
     def bind(self) -> tuple[socket.socket | None, socket.socket | None]:
-        """Bind and listen on the configured ports (once); the ``(plain, TLS)`` sockets.
+        """Bind the configured ports (once); the ``(plain, TLS)`` sockets.
 
-        Connections wait in the listen queue until :meth:`start` accepts them;
-        other receiver processes may accept from the same sockets.
+        The port answers once :meth:`start` -- here or in a receiver process
+        the sockets were handed to -- listens and accepts.
         """
         node = self.settings.node
         if self._inherited or self._listener is not None or self._tls_listener is not None:
@@ -350,7 +350,9 @@ class StorageSCP:
             LOGGER.warning(
                 "no [[peers]] configured: accepting associations from any calling AE title"
             )
-        self.bind()
+        for listener in self.bind():
+            if listener is not None:
+                listener.listen(128)  # again for sockets shared with other processes: harmless
         self._accept_thread = threading.Thread(
             target=self._accept_loop, name="dicom-accept", daemon=True
         )
@@ -383,7 +385,6 @@ class StorageSCP:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((node.host, port))
-            sock.listen(128)
         except OSError:
             sock.close()
             raise
