@@ -3,13 +3,13 @@
 1. **Receive.**  A 300-instance 512x512 CT series and a 2,000-instance 64x64
    series are sent by 4 and by 8 parallel DCMTK ``storescu`` processes (each
    one association with its share of the files) to dicom-node with
-   ``[node] receivers`` = 1, 2 and 4 (processes sharing one port with
-   ``SO_REUSEPORT``), to DCMTK ``storescp --fork`` and to Orthanc.  Every DCMTK
+   ``[node] receivers`` = 1, 2 and 4 (processes accepting from the node's
+   listening sockets), to DCMTK ``storescp --fork`` and to Orthanc.  Every DCMTK
    tool and Orthanc run with ``TCP_NODELAY=1``; each run starts a fresh
    receiver after ``sync`` (start-up not timed, helpers of
    :mod:`bench.receive`); the runs of all receivers are interleaved and the
    median of ``--runs`` is reported.  A second table shows how the kernel
-   spreads connections over the listeners: raw TCP connections are opened to
+   spreads connections over the processes: raw TCP connections are opened to
    a node with ``receivers`` = 2 and 4, and ``ss`` says which process
    accepted each.
 2. **Jobs.**  ``serve --role receiver,collector,sender`` with ``[worker]
@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
                 " dicom-node acknowledges flushed data, storescp and Orthanc do not flush"
             )
         if "spread" in parts:
-            table = Table(title="Connections accepted per receiver process (SO_REUSEPORT)")
+            table = Table(title="Connections accepted per receiver process (one listen queue)")
             for col in ("receivers", "connections", "per process"):
                 table.add_column(col, justify="right")
             for n in RECEIVER_COUNTS[1:]:
