@@ -339,18 +339,7 @@ class ReceivedStore:
                     study_id = self._study_id(conn, record, now, touch=False)
                     series_ids[uid] = self._series_id(conn, record, study_id, now, touch=False)
             uids = [r.sop_instance_uid for r in records]
-            existing: dict[str, Any] = {
-                row.sop_instance_uid: row
-                for row in conn.execute(
-                    select(
-                        Instance.sop_instance_uid,
-                        Instance.id,
-                        Instance.sha256,
-                        Instance.path,
-                        Instance.purged_at,
-                    ).where(Instance.sop_instance_uid.in_(uids))
-                )
-            }
+            existing: dict[str, Any] = _instance_rows(conn, uids)
             rows = []
             new: dict[str, IntakeEntry] = {}
             for entry, record in zip(entries, records, strict=True):
@@ -389,16 +378,8 @@ class ReceivedStore:
                     self.spool.write_unsynced(entry.path, entry.chunks)
             raced = [uid for uid in new if uid not in inserted]
             if raced:
-                for row in conn.execute(
-                    select(
-                        Instance.sop_instance_uid,
-                        Instance.id,
-                        Instance.sha256,
-                        Instance.path,
-                        Instance.purged_at,
-                    ).where(Instance.sop_instance_uid.in_(raced))
-                ):
-                    entry = new[row.sop_instance_uid]
+                for uid, row in _instance_rows(conn, raced).items():
+                    entry = new[uid]
                     self._apply_existing(conn, entry, InstanceRecord(**entry.record), row, now)
             for table, ids in (
                 (Series, set(series_ids.values())),
@@ -681,6 +662,22 @@ class ReceivedStore:
         """The spool-relative paths of every recorded instance."""
         with self.db.engine.connect() as conn:
             return set(conn.execute(select(Instance.path)).scalars())
+
+
+def _instance_rows(conn: Connection, uids: list[str]) -> dict[str, Any]:
+    """The rows (id, sha256, path, purged_at) of the instances among *uids* that exist."""
+    return {
+        row.sop_instance_uid: row
+        for row in conn.execute(
+            select(
+                Instance.sop_instance_uid,
+                Instance.id,
+                Instance.sha256,
+                Instance.path,
+                Instance.purged_at,
+            ).where(Instance.sop_instance_uid.in_(uids))
+        )
+    }
 
 
 def _insert_returning_id(db: Database, model: type[Any], column: Any = None) -> Any:

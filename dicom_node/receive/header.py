@@ -328,12 +328,7 @@ def header_record(
         kw: _text(ds, kw)
         for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
     }
-    missing = [kw for kw, v in uids.items() if not v]
-    if missing:
-        raise StoreRejected(st.MISSING_UID, f"missing or empty {', '.join(missing)}")
-    too_long = [kw for kw, v in uids.items() if v and len(v) > 64]
-    if too_long:
-        raise StoreRejected(st.MISSING_UID, f"{', '.join(too_long)} longer than 64 characters")
+    _check_uids(uids)
     patient_name = _value(ds, "PatientName")
     return InstanceRecord(
         study_instance_uid=uids["StudyInstanceUID"] or "",
@@ -439,12 +434,7 @@ def fast_record(
         kw: values[kw]
         for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
     }
-    missing = [kw for kw, v in uids.items() if not v]
-    if missing:
-        raise StoreRejected(st.MISSING_UID, f"missing or empty {', '.join(missing)}")
-    too_long = [kw for kw, v in uids.items() if v and len(v) > 64]
-    if too_long:
-        raise StoreRejected(st.MISSING_UID, f"{', '.join(too_long)} longer than 64 characters")
+    _check_uids(uids)
     return InstanceRecord(
         study_instance_uid=uids["StudyInstanceUID"] or "",
         series_instance_uid=uids["SeriesInstanceUID"] or "",
@@ -543,3 +533,14 @@ def _skip_undefined(data: memoryview, offset: int, explicit: bool) -> int:
             if offset > end:
                 raise _NotSimple
     raise _NotSimple
+
+
+def _check_uids(uids: dict[str, str | None]) -> None:
+    """Refuse a data set whose identifying UIDs are missing, empty or longer than
+    64 characters (PS3.5 9.1) with ``MISSING_UID``."""
+    missing = [kw for kw, v in uids.items() if not v]
+    if missing:
+        raise StoreRejected(st.MISSING_UID, f"missing or empty {', '.join(missing)}")
+    too_long = [kw for kw, v in uids.items() if v and len(v) > 64]
+    if too_long:
+        raise StoreRejected(st.MISSING_UID, f"{', '.join(too_long)} longer than 64 characters")
