@@ -324,54 +324,60 @@ def header_record(
         ``MISSING_UID`` when Study, Series, SOP Instance or SOP Class UID is
         missing, empty or longer than 64 characters (PS3.5 9.1).
     """
-    uids = {
-        kw: _text(ds, kw)
-        for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
-    }
-    _check_uids(uids)
     patient_name = _value(ds, "PatientName")
+    values: dict[str, Any] = {kw: _text(ds, kw) for kw in _TEXT_KEYWORDS}
+    values.update({kw: _int(ds, kw) for kw in ("InstanceNumber", "SeriesNumber")})
+    values["PatientName"] = None if patient_name is None else str(patient_name)
+    record = _record(values, transfer_syntax_uid)
+    record.attributes = attributes or (lambda: routing_attributes(ds))
+    return record
+
+
+_UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+_TEXT_KEYWORDS = (
+    *_UID_KEYWORDS,
+    "Modality",
+    "BodyPartExamined",
+    "SeriesDescription",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "PatientID",
+    "StudyDate",
+    "AccessionNumber",
+    "StudyDescription",
+)
+
+
+def _record(values: dict[str, Any], transfer_syntax_uid: str) -> InstanceRecord:
+    """The :class:`InstanceRecord` of the header *values* (by keyword), after the
+    check of its identifying UIDs (:func:`_check_uids`)."""
+    uids = {kw: values[kw] for kw in _UID_KEYWORDS}
+    _check_uids(uids)
     return InstanceRecord(
         study_instance_uid=uids["StudyInstanceUID"] or "",
         series_instance_uid=uids["SeriesInstanceUID"] or "",
         sop_instance_uid=uids["SOPInstanceUID"] or "",
         sop_class_uid=uids["SOPClassUID"] or "",
         transfer_syntax_uid=transfer_syntax_uid,
-        instance_number=_int(ds, "InstanceNumber"),
-        modality=_text(ds, "Modality"),
-        body_part_examined=_text(ds, "BodyPartExamined"),
-        series_description=_text(ds, "SeriesDescription"),
-        series_number=_int(ds, "SeriesNumber"),
-        manufacturer=_text(ds, "Manufacturer"),
-        manufacturer_model_name=_text(ds, "ManufacturerModelName"),
-        patient_id=_text(ds, "PatientID"),
-        patient_name=None if patient_name is None else str(patient_name),
-        study_date=_text(ds, "StudyDate"),
-        accession_number=_text(ds, "AccessionNumber"),
-        study_description=_text(ds, "StudyDescription"),
-        attributes=attributes or (lambda: routing_attributes(ds)),
+        instance_number=values["InstanceNumber"],
+        modality=values["Modality"],
+        body_part_examined=values["BodyPartExamined"],
+        series_description=values["SeriesDescription"],
+        series_number=values["SeriesNumber"],
+        manufacturer=values["Manufacturer"],
+        manufacturer_model_name=values["ManufacturerModelName"],
+        patient_id=values["PatientID"],
+        patient_name=values["PatientName"],
+        study_date=values["StudyDate"],
+        accession_number=values["AccessionNumber"],
+        study_description=values["StudyDescription"],
     )
 
 
 # -- the fast path: the record's elements read straight from the bytes ------------------
 
 _RECORD_TAGS: dict[int, str] = {
-    0x00080005: "SpecificCharacterSet",
-    0x00080016: "SOPClassUID",
-    0x00080018: "SOPInstanceUID",
-    0x00080020: "StudyDate",
-    0x00080050: "AccessionNumber",
-    0x00080060: "Modality",
-    0x00080070: "Manufacturer",
-    0x00081030: "StudyDescription",
-    0x0008103E: "SeriesDescription",
-    0x00081090: "ManufacturerModelName",
-    0x00100010: "PatientName",
-    0x00100020: "PatientID",
-    0x00180015: "BodyPartExamined",
-    0x0020000D: "StudyInstanceUID",
-    0x0020000E: "SeriesInstanceUID",
-    0x00200011: "SeriesNumber",
-    0x00200013: "InstanceNumber",
+    int(tag): kw for tag, kw in zip(_HEADER_TAGS, HEADER_KEYWORDS, strict=True)
 }
 """Tags of :data:`HEADER_KEYWORDS`; the last one ends the scan."""
 _LAST_RECORD_TAG = max(_RECORD_TAGS)
@@ -417,43 +423,19 @@ def fast_record(
     explicit = transfer_syntax_uid != _IMPLICIT_LE
     try:
         raw = _scan(memoryview(data), explicit, complete)
-        values = {kw: _decode(raw.get(tag)) for tag, kw in _RECORD_TAGS.items()}
+        values: dict[str, Any] = {kw: _decode(raw.get(tag)) for tag, kw in _RECORD_TAGS.items()}
     except (_NotSimple, IndexError, struct.error):
         return None
     charset = values.pop("SpecificCharacterSet")
     if charset not in (None, "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"):
         return None
-    ints: dict[str, int | None] = {}
     for kw in ("InstanceNumber", "SeriesNumber"):
         text = values[kw]
         try:
-            ints[kw] = None if text is None else int(text)
+            values[kw] = None if text is None else int(text)
         except ValueError:
             return None
-    uids = {
-        kw: values[kw]
-        for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
-    }
-    _check_uids(uids)
-    return InstanceRecord(
-        study_instance_uid=uids["StudyInstanceUID"] or "",
-        series_instance_uid=uids["SeriesInstanceUID"] or "",
-        sop_instance_uid=uids["SOPInstanceUID"] or "",
-        sop_class_uid=uids["SOPClassUID"] or "",
-        transfer_syntax_uid=transfer_syntax_uid,
-        instance_number=ints["InstanceNumber"],
-        modality=values["Modality"],
-        body_part_examined=values["BodyPartExamined"],
-        series_description=values["SeriesDescription"],
-        series_number=ints["SeriesNumber"],
-        manufacturer=values["Manufacturer"],
-        manufacturer_model_name=values["ManufacturerModelName"],
-        patient_id=values["PatientID"],
-        patient_name=values["PatientName"],
-        study_date=values["StudyDate"],
-        accession_number=values["AccessionNumber"],
-        study_description=values["StudyDescription"],
-    )
+    return _record(values, transfer_syntax_uid)
 
 
 def _decode(value: bytes | None) -> str | None:
