@@ -144,6 +144,8 @@ class Segment:
     anatomic_region: CodedConcept | None = None
     anatomic_region_modifier: CodedConcept | None = None
     color_rgb: tuple[int, int, int] | None = None
+    type_modifier: CodedConcept | None = None
+    """Segmented Property Type Modifier (e.g. laterality, SCT 7771000 Left)."""
 
 
 @dataclass

@@ -106,11 +106,18 @@ def analyze(
 
 
 @click.command("pipelines")
+@click.option(
+    "--labels", "-l", "show_labels", is_flag=True,
+    help="Also list each pipeline's labels (structures or findings), one per line.",
+)
 @click.pass_context
-def pipelines(ctx: click.Context) -> None:
+def pipelines(ctx: click.Context, show_labels: bool) -> None:
     """List the available pipelines: name, modalities, description."""
     from ai_models.pipelines import list_pipelines
 
     for info in list_pipelines(_configured(ctx)):
         modalities = ",".join(info.modalities) or "any"
         click.echo(f"{info.name}\t{modalities}\t{info.description}")
+        if show_labels:
+            for label in info.labels:
+                click.echo(f"  {label}")

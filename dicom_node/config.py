@@ -507,6 +507,21 @@ class ModelLabelSettings(_Section):
     measure_volume: bool = True
 
 
+def _label_spec(lab: ModelLabelSettings) -> Any:
+    """The :class:`ai_models.pipelines.configured.LabelSpec` of a ``[[models.labels]]`` table."""
+    from ai_models.pipelines.configured import LabelSpec
+    from ai_models.types import CodedConcept
+
+    return LabelSpec(
+        value=lab.value,
+        label=lab.label,
+        category=CodedConcept(*lab.category),
+        type=CodedConcept(*lab.type),
+        anatomic_region=None if lab.anatomic_region is None else CodedConcept(*lab.anatomic_region),
+        measure_volume=lab.measure_volume,
+    )
+
+
 class ModelSettings(_Section):
     """``[[models]]``: a site's own model, plugged in with no code.
 
@@ -515,7 +530,17 @@ class ModelSettings(_Section):
     expressions in them) or a state dict for a built-in ``architecture``.
     The model becomes a pipeline named ``name`` that rules can use.
 
-    Two forms:
+    Two kinds run a public model's folder unchanged, with its own pre- and
+    post-processing and its own label names (codes from the shipped anatomy
+    table, :mod:`ai_models.label_codes`; ``labels`` only to override or add):
+
+    * ``kind = "nnunetv2"``: an nnU-Net v2 trained-model folder (TotalSegmentator's
+      format) with ``configuration``, ``folds``, ``checkpoint``,
+      ``tile_step_size``, ``use_mirroring`` and ``orientation`` (``"auto"``);
+    * ``kind = "monai-bundle"``: a MONAI Model Zoo bundle run through its own
+      ``configs/inference.json`` (``config_file``, ``overrides``).
+
+    Otherwise two forms:
 
     * a **segmentation model** described here (``labels``, spacing,
       normalization, ...), run by the generic segmentation pipeline;
@@ -526,7 +551,7 @@ class ModelSettings(_Section):
     """
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
-    kind: Literal["torchscript", "bundle", "state_dict"]
+    kind: Literal["torchscript", "bundle", "state_dict", "nnunetv2", "monai-bundle"]
     path: Path
     pipeline: str | None = None
     """A shipped pipeline (``ai_models.pipelines.SHIPPED_PIPELINES``) run with these weights."""
@@ -538,7 +563,9 @@ class ModelSettings(_Section):
     """The most GPU memory one run of the model needs (MiB): a worker on a GPU
     starts its jobs only while this fits (measure it on the site's GPU)."""
     spacing_mm: tuple[float, float, float] | None = None
-    orientation: Literal["source", "LPS", "RAS"] = "source"
+    orientation: Literal["auto", "source", "LPS", "RAS"] = "source"
+    """Array layout the model expects; ``"auto"`` (nnU-Net only, its default):
+    from the folder's image reader (``RAS`` for ``NibabelIOWithReorient``)."""
     normalization: Literal["window", "zscore", "none"] = "window"
     window: tuple[float, float] | None = (-1000.0, 1000.0)
     patch_size: tuple[int, int, int] = (96, 96, 96)
@@ -548,6 +575,33 @@ class ModelSettings(_Section):
     architecture: str | None = None
     architecture_kwargs: dict[str, Any] = Field(default_factory=dict)
     min_slices: Annotated[int, Field(ge=1)] = 1
+    # -- nnunetv2 ------------------------------------------------------------------
+    configuration: str = "3d_fullres"
+    """nnU-Net configuration (``3d_fullres``, ``2d``, ...; a ``*_trainer__plans__config``
+    folder of ``path``)."""
+    folds: list[int | Literal["all"]] = Field(default_factory=lambda: [0])  # type: ignore[arg-type]
+    """nnU-Net folds to ensemble (``fold_N`` folders), or ``["all"]``."""
+    checkpoint: str = "checkpoint_final.pth"
+    tile_step_size: Annotated[float, Field(gt=0, le=1)] = 0.5
+    """nnU-Net sliding-window step as a fraction of the patch (0.5: half overlap)."""
+    use_mirroring: bool = True
+    """nnU-Net test-time mirroring (8x the compute in 3D; ``false`` for speed)."""
+    # -- monai-bundle --------------------------------------------------------------
+    config_file: str = "configs/inference.json"
+    """The bundle's inference config, relative to ``path``."""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    """Bundle config ids to override, e.g. ``{"inferer#sw_batch_size" = 2}``."""
+
+    #: Fields that only one kind reads (a field set for another kind is an error).
+    _KIND_ONLY: ClassVar[dict[str, tuple[str, ...]]] = {
+        "nnunetv2": ("configuration", "folds", "checkpoint", "tile_step_size", "use_mirroring"),
+        "monai-bundle": ("config_file", "overrides"),
+    }
+    #: Fields of the generic segmentation pipeline, not read by the folder kinds.
+    _GENERIC_ONLY: ClassVar[tuple[str, ...]] = (
+        "pipeline", "spacing_mm", "normalization", "window", "patch_size", "sw_batch_size",
+        "overlap", "output", "architecture", "architecture_kwargs",
+    )
 
     @field_validator("pipeline")
     @classmethod
@@ -564,7 +618,35 @@ class ModelSettings(_Section):
         return value
 
     @model_validator(mode="after")
+    def _fields_of_the_kind(self) -> ModelSettings:
+        set_fields = self.model_fields_set
+        for kind, names in self._KIND_ONLY.items():
+            stray = [n for n in names if n in set_fields and self.kind != kind]
+            if stray:
+                raise ValueError(
+                    f"model {self.name!r}: {', '.join(stray)} apply to kind = {kind!r} only, "
+                    f"not {self.kind!r}"
+                )
+        if self.kind in self._KIND_ONLY:
+            stray = [n for n in self._GENERIC_ONLY if n in set_fields]
+            if stray:
+                raise ValueError(
+                    f"model {self.name!r}: kind = {self.kind!r} runs the model folder's own "
+                    f"pre- and post-processing; remove {', '.join(stray)}"
+                )
+        elif self.orientation == "auto":
+            raise ValueError(
+                f'model {self.name!r}: orientation = "auto" applies to kind = "nnunetv2" only'
+            )
+        return self
+
+    @model_validator(mode="after")
     def _architecture_for_state_dict(self) -> ModelSettings:
+        if self.kind in self._KIND_ONLY:
+            values = [lab.value for lab in self.labels]
+            if len(set(values)) != len(values):
+                raise ValueError(f"model {self.name!r}: label values must be unique")
+            return self
         if self.pipeline is None and not self.labels:
             raise ValueError(
                 f"model {self.name!r}: a segmentation model needs at least one [[models.labels]] "
@@ -585,6 +667,28 @@ class ModelSettings(_Section):
         :class:`ai_models.pipelines.SiteWeightsSpec`) this describes."""
         from ai_models.pipelines.configured import LabelSpec, SegmentationSpec
         from ai_models.types import CodedConcept
+
+        if self.kind in self._KIND_ONLY:
+            from ai_models.pipelines import build_model_spec
+
+            options: dict[str, Any] = {
+                "name": self.name,
+                "path": self.path,
+                "labels": [_label_spec(lab) for lab in self.labels],
+                "device": None if device in (None, "auto") else device,
+            }
+            for key in (
+                "description", "modalities", "version", "gpu_memory_mb", "min_slices",
+                "orientation", *self._KIND_ONLY[self.kind],
+            ):
+                if key in self.model_fields_set or key in self._KIND_ONLY[self.kind]:
+                    value = getattr(self, key)
+                    options[key] = tuple(value) if isinstance(value, list) else value
+            if self.kind == "nnunetv2" and "orientation" not in self.model_fields_set:
+                options["orientation"] = "auto"
+            elif self.kind != "nnunetv2":
+                options.pop("orientation", None)
+            return build_model_spec(self.kind, **options)
 
         if self.pipeline is not None:
             from ai_models.pipelines import SiteWeightsSpec

@@ -22,8 +22,10 @@ Built-in pipelines (names are an interface: routing rules and docs use them):
     laterality and view.
 
 A site adds its own segmentation models from config as
-:class:`SegmentationSpec` objects (TorchScript, MONAI bundle or state dict);
-pass them to :func:`list_pipelines` / :func:`get_pipeline` as ``configured``.
+:class:`SegmentationSpec` objects (TorchScript, MONAI bundle or state dict),
+or as a public model's folder run unchanged (:data:`MODEL_SPECS`: nnU-Net v2
+trained-model folders, MONAI Model Zoo bundles); pass them to
+:func:`list_pipelines` / :func:`get_pipeline` as ``configured``.
 
 Examples
 --------
@@ -33,13 +35,14 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import logging
 import pathlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ai_models.pipelines.base import (
     CODES,
@@ -66,6 +69,8 @@ __all__ = [
     "ConfiguredSegmentationPipeline",
     "LabelSpec",
     "MG_MASSES",
+    "MODEL_SPECS",
+    "ModelSpec",
     "MR_BRAIN_LESION",
     "Pipeline",
     "PipelineEntry",
@@ -77,6 +82,7 @@ __all__ = [
     "SiteWeightsSpec",
     "UnknownPipelineError",
     "build_configured_pipeline",
+    "build_model_spec",
     "get_pipeline",
     "list_pipelines",
     "register_pipeline",
@@ -227,6 +233,48 @@ def _site_weights_pipeline(spec: SiteWeightsSpec) -> Pipeline:
     return pipe
 
 
+#: Model kinds that run a public model's folder unchanged: ``[[models]] kind``
+#: -> its spec class (``"package.module:Class"``, imported on first use).  A
+#: spec class is a dataclass with ``name``, ``info() -> PipelineInfo`` (cheap:
+#: no torch) and ``build() -> Pipeline``.  A new kind is one module and one
+#: line here (and its options in :class:`dicom_node.config.ModelSettings`).
+MODEL_SPECS: dict[str, str] = {
+    "nnunetv2": "ai_models.pipelines.nnunet:NnUNetSpec",
+    "monai-bundle": "ai_models.pipelines.monai_bundle:MonaiBundleSpec",
+}
+
+
+class ModelSpec(Protocol):
+    """What :data:`MODEL_SPECS` classes give the registry."""
+
+    name: str
+
+    def info(self) -> PipelineInfo: ...
+
+    def build(self) -> Pipeline: ...
+
+
+def build_model_spec(kind: str, **options: Any) -> ModelSpec:
+    """The spec of a model folder of ``kind`` (see :data:`MODEL_SPECS`).
+
+    Raises
+    ------
+    ValueError
+        Unknown kind, or an option the kind's spec does not take.
+    """
+    target = MODEL_SPECS.get(kind)
+    if target is None:
+        raise ValueError(f"unknown model kind {kind!r}; choose from {', '.join(MODEL_SPECS)}")
+    module_name, _, attr = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), attr)
+    accepted = {f.name for f in dataclasses.fields(cls)}
+    stray = sorted(set(options) - accepted)
+    if stray:
+        raise ValueError(f"model kind {kind!r} takes no {', '.join(stray)}")
+    spec: ModelSpec = cls(**options)
+    return spec
+
+
 #: The pipelines shipped with the node; :func:`unregister_pipeline` keeps them.
 SHIPPED_PIPELINES = frozenset(_BUILTIN)
 
@@ -245,7 +293,7 @@ def unregister_pipeline(name: str) -> None:
 
 
 def list_pipelines(
-    configured: Iterable[SegmentationSpec | SiteWeightsSpec] = (),
+    configured: Iterable[SegmentationSpec | SiteWeightsSpec | ModelSpec] = (),
 ) -> list[PipelineInfo]:
     """One :class:`PipelineInfo` per available pipeline, built-in first.
 
@@ -256,6 +304,9 @@ def list_pipelines(
     """
     out = [entry.describe() for entry in _BUILTIN.values()]
     for spec in configured:
+        if not isinstance(spec, (SiteWeightsSpec, SegmentationSpec)):
+            out.append(spec.info())
+            continue
         if isinstance(spec, SiteWeightsSpec):
             base = _BUILTIN[spec.pipeline].describe() if spec.pipeline in _BUILTIN else None
             out.append(
@@ -275,13 +326,16 @@ def list_pipelines(
                 tuple(spec.modalities),
                 spec.version,
                 "configured",
+                labels=tuple(ls.label for ls in spec.labels),
             )
         )
     return out
 
 
 def get_pipeline(
-    name: str, configured: Iterable[SegmentationSpec | SiteWeightsSpec] = (), **options: Any
+    name: str,
+    configured: Iterable[SegmentationSpec | SiteWeightsSpec | ModelSpec] = (),
+    **options: Any,
 ) -> Pipeline:
     """The pipeline called ``name``.
 
@@ -312,7 +366,9 @@ def get_pipeline(
         spec = specs[name]
         if isinstance(spec, SiteWeightsSpec):
             return _site_weights_pipeline(spec)
-        return build_configured_pipeline(spec)
+        if isinstance(spec, SegmentationSpec):
+            return build_configured_pipeline(spec)
+        return spec.build()
     valid = sorted(_BUILTIN) + sorted(specs)
     close = difflib.get_close_matches(name, valid, n=1)
     msg = f"unknown pipeline {name!r}"

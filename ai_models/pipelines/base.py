@@ -62,6 +62,8 @@ class PipelineInfo:
     version: str
     source: str = "built-in"
     """``"built-in"`` or ``"configured"`` (from the site's config)."""
+    labels: tuple[str, ...] = ()
+    """The structures or findings it reports, where its config or folder names them."""
 
 
 @dataclass
@@ -110,18 +112,22 @@ class Pipeline(abc.ABC):  # noqa: B024 (a template: every hook has a default)
     """The most GPU memory one run needs (MiB): a worker on a GPU starts a job only
     when this fits (:mod:`dicom_node.work.gpu_memory`); 0 bounds nothing."""
     source: str = "built-in"
+    labels: tuple[str, ...] = ()
+    """The structures or findings it reports (``dicom-node pipelines --labels``)."""
 
     @classmethod
     def static_info(cls) -> PipelineInfo:
         """Listing info from the class attributes, without building it (no model load)."""
         return PipelineInfo(
-            cls.name, cls.description, tuple(cls.modalities), cls.version, cls.source
+            cls.name, cls.description, tuple(cls.modalities), cls.version, cls.source,
+            tuple(cls.labels),
         )
 
     def info(self) -> PipelineInfo:
         """This pipeline's :class:`PipelineInfo`."""
         return PipelineInfo(
-            self.name, self.description, tuple(self.modalities), self.version, self.source
+            self.name, self.description, tuple(self.modalities), self.version, self.source,
+            tuple(self.labels),
         )
 
     def read_series(self, files: Sequence[DicomFile]) -> Volume:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,15 +41,15 @@ import torch.nn.functional as F
 
 from ai_models import runtime
 from ai_models.errors import ModelLoadError, PipelineNotApplicable
+from ai_models.label_mask import label_masks
 from ai_models.pipelines._grid import Orientation, nearest_index, orientation_from_direction
 from ai_models.pipelines.base import (
     CODES,
     Pipeline,
     PipelineRun,
     tracking_uid,
-    volume_measurement,
 )
-from ai_models.types import CodedConcept, Finding, PipelineResult, Segment, Volume
+from ai_models.types import CodedConcept, Finding, Measurement, PipelineResult, Segment, Volume
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ __all__ = [
     "SegmentationSpec",
     "ConfiguredSegmentationPipeline",
     "build_configured_pipeline",
+    "label_map_result",
+    "masks_result",
     "MODEL_KINDS",
     "ORIENTATIONS",
     "NORMALIZATIONS",
@@ -106,6 +109,8 @@ class LabelSpec:
     type: CodedConcept
     anatomic_region: CodedConcept | None = None
     measure_volume: bool = True
+    type_modifier: CodedConcept | None = None
+    anatomic_region_modifier: CodedConcept | None = None
 
 
 @dataclass
@@ -310,56 +315,144 @@ class ConfiguredSegmentationPipeline(Pipeline):
         iz, iy, ix = (nearest_index(n, m) for n, m in zip(src_shape, work_shape, strict=False))
         if s.output == "argmax":
             lab = out.argmax(0).numpy().astype(np.int32)
-            lab = lab[iz][:, iy][:, :, ix]
-            masks = [lab == ls.value for ls in s.labels]
-        else:
-            if out.shape[0] < len(s.labels):
-                raise ModelLoadError(
-                    f"{self.name}: model gives {out.shape[0]} channels, "
-                    f"{len(s.labels)} labels configured"
-                )
-            prob = torch.sigmoid(out).numpy() > 0.5
-            masks = [prob[c][iz][:, iy][:, :, ix] for c in range(len(s.labels))]
-        segments: list[Segment] = []
-        findings: list[Finding] = []
-        for n, (ls, m) in enumerate(zip(s.labels, masks, strict=False), start=1):
-            m = np.ascontiguousarray(orient.from_canonical(m))
-            if not m.any():
-                continue
-            tid = ls.label
-            uid = tracking_uid(volume.series_instance_uid, self.name, tid)
-            segments.append(
-                Segment(
-                    number=len(segments) + 1,
-                    label=ls.label,
-                    category=ls.category,
-                    type=ls.type,
-                    mask=m,
+            lab = np.ascontiguousarray(orient.from_canonical(lab[iz][:, iy][:, :, ix]))
+            return label_map_result(
+                self, volume, lab, s.labels, model.sha256, parameters=(f"kind={s.kind}",)
+            )
+        if out.shape[0] < len(s.labels):
+            raise ModelLoadError(
+                f"{self.name}: model gives {out.shape[0]} channels, "
+                f"{len(s.labels)} labels configured"
+            )
+        prob = torch.sigmoid(out).numpy() > 0.5
+        masks = [
+            np.ascontiguousarray(orient.from_canonical(prob[c][iz][:, iy][:, :, ix]))
+            for c in range(len(s.labels))
+        ]
+        return masks_result(
+            self, volume, masks, s.labels, model.sha256, parameters=(f"kind={s.kind}",)
+        )
+
+
+def _segments_and_findings(
+    pipeline: Pipeline,
+    volume: Volume,
+    masks: Sequence[Any],
+    labels: Sequence[LabelSpec],
+    counts: Sequence[int],
+) -> tuple[list[Segment], list[Finding]]:
+    segments: list[Segment] = []
+    findings: list[Finding] = []
+    for ls, m, count in zip(labels, masks, counts, strict=True):
+        if count == 0:
+            continue
+        tid = ls.label
+        uid = tracking_uid(volume.series_instance_uid, pipeline.name, tid)
+        segments.append(
+            Segment(
+                number=len(segments) + 1,
+                label=ls.label,
+                category=ls.category,
+                type=ls.type,
+                mask=m,
+                tracking_id=tid,
+                tracking_uid=uid,
+                anatomic_region=ls.anatomic_region,
+                anatomic_region_modifier=ls.anatomic_region_modifier,
+                type_modifier=ls.type_modifier,
+            )
+        )
+        if ls.measure_volume:
+            findings.append(
+                Finding(
                     tracking_id=tid,
                     tracking_uid=uid,
-                    anatomic_region=ls.anatomic_region,
+                    finding_type=ls.type,
+                    finding_site=ls.anatomic_region,
+                    segment_number=len(segments),
+                    measurements=[
+                        Measurement(
+                            name=CODES.VOLUME,
+                            value=float(count) * volume.voxel_volume_mm3,
+                            unit=CODES.MM3,
+                        )
+                    ],
                 )
             )
-            if ls.measure_volume:
-                findings.append(
-                    Finding(
-                        tracking_id=tid,
-                        tracking_uid=uid,
-                        finding_type=ls.type,
-                        finding_site=ls.anatomic_region,
-                        segment_number=len(segments),
-                        measurements=[volume_measurement(m, volume)],
-                    )
-                )
-            logger.debug("label %d (%s): %d voxels", n, ls.label, int(m.sum()))
-        return self.result(
-            volume,
-            model.sha256,
-            parameters=(f"kind={s.kind}",),
-            segments=segments,
-            findings=findings,
-            procedure_reported=CODES.CT_UNSPECIFIED if volume.modality == "CT" else None,
-        )
+        logger.debug("label %d (%s): %d voxels", ls.value, ls.label, count)
+    return segments, findings
+
+
+def masks_result(
+    pipeline: Pipeline,
+    volume: Volume,
+    masks: Sequence[np.ndarray],
+    labels: Sequence[LabelSpec],
+    model_sha256: str,
+    parameters: tuple[str, ...] = (),
+) -> PipelineResult:
+    """The result of one boolean mask per label (labels may overlap).
+
+    Empty masks give no segment; each label with ``measure_volume`` gives a
+    volume finding (TID 1411) referencing its segment.
+    """
+    counts = [int(np.count_nonzero(m)) for m in masks]
+    segments, findings = _segments_and_findings(pipeline, volume, masks, labels, counts)
+    return _result(pipeline, volume, model_sha256, parameters, segments, findings)
+
+
+def label_map_result(
+    pipeline: Pipeline,
+    volume: Volume,
+    label_map: np.ndarray,
+    labels: Sequence[LabelSpec],
+    model_sha256: str,
+    parameters: tuple[str, ...] = (),
+) -> PipelineResult:
+    """The result of a label map on the volume's own ``(k, i, j)`` grid.
+
+    One segment per label of ``labels`` present in the map (a
+    :class:`~ai_models.label_mask.LabelMask`: no boolean copy per label, so
+    a model with 100+ structures stays within memory), and a volume finding
+    for each label with ``measure_volume``.
+
+    Raises
+    ------
+    ValueError
+        The map's shape is not the volume's.
+    """
+    lab = np.asarray(label_map)
+    if lab.shape != volume.shape:
+        raise ValueError(f"label map shape {lab.shape} is not the volume's {volume.shape}")
+    if lab.dtype.kind not in "iu":
+        raise ValueError(f"a label map holds integers, got {lab.dtype}")
+    top = max((ls.value for ls in labels), default=0)
+    small = np.uint8 if top < 256 else np.uint16
+    if lab.dtype != small and lab.size and int(lab.max()) <= np.iinfo(small).max:
+        lab = np.clip(lab, 0, None).astype(small)
+    by_value = label_masks(lab, [ls.value for ls in labels])
+    masks = [by_value[ls.value] for ls in labels]
+    counts = [m.count() for m in masks]
+    segments, findings = _segments_and_findings(pipeline, volume, masks, labels, counts)
+    return _result(pipeline, volume, model_sha256, parameters, segments, findings)
+
+
+def _result(
+    pipeline: Pipeline,
+    volume: Volume,
+    model_sha256: str,
+    parameters: tuple[str, ...],
+    segments: list[Segment],
+    findings: list[Finding],
+) -> PipelineResult:
+    return pipeline.result(
+        volume,
+        model_sha256,
+        parameters=parameters,
+        segments=segments,
+        findings=findings,
+        procedure_reported=CODES.CT_UNSPECIFIED if volume.modality == "CT" else None,
+    )
 
 
 def build_configured_pipeline(spec: SegmentationSpec) -> ConfiguredSegmentationPipeline:

@@ -19,7 +19,11 @@ _INDEX = {d: i for i, d in enumerate(_NEIGHBOURS)}
 
 def largest_cross_section(mask: np.ndarray) -> int | None:
     """Index ``k`` of the slice of a ``(k, i, j)`` mask with the most pixels."""
-    areas = np.count_nonzero(mask.reshape(mask.shape[0], -1), axis=1)
+    per_slice = getattr(mask, "count_per_slice", None)  # a LabelMask: from its box
+    if per_slice is not None:
+        areas = per_slice()
+    else:
+        areas = np.count_nonzero(mask.reshape(mask.shape[0], -1), axis=1)
     if not areas.any():
         return None
     return int(np.argmax(areas))

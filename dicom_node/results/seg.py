@@ -30,6 +30,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
+from ai_models.label_mask import LabelMask
 from dicom_node.results import seg_frames
 from dicom_node.results.common import (
     DEFAULT_SERIES_NUMBERS,
@@ -136,6 +137,12 @@ def _segment_description(
         anatomic_regions=anatomic,
         display_color=hd.color.CIELabColor.from_rgb(r, g, b),
     )
+    if segment.type_modifier is not None:
+        # Segmented Property Type Modifier Code Sequence sits inside the type
+        # item (PS3.3 Table 10-26 "Segment Description Macro").
+        desc.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+            to_code(segment.type_modifier)
+        ]
     if segment.anatomic_region is not None and segment.anatomic_region_modifier is not None:
         # Anatomic Region Modifier Sequence sits inside the region item
         # (PS3.3 Table 10-5 "General Anatomy Mandatory Macro").
@@ -392,7 +399,10 @@ def write_seg(
     if not segments:
         raise ValueError("The result has no non-empty segment: there is nothing to write.")
 
-    masks = [np.asarray(s.mask, dtype=bool) for s in segments]
+    # A LabelMask (one label of a shared label map) answers per-slice
+    # questions from its bounding box; only plain masks are converted.
+    masks = [s.mask if isinstance(s.mask, LabelMask) else np.asarray(s.mask, dtype=bool)
+             for s in segments]
     n_slices = volume.shape[0]
     rows, cols = volume.shape[1], volume.shape[2]
 
