@@ -46,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -427,9 +427,19 @@ def _gpu_fresh(device: str) -> None:
 
 
 def measure(
-    inp: BenchInput, device: str, warm: int, work: Path, console: Console | None = None
+    inp: BenchInput,
+    device: str,
+    warm: int,
+    work: Path,
+    console: Console | None = None,
+    configured: Sequence[Any] = (),
 ) -> Measurement:
-    """Run ``inp``'s pipeline on ``device``: once cold (no warm model), ``warm`` times warm."""
+    """Run ``inp``'s pipeline on ``device``: once cold (no warm model), ``warm`` times warm.
+
+    ``configured``: site model specs (``[[models]]``) to find ``inp.pipeline``
+    among, as :func:`ai_models.pipelines.get_pipeline` takes them (each spec
+    carries its own device).
+    """
     import torch
 
     from ai_models.pipelines import get_pipeline
@@ -443,7 +453,7 @@ def measure(
         timings: RunTimings = {}
         t_all = time.perf_counter()
         with PeakMemory() as total_mem:
-            pipe = get_pipeline(inp.pipeline, device=device)
+            pipe = get_pipeline(inp.pipeline, configured, device=device)
             with stage(timings, "read"):
                 volume = pipe.read_series(inp.files)
             with stage(timings, PIPELINE_STAGE):

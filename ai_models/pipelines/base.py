@@ -112,7 +112,7 @@ class Pipeline(abc.ABC):  # noqa: B024 (a template: every hook has a default)
     """The most GPU memory one run needs (MiB): a worker on a GPU starts a job only
     when this fits (:mod:`dicom_node.work.gpu_memory`); 0 bounds nothing."""
     source: str = "built-in"
-    labels: tuple[str, ...] = ()
+    label_names: tuple[str, ...] = ()
     """The structures or findings it reports (``dicom-node pipelines --labels``)."""
 
     @classmethod
@@ -120,14 +120,14 @@ class Pipeline(abc.ABC):  # noqa: B024 (a template: every hook has a default)
         """Listing info from the class attributes, without building it (no model load)."""
         return PipelineInfo(
             cls.name, cls.description, tuple(cls.modalities), cls.version, cls.source,
-            tuple(cls.labels),
+            tuple(cls.label_names),
         )
 
     def info(self) -> PipelineInfo:
         """This pipeline's :class:`PipelineInfo`."""
         return PipelineInfo(
             self.name, self.description, tuple(self.modalities), self.version, self.source,
-            tuple(self.labels),
+            tuple(self.label_names),
         )
 
     def read_series(self, files: Sequence[DicomFile]) -> Volume:

@@ -129,12 +129,15 @@ from dicom_node.results.sr_regions import (
     infer_from_region,
     region_group,
 )
+from dicom_node.results.sr_search import install as _install_fast_search
 
 if TYPE_CHECKING:
     from ai_models.types import HeatMap, PipelineResult, Segment
     from dicom_node.results.writer import WriteContext
 
 logger = logging.getLogger(__name__)
+
+_install_fast_search()  # highdicom's TID 1500 templates search the tree per group
 
 __all__ = [
     "ABSENT",
