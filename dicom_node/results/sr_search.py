@@ -118,7 +118,7 @@ def install() -> bool:
     for module_name in _MODULES:
         module = importlib.import_module(module_name)
         if getattr(module, "find_content_items", None) is current:
-            module.find_content_items = find_content_items
+            module.find_content_items = find_content_items  # type: ignore[attr-defined]
     return True
 
 
