@@ -163,7 +163,7 @@ def cli_command(model: str, folder: Path, spec: Any, nifti_dir: Path, out: Path)
     if model == "nnunet":
         cmd = [
             _script("nnUNetv2_predict_from_modelfolder"),
-            "-i", str(nifti_dir), "-o", str(out), "-m", str(spec.model_folder),
+            "-i", str(nifti_dir), "-o", str(out), "-m", str(spec.model_folder()),
             "-f", *[str(f) for f in spec.folds],
             "-chk", spec.checkpoint, "-step_size", str(spec.tile_step_size),
             "-device", device, "-npp", "1", "-nps", "1",
