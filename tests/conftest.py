@@ -91,6 +91,26 @@ def require_tool(name: str) -> str:
     return path
 
 
+def require_nnunet() -> None:
+    """Skip when nnU-Net v2 is missing (fail under CI)."""
+    import importlib.util
+
+    if importlib.util.find_spec("nnunetv2") is None:
+        if IN_CI:
+            pytest.fail("nnunetv2 is not installed (pip install nnunetv2)")
+        pytest.skip("nnunetv2 not installed")
+
+
+@pytest.fixture(scope="session")
+def nnunet_demo_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """nnU-Net's demonstration trained-model folder, planned and trained once per
+    session by nnU-Net's own commands (:mod:`ai_models.training.nnunet_demo`)."""
+    require_nnunet()
+    from ai_models.training.nnunet_demo import build_demo_model
+
+    return build_demo_model(tmp_path_factory.mktemp("nnunet_demo"))
+
+
 @pytest.fixture(scope="session")
 def dicom_data() -> pathlib.Path:
     """Root of the shared real-DICOM test set (read-only)."""

@@ -19,7 +19,6 @@ flipped relative to RAS).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import multiprocessing
 import os
@@ -42,7 +41,7 @@ from ai_models.pipelines.nnunet import (
 )
 from ai_models.types import PipelineResult, Volume
 from ai_models.volume import load_series, resample_to_volume
-from tests.conftest import IN_CI
+from tests.conftest import require_nnunet
 
 HEAD_CT = "dcm_qa_ct/Philips_Ingenuity_headphantom_5mm"  # axial, 28 x 512 x 512
 OBLIQUE_MR = "dcmqi/qin-prostate-01-0001_adc"  # tilted about 10 degrees, 20 x 256 x 256
@@ -56,21 +55,10 @@ MIRRORING = False
 pytestmark = pytest.mark.timeout(900)
 
 
-def require_nnunet() -> None:
-    """Skip when nnU-Net v2 is missing (fail under CI)."""
-    if importlib.util.find_spec("nnunetv2") is None:
-        if IN_CI:
-            pytest.fail("nnunetv2 is not installed (pip install nnunetv2)")
-        pytest.skip("nnunetv2 not installed")
-
-
 @pytest.fixture(scope="session")
-def demo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def demo_model(nnunet_demo_model: Path) -> Path:
     """The demo trained-model folder (``nnUNetTrainer_1epoch__nnUNetPlans__3d_fullres``)."""
-    require_nnunet()
-    from ai_models.training.nnunet_demo import build_demo_model
-
-    return build_demo_model(tmp_path_factory.mktemp("nnunet_demo"))
+    return nnunet_demo_model
 
 
 @pytest.fixture(scope="session")

@@ -157,3 +157,43 @@ modalities = ["CT"]
     (sr_path,) = sorted(out.glob("sr_*.dcm"))
     assert_valid(sr_path)
     shutil.rmtree(out)
+
+
+@pytest.mark.slow
+def test_nnunet_folder_listed_with_labels_and_run_to_a_valid_seg(
+    nnunet_demo_model: Path, tmp_path: Path, dicom_data: Path
+) -> None:
+    """The dataset folder above the trained-model folder is enough (the
+    configuration picks it); labels and codes come from dataset.json."""
+    cfg = _config(
+        tmp_path,
+        f"""
+[[models]]
+name = "abdomen"
+kind = "nnunetv2"
+path = "{nnunet_demo_model.parent}"
+use_mirroring = false
+tile_step_size = 1.0
+""",
+    )
+    listed = cli("-c", str(cfg), "pipelines", "--labels")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("abdomen\t"))
+    assert lines[row].split("\t")[1] == "CT"  # from dataset.json's channel_names
+    assert [s.strip() for s in lines[row + 1 : row + 4]] == ["liver", "spleen", "kidney_left"]
+    out = tmp_path / "out"
+    run = cli(
+        "-c", str(cfg), "analyze", str(dicom_data / CT), "--pipeline", "abdomen",
+        "--out", str(out), "--outputs", "seg,sr", "--device", "cpu",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    (seg_path,) = sorted(out.glob("seg_*.dcm"))  # the demo model finds tissue in the head
+    assert_valid(seg_path)
+    seg = hd.seg.segread(seg_path)
+    table = {"liver": "10200004", "spleen": "78961009", "kidney_left": "64033007"}
+    for desc in seg.SegmentSequence:
+        type_item = desc.SegmentedPropertyTypeCodeSequence[0]
+        assert type_item.CodeValue == table[desc.SegmentLabel]
+        if desc.SegmentLabel == "kidney_left":
+            assert type_item.SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "7771000"
