@@ -290,6 +290,22 @@ def test_spleen_bundle_on_real_ct_equals_bundle_run(spleen_head_ct):
 
 
 @pytest.mark.slow
+def test_spleen_bundle_seg_equals_bundle_run(spleen_head_ct, tmp_path):
+    """The SEG the node writes (the file, read back) holds the bundle's own label map."""
+    import pydicom
+
+    from dicom_node.results import write_seg
+    from tests.results.helpers import assert_valid, label_map_from_seg
+
+    mine, result = spleen_head_ct
+    path = tmp_path / "seg.dcm"
+    write_seg(result).save_as(path)
+    assert_valid(path)
+    back = label_map_from_seg(pydicom.dcmread(path), result.volume, {"spleen": 1})
+    assert np.array_equal(back, mine)
+
+
+@pytest.mark.slow
 def test_postprocessing_without_invertd_is_resampled_to_the_volume(
     spleen_bundle, spleen_head_ct, tmp_path
 ):

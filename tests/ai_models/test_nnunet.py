@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from ai_models.errors import ModelLoadError, PipelineNotApplicable
@@ -41,7 +42,9 @@ from ai_models.pipelines.nnunet import (
 )
 from ai_models.types import PipelineResult, Volume
 from ai_models.volume import load_series, resample_to_volume
+from dicom_node.results import write_seg
 from tests.conftest import require_nnunet
+from tests.results.helpers import label_map_from_seg
 
 HEAD_CT = "dcm_qa_ct/Philips_Ingenuity_headphantom_5mm"  # axial, 28 x 512 x 512
 OBLIQUE_MR = "dcmqi/qin-prostate-01-0001_adc"  # tilted about 10 degrees, 20 x 256 x 256
@@ -245,6 +248,12 @@ def compare_with_cli(
             f"(node labels {np.bincount(node.ravel()).tolist()}, "
             f"CLI {np.bincount(cli.ravel()).tolist()})"
         )
+        if name in ("head_ct", "oblique_mr"):  # the SEG file holds the CLI's label map too
+            seg_path = tmp_path / f"{name}-seg.dcm"
+            write_seg(result).save_as(seg_path)
+            values = {ls.label: ls.value for ls in pipeline.labels}
+            from_seg = label_map_from_seg(pydicom.dcmread(seg_path), case.volume, values)
+            assert np.array_equal(from_seg, cli), f"{name}: the SEG differs from nnUNetv2_predict"
         maps[name] = node
     # not trivially equal: labels were found in every series, real ones too,
     # and more than one structure overall

@@ -217,3 +217,28 @@ def frame_key_of(item) -> tuple[str, int | None]:  # type: ignore[no-untyped-def
     if frame is not None and not isinstance(frame, int):
         frame = int(frame[0]) if len(frame) else None
     return str(src.ReferencedSOPInstanceUID), (int(frame) if frame is not None else None)
+
+
+def label_map_from_seg(seg, volume: Volume, value_of: dict[str, int]) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """A written SEG (a data set read from its file) as one label map on
+    ``volume``'s ``(k, i, j)`` grid (segment label -> value), through each
+    frame's source image reference; overlapping segments are an error."""
+    back = seg
+    k_of = {(f.sop_instance_uid, f.frame_number): k for k, f in enumerate(volume.frames)}
+    multiframe = volume.frames[0].frame_number is not None
+    label_of = {int(d.SegmentNumber): str(d.SegmentLabel) for d in back.SegmentSequence}
+    pixels = back.pixel_array
+    if pixels.ndim == 2:
+        pixels = pixels[None]
+    out = np.zeros(volume.shape, dtype=np.int32)
+    for f, item in enumerate(back.PerFrameFunctionalGroupsSequence):
+        uid, frame = frame_key_of(item)
+        k = k_of[(uid, frame if multiframe else None)]
+        ident = item.get("SegmentIdentificationSequence") or (
+            back.SharedFunctionalGroupsSequence[0].SegmentIdentificationSequence  # one segment
+        )
+        number = int(ident[0].ReferencedSegmentNumber)
+        on = pixels[f].astype(bool)
+        assert not out[k][on].any(), f"segment {number} overlaps another on slice {k}"
+        out[k][on] = value_of[label_of[number]]
+    return out
