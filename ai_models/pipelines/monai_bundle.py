@@ -83,8 +83,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ai_models.errors import ModelLoadError, PipelineNotApplicable
-from ai_models.pipelines.base import Pipeline, PipelineInfo, PipelineRun
+from ai_models.errors import ModelLoadError
+from ai_models.pipelines._folder import FolderPipeline
+from ai_models.pipelines.base import PipelineInfo, PipelineRun
 from ai_models.types import PipelineResult, Volume
 
 if TYPE_CHECKING:
@@ -782,39 +783,20 @@ def _weights_path(parser: Any, root: Path) -> Path:
 # The pipeline.
 
 
-class MonaiBundlePipeline(Pipeline):
+class MonaiBundlePipeline(FolderPipeline):
     """A :class:`Pipeline` that runs a MONAI bundle's own inference config."""
 
-    source = "configured"
+    spec: MonaiBundleSpec
 
     def __init__(self, spec: MonaiBundleSpec) -> None:
         from ai_models.label_codes import label_specs
 
-        spec.validate()
-        self.spec = spec
-        info = spec.info()
-        self.name = spec.name
-        self.description = info.description
-        self.modalities = info.modalities
-        self.version = info.version
-        self.gpu_memory_mb = spec.gpu_memory_mb
+        super().__init__(spec)
         self.labels: list[LabelSpec] = label_specs(spec.label_names(), spec.labels, model=spec.name)
         if not self.labels:
             raise ModelLoadError(
                 f"{spec.name}: {METADATA_FILE} names no output label "
                 "(network_data_format.outputs.pred.channel_def) and none is configured"
-            )
-
-    def info(self) -> PipelineInfo:
-        """Listing info, with the bundle's label names."""
-        return self.spec.info()
-
-    def check(self, volume: Volume) -> None:
-        """Modality and minimum slice count."""
-        super().check(volume)
-        if volume.shape[0] < self.spec.min_slices:
-            raise PipelineNotApplicable(
-                f"{self.name}: {volume.shape[0]} slice(s), at least {self.spec.min_slices} needed"
             )
 
     def load(self) -> LoadedBundle:

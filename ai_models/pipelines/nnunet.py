@@ -81,9 +81,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ai_models.errors import ModelLoadError, PipelineNotApplicable
+from ai_models.errors import ModelLoadError
+from ai_models.pipelines._folder import FolderPipeline
 from ai_models.pipelines._grid import Orientation, orientation_from_direction
-from ai_models.pipelines.base import Pipeline, PipelineInfo, PipelineRun
+from ai_models.pipelines.base import PipelineInfo, PipelineRun
 from ai_models.pipelines.configured import LabelSpec
 from ai_models.types import PipelineResult, Volume
 
@@ -689,26 +690,15 @@ class NnUNetInputs:
     """``source``, ``RAS`` or ``LPS``."""
 
 
-class NnUNetPipeline(Pipeline):
+class NnUNetPipeline(FolderPipeline):
     """A :class:`Pipeline` running an nnU-Net v2 folder (see :class:`NnUNetSpec`)."""
 
-    source = "configured"
+    spec: NnUNetSpec
 
     def __init__(self, spec: NnUNetSpec) -> None:
-        spec.validate()
-        self.spec = spec
-        info = spec.info()
-        self.name = spec.name
-        self.description = info.description
-        self.modalities = info.modalities
-        self.version = info.version
-        self.gpu_memory_mb = spec.gpu_memory_mb
+        super().__init__(spec)
         self.orientation = spec.resolved_orientation()
         self._labels: list[LabelSpec] | None = None
-
-    def info(self) -> PipelineInfo:
-        """Listing info, with the folder's label names."""
-        return self.spec.info()
 
     @property
     def labels(self) -> list[LabelSpec]:
@@ -724,14 +714,6 @@ class NnUNetPipeline(Pipeline):
 
             self._labels = label_specs(self.spec.label_names(), self.spec.labels, model=self.name)
         return self._labels
-
-    def check(self, volume: Volume) -> None:
-        """Modality and minimum slice count."""
-        super().check(volume)
-        if volume.shape[0] < self.spec.min_slices:
-            raise PipelineNotApplicable(
-                f"{self.name}: {volume.shape[0]} slice(s), at least {self.spec.min_slices} needed"
-            )
 
     def load(self) -> LoadedPredictor:
         """The warm predictor (and the label codes, so a bad label fails before inference)."""
