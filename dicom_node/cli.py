@@ -154,7 +154,7 @@ def check_config(state: _State) -> None:
     """Validate config.toml and print a summary (exit 2 on errors)."""
     settings = state.settings()
     source = settings.source_path or "built-in defaults"
-    problems = _unknown_pipelines(settings)
+    problems = _unknown_pipelines(settings) + _model_folder_problems(settings)
     if problems:
         err_console.print(f"invalid configuration in {source}:", markup=False)
         for line in problems:
@@ -171,6 +171,27 @@ def check_config(state: _State) -> None:
     console.print(f"  destinations {', '.join(d.name for d in settings.destinations) or 'none'}")
     console.print(f"  rules     {', '.join(r.name for r in settings.rules) or 'none'}")
     console.print(f"  models    {', '.join(m.name for m in settings.models) or 'none'}")
+
+
+def _model_folder_problems(settings: Settings) -> list[str]:
+    """``[[models]]`` folders (nnU-Net, MONAI bundle) that are missing, incomplete
+    or name labels with no known code: found now, not at the first series."""
+    folder_kinds = ("nnunetv2", "monai-bundle")
+    if not any(m.kind in folder_kinds for m in settings.models):
+        return []
+    from ai_models.errors import AIModelsError
+    from ai_models.label_codes import label_specs
+
+    problems = []
+    for i, (model, spec) in enumerate(zip(settings.models, settings.pipeline_specs(), strict=True)):
+        if model.kind not in folder_kinds:
+            continue
+        try:
+            spec.validate()
+            label_specs(spec.label_names(), spec.labels, model=model.name)
+        except (AIModelsError, ValueError, OSError) as exc:
+            problems.append(f"models.{i} ({model.name}): {exc}")
+    return problems
 
 
 def _unknown_pipelines(settings: Settings) -> list[str]:

@@ -197,3 +197,28 @@ tile_step_size = 1.0
         assert type_item.CodeValue == table[desc.SegmentLabel]
         if desc.SegmentLabel == "kidney_left":
             assert type_item.SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "7771000"
+
+
+def test_check_config_finds_a_broken_folder(tmp_path: Path) -> None:
+    """A missing or incomplete model folder is found by check-config, not at the first series."""
+    bundle = tmp_path / "spleen"
+    shutil.copytree(ZOO / "spleen_ct_segmentation", bundle)  # no models/model.pt
+    cfg = _config(
+        tmp_path,
+        f"""
+[[models]]
+name = "total"
+kind = "nnunetv2"
+path = "{tmp_path / 'missing'}"
+
+[[models]]
+name = "spleen"
+kind = "monai-bundle"
+path = "{bundle}"
+""",
+    )
+    checked = cli("-c", str(cfg), "check-config")
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    text = " ".join((checked.stdout + checked.stderr).split())
+    assert "models.0 (total)" in text and "not a directory" in text
+    assert "models.1 (spleen)" in text and "model.pt" in text
