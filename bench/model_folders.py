@@ -203,14 +203,15 @@ def table(rows: list[Row]) -> Table:
     t = Table(title="bench.model_folders: the node around a public model folder vs its own CLI")
     cols = (
         "model", "device", "input", "node cold s", "node warm s", "model infer s",
-        "node overhead s", "NIfTI s", "CLI s", "CLI+NIfTI / node warm",
+        "node overhead s", "NIfTI s", "CLI s", "CLI+NIfTI / node warm", "GPU peak MiB",
+        "peak RSS MiB",
     )  # fmt: skip
     for i, c in enumerate(cols):
         t.add_column(c, justify="left" if i < 3 else "right", no_wrap=True)
     for r in rows:
         m = r.node
         if m.error is not None:
-            t.add_row(r.model, r.device, m.what, f"error: {m.error}", *["-"] * 6)
+            t.add_row(r.model, r.device, m.what, f"error: {m.error}", *["-"] * 8)
             continue
         overhead = m.warm_s - m.warm_infer_s
         cli_total = r.cli_median_s + r.nifti_s
@@ -220,6 +221,7 @@ def table(rows: list[Row]) -> Table:
             _fmt(overhead), _fmt(r.nifti_s),
             r.cli_error and f"error: {r.cli_error[:60]}" or _fmt(r.cli_median_s),
             "-" if ratio != ratio else f"{ratio:.2f}x",
+            _fmt(m.gpu_reserved_mib, 0), _fmt(m.peak_rss_mib, 0),
         )  # fmt: skip
     return t
 
@@ -295,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         "node: read DICOM + pipeline + write SEG and SR; model infer: the pipeline's own "
         "inference stage (the tool's predictor); node overhead = node warm - model infer; "
         "CLI: the tool's own command in a fresh process on a NIfTI of the same series "
-        "(model load included, as a script runs it); NIfTI: SimpleITK's conversion"
+        "(model load included, as a script runs it); NIfTI: SimpleITK's conversion; "
+        "GPU peak: PyTorch's peak reserved memory in the node's runs"
     )
     if args.json is not None:
         args.json.write_text(json.dumps([r.as_dict() for r in rows], indent=1))
