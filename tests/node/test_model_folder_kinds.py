@@ -161,7 +161,7 @@ modalities = ["CT"]
 
 @pytest.mark.slow
 def test_nnunet_folder_listed_with_labels_and_run_to_a_valid_seg(
-    nnunet_demo_model: Path, tmp_path: Path, dicom_data: Path
+    nnunet_demo_model: Path, tmp_path: Path
 ) -> None:
     """The dataset folder above the trained-model folder is enough (the
     configuration picks it); labels and codes come from dataset.json."""
@@ -182,13 +182,17 @@ tile_step_size = 1.0
     row = next(i for i, line in enumerate(lines) if line.startswith("abdomen\t"))
     assert lines[row].split("\t")[1] == "CT"  # from dataset.json's channel_names
     assert [s.strip() for s in lines[row + 1 : row + 4]] == ["liver", "spleen", "kidney_left"]
+    from tests.ai_models.test_nnunet import AXIAL, phantom_volume, write_series
+
+    # a phantom of the demo model's training family, written as a DICOM CT series
+    series = write_series(phantom_volume(AXIAL, (-126.0, -126.0, -60.0)), tmp_path / "ct")
     out = tmp_path / "out"
     run = cli(
-        "-c", str(cfg), "analyze", str(dicom_data / CT), "--pipeline", "abdomen",
+        "-c", str(cfg), "analyze", str(series), "--pipeline", "abdomen",
         "--out", str(out), "--outputs", "seg,sr", "--device", "cpu",
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
-    (seg_path,) = sorted(out.glob("seg_*.dcm"))  # the demo model finds tissue in the head
+    (seg_path,) = sorted(out.glob("seg_*.dcm"))
     assert_valid(seg_path)
     seg = hd.seg.segread(seg_path)
     table = {"liver": "10200004", "spleen": "78961009", "kidney_left": "64033007"}
