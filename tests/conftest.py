@@ -112,6 +112,30 @@ def nnunet_demo_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def spleen_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """The real ``spleen_ct_segmentation`` bundle configs (``tests/data/model_zoo``)
+    with a ``models/model.pt`` of their own UNet, seeded and briefly trained on a
+    phantom; built once per session."""
+    import torch
+
+    from tests.ai_models.test_monai_bundle import (
+        SPLEEN,
+        copy_bundle,
+        network_def,
+        require,
+        train_on_phantom,
+    )
+
+    require("monai", "runs the bundle")
+    root = copy_bundle(SPLEEN, tmp_path_factory.mktemp("zoo") / "spleen_ct_segmentation")
+    torch.manual_seed(0)
+    net = network_def(root)
+    train_on_phantom(net)
+    torch.save(net.state_dict(), root / "models" / "model.pt")
+    return root
+
+
+@pytest.fixture(scope="session")
 def dicom_data() -> pathlib.Path:
     """Root of the shared real-DICOM test set (read-only)."""
     if not (DICOM_DATA / "manifest.csv").is_file():

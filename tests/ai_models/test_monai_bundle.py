@@ -95,15 +95,10 @@ def train_on_phantom(net: torch.nn.Module, steps: int = 40, seed: int = 0) -> No
 
 
 @pytest.fixture(scope="module")
-def spleen_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The spleen bundle with a ``models/model.pt`` of its own UNet (seeded, trained briefly)."""
-    require("monai", "runs the bundle")
-    root = copy_bundle(SPLEEN, tmp_path_factory.mktemp("zoo") / "spleen_ct_segmentation")
-    torch.manual_seed(0)
-    net = network_def(root)
-    train_on_phantom(net)
-    torch.save(net.state_dict(), root / "models" / "model.pt")
-    return root
+def spleen_bundle(spleen_bundle_dir: Path) -> Path:
+    """The spleen bundle with a ``models/model.pt`` of its own UNet (seeded, trained
+    briefly; built once per session, :func:`tests.conftest.spleen_bundle_dir`)."""
+    return spleen_bundle_dir
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import highdicom as hd
 import pytest
-import torch
 
 from dicom_node.config import ModelSettings, load_settings
 from dicom_node.errors import ConfigError
@@ -103,23 +102,8 @@ def test_folder_kinds_need_no_labels() -> None:
 
 
 @pytest.fixture(scope="module")
-def spleen_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.ai_models.test_monai_bundle import (
-        copy_bundle,
-        network_def,
-        require,
-        train_on_phantom,
-    )
-
-    require("monai", "runs the bundle")
-    root = copy_bundle(
-        ZOO / "spleen_ct_segmentation", tmp_path_factory.mktemp("zoo") / "spleen_ct_segmentation"
-    )
-    torch.manual_seed(0)
-    net = network_def(root)
-    train_on_phantom(net)
-    torch.save(net.state_dict(), root / "models" / "model.pt")
-    return root
+def spleen_bundle(spleen_bundle_dir: Path) -> Path:
+    return spleen_bundle_dir
 
 
 @pytest.mark.slow
