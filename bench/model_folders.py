@@ -8,8 +8,8 @@ measures in one run:
 
 * **node**: the path a job takes -- read the series, run the pipeline (the
   model's own predictor or bundle config), write SEG and SR -- once cold and
-  ``--warm`` times warm, with the pipeline's own ``infer`` stage, so the
-  node's overhead around the model is ``warm - infer``;
+  ``--warm`` times warm; the node's own share is the read and the write
+  (``warm`` minus the pipeline stage, which is the tool's own work);
 * **CLI**: what a site does without the node for the same series: convert it
   to NIfTI (SimpleITK), then the tool's own command, ``nnUNetv2_predict_from_modelfolder``
   or ``python -m monai.bundle run``, with the same folds, tiling, mirroring
@@ -202,8 +202,8 @@ def run_cli(cmd: list[str], timeout: float) -> float:
 def table(rows: list[Row]) -> Table:
     t = Table(title="bench.model_folders: the node around a public model folder vs its own CLI")
     cols = (
-        "model", "device", "input", "node cold s", "node warm s", "model infer s",
-        "node overhead s", "NIfTI s", "CLI s", "CLI+NIfTI / node warm", "GPU peak MiB",
+        "model", "device", "input", "node cold s", "node warm s", "model folder's run s",
+        "node read+write s", "NIfTI s", "CLI s", "CLI+NIfTI / node warm", "GPU peak MiB",
         "peak RSS MiB",
     )  # fmt: skip
     for i, c in enumerate(cols):
@@ -213,11 +213,11 @@ def table(rows: list[Row]) -> Table:
         if m.error is not None:
             t.add_row(r.model, r.device, m.what, f"error: {m.error}", *["-"] * 8)
             continue
-        overhead = m.warm_s - m.warm_infer_s
+        overhead = m.warm_s - m.warm_pipeline_s
         cli_total = r.cli_median_s + r.nifti_s
         ratio = cli_total / m.warm_s if m.warm_s > 0 and r.cli_s else float("nan")
         t.add_row(
-            r.model, r.device, m.what, _fmt(m.cold_s), _fmt(m.warm_s), _fmt(m.warm_infer_s),
+            r.model, r.device, m.what, _fmt(m.cold_s), _fmt(m.warm_s), _fmt(m.warm_pipeline_s),
             _fmt(overhead), _fmt(r.nifti_s),
             r.cli_error and f"error: {r.cli_error[:60]}" or _fmt(r.cli_median_s),
             "-" if ratio != ratio else f"{ratio:.2f}x",
@@ -294,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     console.print(table(rows))
     console.print(
-        "node: read DICOM + pipeline + write SEG and SR; model infer: the pipeline's own "
-        "inference stage (the tool's predictor); node overhead = node warm - model infer; "
+        "node: read DICOM + pipeline + write SEG and SR; model folder's run: the pipeline "
+        "stage (the tool's own pre-processing, inference and post-processing, and the "
+        "hand-over to and from the node's volume); node read+write = node warm - that; "
         "CLI: the tool's own command in a fresh process on a NIfTI of the same series "
         "(model load included, as a script runs it); NIfTI: SimpleITK's conversion; "
         "GPU peak: PyTorch's peak reserved memory in the node's runs"
