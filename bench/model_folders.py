@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -184,11 +183,8 @@ def cli_command(model: str, folder: Path, spec: Any, nifti_dir: Path, out: Path)
 
 
 def run_cli(cmd: list[str], timeout: float) -> float:
-    env = dict(os.environ)
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False
-    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]

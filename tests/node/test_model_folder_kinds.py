@@ -32,6 +32,30 @@ def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def listed_with_labels(cfg: Path, name: str) -> tuple[str, list[str]]:
+    """``dicom-node pipelines --labels``: the pipeline's row and its label lines."""
+    listed = cli("-c", str(cfg), "pipelines", "--labels")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(f"{name}\t"))
+    labels = []
+    for line in lines[at + 1 :]:
+        if not line.startswith("  "):
+            break
+        labels.append(line.strip())
+    return lines[at], labels
+
+
+def analyze(cfg: Path, series: Path, pipeline: str, out: Path) -> Path:
+    """``dicom-node analyze`` writing SEG and SR into ``out`` (must succeed)."""
+    run = cli(
+        "-c", str(cfg), "analyze", str(series), "--pipeline", pipeline,
+        "--out", str(out), "--outputs", "seg,sr", "--device", "cpu",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    return out
+
+
 def _config(tmp_path: Path, models: str) -> Path:
     cfg = tmp_path / "config.toml"
     cfg.write_text(
@@ -120,17 +144,9 @@ path = "{spleen_bundle}"
 modalities = ["CT"]
 """,
     )
-    listed = cli("-c", str(cfg), "pipelines", "--labels")
-    assert listed.returncode == 0, listed.stderr
-    lines = listed.stdout.splitlines()
-    row = next(i for i, line in enumerate(lines) if line.startswith("spleen\t"))
-    assert lines[row + 1].strip() == "spleen"  # the bundle's own channel_def name
-    out = tmp_path / "out"
-    run = cli(
-        "-c", str(cfg), "analyze", str(dicom_data / CT), "--pipeline", "spleen",
-        "--out", str(out), "--outputs", "seg,sr", "--device", "cpu",
-    )  # fmt: skip
-    assert run.returncode == 0, run.stdout + run.stderr
+    _, labels = listed_with_labels(cfg, "spleen")
+    assert labels[0] == "spleen"  # the bundle's own channel_def name
+    out = analyze(cfg, dicom_data / CT, "spleen", tmp_path / "out")
     (seg_path,) = sorted(out.glob("seg_*.dcm"))
     assert_valid(seg_path)
     seg = hd.seg.segread(seg_path)
@@ -160,22 +176,14 @@ use_mirroring = false
 tile_step_size = 1.0
 """,
     )
-    listed = cli("-c", str(cfg), "pipelines", "--labels")
-    assert listed.returncode == 0, listed.stderr
-    lines = listed.stdout.splitlines()
-    row = next(i for i, line in enumerate(lines) if line.startswith("abdomen\t"))
-    assert lines[row].split("\t")[1] == "CT"  # from dataset.json's channel_names
-    assert [s.strip() for s in lines[row + 1 : row + 4]] == ["liver", "spleen", "kidney_left"]
+    row, labels = listed_with_labels(cfg, "abdomen")
+    assert row.split("\t")[1] == "CT"  # from dataset.json's channel_names
+    assert labels == ["liver", "spleen", "kidney_left"]
     from tests.ai_models.test_nnunet import AXIAL, phantom_volume, write_series
 
     # a phantom of the demo model's training family, written as a DICOM CT series
     series = write_series(phantom_volume(AXIAL, (-126.0, -126.0, -60.0)), tmp_path / "ct")
-    out = tmp_path / "out"
-    run = cli(
-        "-c", str(cfg), "analyze", str(series), "--pipeline", "abdomen",
-        "--out", str(out), "--outputs", "seg,sr", "--device", "cpu",
-    )  # fmt: skip
-    assert run.returncode == 0, run.stdout + run.stderr
+    out = analyze(cfg, series, "abdomen", tmp_path / "out")
     (seg_path,) = sorted(out.glob("seg_*.dcm"))
     assert_valid(seg_path)
     seg = hd.seg.segread(seg_path)
