@@ -57,6 +57,7 @@ __all__ = [
     "ARCHITECTURES",
     "DEFAULT_SW_BATCH_SIZE",
     "DEFAULT_OVERLAP",
+    "loaded_model_paths",
     "LoadedModel",
     "load_built_model",
     "ModelKind",
@@ -192,6 +193,12 @@ class LoadedModel:
 
 _CACHE: dict[tuple[str, float, float, str, str, str], LoadedModel] = {}
 _CACHE_LOCK = threading.Lock()
+
+
+def loaded_model_paths() -> list[str]:
+    """The model files or folders loaded (warm) in this process, oldest first."""
+    with _CACHE_LOCK:
+        return [key[0] for key in _CACHE]
 
 
 def clear_model_cache() -> None:

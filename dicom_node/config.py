@@ -16,6 +16,7 @@ import ipaddress
 import json
 import os
 import re
+import sys
 from datetime import timedelta
 from enum import Enum
 from pathlib import Path
@@ -91,8 +92,20 @@ AETitle = Annotated[str, AfterValidator(_check_ae_title)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
+#: The kinds :mod:`dicom_node.results.registry` registers when it is imported
+#: (its ``BUILT_IN_WRITERS``, in order).
+_BUILT_IN_RESULT_KINDS = ("seg", "sr", "gsps", "sc")
+
+
 def _check_result_kind(value: str) -> str:
-    """A result kind registered in :mod:`dicom_node.results.registry`."""
+    """A result kind registered in :mod:`dicom_node.results.registry`.
+
+    Until the registry is imported the registered kinds are the built-in ones,
+    so a built-in kind is taken without importing the registry (and with it the
+    result writers, highdicom and numpy): the CLI reads a configuration fast.
+    """
+    if value in _BUILT_IN_RESULT_KINDS and "dicom_node.results.registry" not in sys.modules:
+        return value
     from dicom_node.results.registry import result_kinds
 
     kinds = result_kinds()
@@ -862,6 +875,21 @@ class WebSettings(_Section):
     login_lockout_s: Annotated[float, Field(ge=1)] = 300.0
     login_failure_delay_s: Annotated[float, Field(ge=0, le=10)] = 0.5
     """Every failed login is answered after this long (slows guessing)."""
+    viewer_url: str | None = None
+    """A web viewer's address for a study, with ``{study}`` where its
+    StudyInstanceUID goes, e.g. ``"https://ohif.example.org/viewer?StudyInstanceUIDs={study}"``;
+    the console links each study and job to it (``None``: no link)."""
+
+    @field_validator("viewer_url")
+    @classmethod
+    def _viewer_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if "{study}" not in value:
+            raise ValueError("viewer_url needs {study} where the StudyInstanceUID goes")
+        if not value.startswith(("http://", "https://", "/")):
+            raise ValueError("viewer_url must be an http(s) address or a path on this host")
+        return value.strip()
 
     #: A token never changed from the deployment files' placeholder.
     PLACEHOLDER: ClassVar[re.Pattern[str]] = re.compile(r"^\W*change[-_ ]?me", re.IGNORECASE)

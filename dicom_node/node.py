@@ -132,6 +132,7 @@ class Node:
         if self.web is not None and self.scp is not None:
             # /api/health reports the DICOM listener's state
             self.web.app.state.dicom_listener = self.scp.listener_problem
+            self.web.app.state.live_associations = self.scp.active_associations
         self._collector_stop = threading.Event()
         self._collector_thread = (
             threading.Thread(

@@ -157,6 +157,13 @@ class CompletionTransaction:
             .values(collected_at=series.last_received_at)
         )
 
+    def record_routing(self, series_id: int, routing: dict[str, Any], now: datetime) -> None:
+        """Keep how the rules judged the series (shown by the console: which
+        rules matched and why the others did not)."""
+        self._conn.execute(
+            update(Series).where(Series.id == series_id).values(routing=routing, routed_at=now)
+        )
+
     def mark_study_collected(self, study: StudyRow) -> None:
         """The collector has settled everything the study held at its last arrival."""
         self._conn.execute(

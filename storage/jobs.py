@@ -33,7 +33,17 @@ from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from storage.db import Database
-from storage.models import Completion, Delivery, Instance, Job, Result, Series, Study, utcnow
+from storage.models import (
+    Completion,
+    Delivery,
+    Instance,
+    Job,
+    Pause,
+    Result,
+    Series,
+    Study,
+    utcnow,
+)
 
 if TYPE_CHECKING:
     from storage.queries import FailedDelivery
@@ -80,6 +90,8 @@ class JobStatus(str, enum.Enum):
     FAILED = "failed"
     SKIPPED = "skipped"
     SUPERSEDED = "superseded"
+    CANCELLED = "cancelled"
+    """An operator cancelled it (:func:`storage.job_actions.cancel_job`)."""
 
 
 class DeliveryStatus(str, enum.Enum):
@@ -741,6 +753,9 @@ class JobQueue:
         return [(r[0], r[1], r[2], r[3]) for r in rows if r.revision == latest]
 
 
+_PAUSED_DESTINATIONS = select(Pause.name).where(Pause.kind == "destination")
+
+
 class DeliveryQueue:
     """Claim due deliveries per destination and record what the sender did.
 
@@ -766,11 +781,13 @@ class DeliveryQueue:
 
     @staticmethod
     def due(now: datetime) -> Any:
-        """Deliveries a sender may claim at *now*: pending, due, and not leased."""
+        """Deliveries a sender may claim at *now*: pending, due, not leased, and
+        not to a destination an operator paused (:mod:`storage.pauses`)."""
         return and_(
             Delivery.status == DeliveryStatus.PENDING.value,
             Delivery.next_attempt_at <= now,
             or_(Delivery.lease_owner.is_(None), Delivery.lease_expires_at < now),
+            Delivery.destination.not_in(_PAUSED_DESTINATIONS),
         )
 
     def claim_batch(
@@ -902,7 +919,8 @@ class DeliveryQueue:
         with self.db.engine.connect() as conn:
             nxt = conn.execute(
                 select(func.min(Delivery.next_attempt_at)).where(
-                    Delivery.status == DeliveryStatus.PENDING.value
+                    Delivery.status == DeliveryStatus.PENDING.value,
+                    Delivery.destination.not_in(_PAUSED_DESTINATIONS),
                 )
             ).scalar_one_or_none()
         nxt = as_utc(nxt)

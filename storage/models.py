@@ -10,7 +10,8 @@ are the ones routing and the admin need: PS3.3 C.7.2.1 General Study,
 C.7.3.1 General Series, C.7.5.1 General Equipment, C.12.1 SOP Common);
 ``completion`` 1-n ``job`` 1-n ``result`` 1-n ``delivery`` (routed);
 ``web_user`` 1-n ``web_session`` (console logins); ``audit_event`` (the audit
-trail, after DICOM PS3.15 A.5 / IHE ATNA).  ``purged_at`` marks rows whose
+trail, after DICOM PS3.15 A.5 / IHE ATNA); ``pause`` (rules and destinations an
+operator paused).  ``purged_at`` marks rows whose
 files retention deleted: the rows stay, so history keeps working.
 """
 
@@ -92,9 +93,15 @@ class Series(Base):
         DateTime(timezone=True), default=utcnow, index=True
     )
     collected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """The ``last_received_at`` the collector last settled series-level rules for."""
     purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     """When retention deleted its file(s) (:mod:`storage.retention`); the row stays."""
-    """The ``last_received_at`` the collector last settled series-level rules for."""
+    routing: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """How the rules judged the series when the collector last settled it:
+    ``{"rules": [{"rule", "trigger", "matched", "fallback", "paused",
+    "conditions": [{"path", "ok", "reason"}]}]}``
+    (:meth:`storage.completions.CompletionTransaction.mark_series_collected`)."""
+    routed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
@@ -313,3 +320,23 @@ class AuditEvent(Base):
     node: Mapped[str | None] = mapped_column(String(128))
     study_instance_uid: Mapped[str | None] = mapped_column(UID, index=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Pause(Base):
+    """A rule or destination an operator paused (:mod:`storage.pauses`).
+
+    A paused rule queues no job: the series it matches wait, unsettled,
+    until it is resumed.  A paused destination is sent nothing: its
+    deliveries stay pending.  Nothing is dropped either way.
+    """
+
+    __tablename__ = "pause"
+    __table_args__ = (UniqueConstraint("kind", "name", name="uq_pause_kind_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    """``rule`` or ``destination``."""
+    name: Mapped[str] = mapped_column(String(64))
+    paused_by: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
+    paused_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

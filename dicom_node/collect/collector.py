@@ -15,6 +15,12 @@ predecessor).  Queued jobs of the earlier revision are marked superseded and
 their unsent deliveries cancelled.  ``dicom-node complete UID`` forces
 completion without waiting.
 
+Every time it settles a series it keeps, with the series, how each rule
+judged it, condition by condition (``series.routing``), so the console can
+say why a series was not routed without a log search.  A rule an operator
+paused (:mod:`storage.pauses`) makes no job: the series it matches stay
+unsettled and are completed as usual once it is resumed.
+
 The collector polls the database, so it works the same when receivers run in
 other processes; it only reads rows the receivers wrote.  The SQL lives in
 :mod:`storage.completions`; this module holds the decisions (which rules
@@ -32,12 +38,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from dicom_node.collect.routing import evaluate_rules
+from dicom_node.collect.routing import RuleMatch, evaluate_rules
 from dicom_node.config import RuleSettings, Settings
 from storage.completions import CompletionStore, CompletionTransaction, SeriesRow, StudyRow
 from storage.db import Database, DatabaseUnavailable, DuplicateRow
 from storage.jobs import NewJob
 from storage.models import utcnow
+from storage.pauses import PauseStore
 
 __all__ = ["Collector", "CompletionReport", "series_attributes"]
 
@@ -73,7 +80,8 @@ class CompletionReport:
     """``level uid rule rev N`` for each completion made or revised."""
     job_ids: list[int] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
-    """Forced completions that were already complete with the same instances."""
+    """Forced completions that were already complete with the same instances,
+    or whose rule an operator paused."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,9 @@ class Collector:
     ) -> None:
         self.db = db
         self.store = CompletionStore(db)
+        self.pauses = PauseStore(db)
+        self._paused: frozenset[str] = frozenset()
+        """Rules an operator paused, read at the start of each pass."""
         self.on_jobs = on_jobs
         """Called after a pass that queued jobs (the local pool wakes at once)."""
         self.rules: list[RuleSettings] = list(settings.rules)
@@ -142,6 +153,7 @@ class Collector:
         report = CompletionReport()
         if not self.rules:
             return report
+        self._paused = self.pauses.names("rule")
         for series in self.store.unsettled_series(self._series_horizon, now):
             with self.store.transaction() as tx:
                 self._settle_series(tx, series, now, False, report)
@@ -161,6 +173,7 @@ class Collector:
         """
         now = now or utcnow()
         report = CompletionReport()
+        self._paused = self.pauses.names("rule")
         with self.store.transaction() as tx:
             series = tx.series_by_uid(uid)
             if series is not None:
@@ -175,9 +188,40 @@ class Collector:
         return report
 
     # -- series ----------------------------------------------------------------
-    def _matching(self, attrs: dict[str, Any], trigger: str) -> list[RuleSettings]:
-        matched = [m.rule for m in evaluate_rules(self.rules, attrs) if m.matched]
+    def _matching(
+        self, attrs: dict[str, Any], trigger: str, matches: Sequence[RuleMatch] | None = None
+    ) -> list[RuleSettings]:
+        if matches is None:
+            matches = evaluate_rules(self.rules, attrs)
+        matched = [m.rule for m in matches if m.matched]
         return [self.by_name[n] for n in matched if self.by_name[n].trigger == trigger]
+
+    def _routing(self, matches: Sequence[RuleMatch]) -> dict[str, Any]:
+        """How the rules judged a series, kept with it for the console."""
+        regular = any(m.matched for m in matches if not m.fallback)
+        judged = []
+        for m in matches:
+            rule = self.by_name[m.rule]
+            held = all(e.ok for e in m.explanations)
+            note = None
+            if m.fallback and held and not m.matched and regular:
+                note = "fallback rule: another rule matched"
+            elif m.matched and m.rule in self._paused:
+                note = "paused by an operator: the series waits until the rule is resumed"
+            judged.append({
+                "rule": m.rule,
+                "trigger": rule.trigger,
+                "matched": m.matched,
+                "fallback": m.fallback,
+                "paused": m.rule in self._paused,
+                "pipelines": list(rule.pipelines),
+                "destinations": list(rule.destinations),
+                "note": note,
+                "conditions": [
+                    {"path": e.path, "ok": e.ok, "reason": e.reason} for e in m.explanations
+                ],
+            })
+        return {"rules": judged}
 
     def _settle_series(
         self,
@@ -188,11 +232,13 @@ class Collector:
         report: CompletionReport,
     ) -> None:
         attrs = series_attributes(row)
-        rules = self._matching(attrs, "series")
+        matches = evaluate_rules(self.rules, attrs)
+        tx.record_routing(row.id, self._routing(matches), now)
+        rules = self._matching(attrs, "series", matches)
         count, last = tx.series_instances(row.id)
         settled = True
         if not rules and not force and row.collected_at is None:
-            study_rules = self._matching(attrs, "study")
+            study_rules = self._matching(attrs, "study", matches)
             if not study_rules:
                 LOGGER.info(
                     "series %s (%s, %r, %d instance(s)) matches no rule",
@@ -246,6 +292,13 @@ class Collector:
         on that rule's series; False when some rule must wait longer."""
         settled = True
         for rule, series_ids in rules:
+            if rule.name in self._paused:
+                settled = False  # completed when the rule is resumed
+                if force:
+                    report.unchanged.append(
+                        f"{snap.level} {snap.uid} rule {rule.name}: paused by an operator"
+                    )
+                continue
             quiet = (now - snap.last).total_seconds()
             if not force and quiet < max(MIN_QUIET_S, rule.quiet_period_s):
                 settled = False

@@ -27,7 +27,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.config import DestinationSettings
-from dicom_node.errors import AssociationRejectedError, DeliveryError
+from dicom_node.deliver.association_failure import associate
+from dicom_node.errors import DeliveryError
 from dicom_node.protocol import status as st
 
 if TYPE_CHECKING:
@@ -136,9 +137,8 @@ def echo(peer: DicomPeer, calling_ae: str = "DICOM_NODE", timeout_s: float = 10.
     ae = _make_ae(calling_ae, timeout_s)
     ae.add_requested_context(Verification)
     t0 = time.perf_counter()
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=_tls_args(peer))
-    if not assoc.is_established:
-        raise AssociationRejectedError(f"association with {peer} rejected or failed")
+    assoc = associate(ae, peer.host, peer.port, ae_title=peer.ae_title,
+                      tls_args=_tls_args(peer), where=str(peer), timeout_s=timeout_s)
     try:
         rsp = assoc.send_c_echo()
     finally:
@@ -242,10 +242,9 @@ def send_files(
         ae = _make_ae(calling_ae, timeout_s)
         for sop_class, syntaxes in contexts:
             ae.add_requested_context(sop_class, syntaxes)
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=_tls_args(peer))
         report.associations += 1
-        if not assoc.is_established:
-            raise AssociationRejectedError(f"association with {peer} rejected or failed")
+        assoc = associate(ae, peer.host, peer.port, ae_title=peer.ae_title,
+                          tls_args=_tls_args(peer), where=str(peer), timeout_s=timeout_s)
         _nodelay(assoc)
         done = 0
         try:

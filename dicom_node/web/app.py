@@ -1,4 +1,5 @@
-"""The FastAPI application: REST API under ``/api/``, ``/metrics``, dashboard at ``/``.
+"""The FastAPI application: REST API under ``/api/``, ``/metrics``, dashboard at ``/``,
+the console's pages (:mod:`.console`) and actions (:mod:`.console_actions`).
 
 Who may see and change what: :mod:`.access` (sessions from ``/login``,
 :mod:`.login`; a trusted proxy's user header; ``[web] token`` for machines)
@@ -23,6 +24,8 @@ from dicom_node.collect import Collector
 from dicom_node.config import Settings
 from dicom_node.web.access import AccessControl
 from dicom_node.web.api import audit_trail, completion, health, jobs, studies
+from dicom_node.web.console import console
+from dicom_node.web.console_actions import actions
 from dicom_node.web.dashboard import dashboard
 from dicom_node.web.deps import Context, WebContext
 from dicom_node.web.hosts import HostAllowlist, HostCheck
@@ -75,7 +78,8 @@ def create_app(settings: Settings, db: Database, *, store: ReceivedStore | None 
         schema_head=db.head_revision(),
         hosts=HostAllowlist.from_settings(settings.web),
     )
-    for router in (health, studies, jobs, completion, audit_trail, dashboard, login):
+    for router in (health, studies, jobs, completion, audit_trail, dashboard, console, actions,
+                   login):
         app.include_router(router)
     app.add_middleware(AccessControl, web=settings.web, db=db)
     # Added last, so outermost: a foreign Host is refused before anything else.

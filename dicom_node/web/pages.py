@@ -71,5 +71,6 @@ def security_headers(nonce: str) -> dict[str, str]:
 def render(template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     """The page *template* filled with *context* (escaped), with the security headers."""
     nonce = secrets.token_urlsafe(16)
+    context.setdefault("notice", None)
     html = _ENV.get_template(template).render(nonce=nonce, **context)
     return HTMLResponse(html, status_code=status_code, headers=security_headers(nonce))

@@ -373,7 +373,9 @@ def test_archive_down_then_back(
             Delivery.status == "pending", Delivery.attempts >= 2
         )
         pending = wait_for("failed attempts while the archive is down", lambda: rows(db, failing))
-        assert "rejected or failed" in (pending[0].error or "")
+        # The root cause, not only "association failed".
+        port = orthanc_server.dicom_port
+        assert f"connection refused by 127.0.0.1:{port}" in (pending[0].error or "")
         orthanc_server.start()
         back = time.monotonic()
         wait_for(
