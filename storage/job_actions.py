@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 
 from storage.db import Database
 from storage.jobs import DeliveryStatus, JobPurged, JobStatus, NewJob, as_utc, insert_job
-from storage.models import Delivery, Job, Result, utcnow
+from storage.models import Completion, Delivery, Job, Result, utcnow
 
 __all__ = ["CancelOutcome", "cancel_job", "rerun_job"]
 
@@ -89,8 +89,11 @@ def rerun_job(
     """Queue a new job on the same series, rule and destinations as *job_id*,
     through *pipeline* (by default the same one); returns the new job's id.
 
-    The new job writes new result objects (new UIDs); the earlier job and
-    its results stay as they are.
+    The re-run is a new revision of the job's completion (the same instances,
+    marked forced): its results supersede the earlier ones, and its SR names
+    the earlier SR it replaces, as for a series that changed.  So that no
+    job of the earlier revision is superseded half-way, a re-run waits until
+    every job of the completion has finished.
 
     Raises
     ------
@@ -98,19 +101,41 @@ def rerun_job(
         No such job.
     JobPurged
         Retention deleted the series' files (a :class:`ValueError`).
+    ValueError
+        A job of the same completion is still queued or running.
     """
     now = now or utcnow()
+    active = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
     with db.engine.begin() as conn:
         row = conn.execute(select(Job.__table__).where(Job.id == job_id)).one_or_none()
         if row is None:
             raise LookupError(f"no job {job_id}")
         if row.purged_at is not None:
             raise JobPurged(job_id, as_utc(row.purged_at))
+        revision = conn.execute(
+            select(Completion.revision)
+            .where(Completion.id == row.completion_id)
+            .with_for_update()
+        ).scalar_one()
+        busy = conn.execute(
+            select(Job.id).where(Job.completion_id == row.completion_id, Job.status.in_(active))
+        ).scalars().first()
+        if busy is not None:
+            raise ValueError(
+                f"job {busy} of the same completion is still queued or running; "
+                "re-run when it has finished"
+            )
+        revision = int(revision) + 1
+        conn.execute(
+            update(Completion)
+            .where(Completion.id == row.completion_id)
+            .values(revision=revision, forced=True, completed_at=now)
+        )
         return insert_job(
             conn,
             NewJob(
                 completion_id=row.completion_id,
-                revision=row.revision,
+                revision=revision,
                 rule=row.rule,
                 pipeline=pipeline or row.pipeline,
                 level=row.level,
