@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_INDEX_URL ?=
 CPU_TORCH_INDEX_URL := https://download.pytorch.org/whl/cpu
 
-.PHONY: run test test-fast setup torch-info system-deps viewer-deps bench lint clean
+.PHONY: run test test-fast setup torch-info system-deps viewer-deps bench lint conformance clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ test-fast: setup
 bench: setup system-deps
 	$(PY) -m bench.receive
 	$(PY) -m bench.analyze
+
+# docs/conformance.md, the DICOM Conformance Statement, written from the code
+# (tests/node/test_conformance.py fails when it is stale).
+conformance: setup
+	$(PY) -m dicom_node.conformance
 
 lint: setup
 	$(VENV)/bin/ruff check dicom_node ai_models storage tests bench
