@@ -223,9 +223,9 @@ def _job_action(
     except ValueError as exc:
         record_action(request, ctx, who, action, ok=False, study_instance_uid=study,
                       job_id=job_id, refused=str(exc))
-        return _back(page, f"{action}:nothing", str(job_id))
+        return _back(page, f"{action}:{'busy' if action == 'rerun' else 'nothing'}", str(job_id))
     record_action(request, ctx, who, action, study_instance_uid=study, job_id=job_id,
-                  outcome=outcome, count=count)
+                  result=outcome, count=count)
     LOGGER.info("job %d: %s (%s) from the web by %s", job_id, action, outcome, who.name)
     return _back(page, f"{action}:{outcome}", str(job_id), count)
 
@@ -270,7 +270,7 @@ async def echo(
     _check_named(ctx, "destination", name)
     outcome = await run_in_threadpool(echo_destination, ctx, name)
     record_action(request, ctx, who, "echo", ok=outcome.startswith("success"), destination=name,
-                  outcome=outcome)
+                  result=outcome)
     return render("destinations.html", **_common(ctx, who),
                   **destination_rows(ctx, echo={name: outcome}))
 

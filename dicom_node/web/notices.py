@@ -22,6 +22,8 @@ DONE: dict[str, str] = {
     "cancel:deliveries": "job {target}: {n} pending deliverie(s) cancelled",
     "cancel:nothing": "job {target}: nothing to cancel",
     "rerun:queued": "job {target}: re-run queued as job {n}",
+    "rerun:busy": "job {target}: a job of the same series is still queued or running; "
+    "re-run it when that has finished",
     "rerun:purged": "job {target}: its files were purged; it cannot be re-run",
     "complete:done": "{target}: completed, {n} job(s) queued",
     "complete:unchanged": "{target}: already complete with the same instances; nothing queued",
