@@ -200,6 +200,7 @@ class Statement:
     scu_implementation_class_uid: str
     scu_implementation_version_name: str
     scu_maximum_pdu: int
+    scu_verification_syntaxes: tuple[str, ...]
     scu_max_contexts: int
     scu_status_handling: tuple[tuple[str, str], ...]
     result_kinds: tuple[ResultKindInfo, ...]
@@ -230,7 +231,7 @@ def uid_name(uid: str) -> str:
         return str(name)
     from pynetdicom import sop_class
 
-    for keyword, value in sop_class._STORAGE_CLASSES.items():
+    for keyword, value in getattr(sop_class, "_STORAGE_CLASSES", {}).items():
         if value == uid:
             return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", keyword)
     return uid
@@ -538,15 +539,20 @@ def status_class(code: int) -> str:
 # -- the sender (Storage SCU) --------------------------------------------------------------
 
 
-def _scu_identity() -> tuple[str, str, int]:
-    """(Implementation Class UID, Version Name, maximum PDU) of the sender's AE."""
+def _scu_identity() -> tuple[str, str, int, tuple[str, ...]]:
+    """(Implementation Class UID, Version Name, maximum PDU, transfer syntaxes of the
+    C-ECHO's context) of the sender's AE, built as :mod:`dicom_node.deliver.scu` builds it."""
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
     from dicom_node.deliver.scu import _make_ae
 
     ae = _make_ae("DICOM_NODE", 30.0)
+    ae.add_requested_context(Verification)
     return (
         str(ae.implementation_class_uid),
         str(ae.implementation_version_name or ""),
         int(ae.maximum_pdu_size or 0),
+        tuple(str(ts) for ts in ae.requested_contexts[0].transfer_syntax),
     )
 
 
@@ -945,7 +951,7 @@ def build_statement() -> Statement:
 
     node = NodeSettings()
     sop_classes, syntaxes, deflated = _scp_contexts()
-    scu_uid, scu_version, scu_pdu = _scu_identity()
+    scu_uid, scu_version, scu_pdu, scu_echo_syntaxes = _scu_identity()
     written, templates, sr_codes = _written_objects()
     return Statement(
         version=dicom_node.__version__,
@@ -973,6 +979,7 @@ def build_statement() -> Statement:
         scu_implementation_class_uid=scu_uid,
         scu_implementation_version_name=scu_version,
         scu_maximum_pdu=scu_pdu,
+        scu_verification_syntaxes=scu_echo_syntaxes,
         scu_max_contexts=MAX_CONTEXTS,
         scu_status_handling=_scu_status_handling(),
         result_kinds=tuple(
@@ -1567,9 +1574,8 @@ def _render_scu(s: Statement, out: list[str]) -> None:
     rows.append(("Any Storage SOP Class (`dicom-node send`)", "",
                  "the file's own, and Explicit VR Little Endian `1.2.840.10008.1.2.1`",
                  "SCU", "None"))  # fmt: skip
-    rows.append(("Verification", f"`{VERIFICATION}`",
-                 "Implicit VR Little Endian, Explicit VR Little Endian, "
-                 "Explicit VR Big Endian (pynetdicom's default)", "SCU", "None"))  # fmt: skip
+    echo_syntaxes = ", ".join(uid_name(ts) for ts in s.scu_verification_syntaxes)
+    rows.append(("Verification", f"`{VERIFICATION}`", echo_syntaxes, "SCU", "None"))
     add("Proposed Presentation Contexts (result objects are written in the transfer syntax shown)")
     add("")
     out.extend(_table(("Abstract Syntax", "UID", "Transfer Syntax", "Role", "Ext. Neg."), rows))
@@ -1717,8 +1723,10 @@ def _render_annexes(s: Statement, out: list[str]) -> None:
     add(
         "Received instances are stored unchanged. Of each header the node records "
         + ", ".join(s.header_keywords)
-        + "; routing rules may test any other non-sequence attribute of a series' first "
-        "instance. A pipeline reads its series' images (pixel data and geometry)."
+        + "; routing rules may test the other standard attributes of a series' first "
+        "instance (not binary, sequence or person-name values, nor patient attributes other "
+        "than age, sex, size and weight). A pipeline reads its series' images (pixel data "
+        "and geometry)."
     )
     add("")
     add("#### 8.1.3 Attribute Mapping")
