@@ -1,8 +1,16 @@
 """The ``dicom-node`` command: one click group, thin sub-commands.
 
 ``serve`` runs the node; the others cover the admin's day: ``check-config``,
-``echo``, ``send``, ``studies``, ``rules test``, ``complete``, ``jobs``,
-``analyze``, ``pipelines``, ``db upgrade``.
+``echo``, ``send``, ``studies``, ``rules list|test``, ``destinations list|echo``,
+``complete``, ``jobs``, ``analyze``, ``pipelines``, ``db upgrade``.
+
+The command starts in a fraction of a second (container health checks run
+``dicom-node echo`` every 30 s): this module imports click and rich only,
+and the sub-commands of other modules are listed in :data:`LAZY_COMMANDS`
+(name, ``"module:attribute"``, short help), imported when they run.  A new
+sub-command goes into a ``cli_*`` module and one line of that table; a
+command's heavy imports (pydicom, pynetdicom, SQLAlchemy, ``storage``,
+``ai_models``) go inside the function that needs them.
 """
 
 from __future__ import annotations
@@ -10,27 +18,64 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from dicom_node import __version__
-from dicom_node.cli_analyze import analyze, pipelines
-from dicom_node.cli_audit import audit_command
-from dicom_node.cli_jobs import complete, jobs
-from dicom_node.cli_retention import retention
-from dicom_node.cli_users import users
-from dicom_node.cli_worker import worker
-from dicom_node.config import DEFAULT_CONFIG_PATH, Settings, load_settings
+from dicom_node.cli_lazy import LazyCommand, LazyGroup
 from dicom_node.errors import ConfigError, DeliveryError
-from dicom_node.logs import configure_logging
+
+if TYPE_CHECKING:
+    from dicom_node.config import Settings
 
 LOGGER = logging.getLogger(__name__)
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
+
+#: The sub-commands of the ``cli_*`` modules, imported when they run; the help
+#: text is what ``dicom-node --help`` lists (the first sentence of the docstring).
+LAZY_COMMANDS: dict[str, LazyCommand] = {
+    "analyze": LazyCommand(
+        "dicom_node.cli_analyze:analyze",
+        "Run a pipeline on the series under PATH... and write SEG/SR/SC files.",
+    ),
+    "audit": LazyCommand(
+        "dicom_node.cli_audit:audit_command",
+        "List the audit trail, newest first: associations, stores, jobs, sends, logins, "
+        "actions.",
+    ),
+    "complete": LazyCommand(
+        "dicom_node.cli_jobs:complete",
+        "Force completion of a series or study now (its rules run without the quiet period).",
+    ),
+    "destinations": LazyCommand(
+        "dicom_node.cli_destinations:destinations",
+        "The configured destinations: list them, C-ECHO them.",
+    ),
+    "jobs": LazyCommand(
+        "dicom_node.cli_jobs:jobs", "Jobs and their deliveries: list, show, retry."
+    ),
+    "pipelines": LazyCommand(
+        "dicom_node.cli_analyze:pipelines",
+        "List the available pipelines: name, modalities, description.",
+    ),
+    "retention": LazyCommand(
+        "dicom_node.cli_retention:retention",
+        "Delete received instances and results the node has finished with ([retention]).",
+    ),
+    "rules": LazyCommand("dicom_node.cli_rules:rules", "Routing rules: list, test."),
+    "users": LazyCommand(
+        "dicom_node.cli_users:users",
+        "Local users of the web console and API (viewer or operator).",
+    ),
+    "worker": LazyCommand(
+        "dicom_node.cli_worker:worker",
+        'Run jobs published by ``serve`` with ``[worker] executor = "celery"``.',
+    ),
+}
 
 
 class _State:
@@ -48,6 +93,9 @@ class _State:
 
     def settings(self) -> Settings:
         if self._settings is None:
+            from dicom_node.config import load_settings
+            from dicom_node.logs import configure_logging
+
             try:
                 self._settings = load_settings(self.config_path)
             except ConfigError as exc:
@@ -72,7 +120,11 @@ class _State:
 pass_state = click.make_pass_decorator(_State)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup,
+    lazy_commands=LAZY_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option(
     "--config",
     "-c",
@@ -128,6 +180,8 @@ def _log_configuration(settings: Settings) -> None:
     it receives and stores, and analyses nothing.  Both are logged at WARNING
     (on stderr, with the other log lines).
     """
+    from dicom_node.config import DEFAULT_CONFIG_PATH
+
     if settings.source_path is not None:
         LOGGER.info("configuration: %s", settings.source_path)
     else:
@@ -229,7 +283,6 @@ def echo(state: _State, destination: str, timeout: float) -> None:
     A ``dicom`` destination is sent a C-ECHO; another type checks what it
     needs (a ``folder`` destination: that a file can be written there).
     """
-    from dicom_node.deliver.destinations.registry import open_destination
     from dicom_node.deliver.scu import echo as do_echo
     from dicom_node.deliver.scu import parse_peer
 
@@ -237,6 +290,8 @@ def echo(state: _State, destination: str, timeout: float) -> None:
     configured = {d.name: d for d in settings.destinations}
     try:
         if destination in configured and configured[destination].type != "dicom":
+            from dicom_node.deliver.destinations.registry import open_destination
+
             dest = configured[destination]
             seconds = open_destination(dest, calling_ae=settings.node.ae_title).echo()
             console.print(
@@ -258,6 +313,14 @@ def echo(state: _State, destination: str, timeout: float) -> None:
 @pass_state
 def send(state: _State, paths: tuple[Path, ...], destination: str) -> None:
     """C-STORE DICOM files or folders to a destination, with a progress bar."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     from dicom_node.deliver.scu import collect_dicom_files, parse_peer, send_files
 
     settings = state.settings()
@@ -305,6 +368,8 @@ def send(state: _State, paths: tuple[Path, ...], destination: str) -> None:
 @pass_state
 def studies(state: _State, limit: int) -> None:
     """Table of received studies and their series with instance counts."""
+    from rich.table import Table
+
     from dicom_node.receive.store import open_store
     from storage.queries import study_summaries
 
@@ -345,77 +410,6 @@ def studies(state: _State, limit: int) -> None:
     console.print(table)
 
 
-@main.group()
-def rules() -> None:
-    """Routing rules."""
-
-
-@rules.command("test")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--calling-ae", default="", help="Calling AE title to assume.")
-@click.option("--called-ae", default=None, help="Called AE title to assume (default: ours).")
-@click.option("--peer-address", default="", help="Sender address to assume.")
-@pass_state
-def rules_test(
-    state: _State,
-    paths: tuple[Path, ...],
-    calling_ae: str,
-    called_ae: str | None,
-    peer_address: str,
-) -> None:
-    """Run the rules on files or folders, send nothing, and explain each decision."""
-    from pydicom import dcmread
-
-    from dicom_node.collect.routing import evaluate_rules
-    from dicom_node.deliver.scu import collect_dicom_files
-    from dicom_node.receive.header import routing_attributes
-
-    settings = state.settings()
-    if not settings.rules:
-        err_console.print("[yellow]no [[rules]] configured[/]", markup=True)
-    series: dict[str, tuple[Path, int]] = {}
-    for path in collect_dicom_files(paths):
-        try:
-            ds = dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-        except Exception as exc:  # noqa: BLE001 - report and go on
-            err_console.print(f"skipped {path}: {exc}", markup=False)
-            continue
-        uid = str(ds.get("SeriesInstanceUID", "") or f"(no SeriesInstanceUID) {path}")
-        first, count = series.get(uid, (path, 0))
-        series[uid] = (first, count + 1)
-    if not series:
-        err_console.print("no DICOM files found", markup=False)
-        sys.exit(1)
-    for uid, (first, count) in series.items():
-        attrs = routing_attributes(dcmread(first, stop_before_pixels=True))
-        attrs.update(
-            calling_ae=calling_ae,
-            called_ae=called_ae or settings.node.ae_title,
-            peer_address=peer_address,
-        )
-        results = evaluate_rules(settings.rules, attrs)
-        chosen = [r.rule for r in results if r.matched]
-        title = (
-            f"series {uid} ({attrs.get('Modality', '?')}, "
-            f"{attrs.get('SeriesDescription', '')!s}, {count} file(s)): "
-            f"{', '.join(chosen) if chosen else 'no rule matches'}"
-        )
-        table = Table(title=title, title_justify="left", show_lines=False)
-        table.add_column("rule")
-        table.add_column("result")
-        table.add_column("why")
-        for r in results:
-            if r.matched:
-                result = "[green]match[/]"
-            elif r.fallback and not r.failures():
-                result = "[yellow]fallback, not needed[/]"
-            else:
-                result = "[red]no match[/]"
-            why = "; ".join(e.reason for e in r.failures()) or "all conditions hold"
-            table.add_row(r.rule, result, why)
-        console.print(table)
-
-
 def _short_uid(uid: str) -> str:
     return uid if len(uid) <= 16 else "…" + uid[-15:]
 
@@ -436,16 +430,6 @@ def db_upgrade(state: _State) -> None:
     before = database.current_revision()
     database.upgrade()
     console.print(f"database at revision {database.current_revision()} (was {before or 'empty'})")
-
-
-main.add_command(analyze)
-main.add_command(pipelines)
-main.add_command(complete)
-main.add_command(jobs)
-main.add_command(worker)
-main.add_command(audit_command)
-main.add_command(users)
-main.add_command(retention)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,14 +11,16 @@ import getpass
 import json
 import re
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from dicom_node import audit
-from storage.audit import AuditEntry, AuditFilter, AuditStore
-from storage.db import Database
+from dicom_node.cli_lazy import LazyChoice
+
+if TYPE_CHECKING:
+    from storage.audit import AuditEntry
 
 __all__ = ["audit_command", "parse_when"]
 
@@ -75,13 +77,19 @@ def _summary(entry: AuditEntry) -> str:
     return "; ".join(parts)
 
 
+def _events() -> list[str]:
+    from dicom_node import audit
+
+    return [e.value for e in audit.AuditEvent]
+
+
 @click.command("audit")
 @click.option("--since", callback=_when_option, default="24h", show_default=True,
               help="From when: a duration ago (30m, 24h, 7d) or an ISO 8601 date/time.")
 @click.option("--until", callback=_when_option, default=None,
               help="Until when (same forms; default now).")
 @click.option("--event", "events", multiple=True,
-              type=click.Choice([e.value for e in audit.AuditEvent]),
+              type=LazyChoice(_events),
               help="Only these events (repeatable).")
 @click.option("--actor", default=None, help="Only this actor (user, calling AE, destination).")
 @click.option("--study", default=None, help="Only this Study Instance UID.")
@@ -101,6 +109,10 @@ def audit_command(
     as_json: bool,
 ) -> None:
     """List the audit trail, newest first: associations, stores, jobs, sends, logins, actions."""
+    from dicom_node import audit
+    from storage.audit import AuditFilter, AuditStore
+    from storage.db import Database
+
     settings = ctx.obj.settings()
     db = Database(settings.storage.database_url)
     db.upgrade()

@@ -14,25 +14,18 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from dicom_node import audit
-from dicom_node.config import Settings
-from dicom_node.deliver.destinations.folder import FolderDestinationSettings, folder_file
-from storage.db import Database
-from storage.jobs import DeliveryStatus, JobPurged, JobQueue, JobStatus
-from storage.queries import (
-    DeliveryRecord,
-    ResultRecord,
-    job_results,
-    job_summaries,
-    job_summary,
-)
-from storage.retention import job_purged_at, purged_jobs
+from dicom_node.cli_lazy import LazyChoice
+
+if TYPE_CHECKING:
+    from dicom_node.config import Settings
+    from storage.db import Database
+    from storage.queries import DeliveryRecord, ResultRecord
 
 __all__ = ["complete", "jobs"]
 
@@ -41,6 +34,8 @@ err_console = Console(stderr=True)
 
 
 def _database(ctx: click.Context) -> tuple[Any, Database]:
+    from storage.db import Database
+
     settings = ctx.obj.settings()
     database = Database(settings.storage.database_url)
     database.upgrade()
@@ -56,6 +51,8 @@ def _admin_action(settings: Settings, database: Database, **detail: Any) -> None
 
     A one-shot command installs its own auditor and closes it (flushing the event).
     """
+    from dicom_node import audit
+
     auditor = audit.auditor_from_settings(settings.audit, database)
     try:
         auditor.record(
@@ -111,17 +108,22 @@ def jobs() -> None:
     """Jobs and their deliveries: list, show, retry."""
 
 
+def _job_states() -> list[str]:
+    from storage.jobs import JobStatus
+
+    return [s.value for s in JobStatus]
+
+
 @jobs.command("list")
-@click.option(
-    "--status",
-    type=click.Choice([s.value for s in JobStatus]),
-    help="Only jobs in this state.",
-)
+@click.option("--status", type=LazyChoice(_job_states), help="Only jobs in this state.")
 @click.option("--limit", default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 @click.pass_context
 def jobs_list(ctx: click.Context, status: str | None, limit: int, as_json: bool) -> None:
     """Newest jobs first, with their deliveries (sent / pending / failed)."""
+    from storage.queries import job_summaries
+    from storage.retention import purged_jobs
+
     _settings, database = _database(ctx)
     try:
         rows = job_summaries(database, status=status, limit=limit)
@@ -179,6 +181,10 @@ def jobs_list(ctx: click.Context, status: str | None, limit: int, as_json: bool)
 @click.pass_context
 def jobs_show(ctx: click.Context, job_id: int, as_json: bool) -> None:
     """One job: its state, timings, result files and where each was delivered."""
+    from storage.jobs import DeliveryStatus
+    from storage.queries import job_results, job_summary
+    from storage.retention import job_purged_at
+
     settings, database = _database(ctx)
     try:
         job = job_summary(database, job_id)
@@ -263,6 +269,9 @@ def _delivered_to(
 
     The folder layout is the sender's (:func:`dicom_node.deliver.destinations.folder.folder_file`).
     """
+    from dicom_node.deliver.destinations.folder import FolderDestinationSettings, folder_file
+    from storage.jobs import DeliveryStatus
+
     dest = next((d for d in settings.destinations if d.name == delivery.destination), None)
     written_to = None
     if isinstance(dest, FolderDestinationSettings) and delivery.status == DeliveryStatus.SENT.value:
@@ -282,6 +291,8 @@ def _delivered_to(
 @click.pass_context
 def jobs_retry(ctx: click.Context, job_ids: tuple[int, ...]) -> None:
     """Run failed or skipped jobs again, or re-send a finished job's failed deliveries."""
+    from storage.jobs import DeliveryStatus, JobPurged, JobQueue
+
     settings, database = _database(ctx)
     failed = False
     retried: list[int] = []

@@ -10,14 +10,14 @@ from __future__ import annotations
 import getpass
 import sys
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from dicom_node import audit
-from dicom_node.retention import Retention, RetentionReport
-from storage.db import Database
+if TYPE_CHECKING:
+    from dicom_node.retention import RetentionReport
 
 __all__ = ["retention"]
 
@@ -48,6 +48,10 @@ def retention() -> None:
 @click.pass_context
 def retention_run(ctx: click.Context, dry_run: bool) -> None:
     """One retention pass now: by age (keep_days), then by disk watermark."""
+    from dicom_node import audit
+    from dicom_node.retention import Retention
+    from storage.db import Database
+
     settings = ctx.obj.settings()
     if not settings.retention.enabled:
         err_console.print(

@@ -21,15 +21,16 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from dicom_node import audit
-from storage.db import Database
-from storage.users import ROLES, UserError, UserStore
+from dicom_node.cli_lazy import LazyChoice
+
+if TYPE_CHECKING:
+    from storage.users import UserStore
 
 __all__ = ["users"]
 
@@ -40,6 +41,10 @@ err_console = Console(stderr=True)
 @contextmanager
 def _store(ctx: click.Context) -> Iterator[UserStore]:
     """The users of the configured database, with an auditor installed for the command."""
+    from dicom_node import audit
+    from storage.db import Database
+    from storage.users import UserError, UserStore
+
     settings = ctx.obj.settings()
     db = Database(settings.storage.database_url)
     db.upgrade()
@@ -67,6 +72,8 @@ def _os_user() -> str:
 
 def _changed(username: str, change: str, **detail: Any) -> None:
     """Audit one change of *username* made by the operating-system user."""
+    from dicom_node import audit
+
     audit.auditor().record(
         audit.AuditEvent.USER_CHANGED,
         actor=_os_user(),
@@ -92,9 +99,15 @@ _password_stdin = click.option(
     is_flag=True,
     help="Read the password from the first line of standard input (for scripts).",
 )
+def _roles() -> tuple[str, ...]:
+    from storage.users import ROLES
+
+    return tuple(ROLES)
+
+
 _role = click.option(
     "--role",
-    type=click.Choice(ROLES),
+    type=LazyChoice(_roles),
     required=True,
     help="viewer: reads; operator: also retries jobs and forces completions.",
 )
@@ -112,6 +125,8 @@ def users() -> None:
 @click.pass_context
 def add(ctx: click.Context, name: str, role: str, password_stdin: bool) -> None:
     """Create user NAME with a password (prompted, or from standard input)."""
+    from storage.users import UserError
+
     with _store(ctx) as store:
         if store.get(name) is not None:  # before the prompt: no password typed for nothing
             raise UserError(f"user {name!r} exists")
@@ -136,6 +151,9 @@ def remove(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def list_users(ctx: click.Context) -> None:
     """The users: name, role, disabled, created, last login (UTC)."""
+    from storage.db import Database
+    from storage.users import UserStore
+
     settings = ctx.obj.settings()
     db = Database(settings.storage.database_url)
     db.upgrade()
@@ -163,6 +181,8 @@ def list_users(ctx: click.Context) -> None:
 @click.pass_context
 def set_password(ctx: click.Context, name: str, password_stdin: bool) -> None:
     """Give user NAME a new password (its sessions end)."""
+    from storage.users import UserError
+
     with _store(ctx) as store:
         if store.get(name) is None:
             raise UserError(f"no user {name!r}")

@@ -28,8 +28,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom.datadict import keyword_dict
-
 __all__ = [
     "CONNECTION_KEYS",
     "Condition",
@@ -202,6 +200,8 @@ def _number_arg(path: str, value: Any) -> float:
 
 
 def _attribute(path: str, key: str, spec: Any) -> Condition:
+    from pydicom.datadict import keyword_dict
+
     if key not in CONNECTION_KEYS and key not in keyword_dict:
         raise RuleError(
             f"{path}: {key!r} is not a DICOM keyword (nor {', '.join(CONNECTION_KEYS)})"

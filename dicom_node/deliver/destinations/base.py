@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from storage.jobs import DeliveryOutcome
-
 if TYPE_CHECKING:
     from dicom_node.config import DestinationSettings
+    from storage.jobs import DeliveryOutcome
 
 __all__ = ["Destination", "DestinationType", "DeliveryOutcome", "Outgoing"]
 
@@ -82,3 +81,13 @@ class DestinationType(Protocol):
     def __call__(self, settings: Any, *, calling_ae: str) -> Destination:
         """Build the destination from its settings and the node's AE title."""
         ...
+
+
+def __getattr__(name: str) -> Any:
+    """``DeliveryOutcome``, re-exported from :mod:`storage.jobs` when first asked for
+    (importing this module does not import SQLAlchemy)."""
+    if name == "DeliveryOutcome":
+        from storage.jobs import DeliveryOutcome
+
+        return DeliveryOutcome
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from pydantic import Field
 
 from dicom_node.config import AETitle, DestinationSettings, Port
 from dicom_node.deliver.destinations.base import Outgoing
-from dicom_node.deliver.scu import echo, peer_of, send_files
 from dicom_node.errors import AssociationRejectedError, DeliveryError
 from dicom_node.protocol import status as st
-from storage.jobs import DeliveryOutcome
+
+if TYPE_CHECKING:
+    from storage.jobs import DeliveryOutcome
 
 __all__ = ["DicomDestination", "DicomDestinationSettings", "is_permanent_failure"]
 
@@ -78,6 +79,9 @@ class DicomDestination:
         """
         if not objects:
             return []
+        from dicom_node.deliver.scu import peer_of, send_files
+        from storage.jobs import DeliveryOutcome
+
         dest = self.settings
         files = [o.path for o in objects]
         known = {o.path: (o.sop_class_uid, o.sop_instance_uid) for o in objects if o.sop_class_uid}
@@ -107,4 +111,6 @@ class DicomDestination:
 
     def echo(self) -> float:
         """C-ECHO the peer (PS3.4 A.4); the round trip in seconds."""
+        from dicom_node.deliver.scu import echo, peer_of
+
         return echo(peer_of(self.settings), self.calling_ae, self.settings.timeout_s)

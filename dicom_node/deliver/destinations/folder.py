@@ -13,17 +13,17 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar, Literal
-
-from pydicom import dcmread
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from dicom_node.config import DestinationSettings
 from dicom_node.deliver.destinations.base import Outgoing
 from dicom_node.errors import DeliveryError
 from dicom_node.protocol import status as st
 from storage.durability import fsync_path
-from storage.jobs import DeliveryOutcome
 from storage.spool import safe_component
+
+if TYPE_CHECKING:
+    from storage.jobs import DeliveryOutcome
 
 __all__ = ["FolderDestination", "FolderDestinationSettings", "folder_file"]
 
@@ -60,6 +60,10 @@ class FolderDestination:
 
     def send(self, objects: Sequence[Outgoing]) -> list[DeliveryOutcome]:
         """Write each object; the outcome of a written file is status 0x0000."""
+        from pydicom import dcmread
+
+        from storage.jobs import DeliveryOutcome
+
         dest = self.settings
         out = []
         for obj in objects:
