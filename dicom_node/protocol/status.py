@@ -11,7 +11,8 @@ SUCCESS = 0x0000
 """Success."""
 
 OUT_OF_RESOURCES = 0xA700
-"""Refused: Out of Resources (PS3.4 B.2.3) -- disk below the free-space watermark."""
+"""Refused: Out of Resources (PS3.4 B.2.3) -- disk below the free-space watermark, or
+the spool, the file system or the database failed for a moment: the sender retries."""
 
 DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 """Error: Data Set does not match SOP Class (PS3.4 B.2.3)."""
@@ -29,7 +30,8 @@ DUPLICATE_DIFFERS = 0xC003
 """Cannot understand: instance already stored with different content (policy 'reject')."""
 
 STORAGE_FAILURE = 0xC004
-"""Cannot understand: the spool or database could not make the instance durable."""
+"""Cannot understand: the instance's spool path is taken by another file (a retry would
+meet the same file); passing failures are :data:`OUT_OF_RESOURCES`."""
 
 INVALID_UID = 0xC005
 """Cannot understand: a Study, Series, SOP Instance or SOP Class UID (in the data set

@@ -98,16 +98,19 @@ class StoreAnswer:
 
 STATUS_FOR_EXCEPTION: tuple[tuple[type[BaseException], int, str], ...] = (
     (SpoolConflict, st.STORAGE_FAILURE, "spool path taken by another file"),
-    (DatabaseError, st.STORAGE_FAILURE, "database error while storing; retry later"),
-    (OSError, st.STORAGE_FAILURE, "file system error while storing; retry later"),
+    (DatabaseError, st.OUT_OF_RESOURCES, "database error while storing; retry later"),
+    (OSError, st.OUT_OF_RESOURCES, "file system error while storing; retry later"),
 )
 """Exceptions other than :class:`~dicom_node.errors.StoreRejected`, in order:
-the first whose type matches gives the status and the Error Comment."""
+the first whose type matches gives the status and the Error Comment.  A
+failure that may pass (the database or a disk, for a moment) is Refused: Out
+of Resources (0xA7xx), which senders retry; 0xCxxx (Cannot understand) makes
+most of them give up on the instance for good (PS3.4 B.2.3)."""
 
 EXPECTED_STORE_FAILURES: tuple[type[BaseException], ...] = (SpoolConflict,)
 """Failures logged in one line (no traceback): their message says it all."""
 
-INTERNAL_ERROR = (st.STORAGE_FAILURE, "internal error while storing; retry later")
+INTERNAL_ERROR = (st.OUT_OF_RESOURCES, "internal error while storing; retry later")
 """The answer to any other exception (the sender may retry)."""
 
 

@@ -141,7 +141,7 @@ def test_a_database_failure_is_a_retryable_storage_failure(
     with store.db.engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE instance")
     answer = handle_store(request, store)
-    assert answer.status == st.STORAGE_FAILURE and not answer.stored
+    assert answer.status == st.OUT_OF_RESOURCES and not answer.stored  # senders retry 0xA7xx
     assert answer.comment == "database error while storing; retry later"
     assert temp_files(store) == []
 
@@ -163,7 +163,7 @@ def test_command_uids_are_checked_before_the_data_set() -> None:
         (SpoolConflict("taken"), (st.STORAGE_FAILURE, "spool path taken by another file")),
         (
             OSError(28, "No space left"),
-            (st.STORAGE_FAILURE, "file system error while storing; retry later"),
+            (st.OUT_OF_RESOURCES, "file system error while storing; retry later"),
         ),
         (KeyError("x"), INTERNAL_ERROR),
     ],
