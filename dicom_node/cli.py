@@ -208,7 +208,9 @@ def check_config(state: _State) -> None:
     """Validate config.toml and print a summary (exit 2 on errors)."""
     settings = state.settings()
     source = settings.source_path or "built-in defaults"
-    problems = _unknown_pipelines(settings) + _model_folder_problems(settings)
+    from dicom_node.config_check import config_problems, redact_url
+
+    problems = config_problems(settings)
     if problems:
         err_console.print(f"invalid configuration in {source}:", markup=False)
         for line in problems:
@@ -218,59 +220,13 @@ def check_config(state: _State) -> None:
     n = settings.node
     console.print(f"  node      {n.ae_title} on {n.host}:{n.port}")
     console.print(
-        f"  storage   {settings.storage.spool_dir}  {_redact(settings.storage.database_url)}"
+        f"  storage   {settings.storage.spool_dir}  {redact_url(settings.storage.database_url)}"
     )
     peers = str(len(settings.peers)) if settings.peers else "any (no [[peers]] configured)"
     console.print(f"  peers     {peers}", markup=False)
     console.print(f"  destinations {', '.join(d.name for d in settings.destinations) or 'none'}")
     console.print(f"  rules     {', '.join(r.name for r in settings.rules) or 'none'}")
     console.print(f"  models    {', '.join(m.name for m in settings.models) or 'none'}")
-
-
-def _model_folder_problems(settings: Settings) -> list[str]:
-    """``[[models]]`` folders (nnU-Net, MONAI bundle) that are missing, incomplete
-    or name labels with no known code: found now, not at the first series."""
-    folder_kinds = ("nnunetv2", "monai-bundle")
-    if not any(m.kind in folder_kinds for m in settings.models):
-        return []
-    from ai_models.errors import AIModelsError
-    from ai_models.label_codes import label_specs
-
-    problems = []
-    for i, (model, spec) in enumerate(zip(settings.models, settings.pipeline_specs(), strict=True)):
-        if model.kind not in folder_kinds:
-            continue
-        try:
-            spec.validate()
-            label_specs(spec.label_names(), spec.labels, model=model.name)
-        except (AIModelsError, ValueError, OSError) as exc:
-            problems.append(f"models.{i} ({model.name}): {exc}")
-    return problems
-
-
-def _unknown_pipelines(settings: Settings) -> list[str]:
-    """Rules naming pipelines that are neither built in nor in ``[[models]]``."""
-    if not any(rule.pipelines for rule in settings.rules):
-        return []
-    from ai_models.pipelines import list_pipelines
-
-    known = {info.name for info in list_pipelines(settings.pipeline_specs())}
-    return [
-        f"rules.{i}.pipelines: rule {rule.name!r}: unknown pipeline {name!r} "
-        f"(known: {', '.join(sorted(known))})"
-        for i, rule in enumerate(settings.rules)
-        for name in rule.pipelines
-        if name not in known
-    ]
-
-
-def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
 
 
 @main.command()

@@ -56,10 +56,10 @@ def unknown_pipelines(settings: Settings) -> list[str]:
 
 
 def redact_url(url: str) -> str:
-    """A database or broker URL with its password replaced by ``***``."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
+    """A database or broker URL with its password (if any) replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        cred, _, host = rest.rpartition("@")
+        user = cred.split(":", 1)[0]
+        return f"{scheme}{sep}{user}:***@{host}" if ":" in cred else f"{scheme}{sep}{rest}"
     return url

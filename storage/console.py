@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import and_, exists, func, or_, select
 
 from storage.db import Database
+from storage.destination_stats import delivery_counts
 from storage.jobs import DeliveryStatus, JobStatus, as_utc
 from storage.models import Completion, Delivery, Instance, Job, Result, Series, Study
 
@@ -464,12 +465,8 @@ class DestinationState:
 
 def destination_states(db: Database, names: Sequence[str]) -> dict[str, DestinationState]:
     """Every destination of *names* (and any other one deliveries name), by name."""
+    counts = delivery_counts(db)
     with db.engine.connect() as conn:
-        counts = conn.execute(
-            select(Delivery.destination, Delivery.status, func.count()).group_by(
-                Delivery.destination, Delivery.status
-            )
-        ).all()
         times = conn.execute(
             select(
                 Delivery.destination,
@@ -495,8 +492,8 @@ def destination_states(db: Database, names: Sequence[str]) -> dict[str, Destinat
             )
         ).all()
     by_name: dict[str, dict[str, Any]] = {n: {"by_status": {}} for n in names}
-    for dest, status, n in counts:
-        by_name.setdefault(dest, {"by_status": {}})["by_status"][str(status)] = int(n)
+    for dest, by_status in counts.items():
+        by_name.setdefault(dest, {"by_status": {}})["by_status"].update(by_status)
     for dest, oldest, last in times:
         by_name.setdefault(dest, {"by_status": {}}).update(oldest=oldest, last=last)
     for dest, error, at in errors:

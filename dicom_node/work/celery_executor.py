@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 
 from dicom_node.config import Settings
+from dicom_node.config_check import redact_url
 from dicom_node.work.celery_app import DELIVER, RUN_JOB, make_app
 from storage.db import Database
 from storage.dispatch import DueJob, due_destinations, due_jobs
@@ -73,7 +74,7 @@ class CeleryExecutor:
         self._thread.start()
         LOGGER.info(
             "jobs go to Celery workers (broker %s, default queue %s)",
-            _redacted(self.settings.celery.broker_url.get_secret_value()),
+            redact_url(self.settings.celery.broker_url.get_secret_value()),
             self.settings.celery.default_queue,
         )
 
@@ -160,13 +161,3 @@ class CeleryExecutor:
                 self._stop.wait(min(5.0, poll * 10))
             self._wake.wait(poll)
             self._wake.clear()
-
-
-def _redacted(url: str) -> str:
-    """*url* without its password."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        cred, _, host = rest.rpartition("@")
-        user = cred.split(":", 1)[0]
-        return f"{scheme}{sep}{user}:***@{host}" if ":" in cred else f"{scheme}{sep}{rest}"
-    return url

@@ -59,16 +59,6 @@ class HeavyImports(AssertionError):
     """A command imported a library it does not need."""
 
 
-# Only HeavyImports is the expected failure (a command that fails, fails the test);
-# strict: once the packages import lazily, the mark must go.
-EAGER_PACKAGES = pytest.mark.xfail(
-    strict=True,
-    raises=HeavyImports,
-    reason="dicom_node/deliver/__init__.py and dicom_node/collect/__init__.py import the "
-    "sender and the collector (storage, SQLAlchemy, Alembic, the result writers) eagerly",
-)
-
-
 def cli_env(**overrides: str) -> dict[str, str]:
     """None of our variables inherited, wide lines, no colour."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE_")}
@@ -271,7 +261,6 @@ def test_a_choice_loads_its_values_when_parsing(tmp_path: Path) -> None:
     assert "'nope' is not one of" in result.stderr and "'failed'" in result.stderr
 
 
-@EAGER_PACKAGES
 def test_rules_list_reads_the_rules_and_nothing_heavy(tmp_path: Path) -> None:
     config = write_config(tmp_path, free_port(), free_port())
     result, code, modules = probe(tmp_path, "-c", config, "rules", "list")
@@ -288,7 +277,6 @@ def test_rules_list_reads_the_rules_and_nothing_heavy(tmp_path: Path) -> None:
 
 
 @pytest.mark.network
-@EAGER_PACKAGES
 def test_echo_imports_pynetdicom_and_nothing_heavier(tmp_path: Path, storescp: int) -> None:
     config = tmp_path / "plain.toml"
     config.write_text('[node]\nae_title = "CLI_START"\n')
