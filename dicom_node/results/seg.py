@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "SEGMENTATION_SOP_CLASS_UID",
+    "SEGMENT_PALETTE",
     "SegWriter",
     "default_color",
     "segment_number_map",
@@ -69,7 +70,7 @@ SEGMENTATION_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
 _SUPPORTED_TRANSFER_SYNTAXES = {ExplicitVRLittleEndian, JPEG2000Lossless}
 
 #: Colours for segments that bring none (distinct, readable on grey).
-_PALETTE: tuple[tuple[int, int, int], ...] = (
+SEGMENT_PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75),
     (60, 180, 75),
     (255, 225, 25),
@@ -85,7 +86,7 @@ _PALETTE: tuple[tuple[int, int, int], ...] = (
 
 def default_color(index: int) -> tuple[int, int, int]:
     """A distinct RGB colour for the ``index``-th segment (0-based)."""
-    return _PALETTE[index % len(_PALETTE)]
+    return SEGMENT_PALETTE[index % len(SEGMENT_PALETTE)]
 
 
 def segment_color(segment: Segment, index: int) -> tuple[int, int, int]:

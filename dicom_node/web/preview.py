@@ -65,6 +65,8 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, i
 from pydicom.pixels import pixel_array as decode_pixels
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from dicom_node.results.seg import SEGMENT_PALETTE
+
 if TYPE_CHECKING:
     from PIL import Image as PILImage
 
@@ -100,18 +102,7 @@ SR_COLOUR: RGB = (0, 200, 255)
 """Colour of SR regions (SCOORD / SCOORD3D)."""
 GSPS_COLOUR: RGB = (255, 160, 0)
 """Colour of presentation-state graphics whose layer recommends none."""
-PALETTE: tuple[RGB, ...] = (
-    (230, 25, 75),
-    (60, 180, 75),
-    (255, 225, 25),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-    (250, 190, 212),
-)
+PALETTE: tuple[RGB, ...] = SEGMENT_PALETTE
 """Segment colours when a SEG recommends none (the SEG writer's palette)."""
 
 _BACKGROUND: RGB = (0, 0, 0)

@@ -26,38 +26,24 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pydicom
 import pytest
-from sqlalchemy import select
 
 from storage.audit import AuditFilter, AuditStore
 from storage.db import Database
-from storage.models import Delivery
 from tests.support.ohif import chromium_page
 from tests.support.peers import NodeProcess, free_port, storescu, wait_for_port
 from tests.support.radiographs import write_cxr
+from tests.viewer.test_console_login import USERS, add_user, deliveries, wait_for
 
 pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
 MR_FILE = "dcmqi/qin-prostate-01-0001_adc/000010.dcm"
-OPERATOR = ("olga", "operator-password-1")
-
-
-def add_operator(node: NodeProcess) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "dicom_node.cli", "-c", str(node.config_path),
-         "users", "add", OPERATOR[0], "--role", "operator", "--password-stdin"],
-        cwd=ROOT, input=OPERATOR[1] + "\n", capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+OPERATOR = ("olga", USERS["olga"][1])
 
 
 def mr_in_study(dicom_data: Path, cxr: Path, folder: Path) -> tuple[Path, str]:
@@ -71,21 +57,6 @@ def mr_in_study(dicom_data: Path, cxr: Path, folder: Path) -> tuple[Path, str]:
     path = folder / "mr.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path, str(ds.SeriesInstanceUID)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 300.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
-def deliveries(db: Database) -> list[str]:
-    with db.engine.connect() as conn:
-        return [row.status for row in conn.execute(select(Delivery.status))]
 
 
 def test_console_find_explain_preview_retry_dry_run(
@@ -113,7 +84,7 @@ def test_console_find_explain_preview_retry_dry_run(
     )
     node.workdir.mkdir(parents=True)
     node.write_config()
-    add_operator(node)
+    add_user(node, OPERATOR[0], "operator", OPERATOR[1])
     node.start()
     db = Database(node.db_url)
     base = f"http://127.0.0.1:{web_port}"
