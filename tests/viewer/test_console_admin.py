@@ -32,6 +32,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from dicom_node.results.common import DEVICE_UID_PREFIX
 from storage.audit import AuditFilter, AuditStore
 from storage.db import Database
 from tests.support.ohif import chromium_page
@@ -172,6 +173,18 @@ def test_console_find_explain_preview_retry_dry_run(
             assert "no rule matches" in page.inner_text("#dry-run-title")
             assert "wanted CR" in page.inner_text("#dry-run")
             artifacts("console-dry-run.png", page.screenshot(full_page=True))
+
+            # -- pipelines and the live overview -------------------------------------------------
+            page.click("#nav a:text('pipelines')")
+            row = page.locator('#pipelines tr[data-pipeline="cxr-findings"]')
+            cells = row.locator("td").all_inner_texts()
+            assert cells[4].startswith(DEVICE_UID_PREFIX), cells  # read from its SR
+            assert "succeeded" in cells[7] and ("warm" in cells[8] or "cold" in cells[8])
+            page.click("#nav a:text('live overview')")
+            page.wait_for_selector("#live")
+            assert page.inner_text("#kpi-associations b") == "0"  # this process receives
+            assert "GiB" in page.inner_text("#kpi-disk")
+            artifacts("console-overview.png", page.screenshot(full_page=True))
             assert dialogs == []
 
         store = AuditStore(db)
